@@ -1,0 +1,291 @@
+"""Frozen records that cross module and process boundaries (layer L0).
+
+Units live in field names: ``_j`` joules, ``_w`` watts, ``_s`` seconds, ``_ms`` milliseconds,
+``_g`` grams of CO2-equivalent, ``_bytes`` bytes. Every energy figure carries the ``meter`` that
+produced it and ``is_estimate``; an estimate is never presented as a measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from nas.config import Candidate
+
+__all__ = [
+    "METERS",
+    "ESTIMATE_METERS",
+    "Provenance",
+    "EnergyReading",
+    "InferenceEnergy",
+    "TrainSummary",
+    "EvalMetrics",
+    "TrialResult",
+]
+
+#: Every meter name a reading may carry.
+METERS: tuple[str, ...] = ("nvml-counter", "nvml-power-integrated", "codecarbon", "estimate", "none")
+#: Meters whose numbers are estimates, not measurements.
+ESTIMATE_METERS: frozenset[str] = frozenset({"estimate"})
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where and how a reading was taken. A field that could not be read is ``None`` and
+    ``absent`` says why (e.g. ``{"power_limit_w": "no GPU: CPU-only machine"}``)."""
+
+    meter: str
+    kernels: str
+    device: str  # "cpu" or "cuda:N"
+    device_name: str | None = None
+    device_uuid: str | None = None
+    driver_version: str | None = None
+    power_limit_w: float | None = None
+    temperature_before_c: float | None = None
+    temperature_after_c: float | None = None
+    sm_clock_mhz: float | None = None
+    dtype: str | None = None
+    batch_size: int | None = None
+    seq_len: int | None = None
+    n_windows: int | None = None
+    window_s: float | None = None
+    serving_form: str | None = None
+    cpu_mode: str | None = None  # codecarbon/estimate: how CPU energy was derived
+    versions: dict[str, str] = field(default_factory=dict)
+    host_id: str | None = None
+    time_utc: str | None = None
+    absent: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def hardware_fingerprint(self) -> str:
+        """Fronts are compared per fingerprint: the device model (not the individual board)."""
+        return self.device_name or self.device
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Provenance:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class EnergyReading:
+    """One energy window from :meth:`evaluators.meters.EnergyMeter.end`.
+
+    ``energy_j`` is the total over the window for the meter's scope (GPU board for NVML; CPU+GPU+RAM for
+    CodeCarbon; CPU for the estimate). ``None`` means the meter gave no value: never read it as 0.
+    """
+
+    meter: str
+    is_estimate: bool
+    energy_j: float | None
+    duration_s: float
+    gpu_energy_j: float | None = None
+    cpu_energy_j: float | None = None
+    ram_energy_j: float | None = None
+    co2eq_g: float | None = None
+    device_uuid: str | None = None
+    exclusive: bool = True
+    cpu_mode: str | None = None
+    notes: str = ""
+
+    @property
+    def avg_power_w(self) -> float | None:
+        if self.energy_j is None or self.duration_s <= 0:
+            return None
+        return self.energy_j / self.duration_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EnergyReading:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class InferenceEnergy:
+    """The result of the inference protocol at a declared batch size and sequence length.
+
+    ``energy_per_sample_j`` is gross (what the machine drew); ``energy_per_sample_net_j`` subtracts the
+    idle baseline ``idle_w`` measured just before the windows. ``cv`` is the coefficient of variation of
+    per-window J/sample.
+    """
+
+    meter: str
+    is_estimate: bool
+    energy_per_sample_j: float | None
+    energy_per_sample_net_j: float | None
+    idle_w: float | None
+    cv: float | None
+    latency_p50_ms: float
+    latency_p95_ms: float
+    throughput_samples_s: float
+    batch_size: int
+    seq_len: int
+    n_windows: int
+    window_s: float
+    serving_form: str
+    dtype: str
+    kernels: str
+    exclusive: bool
+    windows_j_per_sample: tuple[float, ...]
+    provenance: Provenance
+    co2eq_g_per_sample: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["windows_j_per_sample"] = list(self.windows_j_per_sample)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InferenceEnergy:
+        d = dict(d)
+        d["provenance"] = Provenance.from_dict(d["provenance"])
+        d["windows_j_per_sample"] = tuple(d.get("windows_j_per_sample", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    """What brief training (or distillation) did and cost."""
+
+    steps: int
+    wall_s: float
+    final_loss: float
+    energy_j: float | None
+    meter: str
+    is_estimate: bool
+    co2eq_g: float | None = None
+    device: str = "cpu"
+    teacher: str | None = None
+    rung_accuracies: tuple[tuple[int, float], ...] = ()
+    measurement_overhead_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["rung_accuracies"] = [list(r) for r in self.rung_accuracies]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainSummary:
+        d = dict(d)
+        d["rung_accuracies"] = tuple(tuple(r) for r in d.get("rung_accuracies", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    accuracy: float
+    macro_f1: float
+    n_examples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+TrialStatus = Literal["COMPLETE", "FAIL", "PRUNED"]
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Everything one trial produced. Returned by workers to the driver, which alone stores it."""
+
+    candidate: Candidate
+    task: str
+    status: TrialStatus
+    metrics: EvalMetrics | None = None
+    train: TrainSummary | None = None
+    inference: InferenceEnergy | None = None
+    params: int | None = None
+    size_bytes: int | None = None
+    flops_per_sample: float | None = None
+    peak_mem_bytes: int | None = None
+    kernels: str | None = None
+    error: str | None = None
+    weights_path: str | None = None
+
+    # --- flat views used for objectives, tables and filters -------------------------------------
+    @property
+    def accuracy(self) -> float | None:
+        return self.metrics.accuracy if self.metrics else None
+
+    @property
+    def energy_per_sample_j(self) -> float | None:
+        return self.inference.energy_per_sample_j if self.inference else None
+
+    @property
+    def energy_per_sample_net_j(self) -> float | None:
+        return self.inference.energy_per_sample_net_j if self.inference else None
+
+    @property
+    def train_energy_j(self) -> float | None:
+        return self.train.energy_j if self.train else None
+
+    @property
+    def co2eq_g(self) -> float | None:
+        parts = [self.train.co2eq_g if self.train else None]
+        vals = [p for p in parts if p is not None]
+        return sum(vals) if vals else None
+
+    def objectives(self) -> dict[str, float | None]:
+        """Every metric a study may optimise or filter on, flat."""
+        inf = self.inference
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.metrics.macro_f1 if self.metrics else None,
+            "energy_per_sample_j": self.energy_per_sample_j,
+            "energy_per_sample_net_j": self.energy_per_sample_net_j,
+            "latency_p50_ms": inf.latency_p50_ms if inf else None,
+            "latency_p95_ms": inf.latency_p95_ms if inf else None,
+            "throughput_samples_s": inf.throughput_samples_s if inf else None,
+            "params": float(self.params) if self.params is not None else None,
+            "size_bytes": float(self.size_bytes) if self.size_bytes is not None else None,
+            "flops_per_sample": self.flops_per_sample,
+            "train_energy_j": self.train_energy_j,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate.model_dump(mode="json"),
+            "task": self.task,
+            "status": self.status,
+            "metrics": self.metrics.to_dict() if self.metrics else None,
+            "train": self.train.to_dict() if self.train else None,
+            "inference": self.inference.to_dict() if self.inference else None,
+            "params": self.params,
+            "size_bytes": self.size_bytes,
+            "flops_per_sample": self.flops_per_sample,
+            "peak_mem_bytes": self.peak_mem_bytes,
+            "kernels": self.kernels,
+            "error": self.error,
+            "weights_path": self.weights_path,
+            # flat, for humans and jq
+            "accuracy": self.accuracy,
+            "energy_per_sample_j": self.energy_per_sample_j,
+            "energy_per_sample_net_j": self.energy_per_sample_net_j,
+            "train_energy_j": self.train_energy_j,
+            "co2eq_g": self.co2eq_g,
+            "meter": self.inference.meter if self.inference else None,
+            "is_estimate": self.inference.is_estimate if self.inference else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialResult:
+        return cls(
+            candidate=Candidate.model_validate(d["candidate"]),
+            task=d["task"],
+            status=d["status"],
+            metrics=EvalMetrics(**d["metrics"]) if d.get("metrics") else None,
+            train=TrainSummary.from_dict(d["train"]) if d.get("train") else None,
+            inference=InferenceEnergy.from_dict(d["inference"]) if d.get("inference") else None,
+            params=d.get("params"),
+            size_bytes=d.get("size_bytes"),
+            flops_per_sample=d.get("flops_per_sample"),
+            peak_mem_bytes=d.get("peak_mem_bytes"),
+            kernels=d.get("kernels"),
+            error=d.get("error"),
+            weights_path=d.get("weights_path"),
+        )
