@@ -1,0 +1,275 @@
+"""The ``nas`` command line (layer L4: may import anything; nothing imports it).
+
+Wrong input exits 2 with a one-line message, never a traceback: every :class:`NASError` is caught in
+:func:`main`. Heavy imports happen inside each command so ``nas --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from nas.errors import NASError
+
+app = typer.Typer(
+    name="nas",
+    help="Energy-aware neural architecture search for Transformers: accuracy plus measured joules.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+storage_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
+app.add_typer(storage_app, name="storage")
+
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_DB = "nas.db"
+DbOpt = Annotated[
+    str,
+    typer.Option("--db", envvar="NAS_DB", help="Database URL or SQLite path (env NAS_DB)."),
+]
+
+
+class Meter(str, Enum):
+    auto = "auto"
+    nvml = "nvml"
+    codecarbon = "codecarbon"
+    estimate = "estimate"
+    none = "none"
+
+
+class Format(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    hf = "hf"
+    all = "all"
+
+
+def _print_json(obj: Any) -> None:
+    # plain stdout, no rich markup, so it pipes into jq
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+# --------------------------------------------------------------------------------------------- trial
+@app.command()
+def trial(
+    candidate: Annotated[Path, typer.Argument(help="Candidate YAML (see examples/candidate.yaml).")],
+    task: Annotated[str, typer.Option(help="builtin:NAME or a TSV/CSV/JSONL file or folder.")] = "builtin:longmatch",
+    teacher: Annotated[Optional[str], typer.Option(help="Local HF folder, or 'auto' to train and cache one.")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 300,
+    seconds: Annotated[Optional[float], typer.Option(min=0.1, help="Training wall-time budget (s).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 32,
+    lr: Annotated[float, typer.Option(min=1e-7, help="Peak learning rate (AdamW).")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed for data, init and order.")] = 0,
+    meter: Annotated[Meter, typer.Option(help="Energy meter; only auto falls back quietly.")] = Meter.auto,
+    measure_batch: Annotated[int, typer.Option(min=1, help="Batch size of the energy measurement.")] = 32,
+    measure_seq: Annotated[int, typer.Option(min=1, help="Sequence length of the energy measurement.")] = 64,
+    window_s: Annotated[float, typer.Option(min=0.05, help="Seconds per measurement window.")] = 1.0,
+    windows: Annotated[int, typer.Option(min=1, help="Number of measurement windows.")] = 3,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    save_weights: Annotated[Optional[Path], typer.Option(help="Write the trained weights here (safetensors).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the TrialResult as JSON.")] = False,
+) -> None:
+    """Train, compress and measure one candidate, and print its record."""
+    from nas.config import MeasureConfig, TrainConfig, load_candidate
+
+    cand = load_candidate(candidate)
+    train_cfg = TrainConfig(steps=steps, max_seconds=seconds, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    measure_cfg = MeasureConfig(meter=meter.value, batch_size=measure_batch, seq_len=measure_seq,
+                                window_s=window_s, n_windows=windows)
+    from evaluators.pipeline import run_trial
+
+    if not as_json:
+        err.print(f"[bold]nas trial[/]: {cand.n_layers}x d{cand.d_model} h{cand.n_heads} "
+                  f"{cand.attention.kind}, {cand.weight_bits}-bit, sparsity {cand.sparsity.kind} on {task}")
+    result = run_trial(cand, task, train_cfg=train_cfg, measure_cfg=measure_cfg, teacher=teacher,
+                       weights_out=save_weights, progress=not as_json)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    from nas.cli.render import trial_table
+
+    out.print(trial_table(result))
+
+
+# -------------------------------------------------------------------------------------------- search
+@app.command()
+def search(
+    spec: Annotated[Optional[Path], typer.Argument(help="Study YAML. Omit for the built-in default study.")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Resume the named study from the database.")] = None,
+    db: DbOpt = DEFAULT_DB,
+    ray_address: Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (e.g. 127.0.0.1:6379).")] = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="Override the spec's trial budget.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Override the study name.")] = None,
+    executor: Annotated[str, typer.Option(help="ray (default when installed) or local (in-process).")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
+) -> None:
+    """Launch (or resume) a search; prints the Pareto front at the end."""
+    from nas.runner.api import search as run_search
+
+    summary = run_search(spec, resume=resume, db=db, ray_address=ray_address, trials=trials, name=name,
+                         executor=executor, progress=not quiet)
+    from nas.cli.render import front_table
+
+    out.print(front_table(summary.front, summary.objectives, title=f"Pareto front of {summary.study!r}"))
+    out.print(summary.describe())
+
+
+@app.command()
+def studies(db: DbOpt = DEFAULT_DB, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the studies in the database."""
+    from nas.runner.api import open_store
+
+    store = open_store(db, create=False)
+    infos = store.list_studies()
+    if as_json:
+        _print_json([i.to_dict() for i in infos])
+        return
+    from nas.cli.render import studies_table
+
+    out.print(studies_table(infos))
+
+
+@app.command()
+def pareto(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    db: DbOpt = DEFAULT_DB,
+    where: Annotated[Optional[str], typer.Option(help='Filter, e.g. "energy_per_sample_j < 0.002 and weight_bits <= 8".')] = None,
+    hardware: Annotated[Optional[str], typer.Option(help="Only this hardware fingerprint (default: every one, separately).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV output.")] = False,
+) -> None:
+    """Pareto-optimal trials of a study, per hardware fingerprint."""
+    from nas.runner.api import pareto as query
+
+    front = query(study, db=db, where=where, hardware=hardware)
+    if as_json:
+        _print_json([t.to_dict() for t in front.trials])
+    elif as_csv:
+        from nas.cli.render import front_csv
+
+        sys.stdout.write(front_csv(front.trials))
+    else:
+        from nas.cli.render import front_table
+
+        out.print(front_table(front.trials, front.objectives, title=f"Pareto front of {study!r}"))
+
+
+@app.command()
+def show(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    trial_number: Annotated[int, typer.Argument(metavar="TRIAL", help="Trial number.")],
+    db: DbOpt = DEFAULT_DB,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One trial: candidate, metrics, energy readings with meter and provenance."""
+    from nas.runner.api import open_store
+
+    view = open_store(db, create=False).trial(study, trial_number)
+    if as_json:
+        _print_json(view.to_dict())
+        return
+    from nas.cli.render import trial_view
+
+    out.print(trial_view(view))
+
+
+# -------------------------------------------------------------------------------------- export/predict
+@app.command()
+def export(
+    study: Annotated[str, typer.Argument(help="Study name.")],
+    trial_number: Annotated[int, typer.Argument(metavar="TRIAL", help="Trial number.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    fmt: Annotated[Format, typer.Option("--format", help="onnx, torchscript, hf or all.")] = Format.all,
+    db: DbOpt = DEFAULT_DB,
+    retrain: Annotated[Optional[int], typer.Option(min=1, help="Train this many more steps, then re-measure.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite a non-empty --out.")] = False,
+) -> None:
+    """Export a stored trial (ONNX, TorchScript, HF folder) with a parity check and a model card."""
+    from nas.export import export_trial
+
+    report = export_trial(study, trial_number, out_dir, fmt=fmt.value, db=db, retrain_steps=retrain, force=force)
+    out.print(report.describe())
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="An exported folder (nas export --format hf or all).")],
+    texts: Annotated[list[str], typer.Argument(help="One or more texts.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Classify texts with an exported model."""
+    from nas.export import load
+
+    model = load(model_dir)
+    preds = model.predict(texts)
+    if as_json:
+        _print_json(preds)
+        return
+    for text, p in zip(texts, preds):
+        out.print(f"{p['label']}\t{p['score']:.3f}\t{text}")
+
+
+# --------------------------------------------------------------------------------------------- serve
+@app.command()
+def serve(
+    db: DbOpt = DEFAULT_DB,
+    host: Annotated[str, typer.Option(help="Bind address. Anything but loopback needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    token: Annotated[Optional[str], typer.Option(envvar="NAS_TOKEN", help="API token (env NAS_TOKEN).")] = None,
+    artefacts: Annotated[Path, typer.Option(help="Folder for exports served over HTTP.")] = Path("nas_artefacts"),
+) -> None:
+    """HTTP API and dashboard over the same database."""
+    from dashboards.server import run
+
+    run(db=db, host=host, port=port, token=token, artefacts=artefacts)
+
+
+@storage_app.command("upgrade")
+def storage_upgrade(db: DbOpt = DEFAULT_DB) -> None:
+    """Create or migrate the database schema to the newest version."""
+    from storage import Store
+
+    Store.upgrade(db)
+    out.print(f"{db}: schema is up to date")
+
+
+@app.command()
+def tasks() -> None:
+    """List the built-in tasks."""
+    from evaluators.tasks import BUILTIN_TASKS
+
+    for name, doc in BUILTIN_TASKS.items():
+        out.print(f"[bold]builtin:{name}[/]  {doc}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; turn every NASError into one line on stderr and exit code 2."""
+    os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")
+    try:
+        app(args=argv, standalone_mode=False)
+    except NASError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise SystemExit(130) from None
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            raise SystemExit(2) from None
+        if isinstance(e, click.exceptions.Abort):
+            raise SystemExit(1) from None
+        raise

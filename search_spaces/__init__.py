@@ -1,0 +1,260 @@
+"""Search spaces: a pure function from a trial to a frozen :class:`nas.config.Candidate`.
+
+No torch and no storage here (layer L1). ``suggest`` is duck-typed over the trial: it works with an
+``optuna.trial.Trial``, an ``optuna.trial.FixedTrial`` and this module's :class:`ReplayTrial` (a
+dependency-free fixed-params trial for replaying stored parameters).
+
+Conditional parameters:
+
+* ``window`` is suggested only when ``attention == "local"``; ``k`` only for ``lowrank``;
+  ``feature_map`` only for ``linear``.
+* ``sparsity_amount`` only when sparsity is not ``none`` or ``2:4``.
+* ``kd_temperature`` and ``kd_alpha`` only when ``distill`` is not ``none``.
+* Heads must divide ``d_model``: ``n_heads`` is suggested first; if it does not divide the suggested
+  ``d_model``, the largest allowed head count that does divide it is used (deterministic, so replay
+  gives the same candidate).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from nas.config import (
+    ATTENTION_KINDS,
+    BIT_WIDTHS,
+    DISTILL_KINDS,
+    SPARSITY_KINDS,
+    AttentionConfig,
+    Candidate,
+    DistillConfig,
+    PruneConfig,
+    QuantConfig,
+    validate,
+)
+from nas.errors import ConfigError
+
+__all__ = ["SearchSpace", "ReplayTrial", "TrialLike", "suggest", "load_space", "PRESETS", "preset_path"]
+
+PRESETS: tuple[str, ...] = ("tiny", "base")
+_PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+class TrialLike(Protocol):
+    """The part of Optuna's trial API that :func:`suggest` uses."""
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+
+
+def _nonempty(name: str, v: list[Any]) -> list[Any]:
+    if not v:
+        raise ValueError(f"{name} needs at least one choice")
+    return v
+
+
+class SearchSpace(BaseModel):
+    """Ranges for every searchable knob. Lists are categorical choices; ``(low, high)`` pairs are
+    float ranges."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_layers: list[int] = Field(default=[1, 2, 3])
+    d_model: list[int] = Field(default=[32, 64, 96])
+    n_heads: list[int] = Field(default=[2, 4])
+    ffn_ratio: list[int] = Field(default=[1, 2, 4])
+    attention: list[str] = Field(default=list(ATTENTION_KINDS))
+    window: list[int] = Field(default=[2, 4, 8, 16])
+    k: list[int] = Field(default=[8, 16, 32])
+    feature_map: list[str] = Field(default=["elu", "relu"])
+    attention_bits: list[int] = Field(default=[32, 8, 4])
+    ffn_bits: list[int] = Field(default=[32, 8, 4])
+    embedding_bits: list[int] = Field(default=[32, 8])
+    quant_scheme: list[str] = Field(default=["symmetric", "asymmetric"])
+    quant_granularity: list[str] = Field(default=["per_channel"])
+    sparsity: list[str] = Field(default=list(SPARSITY_KINDS))
+    sparsity_amount: tuple[float, float] = (0.1, 0.5)
+    distill: list[str] = Field(default=["none"])
+    kd_temperature: tuple[float, float] = (1.0, 4.0)
+    kd_alpha: tuple[float, float] = (0.1, 0.9)
+    dropout: list[float] = Field(default=[0.0, 0.1])
+    pooling: list[str] = Field(default=["mean"])
+    max_len: int = Field(default=64, ge=8, le=8192)
+
+    @field_validator(
+        "n_layers", "d_model", "n_heads", "ffn_ratio", "attention", "window", "k", "feature_map",
+        "attention_bits", "ffn_bits", "embedding_bits", "quant_scheme", "quant_granularity", "sparsity",
+        "distill", "dropout", "pooling",
+    )
+    @classmethod
+    def _check_nonempty(cls, v: list[Any], info: Any) -> list[Any]:
+        return _nonempty(info.field_name, v)
+
+    @field_validator("attention")
+    @classmethod
+    def _check_attention(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if a not in ATTENTION_KINDS]
+        if bad:
+            raise ValueError(f"unknown attention type(s) {bad}; allowed: {list(ATTENTION_KINDS)}")
+        return v
+
+    @field_validator("attention_bits", "ffn_bits", "embedding_bits")
+    @classmethod
+    def _check_bits(cls, v: list[int]) -> list[int]:
+        bad = [b for b in v if b not in BIT_WIDTHS]
+        if bad:
+            raise ValueError(f"unsupported bit-width(s) {bad}; allowed: {list(BIT_WIDTHS)}")
+        return v
+
+    @field_validator("sparsity")
+    @classmethod
+    def _check_sparsity(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in SPARSITY_KINDS]
+        if bad:
+            raise ValueError(f"unknown sparsity kind(s) {bad}; allowed: {list(SPARSITY_KINDS)}")
+        return v
+
+    @field_validator("distill")
+    @classmethod
+    def _check_distill(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in DISTILL_KINDS]
+        if bad:
+            raise ValueError(f"unknown distill kind(s) {bad}; allowed: {list(DISTILL_KINDS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> SearchSpace:
+        for d in self.d_model:
+            if not any(d % h == 0 for h in self.n_heads):
+                raise ValueError(
+                    f"d_model {d} is divisible by none of n_heads {self.n_heads}; "
+                    "add a head count that divides it"
+                )
+        for name in ("sparsity_amount", "kd_temperature", "kd_alpha"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: low {lo} is greater than high {hi}")
+        return self
+
+    @property
+    def uses_teacher(self) -> bool:
+        return any(d != "none" for d in self.distill)
+
+
+def preset_path(name: str) -> Path:
+    if name not in PRESETS:
+        raise ConfigError(
+            f"unknown search-space preset {name!r}", field="space.preset", fix=f"use one of {list(PRESETS)}"
+        )
+    return _PRESET_DIR / f"{name}.yaml"
+
+
+def load_space(preset: str = "tiny", overrides: dict[str, Any] | None = None) -> SearchSpace:
+    """A preset's ranges with ``overrides`` (e.g. from a study YAML) laid on top, validated."""
+    import yaml
+
+    data = yaml.safe_load(preset_path(preset).read_text(encoding="utf-8"))
+    data.update(overrides or {})
+    return validate(SearchSpace, data, source=f"space (preset {preset!r} + overrides)")
+
+
+def _float_range(trial: TrialLike, name: str, rng: tuple[float, float]) -> float:
+    lo, hi = rng
+    if lo == hi:
+        return float(lo)
+    return float(trial.suggest_float(name, lo, hi))
+
+
+def suggest(trial: TrialLike, space: SearchSpace) -> Candidate:
+    """Sample one :class:`Candidate` from ``space`` through ``trial``. Pure: no I/O, no torch."""
+    n_layers = int(trial.suggest_categorical("n_layers", space.n_layers))
+    n_heads_req = int(trial.suggest_categorical("n_heads", space.n_heads))
+    d_model = int(trial.suggest_categorical("d_model", space.d_model))
+    n_heads = n_heads_req
+    if d_model % n_heads:
+        divisors = sorted(h for h in space.n_heads if d_model % h == 0)
+        below = [h for h in divisors if h <= n_heads_req]
+        n_heads = below[-1] if below else divisors[0]
+    ffn_ratio = int(trial.suggest_categorical("ffn_ratio", space.ffn_ratio))
+
+    kind = str(trial.suggest_categorical("attention", space.attention))
+    attn: dict[str, Any] = {"kind": kind}
+    if kind == "local":
+        attn["window"] = int(trial.suggest_categorical("window", space.window))
+    elif kind == "lowrank":
+        attn["k"] = min(int(trial.suggest_categorical("k", space.k)), space.max_len)
+    elif kind == "linear":
+        attn["feature_map"] = str(trial.suggest_categorical("feature_map", space.feature_map))
+
+    quant = QuantConfig(
+        embedding_bits=int(trial.suggest_categorical("embedding_bits", space.embedding_bits)),  # type: ignore[arg-type]
+        attention_bits=int(trial.suggest_categorical("attention_bits", space.attention_bits)),  # type: ignore[arg-type]
+        ffn_bits=int(trial.suggest_categorical("ffn_bits", space.ffn_bits)),  # type: ignore[arg-type]
+        scheme=str(trial.suggest_categorical("quant_scheme", space.quant_scheme)),  # type: ignore[arg-type]
+        granularity=str(trial.suggest_categorical("quant_granularity", space.quant_granularity)),  # type: ignore[arg-type]
+    )
+
+    sp_kind = str(trial.suggest_categorical("sparsity", space.sparsity))
+    amount = 0.0
+    if sp_kind in ("magnitude", "heads", "ffn"):
+        amount = round(_float_range(trial, "sparsity_amount", space.sparsity_amount), 4)
+        if sp_kind == "heads" and round(n_heads * amount) >= n_heads:
+            amount = round((n_heads - 1) / n_heads, 4)
+    elif sp_kind == "2:4":
+        amount = 0.5
+
+    dk = str(trial.suggest_categorical("distill", space.distill))
+    distill: dict[str, Any] = {"kind": dk}
+    if dk != "none":
+        distill["temperature"] = round(_float_range(trial, "kd_temperature", space.kd_temperature), 4)
+        distill["alpha"] = round(_float_range(trial, "kd_alpha", space.kd_alpha), 4)
+
+    return Candidate(
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_ffn=d_model * ffn_ratio,
+        dropout=float(trial.suggest_categorical("dropout", space.dropout)),
+        max_len=space.max_len,
+        pooling=str(trial.suggest_categorical("pooling", space.pooling)),  # type: ignore[arg-type]
+        attention=AttentionConfig(**attn),
+        quant=quant,
+        sparsity=PruneConfig(kind=sp_kind, amount=amount),  # type: ignore[arg-type]
+        distill=DistillConfig(**distill),
+    )
+
+
+class ReplayTrial:
+    """A fixed-params trial with no dependencies: replays stored ``params`` through :func:`suggest`.
+
+    Raises :class:`ConfigError` when a parameter the space asks for is missing or outside its choices.
+    """
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = dict(params)
+        self.used: set[str] = set()
+
+    def _get(self, name: str) -> Any:
+        if name not in self.params:
+            raise ConfigError(
+                f"replayed parameters lack {name!r}", field=name,
+                fix="pass every parameter the space suggests (see the stored trial's params)",
+            )
+        self.used.add(name)
+        return self.params[name]
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        v = self._get(name)
+        if v not in list(choices):
+            raise ConfigError(f"value not among the choices {list(choices)}", field=name, value=v,
+                              fix="pick one of the listed choices")
+        return v
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        v = float(self._get(name))
+        if not low <= v <= high:
+            raise ConfigError(f"value outside [{low}, {high}]", field=name, value=v, fix="use a value in range")
+        return v
