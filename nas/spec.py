@@ -1,0 +1,177 @@
+"""The study spec: one YAML file, validated by pydantic into a frozen :class:`StudySpec` (layer L0).
+
+Unknown keys and bad values are :class:`nas.errors.ConfigError` naming the key. See
+``examples/study.yaml`` for every field with its default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from nas.config import MeasureConfig, TrainConfig, load_yaml, validate
+from nas.errors import ConfigError
+
+__all__ = [
+    "OBJECTIVE_METRICS",
+    "Objective",
+    "SpaceRef",
+    "SamplerSpec",
+    "BudgetSpec",
+    "FidelitySpec",
+    "ResourcesSpec",
+    "StorageSpec",
+    "StudySpec",
+    "default_spec",
+    "load_spec",
+]
+
+#: Metrics a study may optimise (all are keys of ``TrialResult.objectives()``).
+OBJECTIVE_METRICS: dict[str, str] = {
+    "accuracy": "maximize",
+    "macro_f1": "maximize",
+    "energy_per_sample_j": "minimize",
+    "energy_per_sample_net_j": "minimize",
+    "latency_p50_ms": "minimize",
+    "latency_p95_ms": "minimize",
+    "params": "minimize",
+    "size_bytes": "minimize",
+    "flops_per_sample": "minimize",
+}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Objective(_Frozen):
+    metric: str
+    direction: Literal["maximize", "minimize"] | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in OBJECTIVE_METRICS:
+            raise ValueError(f"unknown objective metric {v!r}; allowed: {sorted(OBJECTIVE_METRICS)}")
+        return v
+
+    @property
+    def resolved_direction(self) -> str:
+        return self.direction or OBJECTIVE_METRICS[self.metric]
+
+
+class SpaceRef(_Frozen):
+    preset: Literal["tiny", "base"] = "tiny"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class SamplerSpec(_Frozen):
+    kind: Literal["tpe", "nsga2", "random"] = "tpe"
+    seed: int = 0
+    n_startup_trials: int = Field(default=6, ge=0)
+
+
+class BudgetSpec(_Frozen):
+    trials: int = Field(default=12, ge=1, le=100000)
+    joules: float | None = Field(default=None, gt=0)
+    wall_s: float | None = Field(default=None, gt=0)
+
+
+class FidelitySpec(_Frozen):
+    """Training-step rungs for ASHA-style early stopping on accuracy (energy is measured only once, at
+    the end, for candidates that reach the last rung)."""
+
+    rungs: list[int] = Field(default_factory=lambda: [100, 200])
+    reduction_factor: int = Field(default=2, ge=2)
+    enabled: bool = True
+
+    @field_validator("rungs")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("needs at least one rung (the final training step count)")
+        if any(r <= 0 for r in v) or sorted(set(v)) != v:
+            raise ValueError(f"rungs must be positive and strictly increasing, got {v}")
+        return v
+
+    @property
+    def max_steps(self) -> int:
+        return self.rungs[-1]
+
+
+class ResourcesSpec(_Frozen):
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0)
+    max_concurrent: int = Field(default=2, ge=1)
+    torch_threads: int = Field(default=1, ge=1)
+
+
+class StorageSpec(_Frozen):
+    url: str = "nas.db"
+    retention: Literal["front", "all", "none"] = "front"
+    artefacts_dir: str | None = None
+
+
+class StudySpec(_Frozen):
+    """Everything a search needs. ``train.steps`` is ignored in favour of ``fidelity.rungs[-1]``."""
+
+    name: str = Field(default="default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    task: str = "builtin:longmatch"
+    teacher: str | None = None
+    space: SpaceRef = SpaceRef()
+    objectives: list[Objective] = Field(
+        default_factory=lambda: [Objective(metric="accuracy"), Objective(metric="energy_per_sample_j")]
+    )
+    constraints: list[str] = Field(default_factory=list)
+    sampler: SamplerSpec = SamplerSpec()
+    budget: BudgetSpec = BudgetSpec()
+    fidelity: FidelitySpec = FidelitySpec()
+    train: TrainConfig = TrainConfig()
+    measure: MeasureConfig = MeasureConfig()
+    resources: ResourcesSpec = ResourcesSpec()
+    storage: StorageSpec = StorageSpec()
+
+    @model_validator(mode="after")
+    def _check(self) -> StudySpec:
+        if not self.objectives:
+            raise ValueError("objectives: give at least one, e.g. [{metric: accuracy}]")
+        names = [o.metric for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ValueError(f"objectives: each metric may appear once, got {names}")
+        return self
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.resolved_direction for o in self.objectives]
+
+    @property
+    def objective_names(self) -> list[str]:
+        return [o.metric for o in self.objectives]
+
+    def with_overrides(self, **changes: Any) -> StudySpec:
+        data = self.model_dump()
+        for key, value in changes.items():
+            node = data
+            parts = key.split(".")
+            for p in parts[:-1]:
+                node = node[p]
+            node[parts[-1]] = value
+        return validate(StudySpec, data, source="study spec")
+
+
+def default_spec() -> StudySpec:
+    """The built-in study: the `tiny` space on the long-range built-in task, 12 trials, CPU-friendly."""
+    return StudySpec(
+        train=TrainConfig(batch_size=32, lr=2e-3, steps=200),
+        measure=MeasureConfig(window_s=0.5, n_windows=3, idle_s=0.5, batch_size=32, seq_len=64,
+                              warmup_iters=5),
+    )
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level", fix="see examples/study.yaml")
+    return validate(StudySpec, data, source=str(path))
