@@ -1,0 +1,113 @@
+"""Compression as a config applied in place (layer L1: torch only), after torchao's ``quantize_``.
+
+Public API::
+
+    report = quantize_(model, quant_config, filter_fn=None)   # fake-quant QAT weights (STE)
+    report = prune_(model, prune_config)                      # masks or physical slicing
+    report = apply_candidate_compression(model)               # model.candidate: prune, then quantize
+    report = convert_int8_for_cpu(model)                      # real int8 Linear kernels (inference)
+    n = model_size_bytes(model)                               # real bits per stored weight
+
+Every step returns a :class:`CompressionReport` whose ``kernels`` says what will actually run and whose
+``simulated`` says whether any energy saving can come from it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+from torch.nn.utils import parametrize
+
+from nas.errors import ConfigError
+
+from ._util import num_params
+from .prune import WeightMask, magnitude_mask, prune_, two_four_mask
+from .quant import FakeQuantize, convert_int8_for_cpu, fake_quant_description, int8_backend, quantize_
+from .report import DENSE_KERNELS, CompressionReport, merge_reports
+from .size import model_size_bytes
+
+__all__ = [
+    "CompressionReport",
+    "quantize_",
+    "prune_",
+    "apply_candidate_compression",
+    "convert_int8_for_cpu",
+    "int8_backend",
+    "materialize_",
+    "model_size_bytes",
+    "FakeQuantize",
+    "WeightMask",
+    "magnitude_mask",
+    "two_four_mask",
+    "fake_quant_description",
+    "merge_reports",
+    "DENSE_KERNELS",
+]
+
+log = logging.getLogger(__name__)
+
+_APPLIED_ATTR = "compression_report"
+
+
+def apply_candidate_compression(model: nn.Module) -> CompressionReport:
+    """Apply ``model.candidate``'s sparsity, then its quantization, in place.
+
+    Pruning goes first so that structured slicing sees plain weights and quantization scales are
+    computed from the pruned weights. Calling it again on the same model does nothing and returns the
+    first report (so heads are never pruned twice). The result is also stored as
+    ``model.compression_report``.
+
+    Args:
+        model: A model from :func:`nas.models.build` (it carries ``candidate``).
+
+    Returns:
+        The merged report (``DENSE_KERNELS`` and ``simulated=False`` when the candidate compresses
+        nothing).
+
+    Raises:
+        ConfigError: If the model carries no candidate.
+    """
+    candidate = getattr(model, "candidate", None)
+    if candidate is None:
+        raise ConfigError("model has no candidate to take compression settings from", field="model",
+                          fix="build it with nas.models.build, or call prune_/quantize_ directly")
+    previous = getattr(model, _APPLIED_ATTR, None)
+    if isinstance(previous, CompressionReport):
+        log.warning("compression already applied to this model; not applying it twice")
+        return previous
+    before = num_params(model)
+    reports = []
+    if not candidate.sparsity.is_noop:
+        reports.append(prune_(model, candidate.sparsity))
+    if not candidate.quant.is_noop:
+        reports.append(quantize_(model, candidate.quant))
+    merged = merge_reports(reports) or CompressionReport(
+        kernels=DENSE_KERNELS, simulated=False, params_before=before, params_after=before, details={}
+    )
+    setattr(model, _APPLIED_ATTR, merged)
+    return merged
+
+
+def materialize_(model: nn.Module) -> CompressionReport:
+    """Bake every mask and fake-quant grid into plain weights, for serving or export.
+
+    Afterwards the forward pass no longer recomputes scales or masks (no extra inference energy), but
+    training would no longer keep the zeros or the grid, and the state_dict keys are plain again
+    (``weight`` instead of ``parametrizations.weight.original``).
+
+    Returns:
+        A report with ``details["materialized"]`` listing the module names.
+    """
+    before = num_params(model)
+    done = []
+    for name, module in list(model.named_modules()):
+        if parametrize.is_parametrized(module):
+            for pname in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, pname, leave_parametrized=True)
+                done.append(f"{name}.{pname}")
+    prev = getattr(model, _APPLIED_ATTR, None)
+    kernels = prev.kernels if isinstance(prev, CompressionReport) else DENSE_KERNELS
+    simulated = prev.simulated if isinstance(prev, CompressionReport) else False
+    return CompressionReport(kernels=kernels, simulated=simulated, params_before=before,
+                             params_after=num_params(model), details={"step": "materialize", "materialized": done})

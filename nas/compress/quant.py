@@ -1,0 +1,309 @@
+"""Weight fake-quantization (QAT with a straight-through estimator) and the real int8 CPU path.
+
+Quantization is a parametrization (``torch.nn.utils.parametrize``) on each selected weight, so:
+
+- the model keeps training after :func:`quantize_` (the STE passes gradients straight to the fp32
+  ``original``; Bengio et al., 2013; the QAT recipe of Jacob et al., 2018);
+- ``state_dict`` keys become ``<module>.parametrizations.weight.original``; a freshly built model given the
+  same compression has the same keys, so checkpoints round-trip;
+- the forward graph is plain ``abs/amax/div/round/clamp/mul``, which ``torch.jit.trace`` and
+  ``torch.onnx.export`` handle.
+
+Scales are recomputed from the weight at every forward (a min/max weight observer). During inference the
+recomputation costs time and energy that a real low-bit kernel would not spend: measure inside
+``torch.nn.utils.parametrize.cached()`` or call :func:`nas.compress.materialize_` first.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from typing import cast
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from nas.config import QuantConfig
+from nas.errors import ConfigError
+
+from ._util import layer_groups, num_params, qualified_names
+from .report import CompressionReport
+
+__all__ = ["FakeQuantize", "quantize_", "convert_int8_for_cpu", "int8_backend", "fake_quant_description"]
+
+log = logging.getLogger(__name__)
+
+#: ``filter_fn(module, fqn) -> bool``; fqn is the weight's qualified name, e.g. ``blocks.0.ffn.fc1.weight``.
+FilterFn = Callable[[nn.Module, str], bool]
+
+_GROUP_BITS = {"embedding": "embedding_bits", "attention": "attention_bits", "ffn": "ffn_bits"}
+
+
+class FakeQuantize(nn.Module):
+    """Parametrization ``w -> dequant(quant(w))`` on a uniform grid, with a straight-through gradient.
+
+    Symmetric: ``q = clamp(round(w / s), -(2^(b-1) - 1), 2^(b-1) - 1)``, ``s = max|w| / (2^(b-1) - 1)``
+    (the restricted range, so 0 is exact and the grid is symmetric; 2 bits is ternary).
+    Asymmetric: ``q = clamp(round(w / s) + z, 0, 2^b - 1)``, ``s = (max - min) / (2^b - 1)`` with the
+    range widened to include 0 and an integer zero-point ``z``, so 0 stays exact (pruned zeros survive).
+    Per-channel uses one (s, z) per output row (dim 0); per-tensor one for the whole tensor.
+    ``bits == 16`` rounds to bfloat16 and back (a bf16 storage simulation).
+
+    The forward value is exactly the dequantized tensor: the STE is written ``deq + (w - w.detach())``,
+    which adds an exact zero, so per-channel values lie on the grid bit for bit.
+
+    Args:
+        bits: 16, 8, 4 or 2.
+        scheme: ``"symmetric"`` or ``"asymmetric"``.
+        granularity: ``"per_channel"`` or ``"per_tensor"``.
+    """
+
+    def __init__(self, bits: int, scheme: str = "symmetric", granularity: str = "per_channel") -> None:
+        super().__init__()
+        if bits not in (16, 8, 4, 2):
+            raise ConfigError("fake-quant bit-width must be 16, 8, 4 or 2", field="bits", value=bits,
+                              fix="use 32 to leave a group unquantized")
+        if scheme not in ("symmetric", "asymmetric"):
+            raise ConfigError("unknown quantization scheme", field="quant.scheme", value=scheme,
+                              fix="use 'symmetric' or 'asymmetric'")
+        if granularity not in ("per_channel", "per_tensor"):
+            raise ConfigError("unknown quantization granularity", field="quant.granularity",
+                              value=granularity, fix="use 'per_channel' or 'per_tensor'")
+        self.bits = bits
+        self.scheme = scheme
+        self.granularity = granularity
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, scheme={self.scheme}, granularity={self.granularity}"
+
+    def n_channels(self, shape: torch.Size) -> int:
+        """Number of (scale, zero-point) pairs stored for a weight of ``shape``."""
+        if self.bits == 16:
+            return 0
+        return int(shape[0]) if self.granularity == "per_channel" and len(shape) > 1 else 1
+
+    def forward(self, w: Tensor) -> Tensor:
+        if self.bits == 16:
+            deq = w.to(torch.bfloat16).to(w.dtype)
+            return deq.detach() + (w - w.detach())
+        if self.granularity == "per_channel" and w.dim() > 1:
+            dims = tuple(range(1, w.dim()))
+            w_min = w.detach().amin(dim=dims, keepdim=True)  # (out, 1, ...)
+            w_max = w.detach().amax(dim=dims, keepdim=True)
+        else:
+            w_min = w.detach().amin()
+            w_max = w.detach().amax()
+        tiny = torch.finfo(w.dtype).tiny
+        if self.scheme == "symmetric":
+            q_max = 2 ** (self.bits - 1) - 1
+            scale = (torch.maximum(w_max.abs(), w_min.abs()) / q_max).clamp(min=tiny)
+            q = torch.clamp(torch.round(w.detach() / scale), -q_max, q_max)
+            deq = q * scale
+        else:
+            levels = 2**self.bits - 1
+            lo = w_min.clamp(max=0.0)
+            hi = w_max.clamp(min=0.0)
+            scale = ((hi - lo) / levels).clamp(min=tiny)
+            zero_point = torch.round(-lo / scale)
+            q = torch.clamp(torch.round(w.detach() / scale) + zero_point, 0, levels)
+            deq = (q - zero_point) * scale
+        out: Tensor = deq + (w - w.detach())  # value == deq exactly; d/dw == 1 (straight-through)
+        return out
+
+
+def fake_quant_description(cfg: QuantConfig) -> str:
+    """Human-readable ``kernels`` text for a fake-quant config."""
+    parts = []
+    for group, attr in _GROUP_BITS.items():
+        bits = getattr(cfg, attr)
+        if bits == 32:
+            continue
+        parts.append(f"{group} {'bf16' if bits == 16 else f'int{bits}'}")
+    if not parts:
+        return "dense fp32 (no quantization)"
+    grid = f"{cfg.granularity.replace('_', '-')} {cfg.scheme}"
+    return f"fake-quant weights ({', '.join(parts)}; {grid}) (fp32 compute, no energy saving)"
+
+
+def _has_fake_quant(module: nn.Module, name: str) -> bool:
+    if not parametrize.is_parametrized(module, name):
+        return False
+    plist = cast(nn.ModuleDict, module.parametrizations)[name]
+    return any(isinstance(p, FakeQuantize) for p in cast(nn.ModuleList, plist))
+
+
+def quantize_(model: nn.Module, quant_config: QuantConfig, filter_fn: FilterFn | None = None) -> CompressionReport:
+    """Fake-quantize the weights of each layer group in place (torchao-style ``quantize_``).
+
+    Groups: ``embedding`` (token and position tables), ``attention`` (q/k/v/out projections and
+    Linformer E/F), ``ffn`` (fc1/fc2). A group at 32 bits is left alone; biases, LayerNorms and the
+    classifier head stay fp32. The model stays trainable (straight-through estimator).
+
+    Args:
+        model: A model from :func:`nas.models.build` (anything with ``layer_groups()``).
+        quant_config: Bits per group, scheme and granularity.
+        filter_fn: Optional ``filter_fn(module, fqn) -> bool``; a weight is quantized only if it returns
+            True. ``fqn`` is the weight's qualified name, e.g. ``"blocks.0.ffn.fc1.weight"``.
+
+    Returns:
+        A :class:`CompressionReport` with ``simulated=True`` (fake-quant saves no energy).
+
+    Raises:
+        ConfigError: If a weight is already fake-quantized, or the model has no layer groups.
+    """
+    if not isinstance(quant_config, QuantConfig):
+        raise ConfigError(f"quantize_ needs a QuantConfig, got {type(quant_config).__name__}",
+                          field="quant_config", fix="pass nas.config.QuantConfig(...)")
+    before = num_params(model)
+    names = qualified_names(model)
+    done: dict[str, list[str]] = {}
+    for group, pairs in layer_groups(model).items():
+        bits = getattr(quant_config, _GROUP_BITS[group])
+        if bits == 32:
+            continue
+        for module, pname in pairs:
+            fqn = f"{names.get(id(module), '?')}.{pname}"
+            if filter_fn is not None and not filter_fn(module, fqn):
+                continue
+            if _has_fake_quant(module, pname):
+                raise ConfigError(
+                    "weight is already fake-quantized",
+                    field=fqn,
+                    fix="quantize a freshly built model, or call quantize_ once per model",
+                )
+            parametrize.register_parametrization(
+                module, pname, FakeQuantize(bits, quant_config.scheme, quant_config.granularity)
+            )
+            done.setdefault(group, []).append(fqn)
+    log.info("fake-quantized %d weights: %s", sum(len(v) for v in done.values()),
+             {g: len(v) for g, v in done.items()})
+    return CompressionReport(
+        kernels=fake_quant_description(quant_config),
+        simulated=True,
+        params_before=before,
+        params_after=num_params(model),
+        details={
+            "step": "quantize",
+            "embedding_bits": quant_config.embedding_bits,
+            "attention_bits": quant_config.attention_bits,
+            "ffn_bits": quant_config.ffn_bits,
+            "scheme": quant_config.scheme,
+            "granularity": quant_config.granularity,
+            "quantized": done,
+        },
+    )
+
+
+def int8_backend() -> str | None:
+    """The quantized CPU engine that can run int8 dynamic Linear here, or None.
+
+    Probed, not assumed: a tiny dynamically quantized Linear must run on the current engine.
+    """
+    engines = torch.backends.quantized.supported_engines
+    engine = torch.backends.quantized.engine
+    if engine in (None, "none") or engine not in engines:
+        preferred = [e for e in ("x86", "fbgemm", "qnnpack", "onednn") if e in engines]
+        if not preferred:
+            return None
+        engine = preferred[0]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torch.ao.quantization import quantize_dynamic
+
+            torch.backends.quantized.engine = engine
+            probe = quantize_dynamic(  # type: ignore[no-untyped-call]
+                nn.Sequential(nn.Linear(4, 4)), {nn.Linear}, dtype=torch.qint8)
+            probe(torch.zeros(1, 4))
+    except Exception as e:  # any failure means "no real int8 kernel here"
+        log.info("int8 dynamic quantization unavailable on engine %s: %s", engine, e)
+        return None
+    return str(engine)
+
+
+def convert_int8_for_cpu(model: nn.Module, quant_config: QuantConfig | None = None) -> CompressionReport:
+    """Swap 8-bit attention/FFN ``nn.Linear`` layers for real int8 kernels (inference only, CPU).
+
+    Uses ``torch.ao.quantization.quantize_dynamic`` (int8 weights, activations quantized on the fly)
+    when a quantized engine (x86/fbgemm/qnnpack) works here. Fake-quant and pruning masks are first
+    baked into the weights. Linformer E/F and embeddings are not Linear layers and stay fake-quant.
+    The converted model can no longer be trained, and its state_dict no longer matches a fresh build;
+    ONNX export of dynamically quantized Linear is not supported.
+
+    Args:
+        model: A CPU model from :func:`nas.models.build`, usually after :func:`quantize_`.
+        quant_config: Which groups are 8-bit; defaults to ``model.candidate.quant``.
+
+    Returns:
+        A report whose ``kernels`` names the real int8 kernel, or says fake-quant when none is available
+        (then the model is left unchanged).
+
+    Raises:
+        ConfigError: If the model is not on the CPU or no quant config can be found.
+    """
+    if quant_config is None:
+        cand = getattr(model, "candidate", None)
+        if cand is None:
+            raise ConfigError("no quantization config to follow", field="quant_config",
+                              fix="pass quant_config= or use a model built by nas.models.build")
+        quant_config = cand.quant
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ConfigError("int8 dynamic quantization runs on the CPU only", field="model.device",
+                          fix="call model.cpu() first, or keep the fake-quant model on the GPU")
+    before = num_params(model)
+    names = qualified_names(model)
+    groups = layer_groups(model)
+    targets: list[str] = []
+    for group in ("attention", "ffn"):
+        if getattr(quant_config, _GROUP_BITS[group]) != 8:
+            continue
+        for module, pname in groups[group]:
+            if isinstance(module, nn.Linear) and pname == "weight":
+                targets.append(names[id(module)])
+    fake = fake_quant_description(quant_config)
+    if not targets:
+        return CompressionReport(kernels=fake, simulated=not quant_config.is_noop, params_before=before,
+                                 params_after=before,
+                                 details={"step": "int8", "converted": [], "reason": "no 8-bit attention/ffn group"})
+    engine = int8_backend()
+    if engine is None:
+        return CompressionReport(kernels=fake, simulated=True, params_before=before, params_after=before,
+                                 details={"step": "int8", "converted": [],
+                                          "reason": "no quantized CPU engine available; kept fake-quant"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
+        from torch.ao.quantization import (
+            default_dynamic_qconfig,
+            per_channel_dynamic_qconfig,
+            quantize_dynamic,
+        )
+
+        qconfig = per_channel_dynamic_qconfig if quant_config.granularity == "per_channel" else default_dynamic_qconfig
+        modules = dict(model.named_modules())
+        for fqn in targets:
+            module = modules[fqn]
+            if parametrize.is_parametrized(module):
+                # Bake masks and the fake-quant grid into a plain weight; the class reverts to nn.Linear.
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        quantize_dynamic(  # type: ignore[no-untyped-call]
+            model, dict.fromkeys(targets, qconfig), dtype=torch.qint8, inplace=True
+        )
+    rest = [g for g in ("embedding",) if getattr(quant_config, _GROUP_BITS[g]) < 32]
+    lowrank_fake = any(pname in ("E", "F") for _, pname in groups["attention"]) and quant_config.attention_bits < 32
+    simulated_rest = bool(rest) or lowrank_fake or any(
+        getattr(quant_config, _GROUP_BITS[g]) not in (8, 32) for g in ("attention", "ffn")
+    )
+    kernels = f"int8 dynamic quantized Linear (torch.ao quantize_dynamic, {engine} engine) for {len(targets)} layers"
+    if simulated_rest:
+        kernels += "; other quantized weights stay fake-quant (fp32 compute)"
+    log.info("converted %d Linear layers to int8 (%s)", len(targets), engine)
+    return CompressionReport(
+        kernels=kernels,
+        simulated=simulated_rest,
+        params_before=before,
+        params_after=num_params(model),
+        details={"step": "int8", "engine": engine, "converted": targets,
+                 "weight_scheme": "symmetric int8 (the kernel's scheme, regardless of quant.scheme)"},
+    )

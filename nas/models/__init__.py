@@ -1,0 +1,41 @@
+"""Transformer encoder classifiers built from a frozen :class:`~nas.config.Candidate` (layer L1: torch only).
+
+Public API::
+
+    model = build(candidate, vocab_size=V, num_labels=C)      # -> EncoderClassifier
+    out = model(input_ids, attention_mask=None, output_hidden_states=False, output_attentions=False)
+    out.logits, out.hidden_states, out.attentions             # ModelOutput
+
+Attention variants live in :data:`ATTENTION_REGISTRY`; add one with :func:`register_attention`.
+"""
+
+from __future__ import annotations
+
+from .attention import (
+    ATTENTION_REGISTRY,
+    Attention,
+    LinearAttention,
+    LocalAttention,
+    LowRankAttention,
+    SoftmaxAttention,
+    register_attention,
+)
+from .encoder import Block, EncoderClassifier, FeedForward, LogitsOnly, ModelOutput, build
+from .flops import count_flops
+
+__all__ = [
+    "build",
+    "EncoderClassifier",
+    "ModelOutput",
+    "LogitsOnly",
+    "Block",
+    "FeedForward",
+    "ATTENTION_REGISTRY",
+    "register_attention",
+    "Attention",
+    "SoftmaxAttention",
+    "LocalAttention",
+    "LinearAttention",
+    "LowRankAttention",
+    "count_flops",
+]
