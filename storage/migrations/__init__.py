@@ -1,0 +1,1 @@
+"""Alembic migrations of the energy-nas tables (package data; run through ``nas storage upgrade``)."""

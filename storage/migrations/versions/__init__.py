@@ -1,0 +1,1 @@
+"""Revisions of the energy-nas schema, oldest first."""

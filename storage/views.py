@@ -1,0 +1,259 @@
+"""Frozen records returned by :class:`storage.Store` (rows never leave the storage package).
+
+Units live in field names: ``_j`` joules, ``_s`` seconds, ``_g`` grams CO2-equivalent, ``_utc`` a
+timezone-aware UTC timestamp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from nas.config import Candidate
+from nas.records import TrialResult
+
+__all__ = [
+    "NO_HARDWARE",
+    "OBJECTIVE_NAMES",
+    "CANDIDATE_NAMES",
+    "FILTER_NAMES",
+    "candidate_hash",
+    "TrialCost",
+    "StudyInfo",
+    "TrialView",
+    "FrontEntry",
+    "ArtefactView",
+    "ReadingView",
+]
+
+#: The hardware fingerprint of a trial that has no inference measurement.
+NO_HARDWARE = "unknown"
+#: Metric names a study may optimise (the keys of :meth:`nas.records.TrialResult.objectives`).
+OBJECTIVE_NAMES: tuple[str, ...] = tuple(
+    TrialResult(candidate=Candidate(), task="", status="COMPLETE").objectives().keys()
+)
+#: Candidate fields usable in filters (the keys of :meth:`nas.config.Candidate.flat`).
+CANDIDATE_NAMES: tuple[str, ...] = tuple(Candidate().flat().keys())
+#: Every name a ``--where`` filter over trials may use (the keys of :meth:`TrialView.values`).
+FILTER_NAMES: tuple[str, ...] = tuple(
+    sorted({*OBJECTIVE_NAMES, *CANDIDATE_NAMES, "meter", "is_estimate", "hardware", "number", "state"})
+)
+
+
+def candidate_hash(candidate: Candidate) -> str:
+    """SHA-256 of the candidate's canonical JSON: its identity in storage.
+
+    The canonical form is pydantic's ``model_dump_json()`` (fields in declaration order, no spaces),
+    the same bytes :mod:`nas.runner.searcher` hashes, so the two always agree.
+    """
+    return hashlib.sha256(candidate.model_dump_json().encode("utf-8")).hexdigest()
+
+
+def finite_or_none(value: Any) -> Any:
+    """``None`` for NaN and infinities, the value otherwise."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass(frozen=True)
+class TrialCost:
+    """What a trial cost the search (decision 11: search cost is a first-class number).
+
+    Attributes:
+        train_energy_j: Joules spent training and distilling; ``None`` when no meter could read it.
+        measure_energy_j: Joules spent measuring inference energy and latency.
+        co2eq_g: Grams CO2-equivalent of the above, when the meter gives it.
+        wall_s: Wall-clock seconds of the whole trial.
+        gpu_s: GPU-seconds (fraction of a GPU times seconds) the trial held.
+        meter: The meter behind the joules.
+        is_estimate: Whether the joules are an estimate rather than a measurement.
+    """
+
+    train_energy_j: float | None = None
+    measure_energy_j: float | None = None
+    co2eq_g: float | None = None
+    wall_s: float = 0.0
+    gpu_s: float = 0.0
+    meter: str = "none"
+    is_estimate: bool = False
+
+    @property
+    def total_energy_j(self) -> float | None:
+        parts = [p for p in (self.train_energy_j, self.measure_energy_j) if p is not None]
+        return sum(parts) if parts else None
+
+    @classmethod
+    def from_result(cls, result: TrialResult, *, wall_s: float = 0.0, gpu_s: float = 0.0) -> TrialCost:
+        """The cost recorded in a result: training joules plus the joules of the measurement windows.
+
+        ``measure_energy_j`` is the gross energy of the timed windows (J/sample times the samples run in
+        them); warm-up and the idle baseline are not included. ``co2eq_g`` adds training CO2eq and the
+        windows' CO2eq where the meter gives them.
+        """
+        train, inf = result.train, result.inference
+        measure_j = co2_inf = None
+        if inf is not None:
+            samples = inf.throughput_samples_s * inf.n_windows * inf.window_s
+            if inf.energy_per_sample_j is not None and math.isfinite(samples):
+                measure_j = inf.energy_per_sample_j * samples
+            if inf.co2eq_g_per_sample is not None and math.isfinite(samples):
+                co2_inf = inf.co2eq_g_per_sample * samples
+        co2_parts = [c for c in (train.co2eq_g if train else None, co2_inf) if c is not None]
+        meters = [m.meter for m in (train, inf) if m is not None and m.meter != "none"]
+        return cls(
+            train_energy_j=train.energy_j if train else None,
+            measure_energy_j=measure_j,
+            co2eq_g=sum(co2_parts) if co2_parts else None,
+            wall_s=wall_s,
+            gpu_s=gpu_s,
+            meter=meters[0] if meters else "none",
+            is_estimate=any(m.is_estimate for m in (train, inf) if m is not None),
+        )
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    """One study and its running search cost.
+
+    Attributes:
+        name: Unique study name (also the Optuna study name).
+        optuna_study_id: Optuna's ``study_id`` in the same database, when linked.
+        spec_json: The study spec as JSON text.
+        objectives: ``(metric, direction)`` pairs, direction ``"maximize"`` or ``"minimize"``.
+        status: ``RUNNING``, ``COMPLETE``, ``FAILED`` or ``STOPPED``.
+        train_energy_j: Total joules spent training (known readings only).
+        measure_energy_j: Total joules spent measuring.
+        co2eq_g: Total grams CO2-equivalent.
+        wall_s: Total trial wall-clock seconds.
+        gpu_s: Total GPU-seconds.
+        cost_includes_estimate: Whether any of the totals comes from an estimate.
+    """
+
+    name: str
+    optuna_study_id: int | None
+    spec_json: str
+    objectives: tuple[tuple[str, str], ...]
+    status: str
+    created_utc: datetime
+    updated_utc: datetime
+    budget_energy_j: float | None
+    budget_trials: int | None
+    budget_wall_s: float | None
+    train_energy_j: float
+    measure_energy_j: float
+    co2eq_g: float
+    wall_s: float
+    gpu_s: float
+    cost_includes_estimate: bool
+    n_trials_complete: int
+    n_trials_failed: int
+    n_trials_pruned: int
+
+    @property
+    def total_energy_j(self) -> float:
+        return self.train_energy_j + self.measure_energy_j
+
+    @property
+    def objectives_key(self) -> str:
+        """The objectives as one string, e.g. ``accuracy:maximize,energy_per_sample_j:minimize``."""
+        return ",".join(f"{m}:{d}" for m, d in self.objectives)
+
+    @property
+    def spec(self) -> Any:
+        return json.loads(self.spec_json)
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """One stored trial.
+
+    Attributes:
+        study: The study name.
+        number: The trial number (Optuna's ``trial.number``).
+        state: ``RUNNING``, ``COMPLETE``, ``FAIL`` or ``PRUNED``.
+        fail_reason: Why it failed (``FAIL``) or was stopped early (``PRUNED``).
+        retryable: True when the failure was an interruption, not the candidate's fault.
+        candidate: The candidate, when known (a trial can fail before it has one).
+        candidate_hash: :func:`candidate_hash` of the candidate.
+        result: The full result, once finished.
+        hardware_fingerprint: The device model of the inference measurement (:data:`NO_HARDWARE` if none).
+        cost: What the trial cost the search, once finished or failed.
+        flat: The flat values used for fronts and ``--where`` filters (see :meth:`values`).
+    """
+
+    study: str
+    number: int
+    state: str
+    fail_reason: str | None
+    retryable: bool
+    optuna_trial_id: int | None
+    candidate: Candidate | None
+    candidate_hash: str | None
+    result: TrialResult | None
+    hardware_fingerprint: str | None
+    meter: str | None
+    is_estimate: bool | None
+    cost: TrialCost | None
+    started_utc: datetime | None
+    finished_utc: datetime | None
+    flat: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def values(self) -> dict[str, Any]:
+        """A flat copy of every value a filter may use (the names in :data:`FILTER_NAMES`).
+
+        Every key of :meth:`TrialResult.objectives`, every key of :meth:`Candidate.flat`, plus
+        ``meter``, ``is_estimate``, ``hardware``, ``number`` and ``state``. Missing values are ``None``.
+        """
+        return dict(self.flat)
+
+
+@dataclass(frozen=True)
+class FrontEntry:
+    """One member of a persisted Pareto front (a row of ``nas_pareto_front``)."""
+
+    hardware_fingerprint: str
+    objectives_key: str
+    trial_number: int
+    position: int
+    values: Mapping[str, float]
+    updated_utc: datetime
+
+
+@dataclass(frozen=True)
+class ArtefactView:
+    """A file produced by a trial."""
+
+    trial_number: int
+    kind: str
+    path: str
+    sha256: str | None
+    size_bytes: int | None
+    created_utc: datetime
+
+
+@dataclass(frozen=True)
+class ReadingView:
+    """One stored energy reading; see :class:`storage.models.EnergyReadingRow` for the fields."""
+
+    trial_number: int
+    kind: str
+    meter: str
+    is_estimate: bool
+    exclusive: bool
+    energy_j: float | None
+    energy_per_sample_j: float | None
+    energy_per_sample_net_j: float | None
+    idle_w: float | None
+    cv: float | None
+    duration_s: float | None
+    co2eq_g: float | None
+    hardware_fingerprint: str | None
+    provenance: Mapping[str, Any] | None
+    created_utc: datetime

@@ -1,0 +1,75 @@
+"""Shared fixtures. Keep this file small; fixtures used by one test module belong in that module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from nas.config import Candidate
+from nas.records import EvalMetrics, InferenceEnergy, Provenance, TrainSummary, TrialResult
+
+
+def fake_trial_result(
+    *,
+    candidate: Candidate | None = None,
+    accuracy: float | None = 0.8,
+    energy_per_sample_j: float | None = 1e-3,
+    latency_p50_ms: float = 2.0,
+    params: int | None = 10_000,
+    hardware: str | None = "NVIDIA H100 80GB HBM3",
+    meter: str = "nvml-counter",
+    is_estimate: bool = False,
+    exclusive: bool = True,
+    status: str = "COMPLETE",
+    error: str | None = None,
+    train_energy_j: float | None = 5.0,
+    weights_path: str | None = None,
+) -> TrialResult:
+    """A plausible :class:`TrialResult` built without torch (no training, no measurement).
+
+    ``hardware=None`` gives a result with no inference measurement at all.
+    """
+    cand = candidate or Candidate()
+    inference = None
+    if hardware is not None:
+        prov = Provenance(
+            meter=meter, kernels="fp32 eager", device="cuda:0" if meter.startswith("nvml") else "cpu",
+            device_name=hardware, device_uuid="GPU-0000", dtype="float32", batch_size=32, seq_len=64,
+            n_windows=3, window_s=1.0, serving_form="eager", versions={"torch": "2.4.0"}, host_id="host-1",
+        )
+        inference = InferenceEnergy(
+            meter=meter, is_estimate=is_estimate, energy_per_sample_j=energy_per_sample_j,
+            energy_per_sample_net_j=None if energy_per_sample_j is None else energy_per_sample_j * 0.8,
+            idle_w=40.0, cv=0.02, latency_p50_ms=latency_p50_ms, latency_p95_ms=latency_p50_ms * 1.3,
+            throughput_samples_s=1000.0 / latency_p50_ms, batch_size=32, seq_len=64, n_windows=3,
+            window_s=1.0, serving_form="eager", dtype="float32", kernels="fp32 eager", exclusive=exclusive,
+            windows_j_per_sample=(1e-3, 1.1e-3, 0.9e-3), provenance=prov,
+        )
+    train = TrainSummary(steps=10, wall_s=3.0, final_loss=0.5, energy_j=train_energy_j, meter=meter,
+                         is_estimate=is_estimate, rung_accuracies=((5, 0.6), (10, 0.7)))
+    metrics = EvalMetrics(accuracy=accuracy, macro_f1=accuracy, n_examples=100) if accuracy is not None else None
+    return TrialResult(
+        candidate=cand, task="builtin:parity", status=status,  # type: ignore[arg-type]
+        metrics=metrics, train=train, inference=inference, params=params, size_bytes=None if params is None
+        else params * 4, flops_per_sample=1e6, kernels="fp32 eager", error=error, weights_path=weights_path,
+    )
+
+
+@pytest.fixture
+def make_result() -> Callable[..., TrialResult]:
+    """Factory of fake :class:`TrialResult` records (see :func:`fake_trial_result` for the keywords)."""
+    return fake_trial_result
+
+
+@pytest.fixture
+def make_candidate() -> Callable[..., Candidate]:
+    """Factory of distinct valid candidates: ``make_candidate(i)`` differs for every ``i`` < 30000."""
+
+    def make(i: int = 0, **overrides: Any) -> Candidate:
+        fields: dict[str, Any] = {"n_layers": 1 + i % 4, "d_ffn": 8 + i}
+        fields.update(overrides)
+        return Candidate(**fields)
+
+    return make

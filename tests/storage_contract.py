@@ -1,0 +1,462 @@
+"""The storage contract: every backend must pass these tests.
+
+Subclass :class:`StorageContract` once per backend and provide a function-scoped ``db_url`` fixture that
+yields the URL of a fresh, empty database (see ``test_storage.py`` for SQLite and ``test_postgres.py``
+for PostgreSQL). The class name does not start with ``Test`` so pytest collects it only through its
+subclasses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text, update
+
+import storage.store as store_module
+from nas.config import Candidate
+from nas.errors import ConfigError, StorageError
+from nas.records import TrialResult
+from storage import FILTER_NAMES, Store, TrialCost, candidate_hash
+from storage.models import VERSION_TABLE, Base, StudyRow
+
+ROOT = Path(__file__).resolve().parents[1]
+OBJ2 = [("accuracy", "maximize"), ("energy_per_sample_j", "minimize")]
+OBJ3 = [*OBJ2, ("latency_p50_ms", "minimize")]
+COST = TrialCost(train_energy_j=10.0, measure_energy_j=2.0, co2eq_g=0.5, wall_s=30.0, gpu_s=15.0,
+                 meter="nvml-counter", is_estimate=False)
+
+MakeResult = Callable[..., TrialResult]
+MakeCandidate = Callable[..., Candidate]
+
+
+def _brute_front(points: list[tuple[int, list[float | None]]], directions: list[str]) -> set[int]:
+    """Trial numbers of the non-dominated points, by definition (O(N^2)); rows with None never qualify."""
+    signs = [-1.0 if d == "maximize" else 1.0 for d in directions]
+    valid = [(n, [s * v for s, v in zip(signs, p, strict=True)]) for n, p in points
+             if all(v is not None and not math.isnan(v) for v in p)]
+    front = set()
+    for n, p in valid:
+        dominated = any(all(a <= b for a, b in zip(q, p, strict=True)) and any(a < b for a, b in zip(q, p, strict=True))
+                        for m, q in valid if m != n)
+        if not dominated:
+            front.add(n)
+    return front
+
+
+class StorageContract:
+    """Backend-independent behaviour of :class:`storage.Store`."""
+
+    # -- hooks -----------------------------------------------------------------------------------
+    @pytest.fixture
+    def db_url(self) -> Iterator[str]:
+        """Override: yield the URL of a fresh, empty database."""
+        raise NotImplementedError("a backend test class must provide a db_url fixture")
+
+    @pytest.fixture
+    def store(self, db_url: str) -> Iterator[Store]:
+        s = Store.open(db_url)
+        yield s
+        s.close()
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def _study(store: Store, name: str = "s", objectives: list[tuple[str, str]] = OBJ2) -> None:
+        store.create_study(name, json.dumps({"task": "builtin:parity"}), objectives)
+
+    # -- studies ---------------------------------------------------------------------------------
+    def test_create_get_list_studies(self, store: Store) -> None:
+        info = store.create_study("alpha", '{"a": 1}', OBJ2, optuna_study_id=7, budget_energy_j=1e6)
+        store.create_study("beta", "{}", OBJ3)
+        assert info.name == "alpha" and info.status == "RUNNING" and info.optuna_study_id == 7
+        assert info.objectives == tuple(OBJ2)
+        assert info.objectives_key == "accuracy:maximize,energy_per_sample_j:minimize"
+        assert info.budget_energy_j == 1e6 and info.total_energy_j == 0.0
+        assert info.created_utc.tzinfo is not None
+        got = store.get_study("alpha")
+        assert got.spec == {"a": 1} and got.created_utc == info.created_utc
+        assert [s.name for s in store.list_studies()] == ["alpha", "beta"]
+        store.set_study_status("alpha", "COMPLETE")
+        assert store.get_study("alpha").status == "COMPLETE"
+        with pytest.raises(ConfigError, match="RUNNING"):
+            store.set_study_status("alpha", "DONE")
+
+    def test_duplicate_study_and_exist_ok(self, store: Store) -> None:
+        self._study(store, "a")
+        with pytest.raises(StorageError, match="already exists"):
+            self._study(store, "a")
+        again = store.create_study("a", "{}", OBJ2, exist_ok=True, optuna_study_id=3)
+        assert again.optuna_study_id == 3
+        with pytest.raises(StorageError, match="objectives"):
+            store.create_study("a", "{}", OBJ3, exist_ok=True)
+
+    def test_unknown_study_error_text(self, store: Store) -> None:
+        with pytest.raises(StorageError) as err:
+            store.get_study("nope")
+        assert "unknown study 'nope'; run `nas studies` to list them" in str(err.value)
+        with pytest.raises(StorageError, match="unknown study 'nope'"):
+            store.trials("nope")
+
+    def test_bad_objectives_and_spec(self, store: Store) -> None:
+        with pytest.raises(ConfigError, match="allowed: accuracy"):
+            store.create_study("a", "{}", [("acuracy", "maximize")])
+        with pytest.raises(ConfigError, match="maximize"):
+            store.create_study("a", "{}", [("accuracy", "up")])
+        with pytest.raises(ConfigError, match="spec_json"):
+            store.create_study("a", "not json", OBJ2)
+        assert store.list_studies() == []
+
+    # -- trials ----------------------------------------------------------------------------------
+    def test_start_and_finish_round_trip(
+        self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate
+    ) -> None:
+        self._study(store)
+        cand = make_candidate(3, quant={"ffn_bits": 8})
+        store.start_trial("s", 0, cand, optuna_trial_id=11)
+        running = store.trial("s", 0)
+        assert running.state == "RUNNING" and running.candidate == cand and running.result is None
+        assert running.candidate_hash == candidate_hash(cand)
+        result = make_result(candidate=cand, accuracy=0.91, energy_per_sample_j=2e-3)
+        store.finish_trial("s", 0, result, cost=COST)
+
+        view = store.trial("s", 0)
+        assert view.state == "COMPLETE" and view.optuna_trial_id == 11
+        assert view.result == result
+        assert view.cost == COST
+        assert view.hardware_fingerprint == "NVIDIA H100 80GB HBM3"
+        assert view.started_utc is not None and view.finished_utc is not None
+        assert view.finished_utc >= view.started_utc
+        values = view.values()
+        assert set(values) == set(FILTER_NAMES)
+        assert set(result.objectives()) <= set(values) and set(cand.flat()) <= set(values)
+        for k, v in result.objectives().items():
+            assert values[k] == pytest.approx(v) if v is not None else values[k] is None
+        assert values["weight_bits"] == 8 and values["attention"] == "softmax"
+        assert values["meter"] == "nvml-counter" and values["is_estimate"] is False
+
+        kinds = {r.kind: r for r in store.readings("s", 0)}
+        assert set(kinds) == {"inference:eager", "train"}
+        inf = kinds["inference:eager"]
+        assert inf.exclusive and inf.energy_per_sample_j == pytest.approx(2e-3)
+        assert inf.provenance is not None and inf.provenance["device_name"] == "NVIDIA H100 80GB HBM3"
+        assert kinds["train"].energy_j == pytest.approx(5.0)
+
+        info = store.get_study("s")
+        assert info.n_trials_complete == 1
+        assert info.train_energy_j == pytest.approx(10.0) and info.measure_energy_j == pytest.approx(2.0)
+        assert info.co2eq_g == pytest.approx(0.5) and info.gpu_s == pytest.approx(15.0)
+        assert info.total_energy_j == pytest.approx(12.0) and not info.cost_includes_estimate
+
+    def test_trial_state_rules(self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate) -> None:
+        self._study(store)
+        store.start_trial("s", 0, make_candidate(0))
+        with pytest.raises(StorageError, match="already recorded"):
+            store.start_trial("s", 0, make_candidate(0))
+        with pytest.raises(StorageError, match="another candidate"):
+            store.finish_trial("s", 0, make_result(candidate=make_candidate(1)), cost=COST)
+        store.finish_trial("s", 0, make_result(candidate=make_candidate(0)), cost=COST)
+        with pytest.raises(StorageError, match="already COMPLETE"):
+            store.finish_trial("s", 0, make_result(candidate=make_candidate(0)), cost=COST)
+        with pytest.raises(StorageError, match="already COMPLETE"):
+            store.fail_trial("s", 0, "late")
+        with pytest.raises(StorageError, match="has no trial 5"):
+            store.trial("s", 5)
+        # finishing a trial that was never started records it in one go
+        store.finish_trial("s", 1, make_result(candidate=make_candidate(1)), cost=COST)
+        assert [t.number for t in store.trials("s")] == [0, 1]
+        assert store.get_study("s").train_energy_j == pytest.approx(20.0)
+
+    def test_shared_device_energy_is_refused(self, store: Store, make_result: MakeResult) -> None:
+        self._study(store)
+        with pytest.raises(StorageError, match="exclusive"):
+            store.finish_trial("s", 0, make_result(exclusive=False), cost=COST)
+        assert store.trials("s") == []  # nothing half-written
+
+    def test_fail_trial_and_failed_hashes(
+        self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate
+    ) -> None:
+        self._study(store)
+        c0, c1, c2, c3 = (make_candidate(i) for i in range(4))
+        store.start_trial("s", 0, c0)
+        store.fail_trial("s", 0, "CUDA out of memory", cost=TrialCost(train_energy_j=1.0, meter="estimate",
+                                                                      is_estimate=True))
+        store.fail_trial("s", 1, "invalid shapes", candidate=c1)  # never started
+        store.start_trial("s", 2, c2)
+        store.fail_trial("s", 2, "preempted", retryable=True)
+        store.finish_trial("s", 3, make_result(candidate=c3, status="FAIL", error="NaN loss at step 4"),
+                           cost=COST)
+        store.fail_trial("s", 4, "no candidate at all")
+
+        assert store.failed_candidate_hashes("s") == {candidate_hash(c) for c in (c0, c1, c3)}
+        failed = store.trials("s", states=["FAIL"])
+        assert [t.number for t in failed] == [0, 1, 2, 3, 4]
+        assert failed[0].fail_reason == "CUDA out of memory" and not failed[0].retryable
+        assert failed[2].retryable and failed[3].fail_reason == "NaN loss at step 4"
+        assert failed[4].candidate is None
+        info = store.get_study("s")
+        assert info.n_trials_failed == 5 and info.cost_includes_estimate
+        assert info.train_energy_j == pytest.approx(11.0)
+        assert store.persisted_front("s") == [] and store.front("s") == []
+        with pytest.raises(ConfigError, match="unknown trial state"):
+            store.trials("s", states=["DONE"])
+
+    def test_mark_unfinished_failed(self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate) -> None:
+        self._study(store)
+        for i in range(4):
+            store.start_trial("s", i, make_candidate(i))
+        store.finish_trial("s", 1, make_result(candidate=make_candidate(1)), cost=COST)
+        assert store.mark_unfinished_failed("s", "driver restarted") == [0, 2, 3]
+        assert store.mark_unfinished_failed("s", "again") == []
+        t = store.trial("s", 2)
+        assert t.state == "FAIL" and t.fail_reason == "driver restarted" and t.retryable
+        assert store.failed_candidate_hashes("s") == set()  # interrupted, not the candidate's fault
+        assert store.get_study("s").n_trials_failed == 3
+
+    def test_prune_and_cost_from_result(
+        self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate
+    ) -> None:
+        self._study(store)
+        store.start_trial("s", 0, make_candidate(0))
+        store.prune_trial("s", 0, "stopped by ASHA at step 100", wall_s=4.0)
+        t = store.trial("s", 0)
+        assert t.state == "PRUNED" and t.fail_reason == "stopped by ASHA at step 100" and t.result is None
+        result = make_result(candidate=make_candidate(1))
+        cost = TrialCost.from_result(result, wall_s=9.0, gpu_s=4.5)
+        # 1e-3 J/sample x (1000/2 samples/s x 3 windows x 1 s)
+        assert cost.measure_energy_j == pytest.approx(1.5) and cost.train_energy_j == pytest.approx(5.0)
+        assert cost.meter == "nvml-counter" and not cost.is_estimate and cost.total_energy_j == pytest.approx(6.5)
+        store.finish_trial("s", 1, result, cost=cost)
+        store.finish_trial("s", 2, make_result(candidate=make_candidate(2), status="PRUNED"), cost=cost)
+        info = store.get_study("s")
+        assert (info.n_trials_pruned, info.n_trials_complete) == (2, 1)
+        assert info.wall_s == pytest.approx(22.0) and info.total_energy_j == pytest.approx(13.0)
+        assert [t.number for t in store.front("s")] == [1]
+        estimate = TrialCost.from_result(make_result(meter="estimate", is_estimate=True))
+        assert estimate.is_estimate and estimate.meter == "estimate"
+
+    def test_update_study_spec(self, store: Store) -> None:
+        store.create_study("s", '{"v": 1}', OBJ2, budget_trials=10, budget_energy_j=5.0)
+        info = store.update_study_spec("s", '{"v": 2}', budget_trials=20)
+        assert info.spec == {"v": 2} and info.budget_trials == 20 and info.budget_energy_j == 5.0
+        assert store.get_study("s").budget_trials == 20
+        with pytest.raises(ConfigError, match="spec_json"):
+            store.update_study_spec("s", "{")
+
+    def test_nan_and_missing_values(self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate) -> None:
+        self._study(store)
+        store.finish_trial("s", 0, make_result(candidate=make_candidate(0), energy_per_sample_j=float("nan")),
+                           cost=COST)
+        store.finish_trial("s", 1, make_result(candidate=make_candidate(1), hardware=None), cost=COST)
+        v0, v1 = store.trial("s", 0).values(), store.trial("s", 1).values()
+        assert v0["energy_per_sample_j"] is None
+        assert v1["hardware"] == "unknown" and v1["energy_per_sample_j"] is None and v1["meter"] is None
+        assert store.front("s") == []  # neither has both objectives
+
+    def test_artefacts(self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate,
+                       tmp_path: Path) -> None:
+        self._study(store)
+        weights = tmp_path / "w.safetensors"
+        weights.write_bytes(b"x" * 10)
+        store.finish_trial("s", 0, make_result(candidate=make_candidate(0), weights_path=str(weights)), cost=COST)
+        store.add_artefact("s", 0, "onnx", tmp_path / "m.onnx", sha256="ab" * 32, size_bytes=99)
+        arts = store.artefacts("s")
+        assert [(a.kind, a.size_bytes) for a in arts] == [("weights", 10), ("onnx", 99)]
+        assert store.artefacts("s", 0) == arts and store.artefacts("s", 1) == []
+        with pytest.raises(StorageError, match="unknown trial 3"):
+            store.add_artefact("s", 3, "onnx", "x")
+
+    # -- fronts ----------------------------------------------------------------------------------
+    @pytest.mark.parametrize("objectives", [OBJ2, OBJ3], ids=["2d", "3d"])
+    def test_persisted_front_equals_recomputed_and_brute_force(
+        self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate,
+        objectives: list[tuple[str, str]],
+    ) -> None:
+        self._study(store, objectives=objectives)
+        rng = np.random.default_rng(len(objectives))
+        directions = [d for _, d in objectives]
+        points: dict[str, list[tuple[int, list[float | None]]]] = {"GPU-A": [], "GPU-B": []}
+        for i in range(36):
+            hw = "GPU-A" if rng.random() < 0.6 else "GPU-B"
+            # coarse values make ties and exact duplicates likely
+            acc = float(rng.integers(5, 10)) / 10
+            energy = None if rng.random() < 0.08 else float(rng.integers(1, 6)) * 1e-3
+            lat = float(rng.integers(1, 5))
+            r = make_result(candidate=make_candidate(i), accuracy=acc, energy_per_sample_j=energy,
+                            latency_p50_ms=lat, hardware=hw)
+            store.start_trial("s", i, r.candidate)
+            if rng.random() < 0.1:
+                store.fail_trial("s", i, "oom")
+                continue
+            store.finish_trial("s", i, r, cost=COST)
+            objs = r.objectives()
+            points[hw].append((i, [objs[m] for m, _ in objectives]))
+            if i % 6 == 5 or i == 35:
+                persisted = store.persisted_front("s")
+                recomputed = store.front("s")
+                assert [(e.hardware_fingerprint, e.trial_number) for e in persisted] == [
+                    (t.hardware_fingerprint, t.number) for t in recomputed]
+                for hw_name, pts in points.items():
+                    got = {e.trial_number for e in persisted if e.hardware_fingerprint == hw_name}
+                    assert got == _brute_front(pts, directions), hw_name
+        entries = store.persisted_front("s", hardware="GPU-A")
+        assert [e.position for e in entries] == list(range(len(entries)))
+        firsts = [e.values["accuracy"] for e in entries]
+        assert firsts == sorted(firsts, reverse=True)  # best first objective first
+        assert all(e.objectives_key == store.get_study("s").objectives_key for e in entries)
+        assert store.hardware_fingerprints("s") == ["GPU-A", "GPU-B"]
+        assert {t.number for t in store.front("s", hardware="GPU-B")} == _brute_front(points["GPU-B"], directions)
+        before = [(e.hardware_fingerprint, e.trial_number, e.position) for e in store.persisted_front("s")]
+        store.rebuild_front("s")
+        assert [(e.hardware_fingerprint, e.trial_number, e.position) for e in store.persisted_front("s")] == before
+
+    def test_front_where_filters_before_the_front(
+        self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate
+    ) -> None:
+        self._study(store)
+        # trial 0 (32-bit) dominates trial 1 (8-bit); under "weight_bits <= 8" trial 1 is on the front.
+        store.finish_trial("s", 0, make_result(candidate=make_candidate(0), accuracy=0.9,
+                                               energy_per_sample_j=1e-3), cost=COST)
+        store.finish_trial("s", 1, make_result(candidate=make_candidate(1, quant={"ffn_bits": 8}),
+                                               accuracy=0.8, energy_per_sample_j=2e-3), cost=COST)
+        store.finish_trial("s", 2, make_result(candidate=make_candidate(2, attention={"kind": "linear"}),
+                                               accuracy=0.85, energy_per_sample_j=0.5e-3, meter="estimate",
+                                               is_estimate=True), cost=COST)
+        assert [t.number for t in store.front("s")] == [0, 2]
+        assert [t.number for t in store.front("s", where="weight_bits <= 8")] == [1]
+        assert [t.number for t in store.front("s", where='attention in ("linear", "local")')] == [2]
+        assert [t.number for t in store.front("s", where="not is_estimate")] == [0]
+        with pytest.raises(ConfigError, match="allowed names"):
+            store.front("s", where="bits < 3")
+
+    # -- schema ----------------------------------------------------------------------------------
+    def test_schema_is_at_head_and_matches_models(self, store: Store, db_url: str) -> None:
+        assert store.schema_revision() == store_module.head_revision()
+        engine = create_engine(store_module.normalize_url(db_url))
+        try:
+            with engine.connect() as conn:
+                ctx = MigrationContext.configure(conn, opts={
+                    "include_name": lambda name, type_, parents: type_ != "table" or (
+                        name.startswith("nas_") and name != VERSION_TABLE),
+                    "compare_type": True})
+                diffs = compare_metadata(ctx, Base.metadata)
+        finally:
+            engine.dispose()
+        assert diffs == [], f"models and migrations disagree: {diffs}"
+
+    def test_schema_behind_names_the_upgrade_command(
+        self, store: Store, db_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        store.close()
+        monkeypatch.setattr(store_module, "head_revision", lambda: "0999")  # as if this build were newer
+        monkeypatch.setattr(store_module.Store, "_raise_if_unknown_revision", staticmethod(lambda c, u: None))
+        with pytest.raises(StorageError) as err:
+            Store.open(db_url)
+        msg = str(err.value)
+        assert "nas storage upgrade --db" in msg and "0001" in msg and "0999" in msg
+
+    def test_schema_newer_than_build(self, store: Store, db_url: str) -> None:
+        with store.session(write=True) as s:
+            s.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = 'ffff'"))
+        store.close()
+        with pytest.raises(StorageError, match="newer energy-nas"):
+            Store.open(db_url)
+
+    def test_create_false_on_empty_database(self, db_url: str) -> None:
+        with pytest.raises(StorageError, match="nas storage upgrade --db"):
+            Store.open(db_url, create=False)
+        assert Store.upgrade(db_url) == store_module.head_revision()
+        assert Store.upgrade(db_url) == store_module.head_revision()  # idempotent
+        Store.open(db_url, create=False).close()
+
+    def test_session_rolls_back_and_wraps_errors(self, store: Store) -> None:
+        self._study(store, "a")
+        with pytest.raises(StorageError, match="database error") as err, store.session(write=True) as s:
+            s.execute(update(StudyRow).where(StudyRow.name == "a").values(status="COMPLETE"))
+            s.execute(text("SELECT * FROM no_such_table"))
+        assert err.value.__cause__ is not None
+        assert store.get_study("a").status == "RUNNING"  # rolled back
+
+    # -- concurrency -----------------------------------------------------------------------------
+    def test_reader_process_reads_while_writer_holds_a_write_transaction(self, store: Store, db_url: str) -> None:
+        self._study(store, "a")
+        reader = textwrap.dedent(f"""
+            from storage import Store
+            s = Store.open({db_url!r}, create=False)
+            print([(i.name, i.status) for i in s.list_studies()])
+        """)
+        with store.session(write=True) as s:
+            s.execute(update(StudyRow).where(StudyRow.name == "a").values(status="STOPPED"))
+            s.flush()
+            t0 = time.monotonic()
+            out = subprocess.run([sys.executable, "-c", reader], capture_output=True, text=True, cwd=ROOT,
+                                 timeout=60)
+            waited_s = time.monotonic() - t0
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "[('a', 'RUNNING')]"  # the last committed state, not blocked
+        assert waited_s < 20
+        assert store.get_study("a").status == "STOPPED"
+
+    def test_second_engine_reads_during_write(self, store: Store, db_url: str) -> None:
+        self._study(store, "a")
+        other = Store.open(db_url)
+        try:
+            with store.session(write=True) as s:
+                s.execute(update(StudyRow).values(status="STOPPED"))
+                s.flush()
+                t0 = time.monotonic()
+                assert [i.status for i in other.list_studies()] == ["RUNNING"]
+                assert time.monotonic() - t0 < 5
+            assert [i.status for i in other.list_studies()] == ["STOPPED"]
+        finally:
+            other.close()
+
+    # -- Optuna in the same database -------------------------------------------------------------
+    def test_optuna_first_then_store(self, db_url: str) -> None:
+        optuna = pytest.importorskip("optuna")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(storage=db_url, study_name="s", directions=["maximize", "minimize"])
+        trial = study.ask()
+        trial.suggest_int("n_layers", 1, 4)
+        study.tell(trial, [0.9, 1e-3])
+        self._check_coexistence(optuna, db_url, study)
+
+    def test_store_first_then_optuna(self, db_url: str) -> None:
+        optuna = pytest.importorskip("optuna")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        Store.open(db_url).close()
+        study = optuna.create_study(storage=db_url, study_name="s", directions=["maximize", "minimize"])
+        study.enqueue_trial({"x": 1})
+        self._check_coexistence(optuna, db_url, study)
+
+    def _check_coexistence(self, optuna: Any, db_url: str, study: Any) -> None:
+        assert Store.upgrade(db_url) == store_module.head_revision()
+        with Store.open(db_url, create=False) as store:
+            info = store.create_study("s", "{}", OBJ2, optuna_study_id=study._study_id)
+            assert info.optuna_study_id == study._study_id
+            # the driver's way of opening Optuna on the store's database
+            rdb = optuna.storages.RDBStorage(store.url, engine_kwargs=store.optuna_engine_kwargs())
+            assert rdb.get_study_id_from_name("s") == study._study_id
+            rdb.engine.dispose()
+        engine = create_engine(store_module.normalize_url(db_url))
+        try:
+            with engine.connect() as conn:
+                tables = set(inspect(conn).get_table_names())
+                optuna_rev = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                ours = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+        finally:
+            engine.dispose()
+        assert {"alembic_version", VERSION_TABLE, "studies", "trials", "nas_studies", "nas_trials"} <= tables
+        assert ours == store_module.head_revision() and optuna_rev != ours
+        loaded = optuna.load_study(study_name="s", storage=db_url)
+        assert len(loaded.trials) == len(study.trials)
