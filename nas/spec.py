@@ -162,8 +162,13 @@ class StudySpec(_Frozen):
 
 
 def default_spec() -> StudySpec:
-    """The built-in study: the `tiny` space on the long-range built-in task, 12 trials, CPU-friendly."""
+    """The built-in study: the `tiny` space on the long-range built-in task, 14 trials, CPU-friendly.
+
+    It trains every candidate for the full (short) budget, without ASHA rungs, so that every trial
+    yields a complete (accuracy, energy) point; ``examples/study.yaml`` shows rungs."""
     return StudySpec(
+        budget=BudgetSpec(trials=14),
+        fidelity=FidelitySpec(rungs=[200], enabled=False),
         train=TrainConfig(batch_size=32, lr=2e-3, steps=200),
         measure=MeasureConfig(window_s=0.5, n_windows=3, idle_s=0.5, batch_size=32, seq_len=64,
                               warmup_iters=5),

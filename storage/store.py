@@ -884,6 +884,20 @@ class Store:
             s.add(ArtefactRow(trial_id=row.id, kind=kind, path=os.fspath(path), sha256=sha256,
                               size_bytes=size_bytes, created_utc=utc_now()))
 
+    def remove_artefacts(self, study: str, trial_number: int, kind: str) -> list[str]:
+        """Forget a trial's artefacts of ``kind`` (retention); returns their paths for the caller to delete."""
+        with self.session(write=True) as s:
+            st = self._study_row(s, study)
+            row = self._trial_row(s, st, trial_number)
+            if row is None:
+                return []
+            rows = s.execute(select(ArtefactRow).where(ArtefactRow.trial_id == row.id,
+                                                       ArtefactRow.kind == kind)).scalars().all()
+            paths = [a.path for a in rows]
+            for a in rows:
+                s.delete(a)
+            return paths
+
     # --- fronts ------------------------------------------------------------------------------------
     @staticmethod
     def _row_values(row: TrialRow) -> dict[str, Any]:

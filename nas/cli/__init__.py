@@ -131,7 +131,9 @@ def studies(db: DbOpt = DEFAULT_DB, as_json: Annotated[bool, typer.Option("--jso
     store = open_store(db, create=False)
     infos = store.list_studies()
     if as_json:
-        _print_json([i.to_dict() for i in infos])
+        from nas.cli.render import to_jsonable
+
+        _print_json([{**to_jsonable(i), "total_energy_j": i.total_energy_j} for i in infos])
         return
     from nas.cli.render import studies_table
 
@@ -152,7 +154,9 @@ def pareto(
 
     front = query(study, db=db, where=where, hardware=hardware)
     if as_json:
-        _print_json([t.to_dict() for t in front.trials])
+        from nas.cli.render import view_to_dict
+
+        _print_json([view_to_dict(t) for t in front.trials])
     elif as_csv:
         from nas.cli.render import front_csv
 
@@ -175,7 +179,9 @@ def show(
 
     view = open_store(db, create=False).trial(study, trial_number)
     if as_json:
-        _print_json(view.to_dict())
+        from nas.cli.render import view_to_dict
+
+        _print_json(view_to_dict(view))
         return
     from nas.cli.render import trial_view
 

@@ -1,0 +1,159 @@
+"""Rich tables and plain serialisations for the CLI. Every energy figure shows its meter, and an
+estimate is marked ``(estimate)``."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from datetime import datetime
+from typing import Any
+
+from rich.table import Table
+
+from nas.records import TrialResult
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+            return f"{v:.{digits - 1}e}"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _energy(v: float | None, meter: str | None, is_estimate: bool | None, unit: str = "J") -> str:
+    if v is None:
+        return f"- ({meter or 'no meter'})"
+    tag = " (estimate)" if is_estimate else ""
+    return f"{_fmt(v)} {unit} [{meter}{tag}]"
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Frozen records (dataclasses, pydantic) to plain JSON values."""
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, TrialResult):
+        return obj.to_dict()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict) or hasattr(obj, "items"):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    return obj
+
+
+def view_to_dict(view: Any) -> dict[str, Any]:
+    """A stored trial as JSON: the flat values first, then the full record."""
+    d = {"number": view.number, "state": view.state, "fail_reason": view.fail_reason,
+         **{k: v for k, v in view.values().items() if k not in ("number", "state")}}
+    d["candidate"] = to_jsonable(view.candidate) if view.candidate is not None else None
+    d["result"] = view.result.to_dict() if view.result is not None else None
+    d["cost"] = to_jsonable(view.cost) if view.cost is not None else None
+    return d
+
+
+def trial_table(r: TrialResult) -> Table:
+    t = Table(title=f"Trial on {r.task}: {r.status}", show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    c = r.candidate
+    t.add_row("candidate", f"{c.n_layers} layers, d_model {c.d_model}, {c.n_heads} heads, FFN {c.d_ffn}, "
+              f"{c.attention.kind} attention")
+    t.add_row("compression", f"bits emb/attn/ffn {c.quant.embedding_bits}/{c.quant.attention_bits}/"
+              f"{c.quant.ffn_bits} {c.quant.scheme}; sparsity {c.sparsity.kind} {c.sparsity.amount:g}")
+    if r.metrics:
+        t.add_row("accuracy / macro-F1", f"{r.metrics.accuracy:.4f} / {r.metrics.macro_f1:.4f} "
+                  f"(n={r.metrics.n_examples})")
+    inf = r.inference
+    if inf:
+        t.add_row("energy / sample (gross)", _energy(inf.energy_per_sample_j, inf.meter, inf.is_estimate))
+        t.add_row("energy / sample (idle-corrected)",
+                  _energy(inf.energy_per_sample_net_j, inf.meter, inf.is_estimate)
+                  + (f", idle {inf.idle_w:.1f} W" if inf.idle_w is not None else ""))
+        t.add_row("CV over windows", f"{inf.cv:.2%}" if inf.cv is not None else "-")
+        t.add_row("latency p50 / p95", f"{inf.latency_p50_ms:.2f} / {inf.latency_p95_ms:.2f} ms per batch of "
+                  f"{inf.batch_size} x {inf.seq_len}")
+        t.add_row("throughput", f"{inf.throughput_samples_s:.0f} samples/s ({inf.serving_form}, {inf.dtype})")
+        t.add_row("device", f"{inf.provenance.device_name or inf.provenance.device}")
+    if r.train:
+        t.add_row("training", f"{r.train.steps} steps in {r.train.wall_s:.1f} s, "
+                  + _energy(r.train.energy_j, r.train.meter, r.train.is_estimate))
+    if r.co2eq_g is not None:
+        t.add_row("CO2eq (training)", f"{r.co2eq_g:.4g} g")
+    t.add_row("params / size", f"{_fmt(r.params)} / {_fmt(r.size_bytes)} bytes (real bits)")
+    t.add_row("FLOPs / sample", _fmt(r.flops_per_sample))
+    t.add_row("kernels", r.kernels or "-")
+    if r.error:
+        t.add_row("error", r.error)
+    return t
+
+
+def front_table(views: list[Any], objectives: list[tuple[str, str]] | Any, title: str = "Pareto front") -> Table:
+    objs = [m for m, _ in objectives]
+    t = Table(title=title, title_justify="left")
+    for col in ["#", *objs, "attention", "layers x d", "bits", "sparsity", "meter", "hardware"]:
+        t.add_column(col, justify="right" if col in objs or col == "#" else "left")
+    for v in sorted(views, key=lambda v: v.values().get(objs[0]) or 0, reverse=True):
+        vals = v.values()
+        c = v.candidate
+        meter = (vals.get("meter") or "-") + (" (estimate)" if vals.get("is_estimate") else "")
+        t.add_row(str(v.number), *[_fmt(vals.get(m)) for m in objs], str(vals.get("attention")),
+                  f"{c.n_layers}x{c.d_model}" if c else "-", str(vals.get("weight_bits")),
+                  f"{vals.get('sparsity')} {vals.get('sparsity_amount') or ''}".strip(), meter,
+                  str(v.hardware_fingerprint))
+    if not views:
+        t.caption = "no complete trial matches"
+    return t
+
+
+def front_csv(views: list[Any]) -> str:
+    buf = io.StringIO()
+    rows = [{"number": v.number, **{k: val for k, val in v.values().items() if k != "number"}} for v in views]
+    if not rows:
+        return ""
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def studies_table(infos: list[Any]) -> Table:
+    t = Table(title="Studies", title_justify="left")
+    for col in ["study", "status", "complete", "pruned", "failed", "budget", "search energy", "CO2eq", "wall"]:
+        t.add_column(col)
+    for i in infos:
+        est = " (includes estimates)" if i.cost_includes_estimate else ""
+        t.add_row(i.name, i.status, str(i.n_trials_complete), str(i.n_trials_pruned), str(i.n_trials_failed),
+                  str(i.budget_trials or "-"), f"{i.total_energy_j:.1f} J{est}", f"{i.co2eq_g:.3g} g",
+                  f"{i.wall_s:.0f} s")
+    return t
+
+
+def trial_view(v: Any) -> Table:
+    if v.result is not None and v.state == "COMPLETE":
+        t = trial_table(v.result)
+        t.title = f"Trial {v.number} of {v.study}: {v.state}"
+    else:
+        t = Table(title=f"Trial {v.number} of {v.study}: {v.state}", show_header=False, title_justify="left")
+        t.add_column("field", style="bold")
+        t.add_column("value")
+        if v.candidate is not None:
+            t.add_row("candidate", json.dumps(v.candidate.flat()))
+    if v.fail_reason:
+        t.add_row("reason", v.fail_reason)
+    if v.cost is not None:
+        c = v.cost
+        t.add_row("search cost", f"train {_fmt(c.train_energy_j)} J + measure {_fmt(c.measure_energy_j)} J "
+                  f"[{c.meter}{' (estimate)' if c.is_estimate else ''}], {c.wall_s:.1f} s wall, "
+                  f"{c.gpu_s:.1f} GPU-s")
+    if v.result is not None and v.result.inference is not None:
+        p = v.result.inference.provenance
+        t.add_row("provenance", json.dumps(to_jsonable(p), default=str)[:2000])
+    return t

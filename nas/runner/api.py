@@ -1,0 +1,171 @@
+"""Python API of the search service: ``nas.search(spec)`` and ``nas.pareto(study, ...)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nas.errors import ConfigError, SearchError
+from nas.spec import StudySpec, default_spec, load_spec
+
+__all__ = ["SearchSummary", "Front", "search", "pareto", "open_store", "resolve_spec"]
+
+
+@dataclass(frozen=True)
+class Front:
+    """A Pareto front read from the database: trial views plus the objectives it is over."""
+
+    study: str
+    objectives: list[tuple[str, str]]
+    trials: list[Any]
+    by_hardware: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    study: str
+    db: str
+    objectives: list[tuple[str, str]]
+    front: list[Any]
+    n_complete: int
+    n_failed: int
+    n_pruned: int
+    total_energy_j: float | None
+    energy_meters: tuple[str, ...]
+    energy_is_estimate: bool
+    co2eq_g: float | None
+    wall_s: float
+    stopped_reason: str
+
+    def describe(self) -> str:
+        label = " (ESTIMATE)" if self.energy_is_estimate else ""
+        j = f"{self.total_energy_j:.1f} J{label}, meter {', '.join(self.energy_meters) or 'none'}" \
+            if self.total_energy_j is not None else "not metered"
+        return (f"study {self.study!r} in {self.db}: {self.n_complete} complete, {self.n_pruned} pruned, "
+                f"{self.n_failed} failed; front of {len(self.front)}; search cost {j}; "
+                f"{self.wall_s:.0f} s wall; {self.stopped_reason}.\n"
+                f"Query it: nas pareto {self.study} --db {self.db}   |   nas show {self.study} TRIAL --db {self.db}")
+
+
+def open_store(db: str, *, create: bool = True) -> Any:
+    from storage import Store
+
+    return Store.open(db, create=create)
+
+
+def resolve_spec(spec: StudySpec | str | Path | None) -> StudySpec:
+    if spec is None:
+        return default_spec()
+    if isinstance(spec, StudySpec):
+        return spec
+    return load_spec(spec)
+
+
+def search(
+    spec: StudySpec | str | Path | None = None,
+    *,
+    resume: str | None = None,
+    db: str | None = None,
+    ray_address: str | None = None,
+    trials: int | None = None,
+    name: str | None = None,
+    executor: str = "auto",
+    progress: bool = False,
+) -> SearchSummary:
+    """Run a search (or resume one) and return its summary with the Pareto front.
+
+    Args:
+        spec: a :class:`StudySpec`, a YAML path, or None for the built-in default study.
+        resume: name of a stored study to continue; its spec is read from the database.
+        db: database URL or SQLite path; overrides ``spec.storage.url``.
+        ray_address: join an existing Ray cluster instead of starting local Ray.
+        trials: override the trial budget.
+        name: override the study name.
+        progress: show a rich progress display (CLI).
+    """
+    from nas.runner.driver import run_study
+
+    if executor not in ("auto", "ray"):
+        raise ConfigError("only the Ray executor exists", field="--executor", value=executor,
+                          fix="use --executor ray (the default)")
+    db_url = db
+    if resume:
+        store = open_store(db_url or "nas.db", create=False)
+        info = store.get_study(resume)
+        the_spec = StudySpec.model_validate_json(info.spec_json)
+        if trials is not None:
+            the_spec = the_spec.with_overrides(**{"budget.trials": trials})
+    else:
+        the_spec = resolve_spec(spec)
+        overrides: dict[str, Any] = {}
+        if trials is not None:
+            overrides["budget.trials"] = trials
+        if name is not None:
+            overrides["name"] = name
+        if overrides:
+            the_spec = the_spec.with_overrides(**overrides)
+        db_url = db_url or the_spec.storage.url
+        store = open_store(db_url, create=True)
+        existing = {s.name for s in store.list_studies()}
+        if the_spec.name in existing:
+            stored = StudySpec.model_validate_json(store.get_study(the_spec.name).spec_json)
+            if stored.model_dump() != the_spec.with_overrides(**{"budget.trials": stored.budget.trials}).model_dump():
+                raise SearchError(
+                    f"study {the_spec.name!r} already exists in {db_url} with a different spec",
+                    field="name", fix=f"resume it with `nas search --resume {the_spec.name}`, or pick a new --name",
+                )
+            resume = the_spec.name  # same spec: continue it (e.g. the default study run twice)
+            if trials is None:
+                the_spec = stored
+            else:
+                the_spec = stored.with_overrides(**{"budget.trials": trials})
+        else:
+            store.create_study(the_spec.name, the_spec.model_dump_json(),
+                               [(o.metric, o.resolved_direction) for o in the_spec.objectives],
+                               budget_trials=the_spec.budget.trials, budget_energy_j=the_spec.budget.joules)
+    if trials is not None or resume:
+        store.update_study_spec(the_spec.name, the_spec.model_dump_json(), budget_trials=the_spec.budget.trials)
+
+    display = None
+    if progress:
+        from nas.runner.progress import SearchProgress
+
+        display = SearchProgress(store, the_spec)
+    try:
+        if display:
+            display.start()
+        outcome = run_study(the_spec, store, resume=bool(resume), ray_address=ray_address,
+                            on_change=display.refresh if display else None)
+    finally:
+        if display:
+            display.stop()
+    return summarize(store, the_spec, db_url or "nas.db", outcome.stopped_reason, outcome.wall_s)
+
+
+def summarize(store: Any, spec: StudySpec, db: str, stopped_reason: str, wall_s: float) -> SearchSummary:
+    info = store.get_study(spec.name)
+    views = store.trials(spec.name)
+    front = store.front(spec.name)
+    meters = tuple(sorted({v.meter for v in views if getattr(v, "meter", None)}))
+    return SearchSummary(
+        study=spec.name, db=db, objectives=[(o.metric, o.resolved_direction) for o in spec.objectives],
+        front=front,
+        n_complete=sum(v.state == "COMPLETE" for v in views),
+        n_failed=sum(v.state == "FAIL" for v in views),
+        n_pruned=sum(v.state == "PRUNED" for v in views),
+        total_energy_j=info.total_energy_j, energy_meters=meters,
+        energy_is_estimate=any(getattr(v, "is_estimate", False) for v in views),
+        co2eq_g=info.co2eq_g, wall_s=wall_s, stopped_reason=stopped_reason,
+    )
+
+
+def pareto(study: str, *, db: str = "nas.db", where: str | None = None, hardware: str | None = None) -> Front:
+    """The Pareto front of a stored study, derived from its complete trials, per hardware fingerprint."""
+    store = open_store(db, create=False)
+    info = store.get_study(study)
+    trials = store.front(study, where=where, hardware=hardware)
+    by_hw: dict[str, list[Any]] = {}
+    for t in trials:
+        by_hw.setdefault(t.hardware_fingerprint or "unknown", []).append(t)
+    return Front(study=study, objectives=list(info.objectives), trials=trials, by_hardware=by_hw)

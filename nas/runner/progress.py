@@ -1,0 +1,65 @@
+"""A rich live display for a running search: trials done out of the budget, front size, the best
+point, and the joules spent (with the meter, and 'estimate' where it is one)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from nas.spec import StudySpec
+
+
+class SearchProgress:
+    def __init__(self, store: Any, spec: StudySpec, console: Console | None = None) -> None:
+        self.store = store
+        self.spec = spec
+        self.console = console or Console(stderr=True)
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"), console=self.console, transient=False,
+        )
+        self.task = self.bar.add_task(f"search {spec.name}", total=spec.budget.trials, info="starting Ray...")
+        self._live: Live | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._live = Live(self.bar, console=self.console, refresh_per_second=4)
+        self._live.start()
+        self.refresh()
+
+    def stop(self) -> None:
+        self.refresh()
+        if self._live:
+            self._live.stop()
+
+    def refresh(self) -> None:
+        from nas.runner.driver import counts_against_budget
+
+        with self._lock:
+            try:
+                views = self.store.trials(self.spec.name)
+                front = self.store.front(self.spec.name)
+                info = self.store.get_study(self.spec.name)
+            except Exception:  # the display must never break the search
+                return
+            done = sum(counts_against_budget(v.state, v.fail_reason, v.retryable) for v in views)
+            fails = sum(v.state == "FAIL" for v in views)
+            best = ""
+            if front:
+                first = self.spec.objectives[0]
+                sign = 1 if first.resolved_direction == "maximize" else -1
+                top = max(front, key=lambda v: sign * (v.values().get(first.metric) or float("-inf") * sign))
+                vals = top.values()
+                e = vals.get("energy_per_sample_j")
+                best = f"best #{top.number}: {first.metric}={vals.get(first.metric):.3g}"
+                if e is not None:
+                    best += f", {e:.3g} J/sample"
+            j = info.total_energy_j
+            est = " est." if any(getattr(v, "is_estimate", False) for v in views) else ""
+            spent = f"{j:.0f} J{est}" if j is not None else "no meter"
+            self.bar.update(self.task, completed=min(done, self.spec.budget.trials),
+                            info=f"front {len(front)} | {best or 'no complete trial yet'} | {spent} | {fails} failed")
