@@ -270,12 +270,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
     except SystemExit:
         raise
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:
+        # click usage errors (typer vendors its own click, so match by shape, not by class)
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()
             raise SystemExit(2) from None
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             raise SystemExit(1) from None
         raise

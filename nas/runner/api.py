@@ -49,7 +49,14 @@ class SearchSummary:
 
 
 def open_store(db: str, *, create: bool = True) -> Any:
+    """Open the study database; a read command on a SQLite file that does not exist says so."""
     from storage import Store
+
+    if not create and "://" not in db and not Path(db).exists():
+        from nas.errors import StorageError
+
+        raise StorageError(f"no database at {db}", field="--db",
+                           fix="run `nas search` first, or point --db (or NAS_DB) at an existing database")
 
     return Store.open(db, create=create)
 

@@ -62,6 +62,7 @@ def _init_ray(ray_address: str | None, spec: StudySpec) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if ray_address:
+        _check_reachable(ray_address)
         try:
             ray.init(address=ray_address, **kwargs)
         except Exception as e:  # ConnectionError, ValueError from Ray
@@ -70,6 +71,24 @@ def _init_ray(ray_address: str | None, spec: StudySpec) -> None:
                               fix="start one with `ray start --head` or omit --ray-address for local Ray") from e
     else:
         ray.init(address="local", **kwargs)
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a ``host:port`` Ray address."""
+    import socket
+
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise SearchError("expected HOST:PORT", field="--ray-address", value=address,
+                          fix="pass the head node's GCS address, e.g. 127.0.0.1:6379")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise SearchError(f"no Ray cluster answers at {address} ({e.strerror or e})", field="--ray-address",
+                          fix="start one with `ray start --head` or omit --ray-address for local Ray") from e
 
 
 def run_study(spec: StudySpec, store: Any, *, resume: bool, ray_address: str | None = None,

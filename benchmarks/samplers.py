@@ -1,0 +1,124 @@
+"""TPE and NSGA-II against random search at an equal trial budget, over several seeds.
+
+Each (sampler, seed) pair runs a real search (Ray Tune + Optuna + the trial pipeline) on a built-in
+task into one SQLite file. For each seed, the hypervolume of (accuracy, log10 J/sample) is computed
+against one reference point shared by the three samplers of that seed; the report gives
+
+* the final hypervolume of each sampler divided by random's (>1 means better than random);
+* the search energy (training + measurement joules, cumulative in trial order) each sampler needed to
+  first reach random's final hypervolume (``null`` if it never did).
+
+Energy on a CPU-only machine comes from the labelled ``estimate`` meter; the result file says so.
+
+    python benchmarks/samplers.py --trials 16 --seeds 0 1 2 --out benchmarks/results/samplers.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLERS = ("random", "tpe", "nsga2")
+
+
+def spec_for(sampler: str, seed: int, trials: int, db: str, task: str, steps: int) -> Any:
+    from nas.config import MeasureConfig, TrainConfig
+    from nas.spec import BudgetSpec, FidelitySpec, ResourcesSpec, SamplerSpec, SpaceRef, StorageSpec, StudySpec
+
+    return StudySpec(
+        name=f"{sampler}-s{seed}",
+        task=task,
+        space=SpaceRef(preset="tiny", overrides={"sparsity": ["none", "heads", "ffn"], "max_len": 64}),
+        sampler=SamplerSpec(kind=sampler, seed=seed, n_startup_trials=max(4, trials // 4)),
+        budget=BudgetSpec(trials=trials),
+        fidelity=FidelitySpec(rungs=[steps], enabled=False),
+        train=TrainConfig(batch_size=32, lr=2e-3, steps=steps, seed=seed),
+        measure=MeasureConfig(meter="estimate", window_s=0.3, n_windows=3, idle_s=0.3, warmup_iters=3,
+                              batch_size=32, seq_len=64),
+        resources=ResourcesSpec(cpus_per_trial=1, max_concurrent=2),
+        storage=StorageSpec(url=db, retention="none"),
+    )
+
+
+def curve_points(store: Any, study: str) -> tuple[list[list[float]], list[float]]:
+    """(accuracy, log10 J/sample) of complete trials in trial order, and cumulative search joules."""
+    pts, cum, spent = [], [], 0.0
+    for v in sorted(store.trials(study), key=lambda v: v.number):
+        if v.cost is not None:
+            spent += (v.cost.train_energy_j or 0.0) + (v.cost.measure_energy_j or 0.0)
+        vals = v.values()
+        if v.state == "COMPLETE" and vals.get("accuracy") is not None and vals.get("energy_per_sample_j"):
+            pts.append([vals["accuracy"], math.log10(vals["energy_per_sample_j"])])
+            cum.append(spent)
+    return pts, cum
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--task", default="builtin:longmatch")
+    ap.add_argument("--db", default="benchmarks/results/samplers.db")
+    ap.add_argument("--out", default="benchmarks/results/samplers.json")
+    args = ap.parse_args()
+
+    import nas
+    from nas.dominance import hypervolume_curve
+    from storage import Store
+
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.db).unlink(missing_ok=True)
+    t0 = time.time()
+    runs: dict[str, dict[int, Any]] = {s: {} for s in SAMPLERS}
+    for seed in args.seeds:
+        for sampler in SAMPLERS:
+            t = time.time()
+            nas.search(spec_for(sampler, seed, args.trials, args.db, args.task, args.steps))
+            print(f"{sampler} seed {seed}: {time.time() - t:.0f} s", flush=True)
+    store = Store.open(args.db, create=False)
+    directions = ["maximize", "minimize"]
+    per_seed = []
+    for seed in args.seeds:
+        data = {s: curve_points(store, f"{s}-s{seed}") for s in SAMPLERS}
+        allpts = np.array([p for s in SAMPLERS for p in data[s][0]])
+        ref = [float(allpts[:, 0].min()) - 0.01, float(allpts[:, 1].max()) + 0.05]  # shared per seed
+        row: dict[str, Any] = {"seed": seed, "reference": ref}
+        curves = {s: hypervolume_curve(data[s][0], directions, ref) for s in SAMPLERS}
+        target = curves["random"][-1] if curves["random"] else 0.0
+        for s in SAMPLERS:
+            final = curves[s][-1] if curves[s] else 0.0
+            reach = next((data[s][1][i] for i, hv in enumerate(curves[s]) if hv >= target and target > 0), None)
+            row[s] = {"final_hv": final, "complete_trials": len(data[s][0]),
+                      "hv_ratio_vs_random": final / target if target > 0 else None,
+                      "joules_to_reach_random_final_hv": reach,
+                      "total_search_joules": data[s][1][-1] if data[s][1] else None}
+        per_seed.append(row)
+    summary = {}
+    for s in SAMPLERS:
+        ratios = [r[s]["hv_ratio_vs_random"] for r in per_seed if r[s]["hv_ratio_vs_random"] is not None]
+        reach = [r[s]["joules_to_reach_random_final_hv"] for r in per_seed]
+        summary[s] = {"median_hv_ratio_vs_random": statistics.median(ratios) if ratios else None,
+                      "joules_to_reach_random_final_hv": reach}
+    result = {
+        "command": f"python benchmarks/samplers.py --trials {args.trials} --seeds {' '.join(map(str, args.seeds))} "
+                   f"--steps {args.steps} --task {args.task}",
+        "energy_meter": "estimate (CPU TDP x utilisation; this machine has no RAPL): an ESTIMATE, not a measurement",
+        "hypervolume_space": "accuracy (max) x log10(J/sample) (min), reference shared by the samplers of a seed",
+        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs",
+        "wall_s": time.time() - t0, "per_seed": per_seed, "summary": summary,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

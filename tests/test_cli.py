@@ -1,0 +1,117 @@
+"""Wrong input exits 2 with one line that names the field and the fix: never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nas", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout)
+
+
+def _w(tmp: Path, name: str, text: str) -> str:
+    p = tmp / name
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    good = _w(tmp, "good.yaml", "n_layers: 1\nd_model: 32\nn_heads: 2\nd_ffn: 32\nmax_len: 64\n")
+    data = tmp / "data"
+    data.mkdir()
+    (data / "train.tsv").write_text("text\tlabel\ngood film\t1\nbad film\t0\n")
+    (data / "dev.tsv").write_text("text\tlabel\nfine film\t2\n")
+    cases = {
+        "bad yaml": (["trial", _w(tmp, "a.yaml", "n_layers: [1\n")], ["a.yaml", "line", "YAML"]),
+        "empty yaml": (["trial", _w(tmp, "b.yaml", "")], ["b.yaml", "empty"]),
+        "missing candidate file": (["trial", str(tmp / "nope.yaml")], ["nope.yaml", "not found"]),
+        "out of range layers": (["trial", _w(tmp, "c.yaml", "n_layers: 0\n")], ["n_layers", "greater than"]),
+        "unknown attention": (["trial", _w(tmp, "d.yaml", "attention: {kind: flash}\n")],
+                              ["attention.kind", "flash", "softmax"]),
+        "heads do not divide": (["trial", _w(tmp, "e.yaml", "d_model: 64\nn_heads: 3\n")],
+                                ["n_heads=3", "d_model=64", "allowed"]),
+        "local without window": (["trial", _w(tmp, "f.yaml", "attention: {kind: local}\n")], ["window"]),
+        "bad bit-width": (["trial", _w(tmp, "g.yaml", "quant: {ffn_bits: 3}\n")], ["quant.ffn_bits", "3"]),
+        "unknown key": (["trial", _w(tmp, "h.yaml", "depth: 3\n")], ["depth", "unknown key"]),
+        "sparsity without amount": (["trial", _w(tmp, "i.yaml", "sparsity: {kind: magnitude}\n")],
+                                    ["sparsity.amount"]),
+        "distill without teacher": (["trial", _w(tmp, "j.yaml", "distill: {kind: logit}\n")],
+                                    ["teacher", "--teacher auto"]),
+        "unknown builtin task": (["trial", good, "--task", "builtin:nothing"], ["nothing", "builtin"]),
+        "missing data file": (["trial", good, "--task", str(tmp / "none.tsv")], ["none.tsv"]),
+        "empty data file": (["trial", good, "--task", _w(tmp, "empty.tsv", "")], ["empty.tsv", "empty"]),
+        "missing label column": (["trial", good, "--task", _w(tmp, "cols.tsv", "text\tlab\nx\t1\n")],
+                                 ["cols.tsv", "label"]),
+        "malformed row": (["trial", good, "--task", _w(tmp, "rows.tsv", "text\tlabel\na\t1\nb\t0\textra\n")],
+                          ["rows.tsv", "line 3"]),
+        "malformed jsonl": (["trial", good, "--task", _w(tmp, "bad.jsonl", '{"text": "a", "label": 1}\n{oops\n')],
+                            ["bad.jsonl", "line 2"]),
+        "unknown dev label": (["trial", good, "--task", str(data)], ["dev.tsv", "label"]),
+        "bad meter name": (["trial", good, "--meter", "rapl"], ["--meter", "rapl"]),
+        "negative steps": (["trial", good, "--steps", "-5"], ["--steps"]),
+        "bad study spec": (["search", _w(tmp, "s.yaml", "name: x\nsampler: {kind: cmaes}\n")],
+                           ["sampler.kind", "cmaes"]),
+        "unknown study": (["pareto", "nosuch", "--db", str(tmp / "x.db")], ["nosuch", "nas studies"]),
+        "missing database": (["studies", "--db", str(tmp / "none.db")], ["none.db", "--db"]),
+    }
+    assert run("storage", "upgrade", "--db", str(tmp / "x.db")).returncode == 0
+    return cases
+
+
+CASE_NAMES = [
+    "bad yaml", "empty yaml", "missing candidate file", "out of range layers", "unknown attention",
+    "heads do not divide", "local without window", "bad bit-width", "unknown key", "sparsity without amount",
+    "distill without teacher", "unknown builtin task", "missing data file", "empty data file",
+    "missing label column", "malformed row", "malformed jsonl", "unknown dev label", "bad meter name",
+    "negative steps", "bad study spec", "unknown study", "missing database",
+]
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_bad_input_exits_2_with_one_clear_line(bad_inputs, case, tmp_path):
+    args, needles = bad_inputs[case]
+    res = run(*args, cwd=tmp_path)
+    assert res.returncode == 2, (case, res.returncode, res.stdout[-500:], res.stderr[-2000:])
+    assert "Traceback" not in res.stderr, res.stderr
+    msg = " ".join(res.stderr.split())
+    for n in needles:
+        assert n.lower() in msg.lower(), (case, n, msg)
+
+
+def test_help_lists_every_command():
+    res = run("--help")
+    assert res.returncode == 0
+    for cmd in ("trial", "search", "studies", "pareto", "show", "export", "predict", "serve", "storage", "tasks"):
+        assert cmd in res.stdout
+
+
+@pytest.mark.slow
+def test_trial_json_on_cpu_is_complete_and_labelled(tmp_path):
+    cand = _w(tmp_path, "c.yaml", "n_layers: 1\nd_model: 32\nn_heads: 2\nd_ffn: 64\nmax_len: 64\n")
+    res = run("trial", cand, "--task", "builtin:sentiment", "--steps", "60", "--meter", "estimate",
+              "--window-s", "0.2", "--windows", "3", "--json", cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rec = json.loads(res.stdout)
+    assert rec["status"] == "COMPLETE"
+    assert rec["meter"] == "estimate" and rec["is_estimate"] is True
+    inf = rec["inference"]
+    assert inf["meter"] == "estimate" and inf["is_estimate"] is True
+    for key in ("energy_per_sample_j", "energy_per_sample_net_j", "cv", "latency_p50_ms", "latency_p95_ms"):
+        assert inf[key] is not None, key
+    for key in ("accuracy", "train_energy_j", "params", "size_bytes", "flops_per_sample"):
+        assert rec[key] is not None, key
+    assert rec["metrics"]["macro_f1"] is not None
+    prov = inf["provenance"]
+    for field, value in prov.items():
+        if value is None:
+            assert field in prov["absent"], f"provenance.{field} is empty without a reason"
