@@ -1,0 +1,382 @@
+/* energy-nas dashboard: fills the page shells from the JSON API and refreshes while a search runs.
+ * No framework; Plotly is served by this server (/static/plotly.min.js). */
+"use strict";
+
+(function () {
+  const app = document.getElementById("app");
+  if (!app) return;
+  const page = app.dataset.page;
+  const study = app.dataset.study;
+  const trial = app.dataset.trial;
+  const FAST_MS = 3000;   // while a search runs
+  const SLOW_MS = 15000;  // otherwise (a search may start from the CLI at any time)
+
+  // ------------------------------------------------------------------------------------------ helpers
+  const esc = (v) => String(v === null || v === undefined ? "" : v)
+    .replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
+    .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
+  const enc = encodeURIComponent;
+  const isNum = (v) => typeof v === "number" && isFinite(v);
+
+  function fmtNum(v, digits) {
+    if (!isNum(v)) return "–";
+    const a = Math.abs(v);
+    if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(digits === undefined ? 2 : digits);
+    return v.toLocaleString(undefined, {maximumFractionDigits: digits === undefined ? 3 : digits});
+  }
+  const fmtSci = (v) => isNum(v) ? v.toExponential(2) : "–";
+  function fmtJ(v) {
+    if (!isNum(v)) return "–";
+    const a = Math.abs(v);
+    if (a >= 1e6) return (v / 1e6).toFixed(2) + " MJ";
+    if (a >= 1e3) return (v / 1e3).toFixed(2) + " kJ";
+    if (a >= 1) return v.toFixed(2) + " J";
+    if (a >= 1e-3) return (v * 1e3).toFixed(2) + " mJ";
+    if (a >= 1e-6) return (v * 1e6).toFixed(2) + " µJ";
+    return v.toExponential(2) + " J";
+  }
+  function fmtS(v) {
+    if (!isNum(v)) return "–";
+    if (v < 60) return v.toFixed(1) + " s";
+    if (v < 3600) return (v / 60).toFixed(1) + " min";
+    return (v / 3600).toFixed(2) + " h";
+  }
+  const fmtPct = (v) => isNum(v) ? (100 * v).toFixed(2) + " %" : "–";
+  function fmtTime(iso) {
+    if (!iso) return "–";
+    const d = new Date(iso);
+    if (isNaN(d)) return esc(iso);
+    return d.toLocaleString(undefined, {dateStyle: "short", timeStyle: "medium"});
+  }
+  const stateBadge = (s) => `<span class="badge state-${esc(String(s).toLowerCase())}">${esc(s)}</span>`;
+  function energyBadge(isEstimate, meter) {
+    if (isEstimate === null || isEstimate === undefined) return `<span class="muted">${esc(meter || "no meter")}</span>`;
+    return isEstimate
+      ? `<span class="nowrap"><span class="badge est" title="Not read from a hardware counter">ESTIMATE</span> <span class="meter">${esc(meter)}</span></span>`
+      : `<span class="nowrap"><span class="badge measured">measured</span> <span class="meter">${esc(meter)}</span></span>`;
+  }
+
+  async function getJSON(url, options) {
+    const r = await fetch(url, Object.assign({credentials: "same-origin", headers: {"Accept": "application/json"}}, options || {}));
+    let body = null;
+    try { body = await r.json(); } catch (e) { body = null; }
+    if (!r.ok) {
+      const detail = body && body.detail !== undefined ? body.detail : r.statusText;
+      const err = new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+      err.status = r.status;
+      throw err;
+    }
+    return body;
+  }
+
+  const live = document.getElementById("live");
+  function setLive(running, ok) {
+    if (!live) return;
+    if (!ok) { live.className = "live down"; live.textContent = "offline"; return; }
+    live.className = running ? "live on" : "live";
+    live.textContent = running ? "live · refreshing every 3 s" : "up to date";
+  }
+
+  function poll(fn) {
+    let timer = null;
+    const tick = async () => {
+      let running = false;
+      try { running = await fn(); setLive(running, true); }
+      catch (e) { setLive(false, false); console.error(e); }
+      timer = setTimeout(tick, running ? FAST_MS : SLOW_MS);
+    };
+    tick();
+    return () => clearTimeout(timer);
+  }
+
+  function kvTable(rows) {
+    return `<table class="kv">${rows.map(([k, v]) => `<tr><th>${esc(k)}</th><td>${v}</td></tr>`).join("")}</table>`;
+  }
+
+  // ------------------------------------------------------------------------------------- studies page
+  function renderStudies(studies) {
+    const tbody = document.querySelector("#studies-table tbody");
+    if (!studies.length) {
+      tbody.innerHTML = `<tr><td colspan="8" class="muted">No studies yet. Run <code>nas search</code>, or POST a spec to <code>/api/studies</code>.</td></tr>`;
+      return false;
+    }
+    let running = false;
+    tbody.innerHTML = studies.map((s) => {
+      const t = s.trials, c = s.cost;
+      const isRunning = s.status === "RUNNING" || (s.launch && s.launch.state === "running");
+      running = running || isRunning;
+      const budget = s.budget.trials;
+      const pct = isNum(t.progress) ? Math.round(100 * t.progress) : null;
+      const bar = pct === null ? "" : `<div class="bar"><span style="width:${pct}%"></span></div>`;
+      const runningText = t.running ? ` <span class="muted">(+${t.running} running)</span>` : "";
+      const est = c.is_estimate ? ` <span class="badge est">ESTIMATE</span>` : "";
+      return `<tr data-study="${esc(s.name)}">
+        <td><a href="/studies/${enc(s.name)}"><b>${esc(s.name)}</b></a></td>
+        <td>${stateBadge(s.status)}</td>
+        <td class="progress"><span class="trials-done" data-done="${t.done}">${t.done}</span> / ${budget === null ? "∞" : budget}${runningText}${bar}</td>
+        <td class="num">${fmtJ(c.total_energy_j)}${est}</td>
+        <td><span class="meter">${esc(c.meters.join(", ") || "no meter")}</span></td>
+        <td class="num">${isNum(c.co2eq_g) ? fmtNum(c.co2eq_g, 3) + " g" : "–"}</td>
+        <td class="num">${fmtS(c.wall_s)}</td>
+        <td>${fmtTime(s.updated_utc)}</td></tr>`;
+    }).join("");
+    return running;
+  }
+
+  // --------------------------------------------------------------------------------------- study page
+  const plotConfig = {displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"]};
+  let lastVersion = null;
+  let dashboard = null;
+  let whereRows = null;  // trial numbers matching the server-side where filter, or null
+  let sortKey = "number", sortDir = 1;
+
+  const COLUMNS = [
+    ["number", "#", (r) => r.number, (r) => `<a href="/studies/${enc(study)}/trials/${r.number}">${r.number}</a>`],
+    ["state", "State", (r) => r.state, (r) => stateBadge(r.state)],
+    ["front", "Front", (r) => (r.on_front ? 1 : 0), (r) => (r.on_front ? `<span class="badge front">front</span>` : "")],
+    ["accuracy", "Accuracy", (r) => r.values.accuracy, (r) => fmtPct(r.values.accuracy)],
+    ["energy", "J/sample", (r) => r.values.energy_per_sample_j, (r) => fmtSci(r.values.energy_per_sample_j)],
+    ["meter", "Meter", (r) => r.meter || "", (r) => (r.meter ? energyBadge(r.is_estimate, r.meter) : `<span class="muted">–</span>`)],
+    ["latency", "p50 ms", (r) => r.values.latency_p50_ms, (r) => fmtNum(r.values.latency_p50_ms, 2)],
+    ["attention", "Attention", (r) => r.values.attention, (r) => esc(r.values.attention)],
+    ["bits", "Bits", (r) => r.values.weight_bits, (r) => esc(r.values.weight_bits)],
+    ["shape", "Shape", (r) => r.values.n_layers * 1e6 + r.values.d_model, (r) => esc(`${r.values.n_layers}L d${r.values.d_model} h${r.values.n_heads} ffn${r.values.d_ffn}`)],
+    ["sparsity", "Sparsity", (r) => r.values.sparsity, (r) => esc(r.values.sparsity === "none" ? "dense" : `${r.values.sparsity} ${fmtPct(r.values.sparsity_amount)}`)],
+    ["params", "Params", (r) => r.values.params, (r) => fmtNum(r.values.params, 0)],
+    ["cost", "Search J", (r) => (r.cost ? r.cost.total_energy_j : null), (r) => (r.cost ? fmtJ(r.cost.total_energy_j) + (r.cost.is_estimate ? ` <span class="badge est">EST</span>` : "") : "–")],
+    ["note", "Note", (r) => r.fail_reason || "", (r) => `<span class="muted small">${esc(r.fail_reason || "")}</span>`],
+  ];
+
+  function renderStats(s, frontCount) {
+    const c = s.cost, t = s.trials;
+    const budget = s.budget.trials === null ? "∞" : s.budget.trials;
+    const cards = [
+      ["Trials done", `${t.done} / ${budget}`, `${t.complete} complete · ${t.pruned} stopped early · ${t.failed} failed${t.running ? ` · ${t.running} running` : ""}`],
+      ["Pareto front", String(frontCount), "non-dominated trials (per hardware)"],
+      ["Search energy", fmtJ(c.total_energy_j), (c.is_estimate ? `<span class="badge est">ESTIMATE</span> ` : `<span class="badge measured">measured</span> `) + esc(c.meters.join(", ") || "no meter")],
+      ["CO₂eq", isNum(c.co2eq_g) ? fmtNum(c.co2eq_g, 3) + " g" : "–", c.co2eq_g ? "from the meter's grid intensity" : "meter gives none"],
+      ["Wall time", fmtS(c.wall_s), `${fmtNum(c.gpu_s, 1)} GPU-seconds`],
+    ];
+    document.getElementById("study-stats").innerHTML = cards.map(([k, v, sub]) =>
+      `<div class="stat"><div class="stat-k">${esc(k)}</div><div class="stat-v">${esc(v)}</div><div class="stat-sub">${sub}</div></div>`).join("");
+    const status = document.getElementById("study-status");
+    status.className = `badge state-${s.status.toLowerCase()}`;
+    status.textContent = s.status;
+    document.getElementById("study-objectives").textContent =
+      "Objectives: " + s.objectives.map((o) => `${o.metric} (${o.direction === "maximize" ? "max" : "min"})`).join(", ") +
+      (s.launch ? ` · launched from this server, ${s.launch.state}${s.launch.returncode !== null ? " (exit " + s.launch.returncode + ")" : ""}` : "");
+    const meterText = c.meters.join(", ") || "no meter";
+    const label = c.is_estimate ? `<span class="badge est">ESTIMATE</span> ${esc(meterText)}` : `<span class="badge measured">measured</span> ${esc(meterText)}`;
+    document.getElementById("cost-table").innerHTML = kvTable([
+      ["Training and distillation", fmtJ(c.train_energy_j)],
+      ["Energy measurement", fmtJ(c.measure_energy_j)],
+      ["Total", `<b>${fmtJ(c.total_energy_j)}</b>`],
+      ["Meter", label],
+      ["CO₂eq", isNum(c.co2eq_g) ? fmtNum(c.co2eq_g, 4) + " g" : "–"],
+      ["Wall time (sum over trials)", fmtS(c.wall_s)],
+      ["GPU-seconds", fmtNum(c.gpu_s, 1)],
+      ["Energy budget", isNum(s.budget.energy_j) ? fmtJ(s.budget.energy_j) : "none"],
+    ]);
+  }
+
+  function drawFigures(figs) {
+    if (!window.Plotly) return;
+    for (const [id, fig] of Object.entries(figs)) {
+      const el = document.getElementById("fig-" + id);
+      if (!el) continue;
+      Plotly.react(el, fig.data, fig.layout, plotConfig);
+      if (id === "front" && !el.dataset.bound) {
+        el.dataset.bound = "1";
+        el.on("plotly_click", (ev) => {
+          const p = ev.points && ev.points[0];
+          if (p && p.customdata) window.location.href = `/studies/${enc(study)}/trials/${p.customdata[0]}`;
+        });
+      }
+    }
+  }
+
+  function renderTrials() {
+    if (!dashboard) return;
+    const table = document.getElementById("trials-table");
+    const text = document.getElementById("trial-filter").value.trim().toLowerCase();
+    const state = document.getElementById("trial-state").value;
+    const frontOnly = document.getElementById("trial-front").checked;
+    let rows = dashboard.trials.filter((r) =>
+      (!state || r.state === state) && (!frontOnly || r.on_front) && (whereRows === null || whereRows.has(r.number)));
+    if (text) rows = rows.filter((r) => (JSON.stringify(r.values) + " " + r.state + " " + (r.fail_reason || "") + " " + r.candidate_text).toLowerCase().includes(text));
+    const col = COLUMNS.find((c) => c[0] === sortKey) || COLUMNS[0];
+    rows.sort((a, b) => {
+      const x = col[2](a), y = col[2](b);
+      const xm = x === null || x === undefined || (typeof x === "number" && !isFinite(x));
+      const ym = y === null || y === undefined || (typeof y === "number" && !isFinite(y));
+      if (xm || ym) return xm === ym ? a.number - b.number : (xm ? 1 : -1);  // missing values last
+      return (x < y ? -1 : x > y ? 1 : a.number - b.number) * sortDir;
+    });
+    table.querySelector("thead").innerHTML = "<tr>" + COLUMNS.map(([key, title]) =>
+      `<th data-key="${key}" class="${key === sortKey ? (sortDir > 0 ? "asc" : "desc") : ""}" title="Sort">${esc(title)}</th>`).join("") + "</tr>";
+    table.querySelector("tbody").innerHTML = rows.length
+      ? rows.map((r) => `<tr class="${r.on_front ? "on-front" : ""}">${COLUMNS.map((c) => `<td class="${c[0] === "shape" || c[0] === "cost" ? "nowrap" : ""}">${c[3](r)}</td>`).join("")}</tr>`).join("")
+      : `<tr><td colspan="${COLUMNS.length}" class="muted">No trial matches.</td></tr>`;
+    document.getElementById("trial-count").textContent = `${rows.length} of ${dashboard.trials.length} trials`;
+  }
+
+  async function applyWhere() {
+    const where = document.getElementById("trial-where").value.trim();
+    const errorEl = document.getElementById("where-error");
+    errorEl.textContent = "";
+    if (!where) { whereRows = null; renderTrials(); return; }
+    try {
+      const rows = await getJSON(`/api/studies/${enc(study)}/trials?where=${enc(where)}`);
+      whereRows = new Set(rows.map((r) => r.number));
+    } catch (e) {
+      errorEl.textContent = e.message;
+      whereRows = new Set();
+    }
+    renderTrials();
+  }
+
+  async function refreshStudy() {
+    const d = await getJSON(`/api/studies/${enc(study)}/dashboard`);
+    const running = d.summary.status === "RUNNING" || (d.summary.launch && d.summary.launch.state === "running");
+    if (d.version !== lastVersion) {
+      lastVersion = d.version;
+      dashboard = d;
+      renderStats(d.summary, d.front.length);
+      drawFigures(d.figures);
+      if (document.getElementById("trial-where").value.trim()) await applyWhere(); else renderTrials();
+      app.dataset.version = d.version;
+    }
+    return running;
+  }
+
+  function initStudy() {
+    document.querySelector("#trials-table thead").addEventListener("click", (ev) => {
+      const th = ev.target.closest("th");
+      if (!th) return;
+      const key = th.dataset.key;
+      if (key === sortKey) sortDir = -sortDir; else { sortKey = key; sortDir = key === "accuracy" || key === "front" ? -1 : 1; }
+      renderTrials();
+    });
+    document.getElementById("trial-filter").addEventListener("input", renderTrials);
+    document.getElementById("trial-state").addEventListener("change", renderTrials);
+    document.getElementById("trial-front").addEventListener("change", renderTrials);
+    document.getElementById("trial-controls").addEventListener("submit", (ev) => { ev.preventDefault(); applyWhere(); });
+    poll(refreshStudy);
+  }
+
+  // --------------------------------------------------------------------------------------- trial page
+  function renderTrial(t) {
+    const st = document.getElementById("trial-state");
+    st.className = `badge state-${t.state.toLowerCase()}`;
+    st.textContent = t.state;
+    document.getElementById("trial-front").hidden = !t.on_front;
+    document.getElementById("trial-candidate-text").textContent = t.candidate_text + (t.fail_reason ? ` — ${t.fail_reason}` : "");
+    const v = t.values, o = t.objectives || {};
+    const inf = t.result && t.result.inference;
+    document.getElementById("trial-metrics").innerHTML = kvTable([
+      ["Accuracy", fmtPct(v.accuracy)],
+      ["Macro F1", fmtPct(v.macro_f1)],
+      ["Energy per sample", `${fmtNum(v.energy_per_sample_j)} J ${t.meter ? energyBadge(t.is_estimate, t.meter) : ""}`],
+      ["Energy per sample, idle-corrected", `${fmtNum(v.energy_per_sample_net_j)} J`],
+      ["Latency p50 / p95", `${fmtNum(v.latency_p50_ms, 3)} / ${fmtNum(v.latency_p95_ms, 3)} ms`],
+      ["Throughput", `${fmtNum(o.throughput_samples_s, 1)} samples/s`],
+      ["Parameters", fmtNum(v.params, 0)],
+      ["Size", isNum(v.size_bytes) ? fmtNum(v.size_bytes / 1024, 1) + " KiB" : "–"],
+      ["FLOPs per sample", fmtNum(v.flops_per_sample)],
+      ["Measured as", inf ? esc(`${inf.serving_form}, ${inf.dtype}, batch ${inf.batch_size} × seq ${inf.seq_len}, ${inf.n_windows} windows of ${inf.window_s} s, CV ${fmtNum(inf.cv, 3)}`) : "–"],
+      ["Kernels", esc((t.result && t.result.kernels) || "–")],
+      ["Hardware", esc(t.hardware || "–")],
+    ]);
+    const c = t.cost;
+    document.getElementById("trial-cost").innerHTML = c ? "<h3>What this trial cost the search</h3>" + kvTable([
+      ["Training and distillation", fmtJ(c.train_energy_j)],
+      ["Measurement", fmtJ(c.measure_energy_j)],
+      ["Meter", energyBadge(c.is_estimate, c.meter)],
+      ["CO₂eq", isNum(c.co2eq_g) ? fmtNum(c.co2eq_g, 4) + " g" : "–"],
+      ["Wall time", fmtS(c.wall_s)],
+    ]) : "";
+    const readings = t.readings || [];
+    document.getElementById("trial-readings").innerHTML = readings.length ? `<div class="table-wrap"><table class="grid readings">
+      <thead><tr><th>Kind</th><th>Meter</th><th>Exclusive</th><th class="num">Energy</th><th class="num">J/sample</th><th class="num">J/sample net</th><th class="num">Idle W</th><th class="num">CV</th><th class="num">Duration</th><th class="num">CO₂eq</th><th>Hardware</th><th>Provenance</th></tr></thead>
+      <tbody>${readings.map((r) => `<tr class="${r.is_estimate ? "estimate" : ""}">
+        <td>${esc(r.kind)}</td><td>${energyBadge(r.is_estimate, r.meter)}</td><td>${r.exclusive ? "yes" : "shared"}</td>
+        <td class="num">${fmtJ(r.energy_j)}</td><td class="num">${fmtNum(r.energy_per_sample_j)}</td><td class="num">${fmtNum(r.energy_per_sample_net_j)}</td>
+        <td class="num">${fmtNum(r.idle_w, 1)}</td><td class="num">${fmtNum(r.cv, 3)}</td><td class="num">${fmtS(r.duration_s)}</td>
+        <td class="num">${isNum(r.co2eq_g) ? fmtNum(r.co2eq_g, 4) + " g" : "–"}</td><td>${esc(r.hardware_fingerprint || "–")}</td>
+        <td><details><summary>show</summary><pre>${esc(JSON.stringify(r.provenance, null, 2))}</pre></details></td></tr>`).join("")}</tbody></table></div>`
+      : `<p class="muted">No energy reading recorded${t.state === "RUNNING" ? " yet" : ""}.</p>`;
+    const flat = Object.entries(v).filter(([k]) => ["n_layers", "d_model", "n_heads", "d_ffn", "attention", "window", "k", "weight_bits",
+      "embedding_bits", "attention_bits", "ffn_bits", "quant_scheme", "sparsity", "sparsity_amount", "distill", "pooling"].includes(k));
+    document.getElementById("trial-candidate").innerHTML = kvTable(flat.map(([k, x]) => [k, esc(x === null ? "–" : x)])) +
+      `<details><summary>Candidate JSON (hash ${esc((t.candidate_hash || "").slice(0, 12))})</summary><pre>${esc(JSON.stringify(t.candidate, null, 2))}</pre></details>`;
+    const arts = t.artefacts || [];
+    const prov = inf && inf.provenance;
+    document.getElementById("trial-artefacts").innerHTML =
+      (arts.length ? kvTable(arts.map((a) => [a.kind, `${esc(a.name)} <span class="muted">${isNum(a.size_bytes) ? fmtNum(a.size_bytes / 1024, 1) + " KiB" : ""}</span>`])) : `<p class="muted">No artefacts recorded.</p>`) +
+      (prov ? `<h3>Inference provenance</h3>` + kvTable([
+        ["Device", esc(`${prov.device_name || prov.device} (${prov.device})`)],
+        ["Driver", esc(prov.driver_version || "–")], ["Power limit", prov.power_limit_w ? esc(prov.power_limit_w + " W") : "–"],
+        ["Temperature before / after", `${fmtNum(prov.temperature_before_c, 1)} / ${fmtNum(prov.temperature_after_c, 1)} °C`],
+        ["SM clock", prov.sm_clock_mhz ? esc(prov.sm_clock_mhz + " MHz") : "–"],
+        ["Software", esc(Object.entries(prov.versions || {}).map(([k, x]) => `${k} ${x}`).join(", ") || "–")],
+        ["Host", esc(prov.host_id || "–")],
+        ["Not available", esc(Object.entries(prov.absent || {}).map(([k, x]) => `${k}: ${x}`).join("; ") || "–")],
+      ]) : "");
+    document.getElementById("export-button").disabled = t.state !== "COMPLETE";
+    if (t.state !== "COMPLETE") document.getElementById("export-status").textContent = "Only complete trials can be exported.";
+  }
+
+  async function refreshTrial() {
+    const t = await getJSON(`/api/studies/${enc(study)}/trials/${enc(trial)}`);
+    renderTrial(t);
+    return t.state === "RUNNING";
+  }
+
+  function initTrial() {
+    document.getElementById("export-form").addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const button = document.getElementById("export-button");
+      const status = document.getElementById("export-status");
+      const fmt = document.getElementById("export-format").value;
+      button.disabled = true;
+      status.textContent = "Exporting… (this can take a minute)";
+      try {
+        const r = await fetch(`/api/studies/${enc(study)}/trials/${enc(trial)}/export?format=${enc(fmt)}`,
+          {method: "POST", credentials: "same-origin"});
+        if (!r.ok) {
+          let detail = r.statusText;
+          try { detail = (await r.json()).detail; } catch (e) { /* not JSON */ }
+          throw new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+        }
+        const blob = await r.blob();
+        const a = document.createElement("a");
+        a.href = URL.createObjectURL(blob);
+        a.download = `${study}-trial${trial}-${fmt}.zip`;
+        document.body.appendChild(a);
+        a.click();
+        a.remove();
+        setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+        status.textContent = `Downloaded ${a.download} (${fmtNum(blob.size / 1024, 1)} KiB).`;
+      } catch (e) {
+        status.innerHTML = `<span class="error">Export failed: ${esc(e.message)}</span>`;
+      } finally {
+        button.disabled = false;
+      }
+    });
+    poll(refreshTrial);
+  }
+
+  // ---------------------------------------------------------------------------------------------- boot
+  if (page === "studies") {
+    poll(async () => {
+      try { return renderStudies(await getJSON("/api/studies")); }
+      catch (e) {
+        document.querySelector("#studies-table tbody").innerHTML =
+          `<tr><td colspan="8" class="error">Cannot read the studies: ${esc(e.message)}</td></tr>`;
+        throw e;
+      }
+    });
+  }
+  else if (page === "study") initStudy();
+  else if (page === "trial") initTrial();
+})();
