@@ -1,0 +1,261 @@
+"""Teachers for distillation: a local Hugging Face classifier folder, or one the service trains itself.
+
+``load_teacher(spec, task)``:
+
+- ``None`` / ``""`` / ``"none"``: no teacher.
+- a folder path: any local ``AutoModelForSequenceClassification`` folder (``config.json`` plus weights)
+  with its tokenizer; loaded with ``local_files_only=True`` and ``attn_implementation="eager"`` (the fused
+  kernels do not return attention maps). Its ``num_labels`` must equal the task's, in the same label
+  order. The student must use the teacher's tokenizer: ``task = teacher.adapt_task(task)``.
+- ``"auto"``: a bigger model of our own family (default 4 layers, ``d_model`` 128, 4 heads, FFN 256,
+  softmax), trained on the task and cached on disk under ``<cache>/teachers/<key>/`` as
+  ``model.safetensors`` + ``candidate.json`` + ``meta.json``. The key covers the task fingerprint (data,
+  tokenizer, length), the seed, the step budget, the candidate and the optimiser settings, so a second
+  call with the same arguments loads instead of training.
+
+Nothing is downloaded: every load is local.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nas.config import Candidate, TrainConfig
+from nas.errors import ConfigError
+
+from evaluators.tasks import TaskData
+from evaluators.tokenize import TextTokenizer, cache_dir
+
+__all__ = ["Teacher", "HFTeacherModule", "load_teacher", "load_hf_teacher", "self_trained_teacher",
+           "default_teacher_candidate"]
+
+log = logging.getLogger(__name__)
+
+
+class HFTeacherModule(nn.Module):
+    """Wraps a ``transformers`` sequence classifier so it returns :class:`nas.models.ModelOutput`.
+
+    ``hidden_states`` are ``n_layers + 1`` tensors (embeddings, then each layer) and ``attentions`` one
+    (B, heads, T, T) map per layer, the same layout as our models.
+    """
+
+    def __init__(self, hf_model: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf_model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> Any:
+        from nas.models import ModelOutput
+
+        out = self.hf(input_ids=input_ids, attention_mask=attention_mask,
+                      output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                      return_dict=True)
+        hs = tuple(out.hidden_states) if output_hidden_states and out.hidden_states is not None else None
+        att = tuple(out.attentions) if output_attentions and out.attentions is not None else None
+        return ModelOutput(logits=out.logits, hidden_states=hs, attentions=att)
+
+
+class Teacher:
+    """A frozen teacher: a module returning ``ModelOutput`` plus the shape facts distillation needs.
+
+    Args:
+        name: Human-readable identity (the folder path, or ``auto:<cache key>``).
+        model: Module called as ``model(ids, attention_mask=..., output_hidden_states=...,
+            output_attentions=...)``.
+        tokenizer: The tokenizer whose ids the teacher reads.
+        n_layers: Number of blocks.
+        d_model: Hidden width.
+        n_heads: Attention heads per block.
+        kind: ``"hf"`` or ``"auto"``.
+        dev_accuracy: The teacher's dev accuracy on the task, when known.
+    """
+
+    def __init__(self, name: str, model: nn.Module, tokenizer: TextTokenizer, n_layers: int, d_model: int,
+                 n_heads: int, kind: str, dev_accuracy: float | None = None) -> None:
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.n_layers = n_layers
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.kind = kind
+        self.dev_accuracy = dev_accuracy
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 output_hidden_states: bool = False, output_attentions: bool = False) -> Any:
+        return self.model(input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states,
+                          output_attentions=output_attentions)
+
+    def to(self, device: torch.device | str) -> Teacher:
+        self.model.to(device)
+        return self
+
+    def eval(self) -> Teacher:
+        self.model.eval()
+        return self
+
+    def adapt_task(self, task: TaskData) -> TaskData:
+        """``task`` re-encoded with the teacher's tokenizer (returned unchanged when it already is)."""
+        if self.tokenizer.fingerprint == task.tokenizer.fingerprint:
+            return task
+        return task.with_tokenizer(self.tokenizer)
+
+    def __repr__(self) -> str:
+        return (f"Teacher(name={self.name!r}, kind={self.kind!r}, n_layers={self.n_layers}, "
+                f"d_model={self.d_model}, n_heads={self.n_heads})")
+
+
+def _cfg_get(config: Any, *names: str) -> int:
+    for n in names:
+        v = getattr(config, n, None)
+        if isinstance(v, int):
+            return v
+    raise ConfigError(f"teacher config has none of {names}", field="teacher",
+                      fix="use a standard encoder (BERT, DistilBERT, RoBERTa, ...) folder")
+
+
+def load_hf_teacher(path: str | Path, num_labels: int | None = None) -> Teacher:
+    """Load a local Hugging Face sequence-classification folder (model and tokenizer) as a teacher.
+
+    Raises:
+        ConfigError: Missing folder or ``config.json``, no tokenizer, or a label-count mismatch.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from evaluators.tokenize import load_tokenizer
+
+    d = Path(path).expanduser()
+    if not d.is_dir() or not (d / "config.json").exists():
+        raise ConfigError("teacher folder not found or has no config.json", field="teacher", value=str(d),
+                          fix="pass a folder written by model.save_pretrained(...) (and the tokenizer's "
+                          "save_pretrained), or 'auto' for a self-trained teacher")
+    try:
+        tok = load_tokenizer(d)
+    except Exception as e:
+        raise ConfigError("teacher folder has no tokenizer", field="teacher", value=str(d),
+                          fix="save the tokenizer into the same folder with tokenizer.save_pretrained") from e
+    hf = AutoModelForSequenceClassification.from_pretrained(str(d), local_files_only=True,
+                                                            attn_implementation="eager")
+    cfg = hf.config
+    if num_labels is not None and int(cfg.num_labels) != int(num_labels):
+        raise ConfigError(f"teacher has {cfg.num_labels} labels but the task has {num_labels}",
+                          field="teacher", value=str(d), fix="use a teacher fine-tuned on this task's labels")
+    n_layers = _cfg_get(cfg, "num_hidden_layers", "n_layers", "num_layers")
+    d_model = _cfg_get(cfg, "hidden_size", "dim", "d_model")
+    n_heads = _cfg_get(cfg, "num_attention_heads", "n_heads", "num_heads")
+    log.info("loaded Hugging Face teacher %s (%s, %d layers, width %d)", d, cfg.model_type, n_layers, d_model)
+    return Teacher(str(d), HFTeacherModule(hf), tok, n_layers, d_model, n_heads, kind="hf")
+
+
+def default_teacher_candidate(task: TaskData) -> Candidate:
+    """The self-trained teacher's architecture: 4 layers, d_model 128, 4 heads, FFN 256, softmax."""
+    return Candidate(n_layers=4, d_model=128, n_heads=4, d_ffn=256, dropout=0.1,
+                     max_len=max(8, task.max_len), pooling="mean")
+
+
+def self_trained_teacher(task: TaskData, *, seed: int = 0, steps: int = 1500,
+                         candidate: Candidate | None = None, batch_size: int = 32, lr: float = 1e-3,
+                         device: str = "auto", root: str | Path | None = None) -> Teacher:
+    """Train (or load from the cache) a bigger model of our own family on ``task``.
+
+    Args:
+        task: The task (its tokenizer becomes the teacher's).
+        seed: Seed of the teacher's initialisation and batch order.
+        steps: Training steps.
+        candidate: Architecture; default :func:`default_teacher_candidate`.
+        batch_size: Training batch size.
+        lr: Peak learning rate.
+        device: Where to train when the cache misses.
+        root: Cache folder; default :func:`evaluators.tokenize.cache_dir`.
+
+    Returns:
+        The teacher, in eval mode with gradients off.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from evaluators.metrics import evaluate
+    from evaluators.train import build_for_task, train
+
+    cand = candidate or default_teacher_candidate(task)
+    key_src = json.dumps([task.fingerprint, seed, steps, cand.to_json(), batch_size, lr, 1])
+    key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", task.name.split("/")[-1] or "task").strip("-")[:40]
+    folder = (Path(root) if root is not None else cache_dir()) / "teachers" / f"{slug}-{key}"
+    name = f"auto:{slug}-{key}"
+    model = build_for_task(cand, task, seed)
+    if (folder / "model.safetensors").exists():
+        try:
+            model.load_state_dict(load_file(str(folder / "model.safetensors")))
+            meta = json.loads((folder / "meta.json").read_text())
+            log.info("loaded cached teacher %s (dev accuracy %s)", folder, meta.get("dev_accuracy"))
+            return Teacher(name, model, task.tokenizer, cand.n_layers, cand.d_model, cand.n_heads,
+                           kind="auto", dev_accuracy=meta.get("dev_accuracy"))
+        except Exception as e:  # a corrupt entry is retrained, not fatal
+            log.warning("ignoring unreadable cached teacher %s: %s", folder, e)
+            model = build_for_task(cand, task, seed)
+    t0 = time.perf_counter()
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    res = train(model, task, cfg)
+    acc = evaluate(model, task, cfg.eval_batch_size).accuracy
+    model.to("cpu")
+    meta = {"task": task.name, "task_fingerprint": task.fingerprint, "seed": seed, "steps": res.steps,
+            "dev_accuracy": acc, "final_loss": res.final_loss, "train_wall_s": res.wall_s,
+            "vocab_size": task.vocab_size, "num_labels": task.num_labels}
+    try:
+        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "candidate.json").write_text(cand.to_json())
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        if folder.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+    except OSError as e:
+        log.warning("could not cache the teacher in %s: %s", folder, e)
+    log.info("trained teacher on %s: %d steps, %.1fs, dev accuracy %.4f", task.name, res.steps,
+             time.perf_counter() - t0, acc)
+    return Teacher(name, model, task.tokenizer, cand.n_layers, cand.d_model, cand.n_heads, kind="auto",
+                   dev_accuracy=acc)
+
+
+def load_teacher(spec: str | None, task: TaskData, *, seed: int = 0, steps: int = 1500,
+                 candidate: Candidate | None = None, device: str = "auto",
+                 root: str | Path | None = None) -> Teacher | None:
+    """Resolve a teacher spec.
+
+    Args:
+        spec: ``None``/``"none"`` (no teacher), ``"auto"`` (self-trained, cached), or a local Hugging Face
+            sequence-classification folder.
+        task: The task the student trains on.
+        seed: Self-trained teacher only: its seed.
+        steps: Self-trained teacher only: its training steps.
+        candidate: Self-trained teacher only: its architecture.
+        device: Self-trained teacher only: where to train it on a cache miss.
+        root: Cache folder.
+
+    Returns:
+        The teacher, or ``None``. For a Hugging Face teacher, re-encode the task with
+        :meth:`Teacher.adapt_task` before building the student.
+    """
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return None
+    if spec.strip().lower() == "auto":
+        return self_trained_teacher(task, seed=seed, steps=steps, candidate=candidate, device=device,
+                                    root=root)
+    return load_hf_teacher(spec, num_labels=task.num_labels)

@@ -1,0 +1,374 @@
+"""Brief training and distillation of one candidate.
+
+:func:`train` runs AdamW with linear warmup then cosine decay to zero (:func:`lr_multiplier`), gradient
+clipping, and a budget of ``cfg.steps`` optimizer steps and/or ``cfg.max_seconds`` of wall time,
+whichever ends first. On CPU a step-budgeted run is deterministic given ``cfg.seed`` and the model's
+initial weights (see :func:`build_for_task` to seed the initialisation too).
+
+Device behaviour:
+
+- ``cfg.device="auto"`` picks ``cuda`` when available, else ``cpu``. The model is moved there in place.
+- ``cfg.amp``: on CUDA with bf16 support, forward passes run under ``torch.autocast(dtype=bfloat16)``
+  (no loss scaler is needed for bf16). On CPU, or a GPU without bf16, it is a no-op (float32), so that
+  CPU numbers stay comparable and deterministic.
+- ``cfg.gradient_checkpointing``: on CUDA, calls ``model.enable_gradient_checkpointing(True)`` for the
+  run (and restores the previous setting). On CPU it is a no-op: memory is not the constraint there and
+  recomputation only costs time.
+
+Multi-fidelity: at each step in ``rungs`` the dev accuracy is evaluated, recorded in
+``rung_accuracies`` and passed to ``report(step, accuracy)``; a ``True`` return stops training (the
+search's ASHA-style pruner uses this). ``callback(step, model)`` is called after every optimizer step
+(keep it cheap); a ``True`` return also stops training.
+
+Energy: pass an :class:`evaluators.meters` meter (anything with ``begin(key)`` and
+``end(key) -> EnergyReading``) and the whole training window, rung evaluations included, is metered.
+Without one, ``energy_j`` is ``None`` and ``meter`` is ``"none"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nas.config import Candidate, DistillConfig, TrainConfig
+from nas.errors import ConfigError, TrialFailedError
+from nas.records import EnergyReading, TrainSummary
+
+from evaluators.metrics import evaluate, trim_batch
+
+if TYPE_CHECKING:
+    from evaluators.tasks import TaskData
+    from evaluators.teacher import Teacher
+
+__all__ = ["TrainResult", "train", "lr_multiplier", "resolve_device", "build_for_task", "Meter"]
+
+log = logging.getLogger(__name__)
+
+StopReason = Literal["steps", "time", "report", "callback"]
+
+
+class Meter(Protocol):
+    """What :func:`train` needs from an energy meter (see :mod:`evaluators.meters`)."""
+
+    def begin(self, key: str) -> None: ...
+
+    def end(self, key: str) -> EnergyReading: ...
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one brief training run did.
+
+    Attributes:
+        steps: Optimizer steps taken.
+        wall_s: Wall time of the training window (rung evaluations included), seconds.
+        final_loss: Mean training loss over the last ``min(20, steps)`` steps.
+        device: Where it ran (``"cpu"``, ``"cuda:0"``).
+        stop_reason: ``"steps"``, ``"time"``, ``"report"`` (a rung report asked to stop) or ``"callback"``.
+        rung_accuracies: ``(step, dev accuracy)`` at each rung reached.
+        rung_eval_s: Seconds spent evaluating rungs (inside ``wall_s``).
+        teacher: Name of the teacher, when distilled.
+        distill_kind: ``DistillConfig.kind`` used (``"none"`` without a teacher).
+        amp_dtype: ``"bfloat16"`` when autocast ran, else ``None``.
+        gradient_checkpointing: Whether checkpointing was active.
+        losses: Training loss of every step.
+        energy: The meter's reading of the window, or ``None``.
+    """
+
+    steps: int
+    wall_s: float
+    final_loss: float
+    device: str
+    stop_reason: StopReason
+    rung_accuracies: tuple[tuple[int, float], ...] = ()
+    rung_eval_s: float = 0.0
+    teacher: str | None = None
+    distill_kind: str = "none"
+    amp_dtype: str | None = None
+    gradient_checkpointing: bool = False
+    losses: tuple[float, ...] = ()
+    energy: EnergyReading | None = None
+
+    @property
+    def stopped_early(self) -> bool:
+        """True when a rung report or the callback ended the run."""
+        return self.stop_reason in ("report", "callback")
+
+    def to_summary(self) -> TrainSummary:
+        """The :class:`~nas.records.TrainSummary` stored with the trial."""
+        e = self.energy
+        return TrainSummary(
+            steps=self.steps,
+            wall_s=self.wall_s,
+            final_loss=self.final_loss,
+            energy_j=e.energy_j if e is not None else None,
+            meter=e.meter if e is not None else "none",
+            is_estimate=e.is_estimate if e is not None else False,
+            co2eq_g=e.co2eq_g if e is not None else None,
+            device=self.device,
+            teacher=self.teacher,
+            rung_accuracies=self.rung_accuracies,
+        )
+
+
+def lr_multiplier(progress: float, warmup_fraction: float) -> float:
+    """Learning-rate factor at ``progress`` in [0, 1]: linear warmup, then cosine decay to 0.
+
+    Args:
+        progress: Fraction of the budget used *before* this step.
+        warmup_fraction: Fraction of the budget spent warming up.
+
+    Returns:
+        ``(progress + eps) / warmup_fraction`` during warmup (the first step is not at 0), then
+        ``0.5 * (1 + cos(pi * q))`` where ``q`` is the progress through the decay phase.
+    """
+    p = min(max(progress, 0.0), 1.0)
+    if warmup_fraction > 0 and p < warmup_fraction:
+        return max(p / warmup_fraction, 1e-3)
+    span = 1.0 - warmup_fraction
+    q = (p - warmup_fraction) / span if span > 0 else 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(max(q, 0.0), 1.0)))
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → ``cuda`` when available, else ``cpu``; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"unknown device {device!r}", field="device", value=device,
+                          fix="use auto, cpu, cuda or cuda:N") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was asked for but is not available", field="device", value=device,
+                          fix="use device: auto or cpu")
+    return dev
+
+
+def build_for_task(candidate: Candidate, task: TaskData, seed: int = 0) -> nn.Module:
+    """Build ``candidate`` for ``task`` with its initial weights drawn from ``seed``.
+
+    Raises:
+        ConfigError: The task's rows are longer than ``candidate.max_len``.
+    """
+    from nas.models import build
+
+    if task.max_len > candidate.max_len:
+        raise ConfigError(f"task rows have {task.max_len} tokens but the candidate's max_len is "
+                          f"{candidate.max_len}", field="max_len", value=candidate.max_len,
+                          fix=f"set max_len >= {task.max_len} in the candidate or load the task with "
+                          f"max_len={candidate.max_len}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(candidate, vocab_size=task.vocab_size, num_labels=task.num_labels)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        # Drop a trailing partial batch only when at least one full batch exists.
+        stop = n - (n % batch_size) if n >= batch_size else n
+        for i in range(0, stop, batch_size):
+            yield perm[i : i + batch_size]
+
+
+def _autocast(device: torch.device, amp: bool) -> tuple[contextlib.AbstractContextManager[Any], str | None]:
+    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16), "bfloat16"
+    return contextlib.nullcontext(), None
+
+
+def train(
+    model: nn.Module,
+    task: TaskData,
+    cfg: TrainConfig,
+    *,
+    teacher: Teacher | None = None,
+    distill: DistillConfig | None = None,
+    rungs: Sequence[int] = (),
+    report: Callable[[int, float], bool | None] | None = None,
+    callback: Callable[[int, nn.Module], bool | None] | None = None,
+    meter: Meter | None = None,
+    schedule: Literal["steps", "budget"] = "steps",
+) -> TrainResult:
+    """Train ``model`` on ``task`` in place (optionally distilling from ``teacher``).
+
+    Args:
+        model: A :func:`nas.models.build` module (``model(ids, attention_mask=..., ...)`` returning
+            ``.logits`` and optionally ``.hidden_states``/``.attentions``).
+        task: The task; the model's vocabulary must cover ``task.vocab_size``.
+        cfg: Steps, seconds, batch size, learning rate, seed, device, AMP and checkpointing.
+        teacher: A :class:`~evaluators.teacher.Teacher` sharing ``task.tokenizer``.
+        distill: Which distillation terms to use; default ``model.candidate.distill`` when it is not
+            ``none``, else logit KD. Ignored without a teacher; ``kind="none"`` ignores the teacher.
+        rungs: Steps after which dev accuracy is evaluated and reported.
+        report: ``report(step, accuracy)``; returning True stops training (early stopping).
+        callback: ``callback(step, model)`` after every step; returning True stops training.
+        meter: Energy meter for the whole window (``begin("train")``/``end("train")``).
+        schedule: ``"steps"`` spreads warmup and cosine over ``cfg.steps`` (deterministic);
+            ``"budget"`` uses the larger of step progress and ``elapsed / cfg.max_seconds``, so a
+            time-bounded run still finishes its decay.
+
+    Returns:
+        A :class:`TrainResult`; ``.to_summary()`` gives the stored :class:`~nas.records.TrainSummary`.
+
+    Raises:
+        TrialFailedError: The loss or the gradient norm became NaN/inf (the message names the step).
+        ConfigError: Distillation was asked for without a teacher, or teacher and task tokenizers differ.
+    """
+    device = resolve_device(cfg.device)
+    model.to(device)
+    use_teacher, dcfg = _distill_setup(model, task, teacher, distill)
+    loss_fn = None
+    if use_teacher:
+        assert teacher is not None and dcfg is not None
+        from evaluators.distill import DistillLoss
+
+        cand = getattr(model, "candidate", None)
+        s_layers = cand.n_layers if cand is not None else len(getattr(model, "blocks", [])) or 1
+        s_width = cand.d_model if cand is not None else teacher.d_model
+        loss_fn = DistillLoss(dcfg, s_layers, s_width, teacher.n_layers, teacher.d_model).to(device)
+        teacher.to(device)
+        teacher.eval()
+
+    ckpt_prev = getattr(model, "gradient_checkpointing", False)
+    ckpt_on = bool(cfg.gradient_checkpointing and device.type == "cuda"
+                   and hasattr(model, "enable_gradient_checkpointing"))
+    if ckpt_on:
+        model.enable_gradient_checkpointing(True)  # type: ignore[operator]
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if loss_fn is not None:
+        params += list(loss_fn.parameters())
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches = _batches(task.n_train, cfg.batch_size, gen)
+    amp_ctx_factory = lambda: _autocast(device, cfg.amp)  # noqa: E731
+    _, amp_dtype = amp_ctx_factory()
+    ids_all, mask_all, y_all = task.train_ids, task.train_mask, task.train_y
+    rung_set = sorted({int(r) for r in rungs if 0 < int(r) <= cfg.steps})
+    rung_acc: list[tuple[int, float]] = []
+    losses: list[float] = []
+    stop_reason: StopReason = "steps"
+    rung_eval_s = 0.0
+    teacher_name = teacher.name if use_teacher and teacher is not None else None
+
+    if meter is not None:
+        meter.begin("train")
+    reading: EnergyReading | None = None
+    t0 = time.perf_counter()
+    step = 0
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            while step < cfg.steps:
+                elapsed = time.perf_counter() - t0
+                if cfg.max_seconds is not None and elapsed >= cfg.max_seconds:
+                    stop_reason = "time"
+                    break
+                progress = step / cfg.steps
+                if schedule == "budget" and cfg.max_seconds is not None:
+                    progress = max(progress, elapsed / cfg.max_seconds)
+                lr = cfg.lr * lr_multiplier(progress, cfg.warmup_fraction)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                idx = next(batches)
+                ids, mask = trim_batch(ids_all[idx], mask_all[idx])
+                ids, mask, y = ids.to(device), mask.to(device), y_all[idx].to(device)
+                ctx, _ = amp_ctx_factory()
+                with ctx:
+                    if loss_fn is None:
+                        out = model(ids, attention_mask=mask)
+                        loss = F.cross_entropy(out.logits.float(), y)
+                    else:
+                        assert teacher is not None
+                        need_h, need_a = loss_fn.needs_hidden, loss_fn.needs_attention
+                        with torch.no_grad():
+                            t_out = teacher(ids, attention_mask=mask, output_hidden_states=need_h,
+                                            output_attentions=need_a)
+                        out = model(ids, attention_mask=mask, output_hidden_states=need_h,
+                                    output_attentions=need_a)
+                        loss = loss_fn(out, t_out, y, mask).total
+                loss_v = float(loss.detach())
+                if not math.isfinite(loss_v):
+                    raise TrialFailedError(f"training loss became {loss_v} at step {step + 1}",
+                                           field="loss", value=loss_v,
+                                           fix="lower the learning rate, or check the candidate (e.g. "
+                                           "very low bit-widths) and the data")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                if not math.isfinite(float(norm)):
+                    raise TrialFailedError(f"gradient norm became {float(norm)} at step {step + 1}",
+                                           field="grad_norm", value=float(norm),
+                                           fix="lower the learning rate or disable amp")
+                opt.step()
+                step += 1
+                losses.append(loss_v)
+                if step in rung_set:
+                    te = time.perf_counter()
+                    acc = evaluate(model, task, cfg.eval_batch_size).accuracy
+                    model.train()
+                    rung_eval_s += time.perf_counter() - te
+                    rung_acc.append((step, acc))
+                    log.debug("rung step %d: dev accuracy %.4f", step, acc)
+                    if report is not None and report(step, acc):
+                        stop_reason = "report"
+                        break
+                if callback is not None and callback(step, model):
+                    stop_reason = "callback"
+                    break
+    finally:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - t0
+        if meter is not None:
+            reading = meter.end("train")
+        if ckpt_on:
+            model.enable_gradient_checkpointing(bool(ckpt_prev))  # type: ignore[operator]
+    tail = losses[-20:]
+    final_loss = float(sum(tail) / len(tail)) if tail else float("nan")
+    log.info("trained %d steps in %.1fs (%s), final loss %.4f", step, wall, stop_reason, final_loss)
+    return TrainResult(
+        steps=step, wall_s=wall, final_loss=final_loss, device=str(device), stop_reason=stop_reason,
+        rung_accuracies=tuple(rung_acc), rung_eval_s=rung_eval_s, teacher=teacher_name,
+        distill_kind=dcfg.kind if use_teacher and dcfg is not None else "none", amp_dtype=amp_dtype,
+        gradient_checkpointing=ckpt_on, losses=tuple(losses), energy=reading,
+    )
+
+
+def _distill_setup(model: nn.Module, task: TaskData, teacher: Teacher | None,
+                   distill: DistillConfig | None) -> tuple[bool, DistillConfig | None]:
+    if distill is None:
+        cand = getattr(model, "candidate", None)
+        cand_cfg = cand.distill if cand is not None else None
+        if teacher is None:
+            return False, None
+        distill = cand_cfg if cand_cfg is not None and cand_cfg.uses_logits else DistillConfig(kind="logit")
+    if not distill.uses_logits:
+        if teacher is not None:
+            log.info("distill.kind is 'none': training without the teacher %s", teacher.name)
+        return False, distill
+    if teacher is None:
+        raise ConfigError(f"distillation kind {distill.kind!r} needs a teacher", field="distill.kind",
+                          value=distill.kind,
+                          fix="pass teacher=load_teacher('auto', task) (or a Hugging Face folder), "
+                          "or set distill.kind: none")
+    if teacher.tokenizer is not None and teacher.tokenizer.fingerprint != task.tokenizer.fingerprint:
+        raise ConfigError("teacher and task use different tokenizers, so token ids would not match",
+                          field="teacher", value=teacher.name,
+                          fix="re-encode the task with the teacher's tokenizer: task = teacher.adapt_task(task)")
+    return True, distill
