@@ -1,0 +1,251 @@
+"""The model card (``README.md``) and ``metrics.json`` of an export.
+
+Every number is read from a record, never typed: the search-time numbers from the stored
+:class:`~nas.records.TrialResult` and its readings, the study's search cost from
+:class:`storage.StudyInfo`, the final numbers from the ``--retrain`` re-measurement, and the parity
+numbers from the check that just ran. :func:`fmt` is the one formatter, so a test can compare the card
+with the database value by value. An estimated energy is labelled ``ESTIMATE`` wherever it appears.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from nas.records import InferenceEnergy, TrialResult
+
+from .parity import MIN_AGREEMENT, ParityResult
+
+if TYPE_CHECKING:
+    from storage import ReadingView, StudyInfo
+
+__all__ = ["fmt", "CardInputs", "render_card", "metrics_json", "energy_label"]
+
+
+def fmt(value: Any) -> str:
+    """The card's number format: 6 significant digits for floats, integers as they are, ``n/a`` for None."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def energy_label(inf: InferenceEnergy | None) -> str:
+    """``meter`` plus ``ESTIMATE`` when the meter's numbers are estimates, not measurements."""
+    if inf is None:
+        return "no measurement"
+    return f"{inf.meter}, ESTIMATE (not a measurement)" if inf.is_estimate else f"{inf.meter}, measured"
+
+
+@dataclass(frozen=True)
+class CardInputs:
+    """What the card is written from."""
+
+    study: StudyInfo
+    trial: int
+    task: str
+    search: TrialResult
+    final: TrialResult | None
+    retrain_steps: int | None
+    readings: Sequence[ReadingView]
+    parity: Sequence[ParityResult]
+    files: Sequence[str]
+    command: str
+    weights_source: str
+    labels: Sequence[str]
+
+
+def _rows(r: TrialResult) -> list[tuple[str, Any]]:
+    inf, tr, m = r.inference, r.train, r.metrics
+    est = " (ESTIMATE)" if inf is not None and inf.is_estimate else ""
+    test = " (ESTIMATE)" if tr is not None and tr.is_estimate else ""
+    return [
+        ("accuracy (held-out)", m.accuracy if m else None),
+        ("macro-F1 (held-out)", m.macro_f1 if m else None),
+        ("held-out examples", m.n_examples if m else None),
+        (f"energy per sample, gross [J]{est}", inf.energy_per_sample_j if inf else None),
+        (f"energy per sample, idle-corrected [J]{est}", inf.energy_per_sample_net_j if inf else None),
+        (f"idle power used for the correction [W]{est}", inf.idle_w if inf else None),
+        ("CV of the per-window J/sample", inf.cv if inf else None),
+        ("energy meter", energy_label(inf)),
+        ("latency p50 per batch [ms]", inf.latency_p50_ms if inf else None),
+        ("latency p95 per batch [ms]", inf.latency_p95_ms if inf else None),
+        ("throughput [samples/s]", inf.throughput_samples_s if inf else None),
+        ("parameters", r.params),
+        ("size as served [bytes]", r.size_bytes),
+        ("FLOPs per sample", r.flops_per_sample),
+        ("kernels", r.kernels),
+        ("training steps", tr.steps if tr else None),
+        (f"training energy [J]{test}", tr.energy_j if tr else None),
+        ("training meter", tr.meter if tr else None),
+    ]
+
+
+def _table(search: TrialResult, final: TrialResult | None) -> list[str]:
+    rows = _rows(search)
+    if final is None:
+        lines = ["| metric | search (database) |", "|---|---|"]
+        lines += [f"| {name} | {fmt(v)} |" for name, v in rows]
+        return lines
+    final_rows = dict(_rows(final))
+    lines = ["| metric | search (database) | final (after --retrain) |", "|---|---|---|"]
+    for name, v in rows:
+        lines.append(f"| {name} | {fmt(v)} | {fmt(final_rows.get(name))} |")
+    return lines
+
+
+def _provenance(inf: InferenceEnergy | None) -> list[str]:
+    if inf is None:
+        return ["No inference measurement is stored for this trial."]
+    p = inf.provenance
+    shape = (f"batch {fmt(inf.batch_size)} x sequence {fmt(inf.seq_len)}, {fmt(inf.n_windows)} windows of "
+             f"{fmt(inf.window_s)} s, dtype {fmt(inf.dtype)}, serving form {fmt(inf.serving_form)}")
+    lines = [
+        f"- meter: `{inf.meter}`" + (" — **ESTIMATE**: CPU TDP x utilisation, not a measurement" if inf.is_estimate
+                                     else ""),
+        f"- exclusive device during the windows: {fmt(inf.exclusive)}",
+        f"- shape of the run: {shape}",
+        f"- per-window J/sample: {', '.join(fmt(w) for w in inf.windows_j_per_sample) or 'n/a'} (CV {fmt(inf.cv)})",
+        f"- kernels: {fmt(inf.kernels)}",
+        f"- device: {fmt(p.device)} ({fmt(p.device_name)}), driver {fmt(p.driver_version)}, "
+        f"power limit {fmt(p.power_limit_w)} W, SM clock {fmt(p.sm_clock_mhz)} MHz",
+        f"- temperature before / after: {fmt(p.temperature_before_c)} / {fmt(p.temperature_after_c)} °C",
+        f"- CPU energy mode: {fmt(p.cpu_mode)}",
+        f"- software: {', '.join(f'{k} {v}' for k, v in sorted(p.versions.items())) or 'n/a'}",
+        f"- host: {fmt(p.host_id)}, measured at {fmt(p.time_utc)}",
+    ]
+    lines += [f"- {k}: not available ({why})" for k, why in sorted(p.absent.items())]
+    return lines
+
+
+def _cost(s: StudyInfo) -> list[str]:
+    est = " — includes ESTIMATES" if s.cost_includes_estimate else ""
+    return [
+        f"- total energy: {fmt(s.total_energy_j)} J{est} (training {fmt(s.train_energy_j)} J, "
+        f"measurement {fmt(s.measure_energy_j)} J)",
+        f"- CO2-equivalent: {fmt(s.co2eq_g)} g",
+        f"- trial wall time: {fmt(s.wall_s)} s; GPU time: {fmt(s.gpu_s)} GPU-s",
+        f"- trials: {fmt(s.n_trials_complete)} complete, {fmt(s.n_trials_failed)} failed, "
+        f"{fmt(s.n_trials_pruned)} pruned",
+    ]
+
+
+def render_card(c: CardInputs) -> str:
+    """The ``README.md`` text."""
+    cand = c.search.candidate
+    title = (f"{cand.n_layers} x d{cand.d_model} {cand.attention.kind} encoder, {cand.weight_bits}-bit, "
+             f"sparsity {cand.sparsity.kind}")
+    final_inf = c.final.inference if c.final else None
+    out = [
+        f"# {c.study.name} / trial {c.trial}: {title}",
+        "",
+        f"Sequence classifier for `{c.task}` (labels: {', '.join(c.labels)}), chosen by an energy-aware "
+        f"architecture search and exported by energy-nas. Weights: {c.weights_source}.",
+        "",
+        "## Use it",
+        "",
+        "```",
+        "nas predict . \"some text\"",
+        "python -c \"import nas; print(nas.load('.').predict(['some text']))\"",
+        "```",
+        "",
+        "The ONNX (`onnx/model.onnx`) and TorchScript (`torchscript/model.pt`) files, where exported, take "
+        "`input_ids` and `attention_mask` (int64, batch x sequence, sequence <= max_len) encoded by the "
+        "tokenizer in `hf/`, and return `logits`. `nas predict` and `nas.load` need the `hf/` folder.",
+        "",
+        "## Numbers",
+        "",
+        "Search-time numbers are read from the study database; "
+        + ("final numbers were re-measured after training "
+           f"{fmt(c.retrain_steps)} more steps (--retrain) with the study's own protocol." if c.final else
+           "no re-measurement was asked for (--retrain)."),
+        "",
+        *_table(c.search, c.final),
+        "",
+        "## Energy provenance (search-time measurement)",
+        "",
+        *_provenance(c.search.inference),
+    ]
+    if c.final is not None:
+        out += ["", "## Energy provenance (final re-measurement)", "", *_provenance(final_inf)]
+    out += [
+        "",
+        "## Parity of the exported files",
+        "",
+        f"The task's held-out split run through each file and through PyTorch. An export fails below "
+        f"{fmt(100 * MIN_AGREEMENT)}% agreement.",
+        "",
+        "| file | engine | examples | agreement | max abs logit diff |",
+        "|---|---|---|---|---|",
+        *[f"| `{p.path}` | {p.engine} | {fmt(p.n_examples)} | {fmt(100 * p.agreement)}% | "
+          f"{fmt(p.max_abs_logit_diff)} |" for p in c.parity],
+        "",
+        "## Candidate",
+        "",
+        "```json",
+        cand.model_dump_json(indent=2),
+        "```",
+        "",
+        f"## Search cost of the whole study `{c.study.name}`",
+        "",
+        *_cost(c.study),
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        c.command,
+        "```",
+        "",
+        "## Files",
+        "",
+        *[f"- `{f}`" for f in c.files],
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _study_cost(s: StudyInfo) -> dict[str, Any]:
+    return {
+        "total_energy_j": s.total_energy_j, "train_energy_j": s.train_energy_j,
+        "measure_energy_j": s.measure_energy_j, "co2eq_g": s.co2eq_g, "wall_s": s.wall_s, "gpu_s": s.gpu_s,
+        "includes_estimate": s.cost_includes_estimate, "n_trials_complete": s.n_trials_complete,
+        "n_trials_failed": s.n_trials_failed, "n_trials_pruned": s.n_trials_pruned,
+    }
+
+
+def _reading(r: ReadingView) -> dict[str, Any]:
+    prov: Mapping[str, Any] | None = r.provenance
+    return {
+        "kind": r.kind, "meter": r.meter, "is_estimate": r.is_estimate, "exclusive": r.exclusive,
+        "energy_j": r.energy_j, "energy_per_sample_j": r.energy_per_sample_j,
+        "energy_per_sample_net_j": r.energy_per_sample_net_j, "idle_w": r.idle_w, "cv": r.cv,
+        "hardware_fingerprint": r.hardware_fingerprint, "provenance": dict(prov) if prov else None,
+    }
+
+
+def metrics_json(c: CardInputs) -> str:
+    """``metrics.json``: the same records as the card, in full, for machines."""
+    doc = {
+        "study": c.study.name,
+        "trial": c.trial,
+        "task": c.task,
+        "exported_utc": datetime.now(timezone.utc).isoformat(),
+        "weights_source": c.weights_source,
+        "retrain_steps": c.retrain_steps,
+        "search": c.search.to_dict(),
+        "final": c.final.to_dict() if c.final else None,
+        "readings": [_reading(r) for r in c.readings],
+        "study_cost": _study_cost(c.study),
+        "parity": [p.to_dict() for p in c.parity],
+        "files": list(c.files),
+        "command": c.command,
+    }
+    return json.dumps(doc, indent=2, default=str) + "\n"

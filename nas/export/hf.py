@@ -1,0 +1,28 @@
+"""The ``hf`` format: a Hugging Face-style folder read back by :func:`nas.export.load`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from .base import ExportedFile, Exporter, ExportInputs
+from .loaded import load
+
+__all__ = ["HFExporter"]
+
+
+class HFExporter(Exporter):
+    """``hf/``: ``config.json``, ``model.safetensors`` and the tokenizer files (see :mod:`.loaded`)."""
+
+    name: ClassVar[str] = "hf"
+
+    def export(self, inputs: ExportInputs, folder: Path) -> list[ExportedFile]:
+        out = inputs.loaded.save(folder / "hf")
+        reloaded = load(out)  # parity runs the folder as a user would load it, not the in-memory model
+
+        def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            return reloaded.logits_from_ids(ids, mask)
+
+        return [ExportedFile("hf", out.relative_to(folder), run, "nas.load (PyTorch eager, CPU)")]

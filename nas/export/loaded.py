@@ -1,0 +1,200 @@
+"""The Hugging Face-style folder (``hf/``) and its loader, :func:`load`.
+
+Layout of ``hf/``::
+
+    config.json         model_type "energy-nas": the candidate, labels, vocabulary size, sequence length
+    model.safetensors   plain weights: masks and fake-quant grids baked in (nas.compress.materialize_)
+    tokenizer.json      the trial's tokenizer (plus nas_tokenizer.json, or a teacher's HF tokenizer files)
+
+The model is rebuilt from the candidate alone (build, the candidate's compression for the pruned
+shapes, materialize) and the weights are loaded strictly, so a folder that does not match its config
+fails loudly instead of predicting nonsense.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nas.config import Candidate
+from nas.errors import ExportError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from evaluators.tokenize import TextTokenizer
+
+__all__ = ["MODEL_TYPE", "HF_FORMAT_VERSION", "LoadedModel", "load", "rebuild"]
+
+log = logging.getLogger(__name__)
+
+#: ``model_type`` written to ``config.json``.
+MODEL_TYPE = "energy-nas"
+#: Version of the ``hf/`` folder layout.
+HF_FORMAT_VERSION = 1
+_BATCH = 128
+
+
+def rebuild(candidate: Candidate, vocab_size: int, num_labels: int, state: dict[str, Any] | None = None) -> nn.Module:
+    """Build ``candidate`` in its served form (pruned shapes, plain weights) and load ``state`` strictly."""
+    from nas.compress import apply_candidate_compression, materialize_
+    from nas.models import build
+
+    model = build(candidate, vocab_size=vocab_size, num_labels=num_labels)
+    if not (candidate.sparsity.is_noop and candidate.quant.is_noop):
+        apply_candidate_compression(model)  # gives the pruned shapes; materialize_ drops the grids/masks
+        materialize_(model)
+    if state is not None:
+        model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+class LoadedModel:
+    """A classifier ready to use: model, tokenizer and label names.
+
+    Args:
+        model: An :class:`~nas.models.EncoderClassifier` with plain weights, in eval mode.
+        tokenizer: The tokenizer the model was trained with.
+        labels: Class names in id order.
+        max_len: Tokens per encoded row (``[CLS]``/``[SEP]`` included).
+        candidate: The candidate the model was built from.
+        meta: The rest of ``config.json`` (task, study, trial).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: TextTokenizer, labels: Sequence[str], max_len: int,
+                 candidate: Candidate, meta: dict[str, Any] | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.labels = tuple(labels)
+        self.max_len = int(max_len)
+        self.candidate = candidate
+        self.meta = dict(meta or {})
+
+    def __repr__(self) -> str:
+        c = self.candidate
+        return (f"LoadedModel({c.n_layers}x d{c.d_model} {c.attention.kind}, labels={list(self.labels)}, "
+                f"max_len={self.max_len})")
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts to ``(input_ids, attention_mask)``, each ``(len(texts), max_len)`` int64."""
+        if isinstance(texts, str):
+            raise ExportError("predict() takes a list of texts, not one string", field="texts",
+                              fix='wrap it in a list: model.predict(["some text"])')
+        return self.tokenizer.encode(list(texts), self.max_len)
+
+    def logits_from_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Logits ``(B, num_labels)`` of already encoded rows (used by the parity check)."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(torch.from_numpy(np.asarray(input_ids, dtype=np.int64)),
+                             attention_mask=torch.from_numpy(np.asarray(attention_mask, dtype=np.int64)))
+        return np.asarray(out.logits.float().numpy())
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Logits ``(len(texts), num_labels)``; padding columns shared by a batch are trimmed first."""
+        from evaluators.metrics import trim_batch
+
+        ids, mask = self.encode(texts)
+        parts = []
+        for i in range(0, ids.shape[0], _BATCH):
+            b_ids, b_mask = trim_batch(ids[i : i + _BATCH], mask[i : i + _BATCH])
+            parts.append(self.logits_from_ids(b_ids.numpy(), b_mask.numpy()))
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.labels)), dtype=np.float32)
+
+    def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """Classify texts.
+
+        Returns:
+            One ``{"label": str, "score": float, "probs": {label: probability}}`` per text.
+        """
+        z = self.logits(texts).astype(np.float64)
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        out = []
+        for row in p:
+            k = int(row.argmax())
+            out.append({"label": self.labels[k], "score": float(row[k]),
+                        "probs": {name: float(v) for name, v in zip(self.labels, row, strict=True)}})
+        return out
+
+    def save(self, folder: Path) -> Path:
+        """Write the ``hf/`` layout into ``folder`` (created if needed) and return it."""
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        config = {
+            "model_type": MODEL_TYPE,
+            "architectures": ["EncoderClassifier"],
+            "nas_format_version": HF_FORMAT_VERSION,
+            "candidate": self.candidate.model_dump(mode="json"),
+            "num_labels": len(self.labels),
+            "id2label": {str(i): name for i, name in enumerate(self.labels)},
+            "label2id": {name: i for i, name in enumerate(self.labels)},
+            "vocab_size": int(getattr(self.model, "vocab_size", self.tokenizer.vocab_size)),
+            "max_len": self.max_len,
+            "pad_token_id": self.tokenizer.pad_id,
+            "tokenizer_kind": self.tokenizer.kind,
+            "weights": "plain fp32; pruning masks and fake-quant grids baked in",
+            **{k: v for k, v in self.meta.items() if k not in ("candidate",)},
+        }
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        self.tokenizer.save(folder)
+        return folder
+
+
+def _resolve(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    for cand in (p, p / "hf"):
+        if (cand / "config.json").is_file():
+            return cand
+    if not p.exists():
+        raise ExportError(f"{p}: no such folder", field="path", fix="pass a folder written by `nas export`")
+    raise ExportError(f"{p}: no config.json here or in {p / 'hf'}", field="path",
+                      fix="pass a folder written by `nas export --format hf` (or all)")
+
+
+def load(path: str | Path) -> LoadedModel:
+    """Load an exported model: the export folder ``DIR`` or its ``DIR/hf``.
+
+    Raises:
+        ExportError: The folder is not an energy-nas export, or its weights do not match its config.
+    """
+    from safetensors.torch import load_file
+
+    from evaluators.tokenize import load_tokenizer
+
+    folder = _resolve(path)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExportError(f"{folder / 'config.json'}: unreadable ({e})", field="path",
+                          fix="re-export the model") from e
+    if config.get("model_type") != MODEL_TYPE:
+        raise ExportError(f"{folder / 'config.json'} is not an energy-nas export", field="model_type",
+                          value=config.get("model_type"), fix="pass a folder written by `nas export`")
+    if int(config.get("nas_format_version", 0)) > HF_FORMAT_VERSION:
+        raise ExportError(f"{folder} uses export layout {config['nas_format_version']}, newer than this build's "
+                          f"{HF_FORMAT_VERSION}", field="nas_format_version", fix="upgrade energy-nas")
+    candidate = Candidate.model_validate(config["candidate"])
+    labels = [config["id2label"][str(i)] for i in range(int(config["num_labels"]))]
+    if not (folder / "model.safetensors").is_file():
+        raise ExportError(f"{folder}: model.safetensors is missing", field="path", fix="re-export the model")
+    try:
+        model = rebuild(candidate, int(config["vocab_size"]), len(labels), load_file(str(folder / "model.safetensors")))
+    except RuntimeError as e:
+        raise ExportError(f"{folder}: the weights do not fit the candidate in config.json "
+                          f"({str(e).splitlines()[0]})", field="model.safetensors", fix="re-export the model") from e
+    tokenizer = load_tokenizer(folder)
+    meta = {k: config[k] for k in ("task", "study", "trial") if k in config}
+    log.debug("loaded %s from %s", candidate.attention.kind, folder)
+    return LoadedModel(model, tokenizer, labels, int(config["max_len"]), candidate, meta)
