@@ -100,8 +100,7 @@ class StoreWriter(Callback):  # type: ignore[misc]
             result = TrialResult.from_dict(json.loads(res["trial_result_json"]))
             cost = TrialCost.from_result(result, wall_s=wall_s, gpu_s=wall_s * gpus)
             self.store.finish_trial(self.study, number, result, cost=cost)
-            if result.weights_path:
-                self.store.add_artefact(self.study, number, "weights", result.weights_path)
+            if result.weights_path:  # finish_trial recorded the "weights" artefact in its transaction
                 self._apply_retention()
         elif status == "FAIL":
             self._fail(trial, res.get("error") or "failed without a message")
