@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--task", default="builtin:longmatch")
+    ap.add_argument("--task", default="builtin:sentiment")
     ap.add_argument("--db", default="benchmarks/results/samplers.db")
     ap.add_argument("--out", default="benchmarks/results/samplers.json")
     args = ap.parse_args()

@@ -95,21 +95,32 @@ def trial_table(r: TrialResult) -> Table:
     return t
 
 
+def _short_candidate(c: Any, vals: dict[str, Any]) -> str:
+    if c is None:
+        return "-"
+    attn = c.attention.kind + (f"/w{c.attention.window}" if c.attention.window else "") + (
+        f"/k{c.attention.k}" if c.attention.k else "")
+    q = c.quant
+    bits = f"{q.embedding_bits}/{q.attention_bits}/{q.ffn_bits}b"
+    sp = "" if c.sparsity.kind == "none" else f" {c.sparsity.kind}:{c.sparsity.amount:g}"
+    return f"{c.n_layers}x{c.d_model} h{c.n_heads} ffn{c.d_ffn} {attn} {bits}{sp}"
+
+
 def front_table(views: list[Any], objectives: list[tuple[str, str]] | Any, title: str = "Pareto front") -> Table:
+    """The front, best first objective on top; one compact candidate column, meter per row."""
     objs = [m for m, _ in objectives]
     t = Table(title=title, title_justify="left")
-    for col in ["#", *objs, "attention", "layers x d", "bits", "sparsity", "meter", "hardware"]:
-        t.add_column(col, justify="right" if col in objs or col == "#" else "left")
+    t.add_column("#", justify="right")
+    for m in objs:
+        t.add_column(m.replace("energy_per_sample_j", "J/sample").replace("_", " "), justify="right")
+    t.add_column("candidate")
+    t.add_column("meter")
+    hardware = sorted({str(v.hardware_fingerprint) for v in views})
     for v in sorted(views, key=lambda v: v.values().get(objs[0]) or 0, reverse=True):
         vals = v.values()
-        c = v.candidate
         meter = (vals.get("meter") or "-") + (" (estimate)" if vals.get("is_estimate") else "")
-        t.add_row(str(v.number), *[_fmt(vals.get(m)) for m in objs], str(vals.get("attention")),
-                  f"{c.n_layers}x{c.d_model}" if c else "-", str(vals.get("weight_bits")),
-                  f"{vals.get('sparsity')} {vals.get('sparsity_amount') or ''}".strip(), meter,
-                  str(v.hardware_fingerprint))
-    if not views:
-        t.caption = "no complete trial matches"
+        t.add_row(str(v.number), *[_fmt(vals.get(m)) for m in objs], _short_candidate(v.candidate, vals), meter)
+    t.caption = ("no complete trial matches" if not views else f"hardware: {', '.join(hardware)}")
     return t
 
 
