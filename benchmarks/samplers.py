@@ -31,7 +31,15 @@ SAMPLERS = ("random", "tpe", "nsga2")
 
 def spec_for(sampler: str, seed: int, trials: int, db: str, task: str, steps: int) -> Any:
     from nas.config import MeasureConfig, TrainConfig
-    from nas.spec import BudgetSpec, FidelitySpec, ResourcesSpec, SamplerSpec, SpaceRef, StorageSpec, StudySpec
+    from nas.spec import (
+        BudgetSpec,
+        FidelitySpec,
+        ResourcesSpec,
+        SamplerSpec,
+        SpaceRef,
+        StorageSpec,
+        StudySpec,
+    )
 
     return StudySpec(
         name=f"{sampler}-s{seed}",
@@ -78,7 +86,7 @@ def main() -> None:
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     Path(args.db).unlink(missing_ok=True)
     t0 = time.time()
-    runs: dict[str, dict[int, Any]] = {s: {} for s in SAMPLERS}
+    {s: {} for s in SAMPLERS}
     for seed in args.seeds:
         for sampler in SAMPLERS:
             t = time.time()

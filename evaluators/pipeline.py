@@ -24,11 +24,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from evaluators.lane import MeasurementLane
 from nas.config import Candidate, MeasureConfig, TrainConfig
 from nas.errors import ConfigError, TrialFailedError
 from nas.records import EvalMetrics, TrainSummary, TrialResult
-
-from evaluators.lane import MeasurementLane
 
 __all__ = ["run_trial", "DENSE_FRACTION", "save_trial_weights", "load_trial_model"]
 

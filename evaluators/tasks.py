@@ -51,8 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nas.errors import DataError
 from evaluators.tokenize import TextTokenizer, cache_dir, cached_wordpiece, word_level
+from nas.errors import DataError
 
 if TYPE_CHECKING:
     import torch
@@ -404,10 +404,7 @@ def read_examples(path: str | Path) -> list[tuple[str, str, int]]:
         raise _fail(p, None, None, "file is empty", "write a header and one example per row")
     try:
         suffix = p.suffix.lower()
-        if suffix == ".jsonl":
-            raw = _read_jsonl(p)
-        else:
-            raw = _read_delimited(p, "\t" if suffix == ".tsv" else ",")
+        raw = _read_jsonl(p) if suffix == ".jsonl" else _read_delimited(p, "\t" if suffix == ".tsv" else ",")
     except UnicodeDecodeError as e:
         raise _fail(p, None, None, f"is not UTF-8 text (byte {e.start})", "save the file as UTF-8") from e
     if not raw:

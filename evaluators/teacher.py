@@ -31,11 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from nas.config import Candidate, TrainConfig
-from nas.errors import ConfigError
-
 from evaluators.tasks import TaskData
 from evaluators.tokenize import TextTokenizer, cache_dir
+from nas.config import Candidate, TrainConfig
+from nas.errors import ConfigError
 
 __all__ = ["Teacher", "HFTeacherModule", "load_teacher", "load_hf_teacher", "self_trained_teacher",
            "default_teacher_candidate"]

@@ -39,11 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from evaluators.metrics import evaluate, trim_batch
 from nas.config import Candidate, DistillConfig, TrainConfig
 from nas.errors import ConfigError, TrialFailedError
 from nas.records import EnergyReading, TrainSummary
-
-from evaluators.metrics import evaluate, trim_batch
 
 if TYPE_CHECKING:
     from evaluators.tasks import TaskData

@@ -17,7 +17,9 @@ def test_candidate_round_trips_through_json_with_version():
 
 def test_candidate_is_frozen():
     c = Candidate()
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
         c.n_layers = 3  # type: ignore[misc]
 
 

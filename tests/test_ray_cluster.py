@@ -59,8 +59,8 @@ def two_node_cluster(tmp_path):
 
 
 def _wait_nodes(address: str, n: int, env: dict, timeout: float = 90) -> None:
-    code = ("import ray; ray.init(address=%r, log_to_driver=False); "
-            "print(sum(1 for x in ray.nodes() if x['Alive']))" % address)
+    code = (f"import ray; ray.init(address={address!r}, log_to_driver=False); "
+            "print(sum(1 for x in ray.nodes() if x['Alive']))")
     deadline = time.time() + timeout
     while time.time() < deadline:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)

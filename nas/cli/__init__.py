@@ -11,7 +11,7 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -63,9 +63,9 @@ def _print_json(obj: Any) -> None:
 def trial(
     candidate: Annotated[Path, typer.Argument(help="Candidate YAML (see examples/candidate.yaml).")],
     task: Annotated[str, typer.Option(help="builtin:NAME or a TSV/CSV/JSONL file or folder.")] = "builtin:longmatch",
-    teacher: Annotated[Optional[str], typer.Option(help="Local HF folder, or 'auto' to train and cache one.")] = None,
+    teacher: Annotated[str | None, typer.Option(help="Local HF folder, or 'auto' to train and cache one.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 300,
-    seconds: Annotated[Optional[float], typer.Option(min=0.1, help="Training wall-time budget (s).")] = None,
+    seconds: Annotated[float | None, typer.Option(min=0.1, help="Training wall-time budget (s).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 32,
     lr: Annotated[float, typer.Option(min=1e-7, help="Peak learning rate (AdamW).")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for data, init and order.")] = 0,
@@ -75,7 +75,7 @@ def trial(
     window_s: Annotated[float, typer.Option(min=0.05, help="Seconds per measurement window.")] = 1.0,
     windows: Annotated[int, typer.Option(min=1, help="Number of measurement windows.")] = 3,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    save_weights: Annotated[Optional[Path], typer.Option(help="Write the trained weights here (safetensors).")] = None,
+    save_weights: Annotated[Path | None, typer.Option(help="Write the trained weights here (safetensors).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the TrialResult as JSON.")] = False,
 ) -> None:
     """Train, compress and measure one candidate, and print its record."""
@@ -103,12 +103,12 @@ def trial(
 # -------------------------------------------------------------------------------------------- search
 @app.command()
 def search(
-    spec: Annotated[Optional[Path], typer.Argument(help="Study YAML. Omit for the built-in default study.")] = None,
-    resume: Annotated[Optional[str], typer.Option(help="Resume the named study from the database.")] = None,
+    spec: Annotated[Path | None, typer.Argument(help="Study YAML. Omit for the built-in default study.")] = None,
+    resume: Annotated[str | None, typer.Option(help="Resume the named study from the database.")] = None,
     db: DbOpt = DEFAULT_DB,
-    ray_address: Annotated[Optional[str], typer.Option(help="Join an existing Ray cluster (e.g. 127.0.0.1:6379).")] = None,
-    trials: Annotated[Optional[int], typer.Option(min=1, help="Override the spec's trial budget.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Override the study name.")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="Join an existing Ray cluster (e.g. 127.0.0.1:6379).")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="Override the spec's trial budget.")] = None,
+    name: Annotated[str | None, typer.Option(help="Override the study name.")] = None,
     executor: Annotated[str, typer.Option(help="ray (default when installed) or local (in-process).")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
 ) -> None:
@@ -144,8 +144,8 @@ def studies(db: DbOpt = DEFAULT_DB, as_json: Annotated[bool, typer.Option("--jso
 def pareto(
     study: Annotated[str, typer.Argument(help="Study name.")],
     db: DbOpt = DEFAULT_DB,
-    where: Annotated[Optional[str], typer.Option(help='Filter, e.g. "energy_per_sample_j < 0.002 and weight_bits <= 8".')] = None,
-    hardware: Annotated[Optional[str], typer.Option(help="Only this hardware fingerprint (default: every one, separately).")] = None,
+    where: Annotated[str | None, typer.Option(help='Filter, e.g. "energy_per_sample_j < 0.002 and weight_bits <= 8".')] = None,
+    hardware: Annotated[str | None, typer.Option(help="Only this hardware fingerprint (default: every one, separately).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV output.")] = False,
 ) -> None:
@@ -196,7 +196,7 @@ def export(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")],
     fmt: Annotated[Format, typer.Option("--format", help="onnx, torchscript, hf or all.")] = Format.all,
     db: DbOpt = DEFAULT_DB,
-    retrain: Annotated[Optional[int], typer.Option(min=1, help="Train this many more steps, then re-measure.")] = None,
+    retrain: Annotated[int | None, typer.Option(min=1, help="Train this many more steps, then re-measure.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite a non-empty --out.")] = False,
 ) -> None:
     """Export a stored trial (ONNX, TorchScript, HF folder) with a parity check and a model card."""
@@ -220,7 +220,7 @@ def predict(
     if as_json:
         _print_json(preds)
         return
-    for text, p in zip(texts, preds):
+    for text, p in zip(texts, preds, strict=False):
         out.print(f"{p['label']}\t{p['score']:.3f}\t{text}")
 
 
@@ -230,7 +230,7 @@ def serve(
     db: DbOpt = DEFAULT_DB,
     host: Annotated[str, typer.Option(help="Bind address. Anything but loopback needs --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    token: Annotated[Optional[str], typer.Option(envvar="NAS_TOKEN", help="API token (env NAS_TOKEN).")] = None,
+    token: Annotated[str | None, typer.Option(envvar="NAS_TOKEN", help="API token (env NAS_TOKEN).")] = None,
     artefacts: Annotated[Path, typer.Option(help="Folder for exports served over HTTP.")] = Path("nas_artefacts"),
 ) -> None:
     """HTTP API and dashboard over the same database."""

@@ -123,10 +123,7 @@ def search(
                     field="name", fix=f"resume it with `nas search --resume {the_spec.name}`, or pick a new --name",
                 )
             resume = the_spec.name  # same spec: continue it (e.g. the default study run twice)
-            if trials is None:
-                the_spec = stored
-            else:
-                the_spec = stored.with_overrides(**{"budget.trials": trials})
+            the_spec = stored if trials is None else stored.with_overrides(**{"budget.trials": trials})
         else:
             store.create_study(the_spec.name, the_spec.model_dump_json(),
                                [(o.metric, o.resolved_direction) for o in the_spec.objectives],
