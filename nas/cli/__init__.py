@@ -253,8 +253,14 @@ def tasks() -> None:
     """List the built-in tasks."""
     from evaluators.tasks import BUILTIN_TASKS
 
-    for name, doc in BUILTIN_TASKS.items():
-        out.print(f"[bold]builtin:{name}[/]  {doc}")
+    about = {
+        "longmatch": "long-range key matching over 64 tokens (binary; chance 50%): small local windows "
+                     "stay near chance",
+        "sentiment": "synthetic sentiment with negation (binary; chance 50%): word order matters",
+    }
+    for name in BUILTIN_TASKS:
+        out.print(f"[bold]builtin:{name}[/]  {about.get(name, '')}")
+    out.print("Files: a TSV/CSV/JSONL file or a folder with train.* and dev.*, columns text and label.")
 
 
 def main(argv: list[str] | None = None) -> None:

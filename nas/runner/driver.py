@@ -140,7 +140,7 @@ def run_study(spec: StudySpec, store: Any, *, resume: bool, ray_address: str | N
                                        max_t=spec.fidelity.max_steps, grace_period=spec.fidelity.rungs[0],
                                        reduction_factor=spec.fidelity.reduction_factor)
     else:
-        scheduler = FIFOScheduler()
+        scheduler = FIFOScheduler()  # type: ignore[no-untyped-call]
 
     stopper = JouleBudget(handle, spec.budget.joules)
 

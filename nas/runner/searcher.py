@@ -72,11 +72,14 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         for _ in range(MAX_RESAMPLE):
             try:
-                config = super().suggest(trial_id)
+                suggested: dict[str, Any] | None = super().suggest(trial_id)
             except NASError as e:  # invalid candidate: record, tell FAIL, sample again
                 ot_trial = self._ot_trials.pop(trial_id)
                 self._reject(ot_trial, f"invalid candidate: {e}")
                 continue
+            if suggested is None:
+                return None
+            config = suggested
             cand = Candidate.model_validate_json(config["candidate_json"])
             h = candidate_hash(cand)
             if h in self._failed_hashes:
@@ -88,9 +91,13 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         log.warning("the sampler proposed only failed or invalid candidates %d times in a row", MAX_RESAMPLE)
         return None
 
+    @property
+    def _study(self) -> Any:
+        return self._ot_study
+
     def _reject(self, ot_trial: optuna.Trial, reason: str) -> None:
         ot_trial.set_user_attr("fail_reason", reason)
-        self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
+        self._study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
         log.info("trial %d rejected: %s", ot_trial.number, reason)
         if self._on_invalid is not None:
             self._on_invalid(ot_trial.number, dict(ot_trial.params), reason)
@@ -105,11 +112,11 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         if error or status == "FAIL":
             if result and result.get("error"):
                 ot_trial.set_user_attr("fail_reason", str(result["error"])[:500])
-            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
+            self._study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
         elif status != "COMPLETE" or any(v is None for v in values):
             # stopped at an accuracy rung by ASHA: no energy was measured, so no objective vector
-            self._ot_study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
+            self._study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
         else:
-            vals = [float(v) for v in values]
-            self._ot_study.tell(ot_trial, vals if len(vals) > 1 else vals[0])
+            vals = [float(v) for v in values if v is not None]
+            self._study.tell(ot_trial, vals if len(vals) > 1 else vals[0])
         self._completed_trials.add(trial_id)
