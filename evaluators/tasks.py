@@ -195,6 +195,8 @@ def _assemble(name: str, train_texts: list[str], train_labels: list[int], dev_te
 
 _LM_KEYS = tuple(f"k{i}" for i in range(2))
 _LM_FILLERS = tuple(f"w{i}" for i in range(8))
+_LM_WORDS = 62
+_LM_SPAN = 1
 
 _POS = ("good", "great", "fine", "superb", "lovely", "brilliant", "charming", "moving", "clever",
         "fresh", "delightful", "solid")
@@ -210,10 +212,11 @@ _FILLERS = tuple(w for w in _FILLERS if w not in ("very", "quite", "really", "so
 
 
 def _gen_longmatch(rng: np.random.Generator, n: int, max_len: int) -> tuple[list[str], list[int]]:
-    n_words = min(62, max_len - 2)
-    if n_words < 6:
-        raise DataError("builtin:longmatch needs max_len >= 8", field="max_len", value=max_len,
-                        fix="use max_len >= 8 (64 is the designed length)")
+    n_words = min(_LM_WORDS, max_len - 2)
+    span = _LM_SPAN
+    if n_words < 2 * span + 2:
+        raise DataError(f"builtin:longmatch needs max_len >= {2 * span + 4}", field="max_len", value=max_len,
+                        fix=f"use max_len >= {_LM_WORDS + 2} (the designed length)")
     k = len(_LM_KEYS)
     fill = rng.integers(0, len(_LM_FILLERS), size=(n, n_words))
     labels = np.zeros(n, dtype=np.int64)
@@ -222,12 +225,11 @@ def _gen_longmatch(rng: np.random.Generator, n: int, max_len: int) -> tuple[list
     first = rng.integers(0, k, size=n)
     other = (first + rng.integers(1, k, size=n)) % k  # guaranteed different
     second = np.where(labels == 1, first, other)
-    end_pos = n_words - 1 - rng.integers(0, 4, size=n)
     fillers = np.asarray(_LM_FILLERS)
     keys = np.asarray(_LM_KEYS)
     words = fillers[fill].astype(object)
-    words[:, 0] = keys[first]
-    words[np.arange(n), end_pos] = keys[second]
+    words[:, :span] = keys[first][:, None]
+    words[:, n_words - span :] = keys[second][:, None]
     texts = [" ".join(row) for row in words.tolist()]
     return texts, labels.tolist()
 

@@ -62,7 +62,7 @@ def _print_json(obj: Any) -> None:
 @app.command()
 def trial(
     candidate: Annotated[Path, typer.Argument(help="Candidate YAML (see examples/candidate.yaml).")],
-    task: Annotated[str, typer.Option(help="builtin:NAME or a TSV/CSV/JSONL file or folder.")] = "builtin:longmatch",
+    task: Annotated[str, typer.Option(help="builtin:NAME or a TSV/CSV/JSONL file or folder.")] = "builtin:sentiment",
     teacher: Annotated[str | None, typer.Option(help="Local HF folder, or 'auto' to train and cache one.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 300,
     seconds: Annotated[float | None, typer.Option(min=0.1, help="Training wall-time budget (s).")] = None,

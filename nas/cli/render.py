@@ -10,6 +10,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from nas.records import TrialResult
@@ -28,8 +29,8 @@ def _fmt(v: Any, digits: int = 4) -> str:
 def _energy(v: float | None, meter: str | None, is_estimate: bool | None, unit: str = "J") -> str:
     if v is None:
         return f"- ({meter or 'no meter'})"
-    tag = " (estimate)" if is_estimate else ""
-    return f"{_fmt(v)} {unit} [{meter}{tag}]"
+    tag = ", ESTIMATE" if is_estimate else ", measured"
+    return f"{_fmt(v)} {unit} (meter {meter}{tag})"
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -162,9 +163,9 @@ def trial_view(v: Any) -> Table:
     if v.cost is not None:
         c = v.cost
         t.add_row("search cost", f"train {_fmt(c.train_energy_j)} J + measure {_fmt(c.measure_energy_j)} J "
-                  f"[{c.meter}{' (estimate)' if c.is_estimate else ''}], {c.wall_s:.1f} s wall, "
+                  f"(meter {c.meter}{', ESTIMATE' if c.is_estimate else ''}), {c.wall_s:.1f} s wall, "
                   f"{c.gpu_s:.1f} GPU-s")
     if v.result is not None and v.result.inference is not None:
         p = v.result.inference.provenance
-        t.add_row("provenance", json.dumps(to_jsonable(p), default=str)[:2000])
+        t.add_row("provenance", escape(json.dumps(to_jsonable(p), default=str)[:2000]))
     return t
