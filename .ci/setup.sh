@@ -22,7 +22,7 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     "${pip[@]}" install torch
   else
     echo "setup: no NVIDIA GPU: installing the CPU torch wheel (torch==2.13.0)" >&2
-    "${pip[@]}" install torch==2.13.0
+    "${pip[@]}" install torch==2.13.0 2>&1 | grep -v "is ignored: it is neither" || true
   fi
 fi
 
