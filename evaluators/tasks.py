@@ -9,21 +9,28 @@ Both are generated with NumPy from ``seed`` in well under a second, need no down
 balanced binary labels (chance accuracy 50%).
 
 ``builtin:longmatch`` -- long-range matching.
-    A sequence of ``min(62, max_len - 2)`` words (64 tokens with ``[CLS]`` and ``[SEP]`` at the default
-    ``max_len=64``). The first word is a key ``k0..k7``; one of the last four words is another key; every
-    other word is a filler ``w0..w23``. The label is 1 when the two keys are the same word. Why hard: the
-    evidence sits ~60 positions apart and is an equality (XOR-like) relation, so it cannot be read off a
-    bag of per-token features; a model needs some token to see both keys. Local attention whose
-    receptive field (window x layers) is far below the distance cannot solve it and stays near chance;
-    global softmax attention solves it, and linear / low-rank attention land in between.
+    30 words (32 tokens with ``[CLS]`` and ``[SEP]``). The first three words repeat one key out of
+    ``k0..k3``, the last three words repeat another key, and the 24 words between are fillers
+    ``w0..w7``. The label is 1 ("same") when both ends carry the same key. Why hard: the evidence sits
+    ~24 positions apart and the label is an equality (XOR-like) relation. A model whose pooled features
+    are a sum of per-position features that each see only one end (bag of words, or local attention
+    whose receptive field, window x layers, is below the gap) cannot represent it at all and stays at
+    chance; some token has to see both ends. Global softmax and linear attention learn it; Linformer
+    (low-rank) attention learns it fastest, because its fixed-length projection mixes the two ends
+    directly. Chance: 50%.
 
 ``builtin:sentiment`` -- synthetic sentiment with negation.
-    12-30 words: neutral fillers, 1 or 3 polar words (12 positive, 12 negative) and negators
-    (``not``, ``never``, ``hardly``). A negator directly before a polar word flips it; negators also
-    appear before fillers as distractors. The label is the sign of the summed polarity (never zero).
-    Why hard: a bag-of-words model that ignores order gets roughly 75-80%; reaching ~100% needs the
-    order of adjacent words (any attention type with a window >= 1 can see it), and width/depth change
-    how fast it is learned.
+    10-24 words: neutral fillers, 3 or 5 polar words (12 positive, 12 negative) and negators (``not``,
+    ``never``, ``hardly``). A negator directly before a polar word flips it (6% of polar words);
+    negators also appear before fillers as distractors. The label is the sign of the summed polarity
+    (never zero). Why hard: a bag-of-words model cannot tell which polar word is negated and tops out
+    near 90%; the rest needs the order of adjacent words (any attention type with a window >= 1 can
+    see it). Chance: 50%.
+
+Calibration (default ``TrainConfig``: 300 steps, batch 32, lr 1e-3; CPU, 2 threads, 10k training
+examples, seed 0; dev accuracy): the default candidate (2 layers, d_model 64, 4 heads, FFN 128,
+softmax) reaches 0.74 on ``longmatch`` in ~7 s and 0.90 on ``sentiment`` in ~6 s; a 1-layer local
+model with window 4 stays at chance (0.50) on ``longmatch``. See ``docs/tasks.md``.
 
 File tasks
 ----------
@@ -193,18 +200,18 @@ def _assemble(name: str, train_texts: list[str], train_labels: list[int], dev_te
 # Built-in tasks
 # --------------------------------------------------------------------------------------------------
 
-_LM_KEYS = tuple(f"k{i}" for i in range(2))
+_LM_KEYS = tuple(f"k{i}" for i in range(4))
 _LM_FILLERS = tuple(f"w{i}" for i in range(8))
-_LM_WORDS = 62
-_LM_SPAN = 1
+_LM_WORDS = 30  # 32 tokens with [CLS] and [SEP]
+_LM_SPAN = 3  # the key is repeated over the first and the last 3 words
 
 _POS = ("good", "great", "fine", "superb", "lovely", "brilliant", "charming", "moving", "clever",
         "fresh", "delightful", "solid")
 _NEG = ("bad", "awful", "dull", "boring", "weak", "messy", "clumsy", "tedious", "bland", "poor",
         "stale", "silly")
 _NEGATORS = ("not", "never", "hardly")
-_NEGATION_RATE = 0.12
-_FILLERS = ("the", "a", "film", "movie", "plot", "cast", "story", "it", "is", "was", "and", "but",
+_NEGATION_RATE = 0.06
+_FILLERS: tuple[str, ...] = ("the", "a", "film", "movie", "plot", "cast", "story", "it", "is", "was", "and", "but",
             "this", "that", "with", "of", "scene", "actor", "script", "ending", "music", "very", "quite",
             "really", "so", "its", "director", "pace", "tone", "style", "dialogue", "camera", "by", "in",
             "on", "for", "as", "at", "which", "overall")
@@ -330,9 +337,9 @@ def _find_columns(path: Path, header: list[str]) -> tuple[int, int]:
 
 def _read_delimited(path: Path, delimiter: str) -> list[tuple[str, Any, int]]:
     rows: list[tuple[str, Any, int]] = []
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     with path.open("r", encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        reader = (csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE) if delimiter == "\t"
+                  else csv.reader(f, delimiter=delimiter))
         try:
             header = next(reader, None)
             while header is not None and not any(h.strip() for h in header):

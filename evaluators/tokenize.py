@@ -222,7 +222,8 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, *, lowercase: 
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                         special_tokens=list(SPECIAL_TOKENS), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
-    tok.post_processor = _post_processor(tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"))
+    # The trainer puts the special tokens first, in SPECIAL_TOKENS order.
+    tok.post_processor = _post_processor(SPECIAL_TOKENS.index("[CLS]"), SPECIAL_TOKENS.index("[SEP]"))
     return TextTokenizer(tok, "wordpiece")
 
 

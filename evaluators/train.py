@@ -254,8 +254,7 @@ def train(
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     batches = _batches(task.n_train, cfg.batch_size, gen)
-    amp_ctx_factory = lambda: _autocast(device, cfg.amp)  # noqa: E731
-    _, amp_dtype = amp_ctx_factory()
+    _, amp_dtype = _autocast(device, cfg.amp)
     ids_all, mask_all, y_all = task.train_ids, task.train_mask, task.train_y
     rung_set = sorted({int(r) for r in rungs if 0 < int(r) <= cfg.steps})
     rung_acc: list[tuple[int, float]] = []
@@ -287,7 +286,7 @@ def train(
                 idx = next(batches)
                 ids, mask = trim_batch(ids_all[idx], mask_all[idx])
                 ids, mask, y = ids.to(device), mask.to(device), y_all[idx].to(device)
-                ctx, _ = amp_ctx_factory()
+                ctx, _ = _autocast(device, cfg.amp)
                 with ctx:
                     if loss_fn is None:
                         out = model(ids, attention_mask=mask)
@@ -308,7 +307,7 @@ def train(
                                            fix="lower the learning rate, or check the candidate (e.g. "
                                            "very low bit-widths) and the data")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 if not math.isfinite(float(norm)):
                     raise TrialFailedError(f"gradient norm became {float(norm)} at step {step + 1}",
