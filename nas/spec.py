@@ -118,7 +118,7 @@ class StudySpec(_Frozen):
     """Everything a search needs. ``train.steps`` is ignored in favour of ``fidelity.rungs[-1]``."""
 
     name: str = Field(default="default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
-    task: str = "builtin:sentiment"
+    task: str = "builtin:longmatch"
     teacher: str | None = None
     space: SpaceRef = SpaceRef()
     objectives: list[Objective] = Field(
@@ -162,7 +162,7 @@ class StudySpec(_Frozen):
 
 
 def default_spec() -> StudySpec:
-    """The built-in study: the `tiny` space on `builtin:sentiment`, 14 trials, CPU-friendly.
+    """The built-in study: the `tiny` space on the long-range `builtin:longmatch`, 14 trials, CPU-friendly.
 
     It trains every candidate for the full (short) budget, without ASHA rungs, so that every trial
     yields a complete (accuracy, energy) point; ``examples/study.yaml`` shows rungs."""
