@@ -47,9 +47,13 @@ class MeasurementLane:
         self._lane = os.open(base / f"{safe}.lane", os.O_RDWR | os.O_CREAT, 0o666)
         self._turnstile = os.open(base / f"{safe}.turnstile", os.O_RDWR | os.O_CREAT, 0o666)
         self._shared = False
+        self.closed = False
         self.wait_s = 0.0  # total seconds spent waiting for the lane (either side)
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         with contextlib.suppress(OSError):
             fcntl.flock(self._lane, fcntl.LOCK_UN)
             fcntl.flock(self._turnstile, fcntl.LOCK_UN)

@@ -29,7 +29,8 @@ from nas.config import Candidate, MeasureConfig, TrainConfig
 from nas.errors import ConfigError, TrialFailedError
 from nas.records import EvalMetrics, TrainSummary, TrialResult
 
-__all__ = ["run_trial", "DENSE_FRACTION", "save_trial_weights", "load_trial_model"]
+__all__ = ["run_trial", "DENSE_FRACTION", "save_trial_weights", "load_trial_model", "serving_copy",
+           "measure_serving"]
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,9 @@ def _cached_teacher(spec: str, task_key: tuple[str, int, int]) -> Any:
     return load_teacher(spec, task, seed=task_key[1])
 
 
-def _serving_copy(model: Any, candidate: Candidate, device: str) -> tuple[Any, str, bool]:
-    """A copy of ``model`` in the form that really runs: baked weights, real int8 where available."""
+def serving_copy(model: Any, candidate: Candidate, device: str) -> tuple[Any, str]:
+    """A copy of ``model`` in the form that really runs (baked weights, real int8 where available),
+    and the ``kernels`` label saying what runs and whether the compression's effect is only simulated."""
     import torch
 
     from nas.compress import convert_int8_for_cpu, materialize_
@@ -69,7 +71,23 @@ def _serving_copy(model: Any, candidate: Candidate, device: str) -> tuple[Any, s
         int8 = convert_int8_for_cpu(serving, q)
         kernels = f"{int8.kernels}; {kernels}"
         simulated = simulated and int8.simulated
-    return serving, kernels, simulated
+    if simulated:
+        kernels += " [accuracy effect simulated; no energy saving measured from it]"
+    return serving, kernels
+
+
+def measure_serving(model: Any, candidate: Candidate, cfg: MeasureConfig, *, vocab_size: int, device: str,
+                    meter: Any) -> Any:
+    """Measure ``model``'s inference energy in its serving form, inside the device's exclusive lane."""
+    serving, kernels = serving_copy(model, candidate, device)
+    lane = MeasurementLane(_device_key(device))
+    try:
+        with lane.exclusive() as waited_s:
+            inference = _measure(serving, cfg, vocab_size, device, meter, kernels)
+        log.debug("waited %.2f s for the measurement lane", waited_s)
+    finally:
+        lane.close()
+    return inference
 
 
 def _phase_rungs(rungs: Sequence[int], start: int, end: int) -> list[int]:
@@ -183,12 +201,10 @@ def run_trial(
             rung_accuracies=tuple(rung_acc),
         )
 
-        serving, kernels, simulated = _serving_copy(model, candidate, device)
-        if simulated:
-            kernels += " [accuracy effect simulated; no energy saving measured from it]"
-        with lane.exclusive() as waited_s:
-            inference = _measure(serving, measure_cfg, task_data.vocab_size, device, meter, kernels)
-        log.debug("waited %.2f s for the measurement lane", waited_s)
+        lane.close()  # the training lane handle; measure_serving takes the device exclusively
+        inference = measure_serving(model, candidate, measure_cfg, vocab_size=task_data.vocab_size,
+                                    device=device, meter=meter)
+        kernels = inference.kernels
         flops = _flops(model, measure_cfg.seq_len, task_data.vocab_size)
         params = int(sum(p.numel() for p in model.parameters()))
         size = model_size_bytes(model)
@@ -199,7 +215,8 @@ def run_trial(
     except torch.cuda.OutOfMemoryError as e:
         raise TrialFailedError(f"out of memory: {e}", fix="lower batch_size or pick a smaller space") from e
     finally:
-        lane.close()
+        if not lane.closed:
+            lane.close()
         meter.close()
 
     log.info("trial done in %.1f s: accuracy %.4f, %s", time.time() - t_start, metrics.accuracy,

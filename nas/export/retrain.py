@@ -10,7 +10,6 @@ numbers are comparable with the search-time ones, which stay in the database unt
 
 from __future__ import annotations
 
-import copy
 import logging
 import tempfile
 from pathlib import Path
@@ -56,11 +55,10 @@ def continue_training(saved: SavedWeights, candidate: Candidate, spec: StudySpec
     """
     import torch
 
-    from evaluators.measure import measure_inference
     from evaluators.meters import make_meter
     from evaluators.metrics import evaluate
     from evaluators.train import resolve_device, train
-    from nas.compress import convert_int8_for_cpu, materialize_, model_size_bytes
+    from nas.compress import model_size_bytes
     from nas.models.flops import count_flops
 
     model = saved.model
@@ -82,21 +80,10 @@ def continue_training(saved: SavedWeights, candidate: Candidate, spec: StudySpec
         model.eval()
         metrics = evaluate(model, task, batch_size=spec.train.eval_batch_size)
 
-        serving = copy.deepcopy(model).cpu().eval() if device == "cpu" else copy.deepcopy(model).eval()
-        rep = getattr(model, "compression_report", None)
-        kernels = rep.kernels if rep is not None else "dense fp32 (torch eager)"
-        simulated = bool(rep.simulated) if rep is not None else False
-        if rep is not None:
-            materialize_(serving)
-        q = candidate.quant
-        if device == "cpu" and 8 in (q.attention_bits, q.ffn_bits) and not torch.cuda.is_available():
-            int8 = convert_int8_for_cpu(serving, q)
-            kernels = f"{int8.kernels}; {kernels}"
-            simulated = simulated and int8.simulated
-        if simulated:
-            kernels += " [accuracy effect simulated; no energy saving measured from it]"
-        inference = measure_inference(serving, spec.measure, vocab_size=task.vocab_size, device=device,
-                                      meter=meter, kernels=kernels)
+        from evaluators.pipeline import measure_serving
+
+        inference = measure_serving(model, candidate, spec.measure, vocab_size=task.vocab_size, device=device,
+                                    meter=meter)
     finally:
         meter.close()
     flops: float | None = None
@@ -110,5 +97,5 @@ def continue_training(saved: SavedWeights, candidate: Candidate, spec: StudySpec
     return TrialResult(
         candidate=candidate, task=task.name, status="COMPLETE", metrics=metrics, train=train_summary,
         inference=inference, params=int(sum(p.numel() for p in model.parameters())),
-        size_bytes=model_size_bytes(model), flops_per_sample=flops, kernels=kernels,
+        size_bytes=model_size_bytes(model), flops_per_sample=flops, kernels=inference.kernels,
     )
