@@ -217,3 +217,25 @@ def test_pareto_where_filters_and_csv(tmp_path, make_result, make_candidate):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     missing = nas_cli("pareto", "nope", "--db", str(db))
     assert missing.returncode == 2 and "nope" in missing.stderr
+
+
+def test_constraints_filter_the_front_and_typos_fail_early(tmp_path, make_result, make_candidate):
+    from nas.runner.api import pareto, search
+    from nas.errors import ConfigError
+    from nas.spec import StudySpec
+    from storage import Store, TrialCost
+
+    db = tmp_path / "nas.db"
+    store = Store.open(str(db))
+    spec = StudySpec(name="c", constraints=["accuracy >= 0.7"])
+    store.create_study("c", spec.model_dump_json(), [("accuracy", "maximize"), ("energy_per_sample_j", "minimize")])
+    for i, (acc, e) in enumerate([(0.9, 1e-2), (0.65, 1e-4), (0.75, 1e-3)]):
+        cand = make_candidate(i)
+        r = make_result(candidate=cand, accuracy=acc, energy_per_sample_j=e)
+        store.start_trial("c", i, cand)
+        store.finish_trial("c", i, r, cost=TrialCost.from_result(r))
+    numbers = {t.number for t in pareto("c", db=str(db)).trials}
+    assert numbers == {0, 2}  # trial 1 is non-dominated but violates accuracy >= 0.7
+    assert {t.number for t in pareto("c", db=str(db), where="energy_per_sample_j < 0.005").trials} == {2}
+    with pytest.raises(ConfigError, match=r"constraints\[0\]"):
+        search(StudySpec(name="bad", constraints=["acuracy >= 0.7"]), db=str(tmp_path / "b.db"))

@@ -131,6 +131,7 @@ def search(
     if trials is not None or resume:
         store.update_study_spec(the_spec.name, the_spec.model_dump_json(), budget_trials=the_spec.budget.trials)
 
+    check_constraints(the_spec)
     display = None
     if progress:
         from nas.runner.progress import SearchProgress
@@ -147,10 +148,28 @@ def search(
     return summarize(store, the_spec, db_url or "nas.db", outcome.stopped_reason, outcome.wall_s)
 
 
+def combine_where(constraints: list[str], where: str | None) -> str | None:
+    """The study's constraints and a user filter, as one filter expression (each parenthesised)."""
+    parts = [c for c in [*constraints, where or ""] if c.strip()]
+    return " and ".join(f"({p})" for p in parts) or None
+
+
+def check_constraints(spec: StudySpec) -> None:
+    """Parse every constraint before a search starts, so a typo fails at once, naming the constraint."""
+    from nas.where import compile_where
+    from storage import FILTER_NAMES
+
+    for i, c in enumerate(spec.constraints):
+        try:
+            compile_where(c, FILTER_NAMES)
+        except ConfigError as e:
+            raise ConfigError(f"{e}", field=f"constraints[{i}]", fix="see `nas pareto --help` for the syntax") from e
+
+
 def summarize(store: Any, spec: StudySpec, db: str, stopped_reason: str, wall_s: float) -> SearchSummary:
     info = store.get_study(spec.name)
     views = store.trials(spec.name)
-    front = store.front(spec.name)
+    front = store.front(spec.name, where=combine_where(spec.constraints, None))
     meters = tuple(sorted({v.meter for v in views if getattr(v, "meter", None)}))
     return SearchSummary(
         study=spec.name, db=db, objectives=[(o.metric, o.resolved_direction) for o in spec.objectives],
@@ -165,10 +184,17 @@ def summarize(store: Any, spec: StudySpec, db: str, stopped_reason: str, wall_s:
 
 
 def pareto(study: str, *, db: str = "nas.db", where: str | None = None, hardware: str | None = None) -> Front:
-    """The Pareto front of a stored study, derived from its complete trials, per hardware fingerprint."""
+    """The Pareto front of a stored study, derived from its complete trials, per hardware fingerprint.
+
+    The study's ``constraints`` always apply; ``where`` narrows further (both are parsed, never
+    evaluated as Python)."""
     store = open_store(db, create=False)
     info = store.get_study(study)
-    trials = store.front(study, where=where, hardware=hardware)
+    try:
+        constraints = StudySpec.model_validate_json(info.spec_json).constraints
+    except ValueError:  # a study created outside `nas search` may hold no spec
+        constraints = []
+    trials = store.front(study, where=combine_where(constraints, where), hardware=hardware)
     by_hw: dict[str, list[Any]] = {}
     for t in trials:
         by_hw.setdefault(t.hardware_fingerprint or "unknown", []).append(t)
