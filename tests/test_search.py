@@ -220,8 +220,8 @@ def test_pareto_where_filters_and_csv(tmp_path, make_result, make_candidate):
 
 
 def test_constraints_filter_the_front_and_typos_fail_early(tmp_path, make_result, make_candidate):
-    from nas.runner.api import pareto, search
     from nas.errors import ConfigError
+    from nas.runner.api import pareto, search
     from nas.spec import StudySpec
     from storage import Store, TrialCost
 
