@@ -291,6 +291,30 @@ def test_materialize_bakes_weights() -> None:
     assert torch.allclose(model(ids, mask).logits, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", list(ROUND_TRIP))
+@pytest.mark.parametrize("bake", ["materialize", "int8"])
+def test_baking_a_deep_copy_leaves_the_original_intact(name: str, bake: str) -> None:
+    """Regression: parametrize shares its dynamic class with deep copies, so baking the copy used to
+    delete ``weight`` from the original (FLOPs became null for every compressed trial)."""
+    import copy
+
+    from nas.models.flops import count_flops
+
+    model = make(ROUND_TRIP[name]).eval()
+    apply_candidate_compression(model)
+    ids, mask = ids_mask()
+    expected = model(ids, mask).logits.detach()
+    flops = count_flops(model, ids, mask)
+    serving = copy.deepcopy(model)
+    materialize_(serving) if bake == "materialize" else convert_int8_for_cpu(serving)
+    assert not any(parametrize.is_parametrized(m) for m in serving.modules() if bake == "materialize")
+    assert any(parametrize.is_parametrized(m) for m in model.modules())
+    with torch.no_grad():
+        assert torch.allclose(model(ids, mask).logits, expected, atol=1e-6)
+    assert count_flops(model, ids, mask) == flops
+    train_step(model)  # the original still trains (export --retrain)
+
+
 def test_int8_cpu_kernels() -> None:
     model = make(cand(quant=QuantConfig(attention_bits=8, ffn_bits=8))).eval()
     apply_candidate_compression(model)

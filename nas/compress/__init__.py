@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 
 from torch import nn
-from torch.nn.utils import parametrize
 
 from nas.errors import ConfigError
 
-from ._util import num_params
+from ._util import bake_all_parametrizations, num_params
 from .prune import WeightMask, magnitude_mask, prune_, two_four_mask
 from .quant import FakeQuantize, convert_int8_for_cpu, fake_quant_description, int8_backend, quantize_
 from .report import DENSE_KERNELS, CompressionReport, merge_reports
@@ -102,10 +101,7 @@ def materialize_(model: nn.Module) -> CompressionReport:
     before = num_params(model)
     done = []
     for name, module in list(model.named_modules()):
-        if parametrize.is_parametrized(module):
-            for pname in list(module.parametrizations.keys()):
-                parametrize.remove_parametrizations(module, pname, leave_parametrized=True)
-                done.append(f"{name}.{pname}")
+        done.extend(f"{name}.{pname}" for pname in bake_all_parametrizations(module))
     prev = getattr(model, _APPLIED_ATTR, None)
     kernels = prev.kernels if isinstance(prev, CompressionReport) else DENSE_KERNELS
     simulated = prev.simulated if isinstance(prev, CompressionReport) else False

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+from torch.nn.utils import parametrize
 
 from nas.errors import ConfigError
 
@@ -51,3 +52,27 @@ def layer_groups(model: nn.Module) -> LayerGroups:
 def qualified_names(model: nn.Module) -> dict[int, str]:
     """``id(module) -> fully qualified name`` for every submodule."""
     return {id(m): name for name, m in model.named_modules()}
+
+
+def bake_parametrization(module: nn.Module, name: str) -> None:
+    """Bake one parametrization of ``module`` into a plain tensor, touching ``module`` only.
+
+    ``parametrize`` gives a parametrized module a dynamically created class that holds the parametrized
+    property. ``copy.deepcopy`` shares that class between the original and the copy, and removing the
+    last parametrization deletes the property from the class, which would strip ``weight`` from the
+    original as well (the serving copy of a compressed trial broke FLOP counting and retraining this
+    way). So the module first gets a private copy of its class.
+    """
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+
+
+def bake_all_parametrizations(module: nn.Module) -> list[str]:
+    """Bake every parametrization of ``module`` (see :func:`bake_parametrization`); returns their names."""
+    if not parametrize.is_parametrized(module):
+        return []
+    names = list(module.parametrizations.keys())
+    for pname in names:
+        bake_parametrization(module, pname)
+    return names

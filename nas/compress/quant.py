@@ -28,7 +28,7 @@ from torch.nn.utils import parametrize
 from nas.config import QuantConfig
 from nas.errors import ConfigError
 
-from ._util import layer_groups, num_params, qualified_names
+from ._util import bake_all_parametrizations, layer_groups, num_params, qualified_names
 from .report import CompressionReport
 
 __all__ = ["FakeQuantize", "quantize_", "convert_int8_for_cpu", "int8_backend", "fake_quant_description"]
@@ -284,9 +284,8 @@ def convert_int8_for_cpu(model: nn.Module, quant_config: QuantConfig | None = No
         modules = dict(model.named_modules())
         for fqn in targets:
             module = modules[fqn]
-            if parametrize.is_parametrized(module):
-                # Bake masks and the fake-quant grid into a plain weight; the class reverts to nn.Linear.
-                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            # Bake masks and the fake-quant grid into a plain weight; the class reverts to nn.Linear.
+            bake_all_parametrizations(module)
         quantize_dynamic(  # type: ignore[no-untyped-call]
             model, dict.fromkeys(targets, qconfig), dtype=torch.qint8, inplace=True
         )
