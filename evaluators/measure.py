@@ -220,6 +220,7 @@ def _measure(
                 fn(ids, mask)
 
     before = device_snapshot(device)
+    meter.begin("protocol")  # the whole protocol's joules, for the search cost
 
     # Warm-up (the first iterations are slow: allocation, lazy init), then calibrate on warm iterations.
     try:
@@ -289,6 +290,7 @@ def _measure(
             synchronize(device)
             lat_ms.append((time.perf_counter() - t) * 1000.0)
 
+    protocol = meter.end("protocol")
     after = device_snapshot(device)
     mean_window_s = statistics.fmean(durations)
     prov = collect_provenance(
@@ -317,6 +319,8 @@ def _measure(
         windows_j_per_sample=tuple(gross) if gross else (),
         provenance=prov,
         co2eq_g_per_sample=co2_per_sample,
+        protocol_energy_j=protocol.energy_j,
+        protocol_co2eq_g=protocol.co2eq_g,
     )
     logger.info(
         "inference energy (%s%s): %s J/sample gross, %s net, idle %s W, cv %s, p50 %.2f ms, %d windows of %.2f s",

@@ -2,96 +2,260 @@
 then compressed and fine-tuned), evaluate accuracy, measure inference energy in its serving form, and
 return one frozen :class:`nas.records.TrialResult`.
 
+The pipeline is two public phases, shared by the search (:func:`run_trial`) and ``nas export
+--retrain``: :func:`train_candidate` (metered training) and :func:`assess` (evaluation, FLOPs, the
+energy measurement, saved weights). A :class:`TrialContext` holds what the phases share: the device,
+the meter and the measurement lane.
+
 Compression schedule: a candidate with pruning or quantization trains dense for ``DENSE_FRACTION`` of
 its step budget, is then compressed in place (prune first, then fake-quant with a straight-through
 estimator), and fine-tunes for the rest. A candidate without compression trains for the whole budget.
-Training energy covers both phases (one meter window, ``train``).
 
-The inference measurement runs on the form that really executes here: fake-quant weights are baked
-(``materialize_``) so that no quantization arithmetic is timed; on CPU, 8-bit attention/FFN weights run
-through torch's real int8 dynamic-quantization kernel where available. The record's ``kernels`` says
-which, and whether the energy effect of the compression is only simulated.
+Every phase that uses the device runs in the lane: training steps, the teacher's training or loading,
+dev evaluation, FLOP counting and weight saving hold it shared; the energy measurement holds it alone.
+
+Every joule is counted, however the trial ends. Training is metered in segments that close at each
+rung (:class:`evaluators.train_meter.TrainingMeter`), so a rung report carries the cost so far; a trial
+that fails after training raises :class:`~nas.errors.TrialFailedError` whose ``partial`` result holds
+what it spent; a self-trained teacher's training is metered and charged once, to the trial that
+trained it.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
-import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evaluators.lane import MeasurementLane
+from evaluators.meters import EnergyMeter, make_meter
+from evaluators.serving import device_key, measure_serving
+from evaluators.train_meter import TrainingMeter
 from nas.config import Candidate, MeasureConfig, TrainConfig
 from nas.errors import ConfigError, TrialFailedError
-from nas.records import EvalMetrics, TrainSummary, TrialResult
+from nas.records import EvalMetrics, RungReport, TrainSummary, TrialResult
 
-__all__ = ["run_trial", "DENSE_FRACTION", "save_trial_weights", "load_trial_model", "serving_copy",
-           "measure_serving"]
+if TYPE_CHECKING:
+    from torch import nn
+
+    from evaluators.tasks import TaskData
+    from evaluators.teacher import Teacher
+
+__all__ = ["run_trial", "train_candidate", "assess", "TrialContext", "Trained", "DENSE_FRACTION",
+           "Progress", "cached_task"]
 
 log = logging.getLogger(__name__)
 
 #: Share of the step budget trained dense before a compressed candidate is pruned/quantized.
 DENSE_FRACTION = 0.5
+#: ``progress(phase, done, total)``: ``train`` per step, then ``evaluate``, ``measure``, ``save``.
+Progress = Callable[[str, int, int], None]
+#: ``on_rung(report)``: a rung was reached; returning True stops training.
+OnRung = Callable[[RungReport], "bool | None"]
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_task(spec: str, seed: int, max_len: int) -> Any:
-    from evaluators.tasks import load_task
+def cached_task(spec: str, seed: int, max_len: int) -> TaskData:
+    """The task, loaded once per process (trials of a study share it)."""
+    from evaluators.tasks import load_task as _load
 
-    return load_task(spec, seed=seed, max_len=max_len)
+    return _load(spec, seed=seed, max_len=max_len)
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_teacher(spec: str, task_key: tuple[str, int, int]) -> Any:
+_teachers: dict[tuple[str, str, int], Teacher | None] = {}
+
+
+@dataclass
+class TrialContext:
+    """The device, meter and lane that the phases of one trial share. Use :meth:`open` and
+    :meth:`close` (or ``with``); the lane is held shared from open to close, except while measuring."""
+
+    device: str
+    meter: EnergyMeter
+    lane: MeasurementLane
+    progress: Progress | None = None
+
+    @classmethod
+    def open(cls, train_cfg: TrainConfig, measure_cfg: MeasureConfig, progress: Progress | None = None) -> TrialContext:
+        from evaluators.train import resolve_device
+
+        device = str(resolve_device(train_cfg.device))
+        meter = make_meter(measure_cfg.meter, measure_cfg, device=device)
+        lane = MeasurementLane(device_key(device))
+        lane.enter_shared()
+        return cls(device=device, meter=meter, lane=lane, progress=progress)
+
+    def close(self) -> None:
+        self.lane.close()
+        self.meter.close()
+
+    def __enter__(self) -> TrialContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def step(self, phase: str, done: int, total: int) -> None:
+        """A step boundary: let a waiting measurement in, and report progress."""
+        self.lane.step_boundary()
+        if self.progress is not None:
+            self.progress(phase, done, total)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What :func:`train_candidate` returns: the summary, and whether a rung report stopped it."""
+
+    summary: TrainSummary
+    stopped: bool
+
+
+def load_teacher_for(spec: str, task: TaskData, seed: int, ctx: TrialContext) -> Teacher | None:
+    """The trial's teacher, loaded (or trained, metered in ``ctx``) once per process and task."""
     from evaluators.teacher import load_teacher
 
-    task = _cached_task(*task_key)
-    return load_teacher(spec, task, seed=task_key[1])
+    key = (spec, task.fingerprint, seed)
+    if key not in _teachers:
+        _teachers[key] = load_teacher(spec, task, seed=seed, meter=ctx.meter,
+                                      step_callback=lambda: ctx.lane.step_boundary())
+    return _teachers[key]
 
 
-def serving_copy(model: Any, candidate: Candidate, device: str) -> tuple[Any, str]:
-    """A copy of ``model`` in the form that really runs (baked weights, real int8 where available),
-    and the ``kernels`` label saying what runs and whether the compression's effect is only simulated."""
+def _phases(total: int, compress: bool) -> list[tuple[int, int, bool]]:
+    """``(start, end, compress_first)`` step ranges: dense, then compressed, for a compressed candidate."""
+    dense = max(1, int(total * DENSE_FRACTION)) if compress and total > 1 else total
+    return [(0, dense, False)] + ([(dense, total, True)] if dense < total else [])
+
+
+def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ctx: TrialContext, *,
+                    teacher: Teacher | None = None, rungs: Sequence[int] = (),
+                    on_rung: OnRung | None = None) -> Trained:
+    """Train ``model`` (built from its candidate) for ``train_cfg.steps`` steps, metered.
+
+    A candidate that compresses trains dense first and is compressed at ``DENSE_FRACTION``; a model
+    that is compressed already (continued training) fine-tunes for every step.
+
+    Raises:
+        TrialFailedError: training failed; ``partial`` holds the cost of what ran.
+    """
+    from evaluators.train import train
+    from nas.compress import apply_candidate_compression
+
+    candidate: Candidate = model.candidate  # type: ignore[assignment]
+    teacher_training = teacher.take_training() if teacher is not None else None
+    book = TrainingMeter(ctx.meter, ctx.device, batch_size=train_cfg.batch_size, seq_len=task.max_len)
+    rung_acc: list[tuple[int, float]] = []
+    steps, losses = 0, [float("nan")]
+
+    def summary() -> TrainSummary:
+        return book.summary(steps=steps, final_loss=losses[-1], teacher=getattr(teacher, "name", None),
+                            rung_accuracies=tuple(rung_acc), teacher_training=teacher_training)
+
+    compressed = hasattr(model, "compression_report")
+    compress = not (candidate.quant.is_noop and candidate.sparsity.is_noop) and not compressed
+    total = train_cfg.steps
+    book.start()
+    try:
+        for start, end, compress_first in _phases(total, compress):
+            if compress_first:
+                apply_candidate_compression(model)
+
+            def report(step: int, acc: float, _o: int = start) -> bool | None:
+                rung_acc.append((step + _o, acc))
+                return on_rung(book.rung(step + _o, acc, teacher_training)) if on_rung else None
+
+            secs = train_cfg.max_seconds * (end - start) / total if train_cfg.max_seconds is not None else None
+            cfg = train_cfg.model_copy(update={"steps": end - start, "max_seconds": secs,
+                                               "seed": train_cfg.seed + start})
+            def step(s: int, _m: nn.Module, _o: int = start) -> None:
+                ctx.step("train", s + _o, total)
+
+            res = train(model, task, cfg, teacher=teacher, distill=candidate.distill if teacher else None,
+                        rungs=[r - start for r in rungs if start < r <= end], report=report, callback=step)
+            steps += res.steps
+            losses.append(res.final_loss)
+            if res.stopped_early:
+                return Trained(summary(), stopped=True)
+        if compress and not hasattr(model, "compression_report"):
+            apply_candidate_compression(model)  # a one-step budget: compress before evaluating
+    except Exception as e:
+        raise _failure(e, TrialResult(candidate=candidate, task=task.name, status="FAIL", train=summary())) from e
+    return Trained(summary(), stopped=False)
+
+
+def assess(model: nn.Module, task: TaskData, train_summary: TrainSummary, measure_cfg: MeasureConfig,
+           ctx: TrialContext, *, eval_batch_size: int = 256, weights_out: str | Path | None = None) -> TrialResult:
+    """Evaluate, count, measure (the device held alone) and save a trained model.
+
+    Raises:
+        TrialFailedError: a phase failed; ``partial`` holds the training cost and what was evaluated.
+    """
     import torch
 
-    from nas.compress import convert_int8_for_cpu, materialize_
+    from evaluators.metrics import evaluate
+    from evaluators.weights import save_trial_weights
+    from nas.compress import model_size_bytes
 
-    serving = copy.deepcopy(model).eval()
-    rep = getattr(model, "compression_report", None)
-    kernels = rep.kernels if rep is not None else "dense fp32 (torch eager)"
-    simulated = bool(rep.simulated) if rep is not None else False
-    if rep is not None:
-        materialize_(serving)
-    q = candidate.quant
-    if device == "cpu" and 8 in (q.attention_bits, q.ffn_bits) and not torch.cuda.is_available():
-        int8 = convert_int8_for_cpu(serving, q)
-        kernels = f"{int8.kernels}; {kernels}"
-        simulated = simulated and int8.simulated
-    if simulated:
-        kernels += " [accuracy effect simulated; no energy saving measured from it]"
-    return serving, kernels
-
-
-def measure_serving(model: Any, candidate: Candidate, cfg: MeasureConfig, *, vocab_size: int, device: str,
-                    meter: Any) -> Any:
-    """Measure ``model``'s inference energy in its serving form, inside the device's exclusive lane."""
-    serving, kernels = serving_copy(model, candidate, device)
-    lane = MeasurementLane(_device_key(device))
+    candidate: Candidate = model.candidate  # type: ignore[assignment]
+    metrics: EvalMetrics | None = None
     try:
-        with lane.exclusive() as waited_s:
-            inference = _measure(serving, cfg, vocab_size, device, meter, kernels)
-        log.debug("waited %.2f s for the measurement lane", waited_s)
+        _progress(ctx, "evaluate")
+        metrics = evaluate(model, task, batch_size=eval_batch_size)
+        flops = _flops(model, measure_cfg.seq_len, task.vocab_size)
+        _progress(ctx, "measure")
+        inference = measure_serving(model, candidate, measure_cfg, vocab_size=task.vocab_size, device=ctx.device,
+                                    meter=ctx.meter, lane=ctx.lane)
+        peak = torch.cuda.max_memory_allocated() if ctx.device.startswith("cuda") else None
+        weights_path = None
+        if weights_out is not None:
+            _progress(ctx, "save")
+            weights_path = str(save_trial_weights(weights_out, model, candidate, task))
+    except Exception as e:
+        partial = TrialResult(candidate=candidate, task=task.name, status="FAIL", metrics=metrics,
+                              train=train_summary)
+        raise _failure(e, partial) from e
+    return TrialResult(
+        candidate=candidate, task=task.name, status="COMPLETE", metrics=metrics, train=train_summary,
+        inference=inference, params=int(sum(p.numel() for p in model.parameters())),
+        size_bytes=model_size_bytes(model), flops_per_sample=flops, peak_mem_bytes=peak,
+        kernels=inference.kernels, weights_path=weights_path,
+    )
+
+
+def _progress(ctx: TrialContext, phase: str) -> None:
+    if ctx.progress is not None:
+        ctx.progress(phase, 0, 1)
+
+
+def _failure(e: Exception, partial: TrialResult) -> TrialFailedError:
+    """``e`` as a :class:`TrialFailedError` carrying ``partial`` (with the error as its reason)."""
+    import dataclasses
+
+    import torch
+
+    if isinstance(e, TrialFailedError):
+        reason = str(e)
+        err = e
+    else:
+        oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+        reason = f"OOM: {e}" if oom else f"{type(e).__name__}: {e}"
+        err = TrialFailedError(reason, fix="lower batch_size or pick a smaller space" if oom else None)
+    err.partial = dataclasses.replace(partial, error=reason[:2000])
+    return err
+
+
+@contextmanager
+def _context(train_cfg: TrainConfig, measure_cfg: MeasureConfig, progress: Progress | None) -> Iterator[TrialContext]:
+    ctx = TrialContext.open(train_cfg, measure_cfg, progress)
+    try:
+        yield ctx
     finally:
-        lane.close()
-    return inference
-
-
-def _phase_rungs(rungs: Sequence[int], start: int, end: int) -> list[int]:
-    return [r - start for r in rungs if start < r <= end]
+        ctx.close()
 
 
 def run_trial(
@@ -102,9 +266,9 @@ def run_trial(
     measure_cfg: MeasureConfig,
     teacher: str | None = None,
     rungs: Sequence[int] = (),
-    on_rung: Callable[[int, float], bool | None] | None = None,
+    on_rung: OnRung | None = None,
     weights_out: str | Path | None = None,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> TrialResult:
     """Train, compress, evaluate and measure ``candidate`` on ``task``.
 
@@ -115,134 +279,42 @@ def run_trial(
         measure_cfg: energy protocol settings (meter, batch, sequence length, windows).
         teacher: ``None``, ``auto`` or a local Hugging Face folder. Needed when the candidate distills.
         rungs: training steps (global) at which dev accuracy is reported through ``on_rung``.
-        on_rung: ``on_rung(step, accuracy)``; returning True stops training early.
+        on_rung: ``on_rung(report)`` with the accuracy and the cost so far; returning True stops training
+            (the result is then ``PRUNED``, with its training cost).
         weights_out: folder to write the trained weights, candidate, tokenizer and labels to.
-        progress: log progress at INFO level (the CLI shows it).
+        progress: ``progress(phase, done, total)`` (the CLI draws a progress bar from it).
 
     Raises:
         ConfigError: the candidate and task do not fit (e.g. distillation without a teacher).
-        TrialFailedError: NaN/inf loss, out-of-memory, or a measurement that could not run.
+        TrialFailedError: NaN/inf loss, out-of-memory, or a measurement that could not run; its
+            ``partial`` result holds what the trial spent before it failed.
     """
-    import torch
+    from evaluators.train import build_for_task
 
-    from evaluators.meters import make_meter
-    from evaluators.metrics import evaluate
-    from evaluators.train import build_for_task, resolve_device, train
-    from nas.compress import apply_candidate_compression, model_size_bytes
-
-    t_start = time.time()
-    device = str(resolve_device(train_cfg.device))
-    task_key = (task, train_cfg.seed, candidate.max_len)
-    task_data = _cached_task(*task_key)
-    teach = None
-    if candidate.distill.kind != "none":
-        if not teacher:
-            raise ConfigError(
-                f"the candidate distills ({candidate.distill.kind!r}) but no teacher was given",
-                field="teacher", fix="pass --teacher auto (a cached self-trained teacher) or a local HF folder, "
-                "or set distill.kind: none",
-            )
-        teach = _cached_teacher(teacher, task_key)
-        if teach is not None and getattr(teach.tokenizer, "is_hf", False):
-            task_data = teach.adapt_task(task_data)
-    model = build_for_task(candidate, task_data, seed=train_cfg.seed)
-
-    meter = make_meter(measure_cfg.meter, measure_cfg, device=device)
-    lane = MeasurementLane(_device_key(device))
-    try:
-        compress = not (candidate.quant.is_noop and candidate.sparsity.is_noop)
-        total = train_cfg.steps
-        dense_steps = max(1, int(total * DENSE_FRACTION)) if compress and total > 1 else total
-        phases: list[tuple[int, int, bool]] = [(0, dense_steps, False)]
-        if dense_steps < total:
-            phases.append((dense_steps, total, True))
-        rung_acc: list[tuple[int, float]] = []
-        stopped = False
-        steps_done = 0
-        losses: list[float] = []
-        wall_train = 0.0
-        meter.begin("train")
-        lane.enter_shared()
-        for start, end, do_compress in phases:
-            if do_compress:
-                apply_candidate_compression(model)
-            offset = start
-
-            def report(step: int, acc: float, _o: int = offset) -> bool | None:
-                rung_acc.append((step + _o, acc))
-                return on_rung(step + _o, acc) if on_rung else None
-
-            secs = None
-            if train_cfg.max_seconds is not None:
-                secs = train_cfg.max_seconds * (end - start) / total
-            cfg = train_cfg.model_copy(update={"steps": end - start, "max_seconds": secs,
-                                               "seed": train_cfg.seed + start})
-            res = train(model, task_data, cfg, teacher=teach, distill=candidate.distill if teach else None,
-                        rungs=_phase_rungs(rungs, start, end), report=report,
-                        callback=lambda _step, _model: lane.step_boundary())
-            steps_done += res.steps
-            losses.append(res.final_loss)
-            wall_train += res.wall_s
-            if res.stopped_early:
-                stopped = True
-                break
-        if compress and not hasattr(model, "compression_report"):
-            apply_candidate_compression(model)  # a one-step budget: compress before evaluating
-        lane.leave_shared()
-        train_reading = meter.end("train")
-        if stopped:
-            return TrialResult(candidate=candidate, task=task_data.name, status="PRUNED",
-                               error=f"stopped early at step {steps_done}")
-        metrics: EvalMetrics = evaluate(model, task_data, batch_size=train_cfg.eval_batch_size)
-        train_summary = TrainSummary(
-            steps=steps_done, wall_s=wall_train, final_loss=losses[-1],
-            energy_j=train_reading.energy_j, meter=train_reading.meter, is_estimate=train_reading.is_estimate,
-            co2eq_g=train_reading.co2eq_g, device=device, teacher=getattr(teach, "name", None),
-            rung_accuracies=tuple(rung_acc),
+    if candidate.distill.kind != "none" and not teacher:
+        raise ConfigError(
+            f"the candidate distills ({candidate.distill.kind!r}) but no teacher was given",
+            field="teacher", fix="pass --teacher auto (a cached self-trained teacher) or a local HF folder, "
+            "or set distill.kind: none",
         )
-
-        lane.close()  # the training lane handle; measure_serving takes the device exclusively
-        inference = measure_serving(model, candidate, measure_cfg, vocab_size=task_data.vocab_size,
-                                    device=device, meter=meter)
-        kernels = inference.kernels
-        flops = _flops(model, measure_cfg.seq_len, task_data.vocab_size)
-        params = int(sum(p.numel() for p in model.parameters()))
-        size = model_size_bytes(model)
-        peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-        weights_path = None
-        if weights_out is not None:
-            weights_path = str(save_trial_weights(weights_out, model, candidate, task_data))
-    except torch.cuda.OutOfMemoryError as e:
-        raise TrialFailedError(f"out of memory: {e}", fix="lower batch_size or pick a smaller space") from e
-    finally:
-        if not lane.closed:
-            lane.close()
-        meter.close()
-
-    log.info("trial done in %.1f s: accuracy %.4f, %s", time.time() - t_start, metrics.accuracy,
-             inference.meter)
-    return TrialResult(
-        candidate=candidate, task=task_data.name, status="COMPLETE", metrics=metrics, train=train_summary,
-        inference=inference, params=params, size_bytes=size, flops_per_sample=flops, peak_mem_bytes=peak,
-        kernels=kernels, weights_path=weights_path,
-    )
-
-
-def _device_key(device: str) -> str:
-    """The lane key: one lane per physical device (GPU UUID), or ``cpu``."""
-    if device.startswith("cuda"):
-        import torch
-
-        idx = torch.device(device).index or 0
-        uuid = getattr(torch.cuda.get_device_properties(idx), "uuid", None)
-        return f"gpu-{uuid}" if uuid is not None else f"gpu-{idx}"
-    return "cpu"
-
-
-def _measure(model: Any, cfg: MeasureConfig, vocab_size: int, device: str, meter: Any, kernels: str) -> Any:
-    from evaluators.measure import measure_inference
-
-    return measure_inference(model, cfg, vocab_size=vocab_size, device=device, meter=meter, kernels=kernels)
+    t_start = time.time()
+    with _context(train_cfg, measure_cfg, progress) as ctx:
+        task_data = cached_task(task, train_cfg.seed, candidate.max_len)
+        teach = None
+        if candidate.distill.kind != "none" and teacher:
+            teach = load_teacher_for(teacher, task_data, train_cfg.seed, ctx)
+            if teach is not None and getattr(teach.tokenizer, "is_hf", False):
+                task_data = teach.adapt_task(task_data)
+        model = build_for_task(candidate, task_data, seed=train_cfg.seed)
+        trained = train_candidate(model, task_data, train_cfg, ctx, teacher=teach, rungs=rungs, on_rung=on_rung)
+        if trained.stopped:
+            return TrialResult(candidate=candidate, task=task_data.name, status="PRUNED", train=trained.summary,
+                               error=f"stopped early at step {trained.summary.steps}")
+        result = assess(model, task_data, trained.summary, measure_cfg, ctx,
+                        eval_batch_size=train_cfg.eval_batch_size, weights_out=weights_out)
+    log.info("trial done in %.1f s: accuracy %.4f, %s", time.time() - t_start, result.accuracy,
+             result.inference.meter if result.inference else "no meter")
+    return result
 
 
 def _flops(model: Any, seq_len: int, vocab_size: int) -> float | None:
@@ -251,55 +323,8 @@ def _flops(model: Any, seq_len: int, vocab_size: int) -> float | None:
     from nas.models import EncoderClassifier
     from nas.models.flops import count_flops
 
-    inner = model
-    if not isinstance(inner, EncoderClassifier):
+    if not isinstance(model, EncoderClassifier):
         return None
-    ids = torch.randint(1, max(2, vocab_size), (1, seq_len))
-    try:
-        return float(count_flops(inner, ids))
-    except Exception as e:  # int8 dynamic kernels are not counted by FlopCounterMode
-        log.debug("FLOP count failed: %s", e)
-        return None
-
-
-def save_trial_weights(folder: str | Path, model: Any, candidate: Candidate, task: Any) -> Path:
-    """Write ``model.safetensors``, ``candidate.json``, the tokenizer and ``labels.json`` to ``folder``.
-
-    The model is rebuilt exactly by :func:`load_trial_model`: build, compress, load the state dict.
-    """
-    from safetensors.torch import save_file
-
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
-    (out / "candidate.json").write_text(candidate.model_dump_json(indent=2))
-    task.tokenizer.save(out / "tokenizer")
-    (out / "labels.json").write_text(json.dumps({
-        "label_names": list(task.label_names), "num_labels": task.num_labels, "max_len": task.max_len,
-        "vocab_size": task.vocab_size, "task": task.name,
-        "compressed": hasattr(model, "compression_report"),
-    }, indent=2))
-    return out
-
-
-def load_trial_model(folder: str | Path) -> tuple[Any, Candidate, Any, dict[str, Any]]:
-    """Rebuild a saved trial: ``(model, candidate, tokenizer, labels_info)``; the model is in eval mode."""
-    from safetensors.torch import load_file
-
-    from evaluators.tokenize import load_tokenizer
-    from nas.compress import apply_candidate_compression
-    from nas.models import build
-
-    f = Path(folder)
-    if not (f / "model.safetensors").exists():
-        raise ConfigError(f"{f}: no model.safetensors here", fix="point at a folder written by a trial or export")
-    candidate = Candidate.from_json((f / "candidate.json").read_text())
-    info = json.loads((f / "labels.json").read_text())
-    model = build(candidate, vocab_size=int(info["vocab_size"]), num_labels=int(info["num_labels"]))
-    if info.get("compressed"):
-        apply_candidate_compression(model)
-    model.load_state_dict(load_file(str(f / "model.safetensors")))
-    model.eval()
-    tok = load_tokenizer(f / "tokenizer")
-    return model, candidate, tok, info
+    device = next(model.parameters()).device
+    ids = torch.randint(1, max(2, vocab_size), (1, seq_len), device=device)
+    return float(count_flops(model, ids))

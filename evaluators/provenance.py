@@ -17,15 +17,43 @@ import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from nas.errors import MeterUnavailableError
 from nas.records import Provenance
 
-if TYPE_CHECKING:
-    from nas.config import MeasureConfig
+__all__ = ["device_snapshot", "collect_provenance", "host_id", "package_versions", "cpu_model_name",
+           "RunShape", "TrainShape"]
 
-__all__ = ["device_snapshot", "collect_provenance", "host_id", "package_versions", "cpu_model_name"]
+
+class RunShape(Protocol):
+    """The shape of a metered run: :class:`nas.config.MeasureConfig` for inference, :class:`TrainShape`
+    for training."""
+
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def seq_len(self) -> int: ...
+    @property
+    def serving_form(self) -> str: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def n_windows(self) -> int: ...
+    @property
+    def window_s(self) -> float: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainShape:
+    """The shape of a training run, for its provenance: windows are the metered segments."""
+
+    batch_size: int
+    seq_len: int
+    dtype: str = "float32"
+    n_windows: int = 1
+    window_s: float = 0.0
+    serving_form: str = "train"
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +203,7 @@ def collect_provenance(
     meter_name: str,
     kernels: str,
     device: str,
-    cfg: MeasureConfig,
+    cfg: RunShape,
     before: dict[str, Any],
     after: dict[str, Any],
     *,
@@ -183,6 +211,7 @@ def collect_provenance(
     window_s: float | None = None,
     cpu_mode: str | None = None,
     dtype: str | None = None,
+    device_use: dict[str, Any] | None = None,
 ) -> Provenance:
     """Assemble the provenance of one measurement.
 
@@ -190,13 +219,15 @@ def collect_provenance(
         meter_name: The meter's reading name (``"nvml-counter"``, ``"estimate"``...).
         kernels: Which kernels ran (e.g. ``"int8 weight-only, torchao"``).
         device: ``"cpu"`` or ``"cuda:N"``.
-        cfg: The protocol settings (batch, sequence length, serving form, dtype).
+        cfg: The shape of the run (batch, sequence length, serving form, dtype): the
+            :class:`~nas.config.MeasureConfig` of an inference measurement or a :class:`TrainShape`.
         before: :func:`device_snapshot` taken before the idle baseline and windows.
         after: :func:`device_snapshot` taken after the windows.
         n_windows: Windows kept; defaults to ``cfg.n_windows``.
         window_s: Mean window length in seconds; defaults to ``cfg.window_s`` (the requested minimum).
         cpu_mode: How the meter derived CPU energy (None for GPU-only meters).
         dtype: The dtype that actually ran; defaults to ``cfg.dtype``.
+        device_use: What was observed of other work on the device during the run.
 
     Returns:
         A :class:`Provenance` whose every ``None`` field has a reason in ``absent``.
@@ -235,6 +266,7 @@ def collect_provenance(
         host_id=host_id(),
         time_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         absent={},
+        device_use=dict(device_use or {}),
     )
     if temp_reason is not None:
         absent.setdefault("temperature_before_c", temp_reason)
@@ -246,7 +278,7 @@ def collect_provenance(
             else f"meter {meter_name!r} reports no CPU energy",
         )
     for f in dataclasses.fields(Provenance):
-        if f.name == "absent":
+        if f.name in ("absent", "device_use"):
             continue
         if getattr(prov, f.name) is None:
             absent.setdefault(f.name, "not reported by the device or meter")

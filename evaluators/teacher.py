@@ -18,6 +18,8 @@ Nothing is downloaded: every load is local.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -25,8 +27,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,6 +38,10 @@ from evaluators.tasks import TaskData
 from evaluators.tokenize import TextTokenizer, cache_dir
 from nas.config import Candidate, TrainConfig
 from nas.errors import ConfigError
+from nas.records import TrainSummary
+
+if TYPE_CHECKING:
+    from evaluators.meters import EnergyMeter
 
 __all__ = ["Teacher", "HFTeacherModule", "load_teacher", "load_hf_teacher", "self_trained_teacher",
            "default_teacher_candidate"]
@@ -78,10 +85,13 @@ class Teacher:
         n_heads: Attention heads per block.
         kind: ``"hf"`` or ``"auto"``.
         dev_accuracy: The teacher's dev accuracy on the task, when known.
+        training: What training it here cost (a cache miss); ``None`` when it was loaded. Taken once by
+            :meth:`take_training`, so its joules are counted once however often the teacher is reused.
     """
 
     def __init__(self, name: str, model: nn.Module, tokenizer: TextTokenizer, n_layers: int, d_model: int,
-                 n_heads: int, kind: str, dev_accuracy: float | None = None) -> None:
+                 n_heads: int, kind: str, dev_accuracy: float | None = None,
+                 training: TrainSummary | None = None) -> None:
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
@@ -90,6 +100,7 @@ class Teacher:
         self.n_heads = n_heads
         self.kind = kind
         self.dev_accuracy = dev_accuracy
+        self._training = training
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
@@ -106,6 +117,11 @@ class Teacher:
     def eval(self) -> Teacher:
         self.model.eval()
         return self
+
+    def take_training(self) -> TrainSummary | None:
+        """The cost of training this teacher, the first time it is asked for; ``None`` afterwards."""
+        training, self._training = self._training, None
+        return training
 
     def adapt_task(self, task: TaskData) -> TaskData:
         """``task`` re-encoded with the teacher's tokenizer (returned unchanged when it already is)."""
@@ -168,8 +184,13 @@ def default_teacher_candidate(task: TaskData) -> Candidate:
 
 def self_trained_teacher(task: TaskData, *, seed: int = 0, steps: int = 1500,
                          candidate: Candidate | None = None, batch_size: int = 32, lr: float = 1e-3,
-                         device: str = "auto", root: str | Path | None = None) -> Teacher:
+                         device: str = "auto", root: str | Path | None = None,
+                         meter: EnergyMeter | None = None,
+                         step_callback: Callable[[], None] | None = None) -> Teacher:
     """Train (or load from the cache) a bigger model of our own family on ``task``.
+
+    Workers that miss the cache at the same time train it once: the first takes a file lock on the
+    cache entry, the others wait for it and load.
 
     Args:
         task: The task (its tokenizer becomes the teacher's).
@@ -180,38 +201,82 @@ def self_trained_teacher(task: TaskData, *, seed: int = 0, steps: int = 1500,
         lr: Peak learning rate.
         device: Where to train when the cache misses.
         root: Cache folder; default :func:`evaluators.tokenize.cache_dir`.
+        meter: Meters the training on a cache miss (window ``teacher``); the cost is on
+            :meth:`Teacher.take_training`.
+        step_callback: Called after every training step (the measurement lane's step boundary).
 
     Returns:
         The teacher, in eval mode with gradients off.
     """
-    from safetensors.torch import load_file, save_file
-
-    from evaluators.metrics import evaluate
-    from evaluators.train import build_for_task, train
-
     cand = candidate or default_teacher_candidate(task)
     key_src = json.dumps([task.fingerprint, seed, steps, cand.to_json(), batch_size, lr, 1])
     key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9]+", "-", task.name.split("/")[-1] or "task").strip("-")[:40]
     folder = (Path(root) if root is not None else cache_dir()) / "teachers" / f"{slug}-{key}"
     name = f"auto:{slug}-{key}"
+    locks = folder.parent.parent / "teacher-locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with _file_lock(locks / f"{folder.name}.lock"):
+        cached = _load_cached_teacher(folder, name, cand, task, seed)
+        if cached is not None:
+            return cached
+        cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
+        return _train_teacher(folder, name, cand, task, cfg, meter, step_callback)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _load_cached_teacher(folder: Path, name: str, cand: Candidate, task: TaskData, seed: int) -> Teacher | None:
+    from safetensors.torch import load_file
+
+    from evaluators.train import build_for_task
+
+    if not (folder / "model.safetensors").exists():
+        return None
     model = build_for_task(cand, task, seed)
-    if (folder / "model.safetensors").exists():
-        try:
-            model.load_state_dict(load_file(str(folder / "model.safetensors")))
-            meta = json.loads((folder / "meta.json").read_text())
-            log.info("loaded cached teacher %s (dev accuracy %s)", folder, meta.get("dev_accuracy"))
-            return Teacher(name, model, task.tokenizer, cand.n_layers, cand.d_model, cand.n_heads,
-                           kind="auto", dev_accuracy=meta.get("dev_accuracy"))
-        except Exception as e:  # a corrupt entry is retrained, not fatal
-            log.warning("ignoring unreadable cached teacher %s: %s", folder, e)
-            model = build_for_task(cand, task, seed)
+    try:
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        meta = json.loads((folder / "meta.json").read_text())
+    except Exception as e:  # a corrupt entry is retrained, not fatal
+        log.warning("ignoring unreadable cached teacher %s: %s", folder, e)
+        return None
+    log.info("loaded cached teacher %s (dev accuracy %s)", folder, meta.get("dev_accuracy"))
+    return Teacher(name, model, task.tokenizer, cand.n_layers, cand.d_model, cand.n_heads,
+                   kind="auto", dev_accuracy=meta.get("dev_accuracy"))
+
+
+def _train_teacher(folder: Path, name: str, cand: Candidate, task: TaskData, cfg: TrainConfig,
+                   meter: EnergyMeter | None, step_callback: Callable[[], None] | None) -> Teacher:
+    from safetensors.torch import save_file
+
+    from evaluators.metrics import evaluate
+    from evaluators.train import build_for_task, resolve_device, train
+    from evaluators.train_meter import TrainingMeter
+
     t0 = time.perf_counter()
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
-    res = train(model, task, cfg)
-    acc = evaluate(model, task, cfg.eval_batch_size).accuracy
+    model = build_for_task(cand, task, cfg.seed)
+    book = TrainingMeter(meter, str(resolve_device(cfg.device)), batch_size=cfg.batch_size,
+                         seq_len=task.max_len, key="teacher") if meter is not None else None
+    if book is not None:
+        book.start()
+    try:
+        res = train(model, task, cfg, callback=(lambda _s, _m: step_callback()) if step_callback else None)
+        acc = evaluate(model, task, cfg.eval_batch_size).accuracy
+    finally:
+        if book is not None:
+            book.stop()
+    training = book.summary(steps=res.steps, final_loss=res.final_loss, teacher=None) if book else None
     model.to("cpu")
-    meta = {"task": task.name, "task_fingerprint": task.fingerprint, "seed": seed, "steps": res.steps,
+    meta = {"task": task.name, "task_fingerprint": task.fingerprint, "seed": cfg.seed, "steps": res.steps,
             "dev_accuracy": acc, "final_loss": res.final_loss, "train_wall_s": res.wall_s,
             "vocab_size": task.vocab_size, "num_labels": task.num_labels}
     try:
@@ -230,12 +295,13 @@ def self_trained_teacher(task: TaskData, *, seed: int = 0, steps: int = 1500,
     log.info("trained teacher on %s: %d steps, %.1fs, dev accuracy %.4f", task.name, res.steps,
              time.perf_counter() - t0, acc)
     return Teacher(name, model, task.tokenizer, cand.n_layers, cand.d_model, cand.n_heads, kind="auto",
-                   dev_accuracy=acc)
+                   dev_accuracy=acc, training=training)
 
 
 def load_teacher(spec: str | None, task: TaskData, *, seed: int = 0, steps: int = 1500,
                  candidate: Candidate | None = None, device: str = "auto",
-                 root: str | Path | None = None) -> Teacher | None:
+                 root: str | Path | None = None, meter: EnergyMeter | None = None,
+                 step_callback: Callable[[], None] | None = None) -> Teacher | None:
     """Resolve a teacher spec.
 
     Args:
@@ -247,6 +313,8 @@ def load_teacher(spec: str | None, task: TaskData, *, seed: int = 0, steps: int 
         candidate: Self-trained teacher only: its architecture.
         device: Self-trained teacher only: where to train it on a cache miss.
         root: Cache folder.
+        meter: Self-trained teacher only: meters its training on a cache miss.
+        step_callback: Self-trained teacher only: called after every training step.
 
     Returns:
         The teacher, or ``None``. For a Hugging Face teacher, re-encode the task with
@@ -256,5 +324,5 @@ def load_teacher(spec: str | None, task: TaskData, *, seed: int = 0, steps: int 
         return None
     if spec.strip().lower() == "auto":
         return self_trained_teacher(task, seed=seed, steps=steps, candidate=candidate, device=device,
-                                    root=root)
+                                    root=root, meter=meter, step_callback=step_callback)
     return load_hf_teacher(spec, num_labels=task.num_labels)

@@ -6,7 +6,10 @@ value and the fix, so the CLI can print ``str(err)`` on one line and exit 2 with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nas.records import TrialResult
 
 __all__ = [
     "NASError",
@@ -77,4 +80,17 @@ class ExportError(NASError):
 
 
 class TrialFailedError(NASError):
-    """A candidate failed while training or measuring (NaN loss, OOM, invalid shapes)."""
+    """A candidate failed while training or measuring (NaN loss, OOM, invalid shapes).
+
+    Args:
+        retryable: The candidate is not to blame (e.g. the device was shared during every measurement
+            attempt): the trial spends no budget and the candidate may be sampled again.
+        partial: The :class:`nas.records.TrialResult` (status ``FAIL``) of what the trial did before it
+            failed, so that the joules it spent are stored and counted; set by the trial pipeline.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False, partial: TrialResult | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retryable = retryable
+        self.partial = partial

@@ -20,6 +20,8 @@ __all__ = [
     "EnergyReading",
     "InferenceEnergy",
     "TrainSummary",
+    "RungReport",
+    "sum_known",
     "EvalMetrics",
     "TrialResult",
 ]
@@ -56,6 +58,9 @@ class Provenance:
     host_id: str | None = None
     time_utc: str | None = None
     absent: dict[str, str] = field(default_factory=dict)
+    #: What was observed of other work on the device during the windows (see ``evaluators.lane``):
+    #: ``{"observed_by": ..., "others_cpu_s": ..., ...}``; empty when nothing was watched.
+    device_use: dict[str, Any] = field(default_factory=dict)
 
     @property
     def hardware_fingerprint(self) -> str:
@@ -68,6 +73,13 @@ class Provenance:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Provenance:
         return cls(**d)
+
+
+def sum_known(values: list[float | None]) -> float | None:
+    """The sum, or None when any part is unknown (an unknown part is never read as 0)."""
+    if not values or any(v is None for v in values):
+        return None
+    return float(sum(v for v in values if v is not None))
 
 
 @dataclass(frozen=True)
@@ -111,7 +123,8 @@ class InferenceEnergy:
 
     ``energy_per_sample_j`` is gross (what the machine drew); ``energy_per_sample_net_j`` subtracts the
     idle baseline ``idle_w`` measured just before the windows. ``cv`` is the coefficient of variation of
-    per-window J/sample.
+    per-window J/sample. ``protocol_energy_j`` is what the whole protocol cost (warm-up, calibration,
+    idle baseline, windows, latency pass): the measurement's share of the search cost.
     """
 
     meter: str
@@ -134,6 +147,8 @@ class InferenceEnergy:
     windows_j_per_sample: tuple[float, ...]
     provenance: Provenance
     co2eq_g_per_sample: float | None = None
+    protocol_energy_j: float | None = None
+    protocol_co2eq_g: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -150,7 +165,14 @@ class InferenceEnergy:
 
 @dataclass(frozen=True)
 class TrainSummary:
-    """What brief training (or distillation) did and cost."""
+    """What brief training (or distillation, or a teacher's training) did and cost.
+
+    ``energy_j`` covers the whole training window (rung evaluations included) and is ``None`` when the
+    meter gave no number. ``provenance`` describes the device and the run like an inference reading's
+    (batch size, sequence length, segments as windows), so both share one hardware fingerprint.
+    ``teacher_training`` is the cost of training the teacher, when this trial trained it (a cached
+    teacher costs nothing here: its joules were counted where it was trained).
+    """
 
     steps: int
     wall_s: float
@@ -163,17 +185,60 @@ class TrainSummary:
     teacher: str | None = None
     rung_accuracies: tuple[tuple[int, float], ...] = ()
     measurement_overhead_s: float = 0.0
+    provenance: Provenance | None = None
+    teacher_training: TrainSummary | None = None
+
+    @property
+    def hardware_fingerprint(self) -> str:
+        return self.provenance.hardware_fingerprint if self.provenance is not None else self.device
+
+    @property
+    def total_energy_j(self) -> float | None:
+        """Joules of this training plus the teacher's training it paid for; None if any part is unknown."""
+        parts = [self.energy_j]
+        if self.teacher_training is not None:
+            parts.append(self.teacher_training.total_energy_j)
+        return sum_known(parts)
+
+    @property
+    def total_co2eq_g(self) -> float | None:
+        parts = [self.co2eq_g]
+        if self.teacher_training is not None:
+            parts.append(self.teacher_training.total_co2eq_g)
+        return sum_known(parts)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["rung_accuracies"] = [list(r) for r in self.rung_accuracies]
+        d["teacher_training"] = self.teacher_training.to_dict() if self.teacher_training else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainSummary:
         d = dict(d)
         d["rung_accuracies"] = tuple(tuple(r) for r in d.get("rung_accuracies", ()))
+        if d.get("provenance") is not None:
+            d["provenance"] = Provenance.from_dict(d["provenance"])
+        if d.get("teacher_training") is not None:
+            d["teacher_training"] = TrainSummary.from_dict(d["teacher_training"])
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class RungReport:
+    """What a worker reports at an accuracy rung: dev accuracy and what training cost so far.
+
+    The cost travels with every rung so that a trial the scheduler stops there (or whose worker dies
+    later) still has its joules counted in the study's search cost.
+    """
+
+    step: int
+    accuracy: float
+    train_energy_j: float | None
+    co2eq_g: float | None
+    wall_s: float
+    meter: str
+    is_estimate: bool
 
 
 @dataclass(frozen=True)
@@ -226,9 +291,8 @@ class TrialResult:
 
     @property
     def co2eq_g(self) -> float | None:
-        parts = [self.train.co2eq_g if self.train else None]
-        vals = [p for p in parts if p is not None]
-        return sum(vals) if vals else None
+        """CO2eq of training (and of the teacher's training this trial paid for), when the meter gives it."""
+        return self.train.total_co2eq_g if self.train else None
 
     def objectives(self) -> dict[str, float | None]:
         """Every metric a study may optimise or filter on, flat."""

@@ -14,6 +14,7 @@ A :class:`Store` wraps one SQLAlchemy engine on a SQLite file or a PostgreSQL da
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,16 +31,17 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Engine, create_engine, delete, event, inspect, select
+from sqlalchemy import Engine, case, create_engine, delete, event, func, inspect, select
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from nas.config import Candidate
 from nas.dominance import non_dominated
 from nas.errors import ConfigError, StorageError
 from nas.records import TrialResult
 from nas.where import compile_where
+from storage.file_guard import FileIdentity
 from storage.models import (
     STUDY_STATUSES,
     TABLE_PREFIX,
@@ -234,6 +236,11 @@ class Store:
         self._engine = engine
         self._url = url
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        database = url.database or ""
+        self._file: FileIdentity | None = None
+        if url.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:"):
+            with contextlib.suppress(FileNotFoundError):
+                self._file = FileIdentity(database)
 
     # --- lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -395,6 +402,10 @@ class Store:
             session.connection(execution_options={"nas_write": True})
         try:
             yield session
+            if write and self._file is not None:
+                dbapi = session.connection().connection.dbapi_connection
+                session.commit()
+                self._file.verify(dbapi)  # a deleted or replaced file stops the writer, loudly
             session.commit()
         except SQLAlchemyError as e:
             session.rollback()
@@ -414,7 +425,31 @@ class Store:
         return row
 
     @staticmethod
-    def _study_info(row: StudyRow) -> StudyInfo:
+    def _study_costs(s: Session, study_id: int) -> dict[str, Any]:
+        """The study's search cost, derived from its trials' costs (unknown parts stay unknown)."""
+        t = TrialRow
+        ran = t.cost_meter.is_not(None)
+        row = s.execute(select(
+            func.sum(t.cost_train_energy_j), func.sum(t.cost_measure_energy_j), func.sum(t.cost_co2eq_g),
+            func.coalesce(func.sum(t.cost_wall_s), 0.0), func.coalesce(func.sum(t.cost_gpu_s), 0.0),
+            func.coalesce(func.sum(case((t.cost_is_estimate.is_(True), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((ran & t.cost_train_energy_j.is_(None), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((ran & t.cost_co2eq_g.is_(None), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((ran, 1), else_=0)), 0),
+        ).where(t.study_id == study_id)).one()
+        train, measure, co2, wall, gpu, n_est, n_unmetered, n_no_co2, n_ran = row
+        nothing = 0.0 if not n_ran else None  # no trial ran yet: nothing was spent, which is known
+        return {"train_energy_j": _float(train) if train is not None else nothing,
+                "measure_energy_j": _float(measure) if measure is not None else nothing,
+                "co2eq_g": (_float(co2) if co2 is not None else nothing) if not n_no_co2 else None,
+                "wall_s": float(wall), "gpu_s": float(gpu),
+                "cost_includes_estimate": bool(n_est), "n_trials_unmetered": int(n_unmetered)}
+
+    @classmethod
+    def _study_info(cls, row: StudyRow) -> StudyInfo:
+        s = object_session(row)
+        if s is None:
+            raise StorageError(f"study {row.name!r} was read outside a session")
         return StudyInfo(
             name=row.name,
             optuna_study_id=row.optuna_study_id,
@@ -426,15 +461,10 @@ class Store:
             budget_energy_j=row.budget_energy_j,
             budget_trials=row.budget_trials,
             budget_wall_s=row.budget_wall_s,
-            train_energy_j=row.train_energy_j,
-            measure_energy_j=row.measure_energy_j,
-            co2eq_g=row.co2eq_g,
-            wall_s=row.wall_s,
-            gpu_s=row.gpu_s,
-            cost_includes_estimate=row.cost_includes_estimate,
             n_trials_complete=row.n_trials_complete,
             n_trials_failed=row.n_trials_failed,
             n_trials_pruned=row.n_trials_pruned,
+            **cls._study_costs(s, row.id),
         )
 
     @staticmethod
@@ -664,6 +694,7 @@ class Store:
 
     @staticmethod
     def _add_cost(st: StudyRow, row: TrialRow, cost: TrialCost | None) -> None:
+        """Record what a trial cost; the study's totals are derived from these (see ``_study_costs``)."""
         if cost is None:
             return
         row.cost_train_energy_j = _float(cost.train_energy_j)
@@ -673,12 +704,6 @@ class Store:
         row.cost_gpu_s = _float(cost.gpu_s)
         row.cost_meter = cost.meter
         row.cost_is_estimate = cost.is_estimate
-        st.train_energy_j += row.cost_train_energy_j or 0.0
-        st.measure_energy_j += row.cost_measure_energy_j or 0.0
-        st.co2eq_g += row.cost_co2eq_g or 0.0
-        st.wall_s += row.cost_wall_s or 0.0
-        st.gpu_s += row.cost_gpu_s or 0.0
-        st.cost_includes_estimate = bool(st.cost_includes_estimate or cost.is_estimate)
 
     @staticmethod
     def _readings(row: TrialRow, result: TrialResult) -> list[EnergyReadingRow]:
@@ -700,14 +725,25 @@ class Store:
                 created_utc=now,
             ))
         tr = result.train
-        if tr is not None:
+        while tr is not None:
+            kind = "train" if tr is result.train else "teacher-train"
+            prov_dict = (tr.provenance.to_dict() if tr.provenance is not None else
+                         {"device": tr.device, "teacher": tr.teacher, "steps": tr.steps})
             out.append(EnergyReadingRow(
-                kind="train", meter=tr.meter, is_estimate=tr.is_estimate, exclusive=False,
+                kind=kind, meter=tr.meter, is_estimate=tr.is_estimate, exclusive=False,
                 energy_j=_float(tr.energy_j), duration_s=_float(tr.wall_s), co2eq_g=_float(tr.co2eq_g),
-                hardware_fingerprint=tr.device, provenance_json=_json_dumps(
-                    {"device": tr.device, "teacher": tr.teacher, "steps": tr.steps}),
+                n_windows=tr.provenance.n_windows if tr.provenance else None,
+                window_s=_float(tr.provenance.window_s) if tr.provenance else None,
+                batch_size=tr.provenance.batch_size if tr.provenance else None,
+                seq_len=tr.provenance.seq_len if tr.provenance else None,
+                dtype=tr.provenance.dtype if tr.provenance else None,
+                kernels=tr.provenance.kernels if tr.provenance else None,
+                device_uuid=tr.provenance.device_uuid if tr.provenance else None,
+                hardware_fingerprint=tr.hardware_fingerprint,
+                provenance_json=_json_dumps({**prov_dict, "teacher": tr.teacher, "steps": tr.steps}),
                 created_utc=now,
             ))
+            tr = tr.teacher_training
         return out
 
     def finish_trial(
@@ -717,13 +753,16 @@ class Store:
         result: TrialResult,
         *,
         cost: TrialCost,
+        retryable: bool = False,
         optuna_trial_id: int | None = None,
     ) -> None:
         """Store a trial's result, its readings and cost, and refresh the persisted front, atomically.
 
         In one transaction: the trial row gets the result (state from ``result.status``), one
-        ``nas_energy_readings`` row per reading, its cost is added to the study totals, and, for a
-        COMPLETE trial, the persisted front of its study and hardware fingerprint is recomputed.
+        ``nas_energy_readings`` row per reading, its cost is recorded (the study's totals are derived
+        from these), and, for a COMPLETE trial, the persisted front of its study and hardware
+        fingerprint is recomputed. A ``FAIL`` result keeps what the trial did and spent before failing;
+        ``retryable`` says the candidate was not to blame (no budget spent, it may be sampled again).
 
         Raises:
             StorageError: Unknown study; the trial is already finished; it was started with another
@@ -746,7 +785,7 @@ class Store:
             row = self._running_row(s, st, trial_number, result.candidate, optuna_trial_id)
             row.state = state
             row.fail_reason = (result.error or "failed without a reason") if state == "FAIL" else None
-            row.retryable = False
+            row.retryable = retryable and state == "FAIL"
             row.result_json = _json_dumps(result.to_dict())
             row.task = result.task
             for name in ("accuracy", "macro_f1", "energy_per_sample_j", "energy_per_sample_net_j",
@@ -860,6 +899,8 @@ class Store:
                 row.fail_reason = reason
                 row.retryable = True
                 row.finished_utc = now
+                # it ran, but its worker's readings went with the driver: its joules are unknown
+                self._add_cost(st, row, TrialCost(meter="unknown"))
             st.n_trials_failed += len(rows)
             if rows:
                 st.updated_utc = now
@@ -1093,6 +1134,18 @@ class Store:
                 TrialRow.study_id == st.id, TrialRow.state == "FAIL", TrialRow.retryable.is_(False),
                 TrialRow.candidate_hash.is_not(None))).all()
             return {h for h in found if h is not None}
+
+    def complete_candidate_hashes(self, study: str) -> dict[str, int]:
+        """``candidate hash -> trial number`` of the study's COMPLETE trials (never evaluate them again)."""
+        with self.session() as s:
+            st = self._study_row(s, study)
+            found = s.execute(select(TrialRow.candidate_hash, TrialRow.trial_number).where(
+                TrialRow.study_id == st.id, TrialRow.state == "COMPLETE",
+                TrialRow.candidate_hash.is_not(None)).order_by(TrialRow.trial_number)).all()
+            out: dict[str, int] = {}
+            for h, n in found:
+                out.setdefault(str(h), int(n))
+            return out
 
     def artefacts(self, study: str, trial_number: int | None = None) -> list[ArtefactView]:
         """Files recorded for a study (or one of its trials), oldest first."""

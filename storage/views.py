@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from nas.config import Candidate
-from nas.records import TrialResult
+from nas.records import RungReport, TrialResult, sum_known
 
 __all__ = [
     "NO_HARDWARE",
@@ -91,31 +91,39 @@ class TrialCost:
 
     @classmethod
     def from_result(cls, result: TrialResult, *, wall_s: float = 0.0, gpu_s: float = 0.0) -> TrialCost:
-        """The cost recorded in a result: training joules plus the joules of the measurement windows.
+        """The cost recorded in a result, whatever its status: training joules (a teacher trained for
+        this trial included) plus the joules of the whole measurement protocol.
 
-        ``measure_energy_j`` is the gross energy of the timed windows (J/sample times the samples run in
-        them); warm-up and the idle baseline are not included. ``co2eq_g`` adds training CO2eq and the
-        windows' CO2eq where the meter gives them.
+        A phase that ran but whose meter gave no number leaves its part ``None``: unknown stays unknown.
+        ``measure_energy_j`` is the protocol's metered energy (warm-up, idle baseline, windows, latency
+        pass); results written before it was metered fall back to J/sample times the windows' samples.
         """
         train, inf = result.train, result.inference
         measure_j = co2_inf = None
         if inf is not None:
+            measure_j, co2_inf = inf.protocol_energy_j, inf.protocol_co2eq_g
             samples = inf.throughput_samples_s * inf.n_windows * inf.window_s
-            if inf.energy_per_sample_j is not None and math.isfinite(samples):
+            if measure_j is None and inf.energy_per_sample_j is not None and math.isfinite(samples):
                 measure_j = inf.energy_per_sample_j * samples
-            if inf.co2eq_g_per_sample is not None and math.isfinite(samples):
+            if co2_inf is None and inf.co2eq_g_per_sample is not None and math.isfinite(samples):
                 co2_inf = inf.co2eq_g_per_sample * samples
-        co2_parts = [c for c in (train.co2eq_g if train else None, co2_inf) if c is not None]
+        co2_parts = ([train.total_co2eq_g] if train else []) + ([co2_inf] if inf else [])
         meters = [m.meter for m in (train, inf) if m is not None and m.meter != "none"]
         return cls(
-            train_energy_j=train.energy_j if train else None,
+            train_energy_j=train.total_energy_j if train else None,
             measure_energy_j=measure_j,
-            co2eq_g=sum(co2_parts) if co2_parts else None,
+            co2eq_g=sum_known(co2_parts),
             wall_s=wall_s,
             gpu_s=gpu_s,
             meter=meters[0] if meters else "none",
             is_estimate=any(m.is_estimate for m in (train, inf) if m is not None),
         )
+
+    @classmethod
+    def from_rung(cls, rung: RungReport, *, wall_s: float = 0.0, gpu_s: float = 0.0) -> TrialCost:
+        """The cost of a trial known only from its last rung report (stopped there, or its worker died)."""
+        return cls(train_energy_j=rung.train_energy_j, co2eq_g=rung.co2eq_g, wall_s=wall_s, gpu_s=gpu_s,
+                   meter=rung.meter, is_estimate=rung.is_estimate)
 
 
 @dataclass(frozen=True)
@@ -128,12 +136,17 @@ class StudyInfo:
         spec_json: The study spec as JSON text.
         objectives: ``(metric, direction)`` pairs, direction ``"maximize"`` or ``"minimize"``.
         status: ``RUNNING``, ``COMPLETE``, ``FAILED`` or ``STOPPED``.
-        train_energy_j: Total joules spent training (known readings only).
-        measure_energy_j: Total joules spent measuring.
-        co2eq_g: Total grams CO2-equivalent.
+        train_energy_j: Joules spent training, summed over the trials whose meter gave a number (a
+            teacher trained for a trial included); ``None`` when no trial's did.
+        measure_energy_j: Joules spent measuring, likewise.
+        co2eq_g: Grams CO2-equivalent; ``None`` unless every trial that ran has a CO2 figure.
         wall_s: Total trial wall-clock seconds.
         gpu_s: Total GPU-seconds.
         cost_includes_estimate: Whether any of the totals comes from an estimate.
+        n_trials_unmetered: Trials that ran but whose training joules are unknown (no meter, a worker
+            killed before its first rung report, a driver that died): the totals are a lower bound.
+
+    The totals are derived from the trials' stored costs whenever the study is read.
     """
 
     name: str
@@ -146,19 +159,22 @@ class StudyInfo:
     budget_energy_j: float | None
     budget_trials: int | None
     budget_wall_s: float | None
-    train_energy_j: float
-    measure_energy_j: float
-    co2eq_g: float
+    train_energy_j: float | None
+    measure_energy_j: float | None
+    co2eq_g: float | None
     wall_s: float
     gpu_s: float
     cost_includes_estimate: bool
     n_trials_complete: int
     n_trials_failed: int
     n_trials_pruned: int
+    n_trials_unmetered: int = 0
 
     @property
-    def total_energy_j(self) -> float:
-        return self.train_energy_j + self.measure_energy_j
+    def total_energy_j(self) -> float | None:
+        """Training plus measurement joules (known parts); ``None`` when neither is known."""
+        parts = [p for p in (self.train_energy_j, self.measure_energy_j) if p is not None]
+        return float(sum(parts)) if parts else None
 
     @property
     def objectives_key(self) -> str:

@@ -73,3 +73,17 @@ def make_candidate() -> Callable[..., Candidate]:
         return Candidate(**fields)
 
     return make
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests skip cleanly, with the reason, where no CUDA device is visible."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)

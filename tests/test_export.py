@@ -149,7 +149,7 @@ def test_onnxruntime_agrees_on_held_out_texts(exported: dict[str, Any], dev_text
 
 
 def test_hf_folder_reloads_with_identical_logits(exported: dict[str, Any], dev_texts: list[str]) -> None:
-    from evaluators.pipeline import load_trial_model
+    from evaluators.weights import load_trial_model
     from nas.export import load
 
     reference, _, _, _ = load_trial_model(exported["weights"] / f"trial_{T_SOFTMAX}")

@@ -78,3 +78,96 @@ def _hold_and_die(directory):
     lane = MeasurementLane("cpu", directory)
     lane.enter_shared()
     os._exit(0)  # no cleanup: the kernel drops the flock
+
+
+def _member(directory, mode, ready, stop_at):
+    """A lane member that is either blocked in the lane (waits for a shared hold) or burns CPU while
+    ignoring the lane (a phase that bypassed it)."""
+    lane = MeasurementLane("cpu", directory)
+    ready.set()
+    if mode == "waiting":
+        lane.enter_shared()
+        lane.leave_shared()
+    else:
+        x = 0
+        while time.time() < stop_at:
+            x += 1
+    lane.close()
+
+
+def _hold_with(tmp_path, mode):
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    me = MeasurementLane("cpu", str(tmp_path))
+    if mode == "waiting":
+        with me.exclusive():  # taken first, so the member waits in the lane
+            p = ctx.Process(target=_member, args=(str(tmp_path), mode, ready, 0))
+            p.start()
+            ready.wait(30)
+            time.sleep(0.5)
+        with me.exclusive() as hold:
+            time.sleep(0.6)
+    else:
+        p = ctx.Process(target=_member, args=(str(tmp_path), mode, ready, time.time() + 8))
+        p.start()
+        ready.wait(30)
+        time.sleep(0.3)
+        with me.exclusive() as hold:
+            time.sleep(0.6)
+    p.join(timeout=30)
+    me.close()
+    return hold, p.pid
+
+
+def test_work_that_bypasses_the_lane_is_observed(tmp_path):
+    """Regression: exclusivity was asserted, never observed."""
+    hold, pid = _hold_with(tmp_path, "busy")
+    assert hold.shared and pid in hold.other_pids and hold.others_cpu_s > 0.3
+    use = hold.device_use()
+    assert use["shared"] is True and "lane" in use["observed_by"] and pid in use["other_pids"]
+
+
+def test_members_waiting_in_the_lane_do_not_count_as_sharing(tmp_path):
+    hold, _ = _hold_with(tmp_path, "waiting")
+    assert hold.others_cpu_s is not None and not hold.shared
+
+
+def test_dead_members_are_forgotten(tmp_path):
+    lane = MeasurementLane("cpu", str(tmp_path))
+    (tmp_path / "cpu.members" / "999999999.0").touch()  # a member killed before it could unregister
+    assert lane.other_members() == []
+    assert not (tmp_path / "cpu.members" / "999999999.0").exists()
+    lane.close()
+    assert list((tmp_path / "cpu.members").iterdir()) == []
+
+
+def test_a_measurement_that_always_saw_other_work_fails_retryable(monkeypatch, tmp_path):
+    import pytest
+    import torch
+
+    from evaluators import serving
+    from evaluators.lane import Hold
+    from evaluators.meters import make_meter
+    from nas.config import Candidate, MeasureConfig
+    from nas.errors import TrialFailedError
+    from nas.models import build
+
+    monkeypatch.setenv("NAS_LANE_DIR", str(tmp_path))
+    calls = []
+
+    class BusyLane(MeasurementLane):
+        def _observe(self, hold: Hold) -> None:
+            calls.append(1)
+            hold.others_cpu_s, hold.other_pids = hold.held_s, (4242,)
+
+    cand = Candidate(n_layers=1, d_model=16, n_heads=2, d_ffn=32, max_len=16)
+    cfg = MeasureConfig(meter="estimate", window_s=0.02, n_windows=1, idle_s=0.0, warmup_iters=1,
+                        batch_size=2, seq_len=8)
+    torch.manual_seed(0)
+    model = build(cand, vocab_size=30, num_labels=2)
+    lane = BusyLane("cpu")
+    with pytest.raises(TrialFailedError, match="other work ran on cpu") as e:
+        serving.measure_serving(model, cand, cfg, vocab_size=30, device="cpu", meter=make_meter("estimate", cfg),
+                                lane=lane)
+    assert e.value.retryable and len(calls) == serving.MEASURE_ATTEMPTS
+    lane.close()

@@ -94,6 +94,8 @@ class ScriptedMeter(EnergyMeter):
         return key
 
     def _close(self, key: str, state: Any) -> EnergyReading:
+        if key == "protocol":
+            return EnergyReading(meter=self.name, is_estimate=False, energy_j=50.0, duration_s=10.0, co2eq_g=0.1)
         d, e = self.idle if key == "idle" else (self.script.pop(0) if self.script else (1.0, 5.0))
         return EnergyReading(meter=self.name, is_estimate=False, energy_j=e, duration_s=d, co2eq_g=0.01)
 
@@ -106,8 +108,10 @@ def test_short_window_warns_and_is_lengthened(caplog: pytest.LogCaptureFixture) 
         result = measure_inference(model, cfg, vocab_size=VOCAB, meter=meter)
     assert "window-0 lasted 0.050 s < window_s 0.5 s" in caplog.text
     assert "read 0 J" in caplog.text
-    assert meter.begins == ["idle", "window-0", "window-0", "window-0", "window-1", "window-2"]
+    assert meter.begins == ["protocol", "idle", "window-0", "window-0", "window-0", "window-1", "window-2"]
     assert result.n_windows == 3
+    # the whole protocol (warm-up, idle, discarded and kept windows, latency) is metered for the search cost
+    assert result.protocol_energy_j == pytest.approx(50.0) and result.protocol_co2eq_g == pytest.approx(0.1)
     # idle 10 W; each kept window: 4 J over 1 s, net 4 - 10 < 0 (the scripted numbers are not physical)
     assert result.idle_w == pytest.approx(10.0)
     assert not result.is_estimate and result.meter == "nvml-counter"
@@ -125,11 +129,13 @@ def test_iterations_double_after_short_window() -> None:
     orig_begin, orig_end = meter.begin, meter.end
 
     def begin(key: str) -> None:
-        calls.append(-model.calls)
+        if key.startswith("window-"):
+            calls.append(-model.calls)
         orig_begin(key)
 
     def end(key: str) -> EnergyReading:
-        calls[-1] += model.calls
+        if key.startswith("window-"):
+            calls[-1] += model.calls
         return orig_end(key)
 
     meter.begin, meter.end = begin, end  # type: ignore[method-assign]

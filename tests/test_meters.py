@@ -308,3 +308,50 @@ def test_import_is_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == ""
+
+
+# --- who else used the GPU during a measurement ------------------------------------------------------
+def _gpu_watch(nvml: dict[str, MagicMock]) -> Any:
+    from evaluators.meters.gpu_use import GpuUseWatch
+
+    return GpuUseWatch("cuda:0", pynvml=pynvml, own_pids=(100,))
+
+
+def _sample(pid: int, sm: int, ts: int) -> Any:
+    return SimpleNamespace(pid=pid, smUtil=sm, memUtil=0, encUtil=0, decUtil=0, timeStamp=ts)
+
+
+def test_gpu_watch_sees_other_busy_processes(nvml: dict[str, MagicMock]) -> None:
+    with patch("pynvml.nvmlDeviceGetProcessUtilization", autospec=True) as util:
+        watch = _gpu_watch(nvml)
+        watch.start()
+        since = watch._since_us
+        util.return_value = [_sample(100, 90, since + 5), _sample(200, 35, since + 9), _sample(300, 0, since + 9),
+                             _sample(400, 80, since - 10)]  # before the window: not ours to judge
+        use = watch.stop()
+        util.assert_called_once_with("handle-0", since)
+    assert use["shared"] is True and use["other_pids"] == [200] and use["max_sm_util_pct"] == 35
+    assert "per-process" in use["observed_by"]
+
+
+def test_gpu_watch_no_samples_means_nobody_else(nvml: dict[str, MagicMock]) -> None:
+    with patch("pynvml.nvmlDeviceGetProcessUtilization", autospec=True) as util:
+        util.side_effect = pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+        watch = _gpu_watch(nvml)
+        watch.start()
+        use = watch.stop()
+    assert use["shared"] is False and use["other_pids"] == []
+
+
+def test_gpu_watch_falls_back_to_the_process_list(nvml: dict[str, MagicMock]) -> None:
+    with patch("pynvml.nvmlDeviceGetProcessUtilization", autospec=True) as util, \
+            patch("pynvml.nvmlDeviceGetComputeRunningProcesses", autospec=True) as procs:
+        util.side_effect = pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        procs.return_value = [SimpleNamespace(pid=100), SimpleNamespace(pid=555)]
+        watch = _gpu_watch(nvml)
+        watch.start()
+        use = watch.stop()
+        watch.close()
+    assert use["other_pids"] == [555] and use["shared"] is False
+    assert "presence, not proof of use" in use["observed_by"]
+    nvml["nvmlShutdown"].assert_called()

@@ -90,8 +90,15 @@ def trial(
     if not as_json:
         err.print(f"[bold]nas trial[/]: {cand.n_layers}x d{cand.d_model} h{cand.n_heads} "
                   f"{cand.attention.kind}, {cand.weight_bits}-bit, sparsity {cand.sparsity.kind} on {task}")
-    result = run_trial(cand, task, train_cfg=train_cfg, measure_cfg=measure_cfg, teacher=teacher,
-                       weights_out=save_weights, progress=not as_json)
+    if as_json:
+        result = run_trial(cand, task, train_cfg=train_cfg, measure_cfg=measure_cfg, teacher=teacher,
+                           weights_out=save_weights)
+    else:
+        from nas.runner.progress import TrialProgress
+
+        with TrialProgress(err) as bar:
+            result = run_trial(cand, task, train_cfg=train_cfg, measure_cfg=measure_cfg, teacher=teacher,
+                               weights_out=save_weights, progress=bar)
     if as_json:
         _print_json(result.to_dict())
         return

@@ -141,11 +141,23 @@ def studies_table(infos: list[Any]) -> Table:
     for col in ["study", "status", "complete", "pruned", "failed", "budget", "search energy", "CO2eq", "wall"]:
         t.add_column(col)
     for i in infos:
-        est = " (includes estimates)" if i.cost_includes_estimate else ""
         t.add_row(i.name, i.status, str(i.n_trials_complete), str(i.n_trials_pruned), str(i.n_trials_failed),
-                  str(i.budget_trials or "-"), f"{i.total_energy_j:.1f} J{est}", f"{i.co2eq_g:.3g} g",
-                  f"{i.wall_s:.0f} s")
+                  str(i.budget_trials or "-"), study_energy(i),
+                  f"{i.co2eq_g:.3g} g" if i.co2eq_g is not None else "unknown", f"{i.wall_s:.0f} s")
     return t
+
+
+def study_energy(i: Any) -> str:
+    """A study's search energy as a cell: the known joules, labelled, with a lower-bound note when some
+    trials ran unmetered; ``unknown`` when nothing was metered."""
+    if i.total_energy_j is None:
+        return "unknown (not metered)"
+    cell = f"{i.total_energy_j:.1f} J"
+    if i.cost_includes_estimate:
+        cell += " (includes estimates)"
+    if i.n_trials_unmetered:
+        cell = f">= {cell}, {i.n_trials_unmetered} trial(s) unmetered"
+    return cell
 
 
 def trial_view(v: Any) -> Table:

@@ -99,7 +99,7 @@ def materialize_(model: nn.Module) -> CompressionReport:
         A report with ``details["materialized"]`` listing the module names.
     """
     before = num_params(model)
-    done = []
+    done: list[str] = []
     for name, module in list(model.named_modules()):
         done.extend(f"{name}.{pname}" for pname in bake_all_parametrizations(module))
     prev = getattr(model, _APPLIED_ATTR, None)

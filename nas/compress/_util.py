@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 from torch.nn.utils import parametrize
@@ -72,7 +72,7 @@ def bake_all_parametrizations(module: nn.Module) -> list[str]:
     """Bake every parametrization of ``module`` (see :func:`bake_parametrization`); returns their names."""
     if not parametrize.is_parametrized(module):
         return []
-    names = list(module.parametrizations.keys())
+    names = list(cast(nn.ModuleDict, module.parametrizations).keys())
     for pname in names:
         bake_parametrization(module, pname)
     return names

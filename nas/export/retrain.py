@@ -17,7 +17,7 @@ from typing import Any
 
 from nas.config import Candidate
 from nas.errors import ConfigError
-from nas.records import TrainSummary, TrialResult
+from nas.records import TrialResult
 from nas.spec import StudySpec
 
 from .source import SavedWeights, load_weights
@@ -47,55 +47,24 @@ def _without_weights_path(result: TrialResult) -> TrialResult:
 
 def continue_training(saved: SavedWeights, candidate: Candidate, spec: StudySpec, task: Any,
                       steps: int) -> TrialResult:
-    """Train the loaded model ``steps`` more steps in place, then evaluate and measure it.
+    """Train the loaded model ``steps`` more steps in place, then evaluate and measure it, through the
+    search's own pipeline (:func:`evaluators.pipeline.train_candidate` and :func:`~evaluators.pipeline.assess`).
 
     Raises:
         ConfigError: The candidate distills but the study names no teacher.
         TrialFailedError: NaN loss, or the measurement could not run.
     """
-    import torch
+    from evaluators.pipeline import TrialContext, assess, load_teacher_for, train_candidate
 
-    from evaluators.meters import make_meter
-    from evaluators.metrics import evaluate
-    from evaluators.train import resolve_device, train
-    from nas.compress import model_size_bytes
-    from nas.models.flops import count_flops
-
-    model = saved.model
-    teacher = None
-    if candidate.distill.kind != "none":
-        if not spec.teacher:
-            raise ConfigError("the candidate distills but the study spec names no teacher", field="teacher",
-                              fix="set teacher in the study spec, or export without --retrain")
-        from evaluators.teacher import load_teacher
-
-        teacher = load_teacher(spec.teacher, task, seed=spec.train.seed)
-    device = str(resolve_device(spec.train.device))
-    meter = make_meter(spec.measure.meter, spec.measure, device=device)
-    try:
-        # A new seed so the extra steps see batches in a new order rather than replaying the search's.
-        cfg = spec.train.model_copy(update={"steps": steps, "max_seconds": None, "seed": spec.train.seed + 1})
-        model.train()
-        res = train(model, task, cfg, teacher=teacher, distill=candidate.distill if teacher else None, meter=meter)
-        model.eval()
-        metrics = evaluate(model, task, batch_size=spec.train.eval_batch_size)
-
-        from evaluators.pipeline import measure_serving
-
-        inference = measure_serving(model, candidate, spec.measure, vocab_size=task.vocab_size, device=device,
-                                    meter=meter)
-    finally:
-        meter.close()
-    flops: float | None = None
-    try:
-        ids = torch.randint(1, max(2, task.vocab_size), (1, spec.measure.seq_len))
-        flops = float(count_flops(model.cpu(), ids))
-    except Exception as e:  # pragma: no cover - counting is best effort, as in the search
-        log.debug("FLOP count failed: %s", e)
-    summary = res.to_summary()
-    train_summary = TrainSummary(**{**summary.to_dict(), "rung_accuracies": ()})
-    return TrialResult(
-        candidate=candidate, task=task.name, status="COMPLETE", metrics=metrics, train=train_summary,
-        inference=inference, params=int(sum(p.numel() for p in model.parameters())),
-        size_bytes=model_size_bytes(model), flops_per_sample=flops, kernels=inference.kernels,
-    )
+    if candidate.distill.kind != "none" and not spec.teacher:
+        raise ConfigError("the candidate distills but the study spec names no teacher", field="teacher",
+                          fix="set teacher in the study spec, or export without --retrain")
+    # A new seed so the extra steps see batches in a new order rather than replaying the search's.
+    cfg = spec.train.model_copy(update={"steps": steps, "max_seconds": None, "seed": spec.train.seed + 1})
+    with TrialContext.open(cfg, spec.measure) as ctx:
+        teacher = (load_teacher_for(spec.teacher, task, spec.train.seed, ctx)
+                   if candidate.distill.kind != "none" and spec.teacher else None)
+        saved.model.train()
+        trained = train_candidate(saved.model, task, cfg, ctx, teacher=teacher)
+        return assess(saved.model, task, trained.summary, spec.measure, ctx,
+                      eval_batch_size=spec.train.eval_batch_size)

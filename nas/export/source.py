@@ -123,7 +123,7 @@ def open_trial(study: str, trial_number: int, db: str) -> TrialSource:
 
 @dataclass(frozen=True)
 class SavedWeights:
-    """A trial rebuilt from its weights folder (:func:`evaluators.pipeline.save_trial_weights` layout)."""
+    """A trial rebuilt from its weights folder (:func:`evaluators.weights.save_trial_weights` layout)."""
 
     model: EncoderClassifier
     tokenizer: TextTokenizer
@@ -136,7 +136,7 @@ def load_weights(folder: Path, candidate: Candidate) -> SavedWeights:
     Raises:
         ExportError: The folder is incomplete, belongs to another candidate, or does not load.
     """
-    from evaluators.pipeline import load_trial_model
+    from evaluators.weights import load_trial_model
 
     for name in ("candidate.json", "labels.json", "tokenizer"):
         if not (folder / name).exists():

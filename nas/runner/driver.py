@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ray.tune.stopper import Stopper
 
-from nas.errors import SearchError
+from nas.errors import NASError, SearchError
+from nas.runner.ray_session import RaySession, reap_orphans
+from nas.runner.searcher import NASOptunaSearch, make_sampler, sampler_seed
+from nas.runner.trainable import tune_trainable
+from nas.runner.writer import StoreHandle, StoreWriter
 from nas.spec import StudySpec
+from storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +59,13 @@ class RunOutcome:
     wall_s: float
 
 
-def _init_ray(ray_address: str | None, spec: StudySpec) -> None:
+def _init_ray(ray_address: str | None, spec: StudySpec) -> bool:
+    """Start local Ray or join ``ray_address``; returns whether this call started a local Ray (which
+    the search then owns and stops). A Ray the caller initialised is left to the caller."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # rung reports carry accuracy only
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -69,8 +78,9 @@ def _init_ray(ray_address: str | None, spec: StudySpec) -> None:
             raise SearchError(f"cannot join the Ray cluster at {ray_address!r}: {e}",
                               field="--ray-address",
                               fix="start one with `ray start --head` or omit --ray-address for local Ray") from e
-    else:
-        ray.init(address="local", **kwargs)
+        return False
+    ray.init(address="local", **kwargs)
+    return True
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -91,18 +101,43 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
                           fix="start one with `ray start --head` or omit --ray-address for local Ray") from e
 
 
-def run_study(spec: StudySpec, store: Any, *, resume: bool, ray_address: str | None = None,
-              on_change: Any = None) -> RunOutcome:
+def _make_searcher(spec: StudySpec, store: Store, handle: StoreHandle, ot_storage: Any,
+                   failed: set[str]) -> NASOptunaSearch:
+    """The study's searcher: its sampler seeded from the study and how many trials Optuna was told,
+    and every candidate already COMPLETE in the study blocked from evaluation."""
+    import optuna
+
+    from search_spaces import load_space
+
+    try:
+        told = len(ot_storage.get_all_trials(ot_storage.get_study_id_from_name(spec.name), deepcopy=False,
+                                             states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                                                     optuna.trial.TrialState.PRUNED)))
+    except KeyError:
+        told = 0
+    seed = sampler_seed(spec.sampler.seed, spec.name, told)
+    return NASOptunaSearch(
+        load_space(spec.space.preset, spec.space.overrides),
+        failed_hashes=failed,
+        evaluated=store.complete_candidate_hashes(spec.name),
+        on_invalid=handle.record_invalid,
+        metric=spec.objective_names,
+        mode=["max" if d == "maximize" else "min" for d in spec.directions],
+        sampler=make_sampler(spec.sampler.kind, seed, spec.sampler.n_startup_trials),
+        study_name=spec.name,
+        storage=ot_storage,
+    )
+
+
+def _clean_staging(folder: str) -> None:
+    """Weights a worker staged but the driver never stored (a killed driver, an orphaned worker)."""
+    shutil.rmtree(os.path.join(folder, ".staging"), ignore_errors=True)
+
+
+def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str | None = None,
+              on_change: Callable[[], None] | None = None) -> RunOutcome:
     """Run (or continue) ``spec`` until its budget is spent. The caller owns ``store``."""
     import optuna
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-
-    from nas.runner.searcher import NASOptunaSearch, make_sampler
-    from nas.runner.trainable import tune_trainable
-    from nas.runner.writer import StoreHandle, StoreWriter
-    from search_spaces import load_space
 
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -114,66 +149,42 @@ def run_study(spec: StudySpec, store: Any, *, resume: bool, ray_address: str | N
     ot_storage = optuna.storages.RDBStorage(store.url, engine_kwargs=store.optuna_engine_kwargs())
     _fail_running_optuna_trials(ot_storage, name)
 
-    views = store.trials(name)
-    done = sum(counts_against_budget(v.state, v.fail_reason, v.retryable) for v in views)
+    done = _spent(store, name)
     remaining = spec.budget.trials - done
     if remaining <= 0:
         return RunOutcome(name, 0, "trial budget already spent", time.time() - t0)
     failed = set(store.failed_candidate_hashes(name))
-
     handle = StoreHandle(store, name)
-
-    space = load_space(spec.space.preset, spec.space.overrides)
-    searcher = NASOptunaSearch(
-        space,
-        failed_hashes=failed,
-        on_invalid=handle.record_invalid,
-        metric=spec.objective_names,
-        mode=["max" if d == "maximize" else "min" for d in spec.directions],
-        sampler=make_sampler(spec.sampler.kind, spec.sampler.seed, spec.sampler.n_startup_trials),
-        study_name=name,
-        storage=ot_storage,
-    )
-    search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.resources.max_concurrent)
-    if spec.fidelity.enabled and len(spec.fidelity.rungs) > 1:
-        scheduler: Any = ASHAScheduler(time_attr="step", metric="rung_accuracy", mode="max",
-                                       max_t=spec.fidelity.max_steps, grace_period=spec.fidelity.rungs[0],
-                                       reduction_factor=spec.fidelity.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()  # type: ignore[no-untyped-call]
-
-    stopper = JouleBudget(handle, spec.budget.joules)
-
-    def changed() -> None:
-        if on_change:
-            on_change()
-
-    writer = StoreWriter(handle, failed, on_change=changed, retention=spec.storage.retention)
-    _init_ray(ray_address, spec)
-    trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, spec_json=spec.model_dump_json(),
-                             artefacts_dir=artefacts_dir(spec, store.url)),
-        {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
-    )
+    searcher = _make_searcher(spec, store, handle, ot_storage, failed)
+    art_dir = artefacts_dir(spec, store.url)
+    _clean_staging(art_dir)
+    reap_orphans()  # what a search killed with SIGKILL left on this machine
     results_dir = tempfile.mkdtemp(prefix="nas-tune-")
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=remaining,
-                                    time_budget_s=spec.budget.wall_s, reuse_actors=True),
-        run_config=tune.RunConfig(name=f"nas-{name}", storage_path=results_dir, callbacks=[writer],
-                                  stop=stopper, verbose=0, log_to_file=False,
-                                  failure_config=tune.FailureConfig(max_failures=0),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-    )
-    store.set_study_status(name, "RUNNING")
+    session = RaySession(folders=[results_dir])
+    writer = StoreWriter(handle, failed, on_change=on_change, retention=spec.storage.retention,
+                         artefacts_dir=art_dir, settle=searcher.settle, on_start=session.record)
+    stopper = SearchStopper(handle, spec.budget.joules, writer)
     try:
-        tuner.fit()
-    finally:
+        session.owns_ray = _init_ray(ray_address, spec)
+        session.record()
+        tuner = _tuner(spec, searcher, writer, stopper, art_dir, results_dir, remaining)
+        store.set_study_status(name, "RUNNING")
+        try:
+            tuner.fit()
+        except BaseException as e:
+            _close_out(store, ot_storage, name, "FAILED")
+            ours = _nas_error_in(e)
+            if ours is not None and ours is not e:
+                raise ours from e  # Tune wraps what the writer raised (a deleted database, a full disk)
+            raise
+        if writer.fatal is not None:  # a write failed: Tune logged it; the search stops with it
+            _close_out(store, ot_storage, name, "FAILED")
+            raise writer.fatal
         # a trial Tune abandoned (time or joule budget) is not lost: it is marked and re-queued
-        store.mark_unfinished_failed(name, INTERRUPTED)
-        _fail_running_optuna_trials(ot_storage, name)
-    views = store.trials(name)
-    done = sum(counts_against_budget(v.state, v.fail_reason, v.retryable) for v in views)
+        _close_out(store, ot_storage, name, None)
+    finally:
+        session.stop()
+    done = _spent(store, name)
     reason = stopper.reason or (
         "trial budget spent" if done >= spec.budget.trials else
         ("wall-time budget reached" if spec.budget.wall_s and time.time() - t0 >= spec.budget.wall_s
@@ -183,19 +194,81 @@ def run_study(spec: StudySpec, store: Any, *, resume: bool, ray_address: str | N
     return RunOutcome(name, done, reason, time.time() - t0)
 
 
-class JouleBudget(Stopper):  # type: ignore[misc]
-    """A Tune stopper that ends the whole search cleanly once the study's stored search energy
-    (training + measurement joules) reaches the budget. Picklable (holds a :class:`StoreHandle`)."""
+def _nas_error_in(e: BaseException) -> NASError | None:
+    """The first :class:`NASError` in ``e``'s chain of causes."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, NASError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
-    def __init__(self, handle: Any, budget_j: float | None) -> None:
+
+def _close_out(store: Store, ot_storage: Any, name: str, status: str | None) -> None:
+    """Trials left running become FAIL (retryable) in both our tables and Optuna's, and a failed search
+    is marked so. After a failed write this may fail too: the first error is the one that counts."""
+    try:
+        store.mark_unfinished_failed(name, INTERRUPTED)
+        _fail_running_optuna_trials(ot_storage, name)
+        if status is not None:
+            store.set_study_status(name, status)
+    except Exception as e:  # noqa: BLE001 - never mask the error that stopped the search
+        if status is None:
+            raise
+        log.error("could not close out study %r after the search stopped: %s", name, e)
+
+
+def _spent(store: Store, name: str) -> int:
+    return sum(counts_against_budget(v.state, v.fail_reason, v.retryable) for v in store.trials(name))
+
+
+def _tuner(spec: StudySpec, searcher: NASOptunaSearch, writer: StoreWriter, stopper: SearchStopper,
+           art_dir: str, results_dir: str, remaining: int) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.resources.max_concurrent)
+    if spec.fidelity.enabled and len(spec.fidelity.rungs) > 1:
+        scheduler: Any = ASHAScheduler(time_attr="step", metric="rung_accuracy", mode="max",
+                                       max_t=spec.fidelity.max_steps, grace_period=spec.fidelity.rungs[0],
+                                       reduction_factor=spec.fidelity.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()  # type: ignore[no-untyped-call]
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trainable, spec_json=spec.model_dump_json(), artefacts_dir=art_dir),
+        {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=remaining,
+                                    time_budget_s=spec.budget.wall_s, reuse_actors=True),
+        run_config=tune.RunConfig(name=f"nas-{spec.name}", storage_path=results_dir, callbacks=[writer],
+                                  stop=stopper, verbose=0, log_to_file=False,
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+
+
+class SearchStopper(Stopper):  # type: ignore[misc]
+    """Ends the whole search cleanly once the study's stored search energy (training + measurement
+    joules) reaches the budget, or at once when the writer could not store a trial (``writer.fatal``)."""
+
+    def __init__(self, handle: StoreHandle, budget_j: float | None, writer: StoreWriter | None = None) -> None:
         self.handle = handle
         self.budget_j = budget_j
+        self.writer = writer
         self.reason = ""
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         return False
 
     def stop_all(self) -> bool:
+        if self.writer is not None and self.writer.fatal is not None:
+            self.reason = f"stopped: {self.writer.fatal}"
+            return True
         if self.budget_j is None:
             return False
         spent = self.handle.store.get_study(self.handle.study).total_energy_j

@@ -63,3 +63,27 @@ class SearchProgress:
             spent = f"{j:.0f} J{est}" if j is not None else "no meter"
             self.bar.update(self.task, completed=min(done, self.spec.budget.trials),
                             info=f"front {len(front)} | {best or 'no complete trial yet'} | {spent} | {fails} failed")
+
+
+class TrialProgress:
+    """A progress bar for one trial (``nas trial``): training steps, then evaluate, measure, save.
+
+    Use as a context manager; the instance is the pipeline's ``progress(phase, done, total)`` callback.
+    """
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console or Console(stderr=True), transient=True,
+        )
+        self.task = self.bar.add_task("train", total=None)
+
+    def __enter__(self) -> TrialProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        self.bar.update(self.task, description=phase, completed=done, total=total)

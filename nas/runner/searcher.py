@@ -4,14 +4,16 @@ Three things differ from Ray's stock searcher:
 
 * the define-by-run space is :func:`search_spaces.suggest`; the frozen candidate travels to the
   worker as JSON (workers never import the search space);
-* a candidate identical to one that already failed (or that is invalid) is told to Optuna as FAIL at
-  once and never evaluated: the sampler sees the failure, the budget is not spent on it;
+* a candidate identical to one that already failed (or that is invalid), or to one that is already
+  COMPLETE or being evaluated in this study, is told to Optuna as FAIL at once and never evaluated:
+  the budget is not spent on it, and a resumed study never evaluates a candidate twice;
 * a multi-objective trial that Tune's ASHA stopped at an accuracy rung has no energy value; Optuna
   cannot take a partial vector (optuna#3450), so it is told as PRUNED instead of being left RUNNING.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -20,16 +22,23 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from nas.config import Candidate
 from nas.errors import NASError
+from nas.runner.protocol import TrialConfig, TrialReport
 from search_spaces import SearchSpace, suggest
 from storage import candidate_hash
 
-__all__ = ["NASOptunaSearch", "make_sampler", "candidate_hash"]
+__all__ = ["NASOptunaSearch", "make_sampler", "sampler_seed"]
 
 log = logging.getLogger(__name__)
 
 MAX_RESAMPLE = 50
+
+
+def sampler_seed(seed: int, study: str, n_told: int) -> int:
+    """The sampler's seed for a (re)start: from the spec's seed, the study and how many trials Optuna
+    was told so far, so that a resumed or re-run study draws new candidates instead of replaying."""
+    digest = hashlib.sha256(f"{seed}:{study}:{n_told}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def make_sampler(kind: str, seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
@@ -48,6 +57,8 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
     Args:
         space: the search space.
         failed_hashes: hashes of candidates that failed before (shared, updated by the writer).
+        evaluated: ``hash -> trial number`` of candidates COMPLETE in the study or being evaluated;
+            the searcher adds what it hands out.
         on_invalid: called in the driver with (optuna trial number, params, reason) when a sampled
             configuration is invalid or repeats a failure, so it can be recorded.
     """
@@ -57,17 +68,20 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         space: SearchSpace,
         *,
         failed_hashes: set[str],
+        evaluated: dict[str, int] | None = None,
         on_invalid: Callable[[int, dict[str, Any], str], None] | None = None,
         **kwargs: Any,
     ) -> None:
         self._nas_space = space
         self._failed_hashes = failed_hashes
+        self._evaluated = evaluated if evaluated is not None else {}
         self._on_invalid = on_invalid
+        self._pending: dict[str, tuple[dict[str, Any] | None, bool]] = {}
         super().__init__(space=self._define_by_run, **kwargs)
 
     def _define_by_run(self, trial: Any) -> dict[str, Any]:
         cand = suggest(trial, self._nas_space)
-        return {"candidate_json": cand.model_dump_json(), "optuna_number": trial.number}
+        return TrialConfig(candidate=cand, number=trial.number, candidate_hash=candidate_hash(cand)).to_tune()
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         for _ in range(MAX_RESAMPLE):
@@ -79,16 +93,18 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
                 continue
             if suggested is None:
                 return None
-            config = suggested
-            cand = Candidate.model_validate_json(config["candidate_json"])
-            h = candidate_hash(cand)
+            h = TrialConfig.from_tune(suggested).candidate_hash
             if h in self._failed_hashes:
-                ot_trial = self._ot_trials.pop(trial_id)
-                self._reject(ot_trial, "not evaluated: identical to a candidate that failed before")
+                self._reject(self._ot_trials.pop(trial_id), "not evaluated: identical to a candidate that failed before")
                 continue
-            config["candidate_hash"] = h
-            return config
-        log.warning("the sampler proposed only failed or invalid candidates %d times in a row", MAX_RESAMPLE)
+            if h in self._evaluated:
+                self._reject(self._ot_trials.pop(trial_id),
+                             f"not evaluated: identical to trial {self._evaluated[h]}, already evaluated in this study")
+                continue
+            self._evaluated[h] = int(suggested["optuna_number"])
+            return suggested
+        log.warning("the sampler proposed only failed, invalid or already evaluated candidates %d times in a row",
+                    MAX_RESAMPLE)
         return None
 
     @property
@@ -103,20 +119,37 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
             self._on_invalid(ot_trial.number, dict(ot_trial.params), reason)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        """Tune's notice that a trial ended. The tell waits for :meth:`settle`: the driver stores the
+        trial first, so that a failed write (a full disk) never leaves Optuna saying COMPLETE about a
+        trial our tables do not hold."""
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        self._pending[trial_id] = (result, error)
+
+    def settle(self, trial_id: str) -> None:
+        """Tell Optuna how a trial ended, once the driver has stored it."""
+        if trial_id not in self._pending:
+            return
+        result, error = self._pending.pop(trial_id)
         ot_trial = self._ot_trials[trial_id]
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        values = [result.get(m) if result else None for m in metrics]
-        status = (result or {}).get("status")
-        if error or status == "FAIL":
-            if result and result.get("error"):
-                ot_trial.set_user_attr("fail_reason", str(result["error"])[:500])
+        report = TrialReport.from_tune(result)
+        if error or report is None or report.status == "FAIL":
+            if report is not None and report.error:
+                ot_trial.set_user_attr("fail_reason", report.error[:500])
+            self._forget(ot_trial)
             self._study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
-        elif status != "COMPLETE" or any(v is None for v in values):
+        elif report.status != "COMPLETE":
             # stopped at an accuracy rung by ASHA: no energy was measured, so no objective vector
+            self._forget(ot_trial)
             self._study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
-        else:
-            vals = [float(v) for v in values if v is not None]
+        else:  # a COMPLETE report carries every objective (the worker fails it otherwise)
+            vals = [float(report.objectives[m]) for m in metrics]
             self._study.tell(ot_trial, vals if len(vals) > 1 else vals[0])
         self._completed_trials.add(trial_id)
+
+    def _forget(self, ot_trial: optuna.Trial) -> None:
+        """A trial that did not complete no longer blocks its candidate (a failure blocks it instead)."""
+        for h, n in list(self._evaluated.items()):
+            if n == ot_trial.number:
+                del self._evaluated[h]

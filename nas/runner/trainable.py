@@ -1,26 +1,36 @@
 """What a Ray worker runs for one trial: train (with accuracy rungs reported to Tune), compress,
 measure, and report one final record. Workers never touch the database: the result travels back to
-the driver as JSON inside the final report.
+the driver as a :class:`~nas.runner.protocol.TrialReport`. Weights go to a staging folder that only the
+driver moves into place.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import traceback
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from nas.config import Candidate
 from nas.errors import NASError, TrialFailedError
+from nas.records import RungReport, TrialResult
+from nas.runner.protocol import TrialConfig, TrialReport
 from nas.spec import StudySpec
 
 log = logging.getLogger(__name__)
 
 #: Chaos hooks for tests and drills: ``--where`` expressions over ``Candidate.flat()``. Matching
 #: candidates fail on purpose (``NAS_FAIL_IF='d_model == 96'``) or their worker process is killed
-#: with SIGKILL (``NAS_KILL_IF``), as an OOM killer would.
+#: with SIGKILL (``NAS_KILL_IF``), as an OOM killer would, at the phase named by ``NAS_FAULT_AT``:
+#: ``start`` (before any work; the default for kills) or one of the pipeline's progress phases,
+#: ``evaluate`` (after training: the default for failures, so a failed trial has joules to count),
+#: ``measure`` or ``save``.
 FAIL_IF_ENV = "NAS_FAIL_IF"
 KILL_IF_ENV = "NAS_KILL_IF"
+FAULT_AT_ENV = "NAS_FAULT_AT"
 
 
 def _matches(env: str, candidate: Candidate) -> bool:
@@ -33,68 +43,81 @@ def _matches(env: str, candidate: Candidate) -> bool:
     return bool(compile_where(expr, list(flat))(flat))
 
 
-def _maybe_inject_fault(candidate: Candidate) -> None:
-    if _matches(KILL_IF_ENV, candidate):
-        import signal
+def fault_hook(candidate: Candidate) -> Callable[[str], None]:
+    """``hook(phase)``: kills or fails this trial at its phase when a chaos variable matches it."""
+    at = os.environ.get(FAULT_AT_ENV)
+    kill_at = (at or "start") if _matches(KILL_IF_ENV, candidate) else None
+    fail_at = (at or "evaluate") if _matches(FAIL_IF_ENV, candidate) else None
 
-        os.kill(os.getpid(), signal.SIGKILL)
-    if _matches(FAIL_IF_ENV, candidate):
-        raise TrialFailedError(f"injected fault ({FAIL_IF_ENV}={os.environ[FAIL_IF_ENV]!r})")
+    def hook(phase: str) -> None:
+        if phase == kill_at:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        if phase == fail_at:
+            raise TrialFailedError(f"injected fault ({FAIL_IF_ENV}={os.environ[FAIL_IF_ENV]!r})")
+
+    return hook
 
 
-def run_one(config: dict[str, Any], spec: StudySpec, report: Any, artefacts_dir: str | None = None) -> dict[str, Any]:
-    """Evaluate one candidate. ``report(metrics) -> None`` sends metrics to the driver (Tune)."""
+def run_one(config: dict[str, Any], spec: StudySpec, report: Callable[[dict[str, Any]], None],
+            artefacts_dir: str | None = None) -> TrialReport:
+    """Evaluate one candidate. ``report(metrics)`` sends a Tune dict to the driver; the final report
+    is also returned."""
     import torch
 
     from evaluators.pipeline import run_trial
 
     torch.set_num_threads(spec.resources.torch_threads)
-    candidate = Candidate.model_validate_json(config["candidate_json"])
-    number = int(config["optuna_number"])
+    trial = TrialConfig.from_tune(config)
 
-    def on_rung(step: int, accuracy: float) -> bool:
-        report({"step": step, "rung_accuracy": accuracy, "status": "RUNNING"})
+    def on_rung(rung: RungReport) -> bool:
+        report(TrialReport(status="RUNNING", step=rung.step, rung=rung).to_tune())
         return False  # Tune's scheduler, not the worker, decides whether to stop
 
+    step = spec.fidelity.max_steps
     try:
-        _maybe_inject_fault(candidate)
+        fault = fault_hook(trial.candidate)
+        fault("start")
         train_cfg = spec.train.model_copy(update={"steps": spec.fidelity.max_steps})
         result = run_trial(
-            candidate,
-            spec.task,
-            train_cfg=train_cfg,
-            measure_cfg=spec.measure,
-            teacher=spec.teacher,
-            rungs=spec.fidelity.rungs[:-1] if spec.fidelity.enabled else [],
-            on_rung=on_rung,
-            weights_out=(os.path.join(artefacts_dir, f"trial_{number:05d}")
+            trial.candidate, spec.task, train_cfg=train_cfg, measure_cfg=spec.measure, teacher=spec.teacher,
+            rungs=spec.fidelity.rungs[:-1] if spec.fidelity.enabled else [], on_rung=on_rung,
+            weights_out=(os.path.join(artefacts_dir, staging_name(trial.number))
                          if artefacts_dir and spec.storage.retention != "none" else None),
+            progress=lambda phase, _d, _t: fault(phase),
         )
+        final = _final(result, spec)
     except (NASError, FloatingPointError, RuntimeError, ValueError) as e:
-        reason = f"{type(e).__name__}: {e}"
-        if isinstance(e, RuntimeError) and "out of memory" in str(e).lower():
-            reason = f"OOM: {e}"
-        log.info("trial %d failed: %s", number, reason)
-        final = {"status": "FAIL", "error": reason[:2000], "step": spec.fidelity.max_steps,
-                 "traceback": traceback.format_exc()[-4000:]}
-        report(final)
-        return final
-    if result.status != "COMPLETE":
-        final = {"status": result.status, "error": result.error, "step": spec.fidelity.max_steps,
-                 "trial_result_json": _dumps(result.to_dict())}
-        report(final)
-        return final
-    objectives = result.objectives()
-    final = {"status": "COMPLETE", "step": spec.fidelity.max_steps, "rung_accuracy": result.accuracy,
-             "trial_result_json": _dumps(result.to_dict()), **{k: v for k, v in objectives.items() if v is not None}}
-    report(final)
+        partial = getattr(e, "partial", None)
+        reason = partial.error if partial is not None and partial.error else f"{type(e).__name__}: {e}"
+        log.info("trial %d failed: %s", trial.number, reason)
+        final = TrialReport(status="FAIL", step=step, result=partial, error=reason[:2000],
+                            retryable=bool(getattr(e, "retryable", False)),
+                            traceback=traceback.format_exc()[-4000:])
+    report(final.to_tune())
     return final
 
 
-def _dumps(d: dict[str, Any]) -> str:
-    import json
+def staging_name(number: int) -> str:
+    """The folder a worker writes a trial's weights to; the driver moves it into place when it stores
+    the trial, so a worker that outlived its trial cannot put files where a closed trial's would be."""
+    return f".staging/trial_{number:05d}-{uuid.uuid4().hex[:8]}"
 
-    return json.dumps(d, default=str)
+
+def _final(result: TrialResult, spec: StudySpec) -> TrialReport:
+    """The final report of a trial that ran to the end: COMPLETE only with every objective known."""
+    if result.status != "COMPLETE":
+        return TrialReport(status=result.status, step=spec.fidelity.max_steps, result=result, error=result.error)
+    values = result.objectives()
+    missing = [m for m in spec.objective_names if values.get(m) is None]
+    if missing:
+        reason = (f"objective(s) {', '.join(missing)} could not be computed for this candidate "
+                  f"(meter {result.inference.meter if result.inference else 'none'})")
+        failed = dataclasses.replace(result, status="FAIL", error=reason)
+        return TrialReport(status="FAIL", step=spec.fidelity.max_steps, result=failed, error=reason)
+    return TrialReport(status="COMPLETE", step=spec.fidelity.max_steps, result=result,
+                       objectives={m: float(values[m]) for m in spec.objective_names})  # type: ignore[arg-type]
 
 
 def tune_trainable(config: dict[str, Any], spec_json: str, artefacts_dir: str | None = None) -> None:

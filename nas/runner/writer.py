@@ -6,18 +6,20 @@ one storage transaction (trial row, readings, study cost, persisted Pareto front
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from nas.config import Candidate
-from nas.records import TrialResult
-from nas.runner.searcher import candidate_hash
+from nas.errors import NASError, StorageError
+from nas.records import RungReport, TrialResult
+from nas.runner.protocol import TrialConfig, TrialReport
+from storage import Store, TrialCost, candidate_hash
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +28,14 @@ class StoreHandle:
     """A picklable reference to the driver's store: Ray Tune pickles its callbacks and searcher for
     experiment snapshots, and an open SQLAlchemy engine cannot be pickled. The store reopens lazily."""
 
-    def __init__(self, store: Any, study: str) -> None:
+    def __init__(self, store: Store, study: str) -> None:
         self.url = store.url
         self.study = study
-        self._store: Any = store
+        self._store: Store | None = store
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         if self._store is None:
-            from storage import Store
-
             self._store = Store.open(self.url, create=False)
         return self._store
 
@@ -50,69 +50,138 @@ class StoreHandle:
 class StoreWriter(Callback):  # type: ignore[misc]
     """Records trial starts, completions and failures in the :class:`storage.Store`.
 
+    Every trial that ran gets its cost recorded, whatever its end: a complete or failed trial from its
+    result (a failed one carries what it spent before failing), a stopped one from its last rung
+    report, a dead worker's from its last rung report when it reached one (else its joules are unknown).
+
     Args:
-        store: the open store (driver side).
-        study: study name.
+        handle: the driver's store.
         failed_hashes: the shared set the searcher consults; failures are added here.
         on_change: called after every stored completion/failure (progress display, budget checks).
+        retention: which trials keep their weights (``front``, ``all`` or ``none``).
+        artefacts_dir: the study's artefacts folder; workers write weights to its ``.staging/`` and the
+            writer moves them into place when it stores a COMPLETE trial.
+        settle: ``settle(trial_id)`` tells Optuna how a trial ended; called only after the trial is
+            stored (see :meth:`NASOptunaSearch.settle`).
+        on_start: called when a trial starts (the driver records its local Ray's new processes).
     """
 
     def __init__(self, handle: StoreHandle, failed_hashes: set[str],
-                 on_change: Callable[[], None] | None = None, retention: str = "front") -> None:
+                 on_change: Callable[[], None] | None = None, retention: str = "front",
+                 artefacts_dir: str | None = None, settle: Callable[[str], None] | None = None,
+                 on_start: Callable[[], None] | None = None) -> None:
         self.handle = handle
         self.study = handle.study
         self.failed_hashes = failed_hashes
         self.on_change = on_change
         self.retention = retention
+        self.artefacts_dir = artefacts_dir
+        self.settle = settle
+        self.on_start = on_start
+        self.fatal: NASError | None = None
         self._started: dict[str, float] = {}
 
     @property
-    def store(self) -> Any:
+    def store(self) -> Store:
         return self.handle.store
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["on_change"] = None  # a UI hook of this process only
+        for hook in ("on_change", "settle", "on_start"):  # hooks into this driver process only
+            state[hook] = None
         return state
 
-    @staticmethod
-    def _number(trial: Any) -> int:
-        return int(trial.config["optuna_number"])
+    def _done(self, trial: Any) -> None:
+        if self.settle is not None:
+            self.settle(trial.trial_id)
+        if self.on_change is not None:
+            self.on_change()
 
-    @staticmethod
-    def _candidate(trial: Any) -> Candidate:
-        return Candidate.model_validate_json(trial.config["candidate_json"])
-
+    # --- Tune's callbacks: a failed write stops the search (see ``fatal``), never a silent loss -------
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._started[trial.trial_id] = time.time()
-        self.store.start_trial(self.study, self._number(trial), self._candidate(trial))
+        self._guard(self._record_start, trial)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        from storage import TrialCost
+        self._guard(self._record_complete, trial)
 
-        number = self._number(trial)
-        res = trial.last_result or {}
-        status = res.get("status")
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._guard(self._record_error, trial)
+
+    def _guard(self, record: Callable[[Any], None], trial: Any) -> None:
+        """Run ``record(trial)`` unless a write already failed. A failed write is kept in ``fatal``:
+        Tune would log and swallow it, so the driver's stopper ends the search and re-raises it, and
+        Optuna is not told about the trial (both sides then mark it FAIL on the way out)."""
+        if self.fatal is not None:
+            return
+        try:
+            record(trial)
+        except NASError as e:
+            self.fatal = e
+            log.error("stopping the search: %s", e)
+
+    def _record_start(self, trial: Any) -> None:
+        self._started[trial.trial_id] = time.time()
+        cfg = TrialConfig.from_tune(trial.config)
+        self.store.start_trial(self.study, cfg.number, cfg.candidate)
+        if self.on_start is not None:
+            self.on_start()
+
+    def _cost(self, trial: Any, report: TrialReport | None) -> TrialCost:
         wall_s = time.time() - self._started.pop(trial.trial_id, time.time())
-        gpus = float(trial.placement_group_factory.required_resources.get("GPU", 0.0)) \
-            if getattr(trial, "placement_group_factory", None) else 0.0
-        if status == "COMPLETE" and res.get("trial_result_json"):
-            result = TrialResult.from_dict(json.loads(res["trial_result_json"]))
-            cost = TrialCost.from_result(result, wall_s=wall_s, gpu_s=wall_s * gpus)
-            self.store.finish_trial(self.study, number, result, cost=cost)
+        pgf = getattr(trial, "placement_group_factory", None)
+        gpus = float(pgf.required_resources.get("GPU", 0.0)) if pgf is not None else 0.0
+        spent = report.spent if report is not None else None
+        if isinstance(spent, TrialResult):
+            return TrialCost.from_result(spent, wall_s=wall_s, gpu_s=wall_s * gpus)
+        if isinstance(spent, RungReport):
+            return TrialCost.from_rung(spent, wall_s=wall_s, gpu_s=wall_s * gpus)
+        return TrialCost(wall_s=wall_s, gpu_s=wall_s * gpus, meter="unknown")
+
+    def _record_complete(self, trial: Any) -> None:
+        cfg = TrialConfig.from_tune(trial.config)
+        report = TrialReport.from_tune(trial.last_result)
+        cost = self._cost(trial, report)
+        if report is not None and report.status == "COMPLETE" and report.result is not None:
+            result = self._place_weights(cfg.number, report.result)
+            self.store.finish_trial(self.study, cfg.number, result, cost=cost)
             if result.weights_path:  # finish_trial recorded the "weights" artefact in its transaction
                 self._apply_retention()
-        elif status == "FAIL":
-            self._fail(trial, res.get("error") or "failed without a message")
+        elif report is not None and report.status == "FAIL":
+            self._drop_weights(report.result)
+            self._fail(cfg, report.error or "failed without a message", cost, report.retryable, report.result)
         else:
-            step = res.get("step")
-            acc = res.get("rung_accuracy")
-            self.store.prune_trial(self.study, number,
-                                   f"stopped by ASHA at step {step} (rung accuracy {acc:.4f})"
-                                   if acc is not None else "stopped by the scheduler before its first rung",
-                                   wall_s=wall_s)
-        if self.on_change:
-            self.on_change()
+            self._drop_weights(report.result if report else None)
+            rung = report.rung if report is not None else None
+            reason = (f"stopped by ASHA at step {rung.step} (rung accuracy {rung.accuracy:.4f})" if rung
+                      else "stopped by the scheduler before its first rung")
+            self.store.prune_trial(self.study, cfg.number, reason, cost=cost)
+        self._done(trial)
+
+    def _record_error(self, trial: Any) -> None:
+        err = getattr(trial, "error_msg", None) or "the trial's worker died"
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        reason = f"worker error: {lines[-1] if lines else err}"
+        report = TrialReport.from_tune(trial.last_result)
+        self._fail(TrialConfig.from_tune(trial.config), reason[:2000], self._cost(trial, report), False, None)
+        self._done(trial)
+
+    def _place_weights(self, number: int, result: TrialResult) -> TrialResult:
+        """Move a COMPLETE trial's staged weights to ``trial_NNNNN`` (the only place artefacts live)."""
+        if not result.weights_path or not self.artefacts_dir:
+            return result
+        staged = Path(result.weights_path)
+        final = Path(self.artefacts_dir) / f"trial_{number:05d}"
+        if staged.resolve() == final.resolve():
+            return result
+        if final.exists():
+            shutil.rmtree(final)
+        staged.rename(final)
+        return dataclasses.replace(result, weights_path=str(final))
+
+    @staticmethod
+    def _drop_weights(result: TrialResult | None) -> None:
+        if result is not None and result.weights_path:
+            shutil.rmtree(result.weights_path, ignore_errors=True)
 
     def _apply_retention(self) -> None:
         """``retention: front`` keeps weights of front members only; ``none`` keeps none; ``all`` all."""
@@ -124,20 +193,23 @@ class StoreWriter(Callback):  # type: ignore[misc]
                 for path in self.store.remove_artefacts(self.study, art.trial_number, "weights"):
                     shutil.rmtree(path, ignore_errors=True)
 
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        err = getattr(trial, "error_msg", None) or "the trial's worker died"
-        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-        reason = f"worker error: {lines[-1] if lines else err}"
-        self._started.pop(trial.trial_id, None)
-        self._fail(trial, reason[:2000])
-        if self.on_change:
-            self.on_change()
+    def _fail(self, cfg: TrialConfig, reason: str, cost: TrialCost, retryable: bool,
+              result: TrialResult | None) -> None:
+        if not retryable:
+            self.failed_hashes.add(candidate_hash(cfg.candidate))
+        if self._finished(cfg.number):  # e.g. Tune reporting an error after completion: keep the first verdict
+            log.warning("trial %d is already stored as finished; not recording: %s", cfg.number, reason)
+            return
+        if result is not None:
+            failed = dataclasses.replace(result, status="FAIL", error=reason, weights_path=None)
+            self.store.finish_trial(self.study, cfg.number, failed, cost=cost, retryable=retryable)
+        else:
+            self.store.fail_trial(self.study, cfg.number, reason, candidate=cfg.candidate, cost=cost,
+                                  retryable=retryable)
+        log.info("trial %d FAIL: %s", cfg.number, reason)
 
-    def _fail(self, trial: Any, reason: str) -> None:
-        cand = self._candidate(trial)
-        self.failed_hashes.add(candidate_hash(cand))
+    def _finished(self, number: int) -> bool:
         try:
-            self.store.fail_trial(self.study, self._number(trial), reason, candidate=cand)
-        except Exception as e:  # e.g. Tune reporting an error after completion: keep the first verdict
-            log.warning("could not record failure of trial %d: %s", self._number(trial), e)
-        log.info("trial %d FAIL: %s", self._number(trial), reason)
+            return self.store.trial(self.study, number).state != "RUNNING"
+        except StorageError:
+            return False  # never started: fail_trial creates it

@@ -1,0 +1,121 @@
+"""The serving form of a trained model, and its energy measured with the device to itself.
+
+:func:`serving_copy` builds the form that really runs (fake-quant grids and masks baked into plain
+weights, real int8 kernels where available) without touching the trained model. :func:`measure_serving`
+measures it inside the device's exclusive lane and checks that the lane delivered what it promises:
+on CPU, from the lane's own accounting of the CPU time other lane members used; on a GPU, from NVML's
+per-process utilization. A measurement that saw other work is repeated; if every attempt saw it, the
+trial fails as *retryable* (the candidate is not to blame), never with a shared-device number.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from typing import Any
+
+from evaluators.lane import MeasurementLane
+from evaluators.measure import measure_inference
+from evaluators.meters import EnergyMeter
+from nas.config import Candidate, MeasureConfig
+from nas.errors import MeterUnavailableError, TrialFailedError
+from nas.records import InferenceEnergy
+
+__all__ = ["serving_copy", "measure_serving", "device_key", "MEASURE_ATTEMPTS"]
+
+log = logging.getLogger(__name__)
+
+#: How often a measurement is taken again when other work was seen on the device during it.
+MEASURE_ATTEMPTS = 3
+
+
+def device_key(device: str) -> str:
+    """The lane key: one lane per physical device (GPU UUID), or ``cpu``."""
+    if device.startswith("cuda"):
+        import torch
+
+        idx = torch.device(device).index or 0
+        uuid = getattr(torch.cuda.get_device_properties(idx), "uuid", None)
+        return f"gpu-{uuid}" if uuid is not None else f"gpu-{idx}"
+    return "cpu"
+
+
+def serving_copy(model: Any, candidate: Candidate, device: str) -> tuple[Any, str]:
+    """A copy of ``model`` in the form that really runs (baked weights, real int8 where available),
+    and the ``kernels`` label saying what runs and whether the compression's effect is only simulated.
+    ``model`` itself is left as it was (it may train on, be counted or be saved)."""
+    import torch
+
+    from nas.compress import convert_int8_for_cpu, materialize_
+
+    serving = copy.deepcopy(model).eval()
+    rep = getattr(model, "compression_report", None)
+    kernels = rep.kernels if rep is not None else "dense fp32 (torch eager)"
+    simulated = bool(rep.simulated) if rep is not None else False
+    if rep is not None:
+        materialize_(serving)
+    q = candidate.quant
+    if device == "cpu" and 8 in (q.attention_bits, q.ffn_bits) and not torch.cuda.is_available():
+        int8 = convert_int8_for_cpu(serving, q)
+        kernels = f"{int8.kernels}; {kernels}"
+        simulated = simulated and int8.simulated
+    if simulated:
+        kernels += " [accuracy effect simulated; no energy saving measured from it]"
+    return serving, kernels
+
+
+def _gpu_watch(device: str) -> Any:
+    if not device.startswith("cuda"):
+        return None
+    from evaluators.meters.gpu_use import GpuUseWatch
+
+    try:
+        return GpuUseWatch(device)
+    except (ImportError, MeterUnavailableError) as e:
+        log.warning("cannot watch %s for other processes (%s); relying on the lane alone", device, e)
+        return None
+
+
+def measure_serving(model: Any, candidate: Candidate, cfg: MeasureConfig, *, vocab_size: int, device: str,
+                    meter: EnergyMeter, lane: MeasurementLane | None = None) -> InferenceEnergy:
+    """Measure ``model``'s inference energy in its serving form, holding the device's lane exclusively.
+
+    Args:
+        lane: The trial's lane (its shared hold is given up for the measurement and taken again);
+            by default a lane of its own.
+
+    Raises:
+        TrialFailedError: (retryable) other work ran on the device during every attempt.
+    """
+    serving, kernels = serving_copy(model, candidate, device)
+    own_lane = lane is None
+    the_lane = lane if lane is not None else MeasurementLane(device_key(device))
+    watch = _gpu_watch(device)
+    try:
+        for attempt in range(1, MEASURE_ATTEMPTS + 1):
+            with the_lane.exclusive() as hold:
+                if watch is not None:
+                    watch.start()
+                inference = measure_inference(serving, cfg, vocab_size=vocab_size, device=device, meter=meter,
+                                              kernels=kernels)
+            use = watch.stop() if watch is not None else hold.device_use()
+            use = {**use, "attempt": attempt, "waited_s": round(hold.waited_s, 4)}
+            if not use["shared"]:
+                return _with_device_use(inference, use, exclusive=True)
+            log.warning("measurement attempt %d saw other work on %s (%s); measuring again", attempt, device, use)
+    finally:
+        if watch is not None:
+            watch.close()
+        if own_lane:
+            the_lane.close()
+    raise TrialFailedError(
+        f"other work ran on {device} during all {MEASURE_ATTEMPTS} measurement attempts "
+        f"(last: {use.get('observed_by')}, other processes {use.get('other_pids')})",
+        retryable=True, fix="keep other jobs off the device during a search, or lower max_concurrent",
+    )
+
+
+def _with_device_use(inference: InferenceEnergy, use: dict[str, Any], *, exclusive: bool) -> InferenceEnergy:
+    prov = dataclasses.replace(inference.provenance, device_use=use)
+    return dataclasses.replace(inference, exclusive=exclusive, provenance=prov)
