@@ -1,13 +1,18 @@
-"""The security review of ``nas serve``: path traversal through study names. Every test drives the real
-app through FastAPI's ``TestClient``."""
+"""The security review of ``nas serve``: cross-site requests, DNS rebinding (the Host header), path
+traversal through study names and tokens (strength, redaction from the access log, bad tokens). Every test drives the real app through FastAPI's ``TestClient``, except the
+access-log test, which runs a real uvicorn server."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
+import socket
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,7 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from dashboards import launch as launch_mod  # noqa: E402
+from dashboards import server  # noqa: E402
 from dashboards.launch import SearchLauncher, inside  # noqa: E402
 from dashboards.server import create_app  # noqa: E402
 from nas.config import validate  # noqa: E402
@@ -187,3 +193,187 @@ def test_launcher_refuses_a_name_that_bypassed_validation(tmp_path: Path, launch
         launcher.launch(evil)
     assert launched == []
     assert not (tmp_path / "escaped").exists() and not any(tmp_path.rglob("escaped*"))
+
+
+# ---------------------------------------------------------------------------------------- Host header
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "localhost.evil.example",
+                                  "127.0.0.1.evil.example", "192.168.1.5:8000", "[::2]:8000", "bad host"])
+def test_loopback_server_refuses_foreign_host(client: TestClient, host: str) -> None:
+    for path in ("/api/studies", "/", "/healthz"):
+        r = client.get(path, headers={"Host": host})
+        assert r.status_code == 421, (host, path, r.status_code)
+        assert "Host" in r.json()["detail"] and "--allowed-host" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8000", "LOCALHOST:8000", "127.0.0.1", "127.0.0.1:8000",
+                                  "127.1.2.3:9", "[::1]", "[::1]:8000"])
+def test_loopback_server_accepts_loopback_hosts(client: TestClient, host: str) -> None:
+    assert client.get("/api/studies", headers={"Host": host}).status_code == 200
+
+
+def test_allowed_hosts_off_loopback(db: str, artefacts: Path) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with TestClient(create_app(db, token=TOKEN, artefacts=artefacts, host="0.0.0.0")) as open_host:
+        assert open_host.get("/api/studies", headers={**auth, "Host": "anything.example"}).status_code == 200
+    app = create_app(db, token=TOKEN, artefacts=artefacts, host="0.0.0.0", allowed_hosts=["NAS.example.com"])
+    with TestClient(app) as listed:
+        assert listed.get("/api/studies", headers={**auth, "Host": "nas.example.com:8443"}).status_code == 200
+        assert listed.get("/api/studies", headers={**auth, "Host": "localhost:8000"}).status_code == 200
+        assert listed.get("/api/studies", headers={**auth, "Host": "evil.example"}).status_code == 421
+
+
+# --------------------------------------------------------------------------------- cross-site requests
+def test_cross_site_text_plain_post_starts_no_search(client: TestClient, artefacts: Path,
+                                                     launched: list[int]) -> None:
+    body = b'{"name": "csrf", "budget": {"trials": 1}}'
+    for headers in ({"Content-Type": "text/plain", "Origin": "https://evil.example"},
+                    {"Content-Type": "text/plain"},
+                    {"Content-Type": "application/json", "Origin": "https://evil.example"},
+                    {"Content-Type": "application/json", "Origin": "null"},
+                    {"Content-Type": "application/json", "Referer": "https://evil.example/attack.html"},
+                    {"Content-Type": "application/json", "Origin": "http://127.0.0.1:9999"},
+                    {"Content-Type": "application/json", "Origin": "http://localhost:8000"}):
+        r = client.post("/api/studies", content=body, headers=headers)
+        expected = 415 if "Origin" not in headers and "Referer" not in headers else 403
+        assert r.status_code == expected, (headers, r.text)
+        detail = r.json()["detail"]
+        assert ("application/json" in detail) if expected == 415 else ("Host" in detail and "same" in detail)
+    assert launched == [] and _files(artefacts) == []
+
+
+@pytest.mark.parametrize("kind", ["form", "multipart", "no body", "text/plain", "foreign origin"])
+def test_cross_site_export_writes_nothing(client: TestClient, artefacts: Path, fake_export: list[Path],
+                                          kind: str) -> None:
+    kwargs: dict[str, Any] = {
+        "form": {"data": {"format": "onnx"}, "headers": {"Origin": "https://evil.example"}},
+        "multipart": {"files": {"f": ("a.txt", b"x")}},
+        "no body": {},
+        "text/plain": {"content": b"x", "headers": {"Content-Type": "text/plain"}},
+        "foreign origin": {"headers": {**JSON, "Origin": "https://evil.example"}},
+    }[kind]
+    r = client.post(EXPORT, **kwargs)
+    assert r.status_code in (403, 415), r.text
+    assert fake_export == [] and _files(artefacts) == []
+
+
+def test_same_origin_json_posts_still_work(client: TestClient, artefacts: Path, launched: list[int],
+                                           fake_export: list[Path]) -> None:
+    same = {**JSON, "Origin": BASE}
+    r = client.post("/api/studies", json={"name": "fine", "budget": {"trials": 1}}, headers={"Origin": BASE})
+    assert r.status_code == 202, r.text
+    assert len(launched) == 1
+    exported = client.post(EXPORT, headers=same)
+    assert exported.status_code == 200 and exported.headers["content-type"] == "application/zip"
+    referred = client.post(EXPORT, headers={**JSON, "Referer": f"{BASE}/studies/{STUDY}/trials/0"})
+    assert referred.status_code == 200
+    scripted = client.post(EXPORT, headers={"Content-Type": "application/json; charset=utf-8"})  # curl, no Origin
+    assert scripted.status_code == 200
+    assert len(fake_export) == 3
+
+
+def test_reads_need_no_json_type(client: TestClient) -> None:
+    assert client.get("/api/studies", headers={"Origin": "https://evil.example"}).status_code == 200
+
+
+# --------------------------------------------------------------------------------------------- tokens
+@pytest.mark.parametrize("weak", ["short", "x", "sixteen chars ok", "tab\tin-the-middle-token", "tökén-long-enough-1234",
+                                  "€" * 20])
+def test_weak_tokens_are_refused(db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weak: str) -> None:
+    import uvicorn
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    monkeypatch.delenv("NAS_TOKEN", raising=False)
+    with pytest.raises(ConfigError) as err:
+        server.run(db=db, host="0.0.0.0", port=8123, token=weak, artefacts=tmp_path)
+    message = str(err.value)
+    assert "--token" in message and "NAS_TOKEN" in message and "secrets.token_urlsafe" in message
+    assert repr(weak) not in message  # a secret is never echoed
+    monkeypatch.setenv("NAS_TOKEN", weak)
+    with pytest.raises(ConfigError, match="NAS_TOKEN"):
+        server.run(db=db, host="0.0.0.0", port=8123, artefacts=tmp_path)
+    with pytest.raises(ConfigError, match="--token"):
+        create_app(db, token=weak, artefacts=tmp_path)
+    assert calls == []
+
+
+def test_strong_token_is_accepted(db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    server.run(db=db, host="0.0.0.0", port=8123, token="A" * 16, artefacts=tmp_path)
+    assert [c["host"] for c in calls] == ["0.0.0.0"]
+
+
+def test_non_ascii_tokens_get_401(db: str, artefacts: Path) -> None:
+    bad = "tökén€"
+    with TestClient(create_app(db, token=TOKEN, artefacts=artefacts), base_url=BASE,
+                    raise_server_exceptions=False) as c:
+        assert c.get("/api/studies", headers={"Authorization": f"Bearer {bad}".encode()}).status_code == 401
+        assert c.get("/api/studies", params={"token": bad}).status_code == 401
+        page = c.get(f"/studies/{STUDY}", params={"token": bad}, headers={"Accept": "text/html"},
+                     follow_redirects=False)
+        assert page.status_code == 401
+        assert c.get("/api/studies", headers={"Cookie": f"nas_token={bad}".encode()}).status_code == 401
+        assert c.get("/api/studies", headers={"Cookie": b"nas_token=\xff\xfe"}).status_code == 401
+        assert c.get("/api/studies?token=%FF%FE").status_code == 401
+        assert c.get("/api/studies", params={"token": TOKEN}).status_code == 200
+
+
+def test_redact_tokens_filter() -> None:
+    from dashboards.security import RedactTokens
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5", "GET", f"/studies/x?a=1&token={TOKEN}&%74oken={TOKEN}&b=2", "1.1", 303),
+                               None)
+    assert RedactTokens().filter(record)
+    message = record.getMessage()
+    assert TOKEN not in message
+    assert "/studies/x?a=1&token=***&%74oken=***&b=2" in message
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_access_log_of_a_real_server_hides_the_token(db: str, artefacts: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run()`` itself configures uvicorn so that its access log never holds a token."""
+    import httpx
+    import uvicorn
+
+    servers: list[uvicorn.Server] = []
+
+    def serve(app: Any, **kw: Any) -> None:  # uvicorn.run, minus signal handling, so a thread can run it
+        servers.append(uvicorn.Server(uvicorn.Config(app, **kw)))
+        servers[-1].run()
+
+    monkeypatch.setattr(uvicorn, "run", serve)
+    port = _free_port()
+    thread = threading.Thread(target=server.run, daemon=True,
+                              kwargs={"db": db, "port": port, "token": TOKEN, "artefacts": artefacts})
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not (servers and servers[0].started):
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    access = logging.getLogger("uvicorn.access")
+    access.addHandler(handler)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", follow_redirects=True) as http:
+            assert http.get("/api/studies", params={"token": TOKEN}).status_code == 200
+            page = http.get(f"/studies/{STUDY}?token={TOKEN}", headers={"Accept": "text/html"})
+            assert page.status_code == 200 and page.history[0].status_code == 303
+    finally:
+        access.removeHandler(handler)
+        servers[0].should_exit = True
+        thread.join(timeout=10)
+    messages = [r.getMessage() for r in records]
+    assert len(messages) >= 3 and any("token=***" in m for m in messages), messages
+    assert not any(TOKEN in m for m in messages), messages

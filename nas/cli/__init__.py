@@ -230,13 +230,14 @@ def serve(
     db: DbOpt = DEFAULT_DB,
     host: Annotated[str, typer.Option(help="Bind address. Anything but loopback needs --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    token: Annotated[str | None, typer.Option(envvar="NAS_TOKEN", help="API token (env NAS_TOKEN).")] = None,
+    token: Annotated[str | None, typer.Option(envvar="NAS_TOKEN", help="API token, 16+ printable ASCII characters (env NAS_TOKEN).")] = None,
     artefacts: Annotated[Path, typer.Option(help="Folder for exports served over HTTP.")] = Path("nas_artefacts"),
+    allowed_host: Annotated[list[str] | None, typer.Option(help="Also answer to this Host name (repeatable); off loopback, without any, every Host is served.")] = None,
 ) -> None:
     """HTTP API and dashboard over the same database."""
     from dashboards.server import run
 
-    run(db=db, host=host, port=port, token=token, artefacts=artefacts)
+    run(db=db, host=host, port=port, token=token, artefacts=artefacts, allowed_hosts=allowed_host or [])
 
 
 @storage_app.command("upgrade")
