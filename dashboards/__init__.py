@@ -8,7 +8,7 @@
 * a JSON API under ``/api`` (OpenAPI schema at ``/openapi.json``; no Swagger UI, which needs a CDN).
 
 Every request first passes :mod:`dashboards.security` (Host, same-origin and JSON-type checks, the
-token, the body cap).
+token, the body cap); launches over HTTP are capped by :class:`dashboards.limits.LaunchLimits`.
 
 The server only reads the database; searches it launches run as separate ``nas search`` processes, so
 the search driver stays the only writer (decision 1). See ``docs/dashboard.md``.

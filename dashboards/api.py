@@ -4,7 +4,7 @@ Every read goes through :class:`storage.Store` on its own short session, so read
 that the search driver waits for (SQLite runs in WAL mode). Every input is validated: study names by
 :func:`nas.spec.study_name_problem` (the rule of ``StudySpec.name``), trial numbers as non-negative
 integers, ``where`` expressions by the :mod:`nas.where` parser (never evaluated as Python), spec bodies by
-pydantic and a size cap. Paths built from a request go through
+pydantic, a size cap and the server's launch caps. Paths built from a request go through
 :func:`dashboards.launch.path_under`.
 """
 
@@ -22,7 +22,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 
 from dashboards.context import AppContext
-from dashboards.launch import check_http_spec, inside, path_under
+from dashboards.launch import LaunchLimitError, check_http_spec, inside, path_under
 from dashboards.plots import figures_for
 from dashboards.serialize import study_summary, trial_detail, trial_row
 from nas.errors import ConfigError, NASError, StorageError
@@ -207,7 +207,7 @@ async def launch_study(request: Request) -> dict[str, Any]:
             if callable(errors) else str(e)
         raise HTTPException(422, detail) from e
     try:
-        spec = check_http_spec(spec, db=ctx.db, artefacts=ctx.artefacts)
+        spec = check_http_spec(spec, db=ctx.db, artefacts=ctx.artefacts, limits=ctx.limits)
     except ConfigError as e:
         raise HTTPException(422, str(e)) from e
     store = ctx.store()
@@ -216,6 +216,8 @@ async def launch_study(request: Request) -> dict[str, Any]:
                                  f"(resume it with `nas search --resume {spec.name}`)")
     try:
         launch = ctx.launcher.launch(spec)
+    except LaunchLimitError as e:
+        raise HTTPException(429, str(e)) from e
     except ConfigError as e:
         raise HTTPException(409, str(e)) from e
     except OSError as e:

@@ -1,9 +1,10 @@
 """Searches launched over HTTP run as separate ``nas search`` processes.
 
 The server never writes the database: the search driver stays its only writer (decision 1). A spec
-accepted by ``POST /api/studies`` is checked here (paths, filters, storage), written as YAML under the
-server's artefact folder, and handed to ``python -m nas search SPEC --db URL --quiet``. Every path
-built from a request goes through :func:`path_under`, so none leaves its folder.
+accepted by ``POST /api/studies`` is checked here (paths, filters, storage, and the resource caps of
+:class:`LaunchLimits`), written as YAML under the server's artefact folder, and handed to
+``python -m nas search SPEC --db URL --quiet``. Every path built from a request goes through
+:func:`path_under`, so none leaves its folder.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from typing import Any
 import yaml
 
 import nas
+from dashboards.limits import LaunchLimitError, LaunchLimits
 from nas.errors import ConfigError
 from nas.spec import StudySpec
 from nas.where import compile_where
 from storage import FILTER_NAMES
 
-__all__ = ["SearchLauncher", "Launch", "check_http_spec", "search_command", "inside", "path_under"]
+__all__ = ["SearchLauncher", "Launch", "LaunchLimits", "LaunchLimitError", "check_http_spec", "search_command",
+           "inside", "path_under"]
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +60,17 @@ def path_under(root: Path, *parts: str, field: str) -> Path:
     return path
 
 
-def check_http_spec(spec: StudySpec, *, db: str, artefacts: Path) -> StudySpec:
+def check_http_spec(spec: StudySpec, *, db: str, artefacts: Path,
+                    limits: LaunchLimits | None = None) -> StudySpec:
     """The spec a search launched over HTTP will run, or :class:`ConfigError` naming the bad field.
 
     A remote client may not point the server at its files: the task must be ``builtin:NAME`` or a file
     under ``ARTEFACTS/data``, the teacher ``auto`` or a folder there too. Storage is the server's own
     database and artefact folder, so ``storage.url`` and ``storage.artefacts_dir`` must be left unset.
-    Constraints are parsed by :mod:`nas.where` (never evaluated as Python).
+    Constraints are parsed by :mod:`nas.where` (never evaluated as Python). Resources and the trial
+    budget must fit ``limits`` (default :class:`LaunchLimits`).
     """
+    (limits or LaunchLimits()).check(spec)
     data_dir = artefacts / "data"
     if not spec.task.startswith("builtin:"):
         try:
@@ -128,11 +134,12 @@ class Launch:
 
 
 class SearchLauncher:
-    """Starts ``nas search`` subprocesses, one per study name at a time."""
+    """Starts ``nas search`` subprocesses: one per study name at a time, at most ``max_running`` at once."""
 
-    def __init__(self, db: str, artefacts: Path) -> None:
+    def __init__(self, db: str, artefacts: Path, max_running: int = 1) -> None:
         self._db = db
         self._root = artefacts
+        self._max_running = max_running
         self._lock = threading.Lock()
         self._launches: dict[str, Launch] = {}
 
@@ -152,11 +159,18 @@ class SearchLauncher:
         Raises:
             ConfigError: A search for this study is already running from this server, or the spec's name
                 would place files outside the artefact folder.
+            LaunchLimitError: ``max_running`` searches started here are still running.
         """
         with self._lock:
             if self.running(spec.name):
                 raise ConfigError("a search for this study is already running", field="name", value=spec.name,
                                   fix="wait for it to finish or choose another name")
+            running = sorted(name for name in self._launches if self.running(name))
+            if len(running) >= self._max_running:
+                raise LaunchLimitError(
+                    f"{len(running)} searches launched from this server are still running "
+                    f"({', '.join(running)}), and it runs at most {self._max_running} at once",
+                    fix="wait for one to finish, or restart nas serve with a higher --max-launches")
             stamp = datetime.now(timezone.utc)
             tag = f"{spec.name}-{stamp:%Y%m%dT%H%M%S%f}"
             spec_path = path_under(self._root / "specs", f"{tag}.yaml", field="name")

@@ -18,6 +18,8 @@ Security model (the checks themselves live in :mod:`dashboards.security` and :mo
   ``token=***`` instead of the value.
 * **Paths.** Study names follow :func:`nas.spec.study_name_problem` (no leading dot), and every path
   built from a request is checked by :func:`dashboards.launch.path_under` to stay in its folder.
+* **Launches.** ``POST /api/studies`` is capped by :class:`dashboards.limits.LaunchLimits`: searches
+  running at once (429 beyond) and each spec's resources and trial budget (422 beyond).
 * Request bodies are capped (:data:`dashboards.api.MAX_BODY_BYTES`) while they stream in.
 * Pages load scripts from this server only (a strict Content-Security-Policy; Plotly is served from
   ``/static/plotly.min.js``, never a CDN).
@@ -40,6 +42,7 @@ from fastapi.staticfiles import StaticFiles
 
 from dashboards import api, pages
 from dashboards.context import AppContext
+from dashboards.limits import LaunchLimits
 from dashboards.security import COOKIE_NAME, BodyLimit, Guard, check_token, host_policy, is_loopback
 from nas.errors import ConfigError, NASError, StorageError
 
@@ -69,6 +72,7 @@ def create_app(
     require_token: bool = False,
     host: str = "127.0.0.1",
     allowed_hosts: Sequence[str] = (),
+    limits: LaunchLimits | None = None,
 ) -> FastAPI:
     """Build the dashboard and API app over the database ``db`` (opened read-only, lazily).
 
@@ -82,6 +86,7 @@ def create_app(
         host: The address the app is served on. Bound to loopback, requests must name a loopback host
             (or one of ``allowed_hosts``) in their ``Host`` header.
         allowed_hosts: Host names served beside loopback names; off loopback, when empty, any.
+        limits: Caps on searches launched over HTTP (default :class:`LaunchLimits`).
 
     Raises:
         ConfigError: ``require_token`` is set but no token was given, or the token is too weak.
@@ -91,8 +96,9 @@ def create_app(
                           fix="pass --token SECRET or set NAS_TOKEN")
     if token:
         check_token(token)
+    limits = limits or LaunchLimits()
     root = (artefacts or DEFAULT_ARTEFACTS).expanduser().resolve()
-    ctx = AppContext(db, root)
+    ctx = AppContext(db, root, limits)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -161,6 +167,7 @@ def run(
     token: str | None = None,
     artefacts: Path | None = None,
     allowed_hosts: Sequence[str] = (),
+    limits: LaunchLimits | None = None,
 ) -> None:
     """Serve the app with uvicorn until interrupted (``nas serve``); see :func:`create_app` for the options.
 
@@ -174,7 +181,7 @@ def run(
         raise ConfigError(f"refusing to serve on {host} without a token", field="--token",
                           fix="pass --token SECRET or set NAS_TOKEN, or bind to 127.0.0.1")
     app = create_app(db, token=token, artefacts=artefacts, require_token=not loopback, host=host,
-                     allowed_hosts=allowed_hosts)
+                     allowed_hosts=allowed_hosts, limits=limits)
     import uvicorn
 
     log.info("serving %s on http://%s:%d (%s)", db, host, port, "token required" if token else "no token")

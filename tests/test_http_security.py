@@ -1,5 +1,6 @@
 """The security review of ``nas serve``: cross-site requests, DNS rebinding (the Host header), path
-traversal through study names and tokens (strength, redaction from the access log, bad tokens). Every test drives the real app through FastAPI's ``TestClient``, except the
+traversal through study names, tokens (strength, redaction from the access log, bad tokens) and caps on
+searches launched over HTTP. Every test drives the real app through FastAPI's ``TestClient``, except the
 access-log test, which runs a real uvicorn server."""
 
 from __future__ import annotations
@@ -377,3 +378,80 @@ def test_access_log_of_a_real_server_hides_the_token(db: str, artefacts: Path,
     messages = [r.getMessage() for r in records]
     assert len(messages) >= 3 and any("token=***" in m for m in messages), messages
     assert not any(TOKEN in m for m in messages), messages
+
+
+# ------------------------------------------------------------------------------------------ launch caps
+def test_concurrent_launches_are_capped(db: str, artefacts: Path, launched: list[int]) -> None:
+    from dashboards.launch import LaunchLimits
+
+    with TestClient(create_app(db, artefacts=artefacts, limits=LaunchLimits(max_running=1)),
+                    base_url=BASE) as c:
+        first = c.post("/api/studies", json={"name": "one", "budget": {"trials": 1}})
+        assert first.status_code == 202, first.text
+        second = c.post("/api/studies", json={"name": "two", "budget": {"trials": 1}})
+        assert second.status_code == 429, second.text
+        detail = second.json()["detail"]
+        assert "1" in detail and "--max-launches" in detail and "one" in detail
+        assert len(launched) == 1 and not list((artefacts / "specs").glob("two-*"))
+        os.kill(launched[0], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while c.app.state.ctx.launcher.running("one"):  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert c.post("/api/studies", json={"name": "two", "budget": {"trials": 1}}).status_code == 202
+
+
+@pytest.mark.parametrize("body, field, option", [
+    ({"resources": {"max_concurrent": 64}}, "resources.max_concurrent", "--max-trial-concurrency"),
+    ({"resources": {"cpus_per_trial": 32}}, "resources.cpus_per_trial", "--max-cpus-per-trial"),
+    ({"resources": {"gpus_per_trial": 8}}, "resources.gpus_per_trial", "--max-gpus-per-trial"),
+    ({"resources": {"torch_threads": 64}}, "resources.torch_threads", "--max-cpus-per-trial"),
+    ({"budget": {"trials": 100000}}, "budget.trials", "--max-trials"),
+])
+def test_launch_resources_are_capped(client: TestClient, artefacts: Path, launched: list[int],
+                                     body: dict[str, Any], field: str, option: str) -> None:
+    r = client.post("/api/studies", json={"name": "greedy", **body})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    value = next(iter(next(iter(body.values())).values()))
+    assert field in detail and repr(value) in detail and option in detail
+    assert launched == [] and _files(artefacts) == []
+
+
+def test_raised_caps_allow_bigger_launches(db: str, artefacts: Path, launched: list[int]) -> None:
+    from dashboards.launch import LaunchLimits
+
+    limits = LaunchLimits(max_running=2, max_concurrent=8, max_cpus_per_trial=4, max_gpus_per_trial=2,
+                          max_trials=500)
+    with TestClient(create_app(db, artefacts=artefacts, limits=limits), base_url=BASE) as c:
+        body = {"name": "big", "budget": {"trials": 500},
+                "resources": {"max_concurrent": 8, "cpus_per_trial": 4, "gpus_per_trial": 2, "torch_threads": 4}}
+        assert c.post("/api/studies", json=body).status_code == 202
+        assert c.post("/api/studies", json={**body, "name": "big2"}).status_code == 202
+    assert len(launched) == 2
+
+
+def test_launch_limits_must_be_positive() -> None:
+    from dashboards.launch import LaunchLimits
+
+    with pytest.raises(ConfigError, match="--max-launches"):
+        LaunchLimits(max_running=0)
+    with pytest.raises(ConfigError, match="--max-gpus-per-trial"):
+        LaunchLimits(max_gpus_per_trial=-1)
+
+
+def test_nas_serve_passes_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dashboards.launch import LaunchLimits
+    from nas.cli import main
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(server, "run", lambda **kw: calls.append(kw))
+    main(["serve", "--db", "x.db", "--allowed-host", "nas.example.com", "--allowed-host", "nas.lan",
+          "--max-launches", "3", "--max-trial-concurrency", "4", "--max-cpus-per-trial", "2.5",
+          "--max-gpus-per-trial", "0.5", "--max-trials", "50"])
+    [kw] = calls
+    assert kw["allowed_hosts"] == ["nas.example.com", "nas.lan"]
+    assert kw["limits"] == LaunchLimits(max_running=3, max_concurrent=4, max_cpus_per_trial=2.5,
+                                        max_gpus_per_trial=0.5, max_trials=50)
+    main(["serve"])
+    assert calls[-1]["limits"] == LaunchLimits() and calls[-1]["allowed_hosts"] == []
