@@ -1,9 +1,11 @@
 """The JSON API under ``/api`` (schema at ``/openapi.json``).
 
 Every read goes through :class:`storage.Store` on its own short session, so reads never hold a lock
-that the search driver waits for (SQLite runs in WAL mode). Every input is validated: study names
-against :data:`STUDY_NAME_RE`, trial numbers as non-negative integers, ``where`` expressions by the
-:mod:`nas.where` parser (never evaluated as Python), spec bodies by pydantic and a size cap.
+that the search driver waits for (SQLite runs in WAL mode). Every input is validated: study names by
+:func:`nas.spec.study_name_problem` (the rule of ``StudySpec.name``), trial numbers as non-negative
+integers, ``where`` expressions by the :mod:`nas.where` parser (never evaluated as Python), spec bodies by
+pydantic, a size cap and the server's launch caps. Paths built from a request go through
+:func:`dashboards.launch.path_under`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import re
 import threading
 import zipfile
 from pathlib import Path
@@ -21,20 +22,18 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 
 from dashboards.context import AppContext
-from dashboards.launch import check_http_spec, inside
+from dashboards.launch import LaunchLimitError, check_http_spec, inside, path_under
 from dashboards.plots import figures_for
 from dashboards.serialize import study_summary, trial_detail, trial_row
 from nas.errors import ConfigError, NASError, StorageError
-from nas.spec import StudySpec
+from nas.spec import StudySpec, study_name_problem
 from nas.where import MAX_EXPR_CHARS, compile_where
 from storage import FILTER_NAMES
 
-__all__ = ["router", "STUDY_NAME_RE", "MAX_BODY_BYTES", "check_study_name"]
+__all__ = ["router", "MAX_BODY_BYTES", "check_study_name"]
 
 log = logging.getLogger(__name__)
 
-#: Valid study names (the same rule as ``StudySpec.name``).
-STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 #: Largest request body accepted, in bytes (a study spec is a few hundred bytes).
 MAX_BODY_BYTES = 64 * 1024
 _TRIAL_STATES = ("COMPLETE", "FAIL", "PRUNED", "RUNNING")
@@ -43,14 +42,15 @@ router = APIRouter(prefix="/api", tags=["api"])
 
 
 def check_study_name(study: str) -> str:
-    """``study`` if it is a valid study name, else HTTP 422 saying what is allowed."""
-    if not STUDY_NAME_RE.fullmatch(study) or set(study) == {"."}:
-        raise HTTPException(422, f"study: invalid name {study[:120]!r}; use 1-100 of A-Z a-z 0-9 _ . - "
-                                 "(not only dots)")
+    """``study`` if it is a valid study name (:func:`nas.spec.study_name_problem`), else HTTP 422 why not."""
+    problem = study_name_problem(study)
+    if problem is not None:
+        raise HTTPException(422, f"study: {problem} (got {study[:120]!r})")
     return study
 
 
-StudyPath = Annotated[str, PathParam(description="Study name: 1-100 of A-Z a-z 0-9 _ . -", max_length=200)]
+StudyPath = Annotated[str, PathParam(description="Study name: 1-100 of A-Z a-z 0-9 _ . -, not starting with a dot",
+                                     max_length=200)]
 TrialPath = Annotated[int, PathParam(ge=0, le=2**31 - 1, description="Trial number")]
 WhereQuery = Annotated[str | None, Query(max_length=MAX_EXPR_CHARS,
                                          description='Filter, e.g. "energy_per_sample_j < 0.002 and weight_bits <= 8"')]
@@ -207,7 +207,7 @@ async def launch_study(request: Request) -> dict[str, Any]:
             if callable(errors) else str(e)
         raise HTTPException(422, detail) from e
     try:
-        spec = check_http_spec(spec, db=ctx.db, artefacts=ctx.artefacts)
+        spec = check_http_spec(spec, db=ctx.db, artefacts=ctx.artefacts, limits=ctx.limits)
     except ConfigError as e:
         raise HTTPException(422, str(e)) from e
     store = ctx.store()
@@ -216,6 +216,8 @@ async def launch_study(request: Request) -> dict[str, Any]:
                                  f"(resume it with `nas search --resume {spec.name}`)")
     try:
         launch = ctx.launcher.launch(spec)
+    except LaunchLimitError as e:
+        raise HTTPException(429, str(e)) from e
     except ConfigError as e:
         raise HTTPException(409, str(e)) from e
     except OSError as e:
@@ -261,9 +263,10 @@ def export(
     if view.state != "COMPLETE":
         raise HTTPException(409, f"trial {trial} is {view.state}; only COMPLETE trials can be exported")
     exports = ctx.artefacts / "exports"
-    out_dir = exports / study / f"trial_{trial:05d}_{format}"
-    if not inside(exports, out_dir):
-        raise HTTPException(400, "the export path would leave the server's artefact folder")
+    try:
+        out_dir = path_under(exports, study, f"trial_{trial:05d}_{format}", field="study")
+    except ConfigError as e:
+        raise HTTPException(400, str(e)) from e
     try:
         from nas.export import export_trial
     except ImportError as e:

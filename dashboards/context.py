@@ -1,4 +1,5 @@
-"""What every request of one app shares: the read-only store, the artefact folder, launches, a cache."""
+"""What every request of one app shares: the read-only store, the artefact folder, launches and their caps,
+a cache."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from fastapi import HTTPException
 
 from dashboards.launch import SearchLauncher
+from dashboards.limits import LaunchLimits
 from nas.errors import StorageError
 from storage import Store, StudyInfo, TrialView, normalize_url
 
@@ -42,10 +44,11 @@ class AppContext:
     creates it (the search driver is the only writer).
     """
 
-    def __init__(self, db: str, artefacts: Path) -> None:
+    def __init__(self, db: str, artefacts: Path, limits: LaunchLimits | None = None) -> None:
         self.db = db
         self.artefacts = artefacts
-        self.launcher = SearchLauncher(db, artefacts)
+        self.limits = limits or LaunchLimits()
+        self.launcher = SearchLauncher(db, artefacts, max_running=self.limits.max_running)
         self._store: Store | None = None
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[Any, StudyBundle]] = {}

@@ -1,8 +1,10 @@
 """Searches launched over HTTP run as separate ``nas search`` processes.
 
 The server never writes the database: the search driver stays its only writer (decision 1). A spec
-accepted by ``POST /api/studies`` is checked here (paths, filters, storage), written as YAML under the
-server's artefact folder, and handed to ``python -m nas search SPEC --db URL --quiet``.
+accepted by ``POST /api/studies`` is checked here (paths, filters, storage, and the resource caps of
+:class:`LaunchLimits`), written as YAML under the server's artefact folder, and handed to
+``python -m nas search SPEC --db URL --quiet``. Every path built from a request goes through
+:func:`path_under`, so none leaves its folder.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import Any
 import yaml
 
 import nas
+from dashboards.limits import LaunchLimitError, LaunchLimits
 from nas.errors import ConfigError
 from nas.spec import StudySpec
 from nas.where import compile_where
 from storage import FILTER_NAMES
 
-__all__ = ["SearchLauncher", "Launch", "check_http_spec", "search_command", "inside"]
+__all__ = ["SearchLauncher", "Launch", "LaunchLimits", "LaunchLimitError", "check_http_spec", "search_command",
+           "inside", "path_under"]
 
 log = logging.getLogger(__name__)
 
@@ -42,27 +46,47 @@ def inside(root: Path, candidate: Path) -> bool:
     return True
 
 
-def check_http_spec(spec: StudySpec, *, db: str, artefacts: Path) -> StudySpec:
+def path_under(root: Path, *parts: str, field: str) -> Path:
+    """``root / parts...``, or :class:`ConfigError` naming ``field`` when that path would leave ``root``.
+
+    The one check for paths built from what a client sent (study names, task and teacher paths):
+    ``..``, absolute parts and symbolic links out of ``root`` are all caught, because the joined path
+    is resolved before it is compared (see :func:`inside`).
+    """
+    path = root.joinpath(*parts)
+    if not inside(root, path):
+        raise ConfigError(f"the path {'/'.join(parts)!r} would leave {root}", field=field,
+                          value=parts[-1] if parts else None, fix=f"name a path inside {root}")
+    return path
+
+
+def check_http_spec(spec: StudySpec, *, db: str, artefacts: Path,
+                    limits: LaunchLimits | None = None) -> StudySpec:
     """The spec a search launched over HTTP will run, or :class:`ConfigError` naming the bad field.
 
     A remote client may not point the server at its files: the task must be ``builtin:NAME`` or a file
     under ``ARTEFACTS/data``, the teacher ``auto`` or a folder there too. Storage is the server's own
     database and artefact folder, so ``storage.url`` and ``storage.artefacts_dir`` must be left unset.
-    Constraints are parsed by :mod:`nas.where` (never evaluated as Python).
+    Constraints are parsed by :mod:`nas.where` (never evaluated as Python). Resources and the trial
+    budget must fit ``limits`` (default :class:`LaunchLimits`).
     """
+    (limits or LaunchLimits()).check(spec)
     data_dir = artefacts / "data"
     if not spec.task.startswith("builtin:"):
-        task_path = Path(spec.task)
-        if task_path.is_absolute() or not inside(data_dir, data_dir / task_path):
+        try:
+            task_path = path_under(data_dir, spec.task, field="task")
+        except ConfigError as e:
             raise ConfigError("over HTTP a task is builtin:NAME or a path relative to the server's data folder",
-                              field="task", value=spec.task, fix=f"put the file under {data_dir} and name it relatively")
-        spec = spec.with_overrides(task=str(data_dir / task_path))
+                              field="task", value=spec.task, fix=f"put the file under {data_dir} and name it relatively"
+                              ) from e
+        spec = spec.with_overrides(task=str(task_path))
     if spec.teacher is not None and spec.teacher not in _BUILTIN_TEACHERS:
-        teacher_path = Path(spec.teacher)
-        if teacher_path.is_absolute() or not inside(data_dir, data_dir / teacher_path):
+        try:
+            teacher_path = path_under(data_dir, spec.teacher, field="teacher")
+        except ConfigError as e:
             raise ConfigError("over HTTP a teacher is 'auto' or a folder relative to the server's data folder",
-                              field="teacher", value=spec.teacher, fix=f"put the folder under {data_dir}")
-        spec = spec.with_overrides(teacher=str(data_dir / teacher_path))
+                              field="teacher", value=spec.teacher, fix=f"put the folder under {data_dir}") from e
+        spec = spec.with_overrides(teacher=str(teacher_path))
     default_storage = StudySpec().storage
     if spec.storage.url != default_storage.url:
         raise ConfigError("the server runs searches in its own database", field="storage.url",
@@ -75,8 +99,8 @@ def check_http_spec(spec: StudySpec, *, db: str, artefacts: Path) -> StudySpec:
             compile_where(expr, FILTER_NAMES)
         except ConfigError as e:
             raise ConfigError(str(e), field=f"constraints[{i}]") from e
-    return spec.with_overrides(**{"storage.url": db,
-                                  "storage.artefacts_dir": str(artefacts / "studies" / spec.name)})
+    study_dir = path_under(artefacts / "studies", spec.name, field="name")
+    return spec.with_overrides(**{"storage.url": db, "storage.artefacts_dir": str(study_dir)})
 
 
 def search_command(spec_path: Path, db: str) -> list[str]:
@@ -110,11 +134,12 @@ class Launch:
 
 
 class SearchLauncher:
-    """Starts ``nas search`` subprocesses, one per study name at a time."""
+    """Starts ``nas search`` subprocesses: one per study name at a time, at most ``max_running`` at once."""
 
-    def __init__(self, db: str, artefacts: Path) -> None:
+    def __init__(self, db: str, artefacts: Path, max_running: int = 1) -> None:
         self._db = db
         self._root = artefacts
+        self._max_running = max_running
         self._lock = threading.Lock()
         self._launches: dict[str, Launch] = {}
 
@@ -132,21 +157,27 @@ class SearchLauncher:
         """Write the spec under ``ARTEFACTS/specs`` and start the search in the background.
 
         Raises:
-            ConfigError: A search for this study is already running from this server.
+            ConfigError: A search for this study is already running from this server, or the spec's name
+                would place files outside the artefact folder.
+            LaunchLimitError: ``max_running`` searches started here are still running.
         """
         with self._lock:
             if self.running(spec.name):
                 raise ConfigError("a search for this study is already running", field="name", value=spec.name,
                                   fix="wait for it to finish or choose another name")
+            running = sorted(name for name in self._launches if self.running(name))
+            if len(running) >= self._max_running:
+                raise LaunchLimitError(
+                    f"{len(running)} searches launched from this server are still running "
+                    f"({', '.join(running)}), and it runs at most {self._max_running} at once",
+                    fix="wait for one to finish, or restart nas serve with a higher --max-launches")
             stamp = datetime.now(timezone.utc)
-            specs = self._root / "specs"
-            logs = self._root / "logs"
-            specs.mkdir(parents=True, exist_ok=True)
-            logs.mkdir(parents=True, exist_ok=True)
             tag = f"{spec.name}-{stamp:%Y%m%dT%H%M%S%f}"
-            spec_path = specs / f"{tag}.yaml"
+            spec_path = path_under(self._root / "specs", f"{tag}.yaml", field="name")
+            log_path = path_under(self._root / "logs", f"{tag}.log", field="name")
+            spec_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.parent.mkdir(parents=True, exist_ok=True)
             spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
-            log_path = logs / f"{tag}.log"
             with open(log_path, "wb") as log_file:
                 # A new session: a search launched over HTTP outlives a restart of the server.
                 process = subprocess.Popen(search_command(spec_path, self._db), stdin=subprocess.DEVNULL,

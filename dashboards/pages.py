@@ -14,9 +14,9 @@ from string import Template
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse
 
-from dashboards.api import STUDY_NAME_RE
 from dashboards.context import AppContext
 from nas.errors import StorageError
+from nas.spec import study_name_problem
 from storage import normalize_url
 
 __all__ = ["router", "render", "login_page"]
@@ -58,8 +58,9 @@ def _error_page(status: int, message: str) -> HTMLResponse:
 
 
 def _check_study(request: Request, study: str) -> HTMLResponse | None:
-    if not STUDY_NAME_RE.fullmatch(study) or set(study) == {"."}:
-        return _error_page(422, f"{study[:100]!r} is not a valid study name")
+    problem = study_name_problem(study)
+    if problem is not None:
+        return _error_page(422, f"{study[:100]!r} is not a valid study name: {problem}")
     ctx: AppContext = request.app.state.ctx
     try:
         ctx.info(study)

@@ -1,11 +1,25 @@
 """The FastAPI app behind ``nas serve``: :func:`create_app` builds it, :func:`run` serves it.
 
-Security model:
+Security model (the checks themselves live in :mod:`dashboards.security` and :mod:`dashboards.launch`):
 
-* Bound to loopback, no token is needed (unless one is given). Bound to anything else, :func:`run`
-  refuses to start without a token (``--token`` or ``NAS_TOKEN``).
-* With a token, every request needs it: ``Authorization: Bearer TOKEN``, or ``?token=TOKEN`` on a page,
-  which sets an HttpOnly, SameSite=Lax cookie and redirects to the same URL without the token.
+* **Binding.** Bound to loopback, no token is needed (unless one is given). Bound to anything else,
+  :func:`run` refuses to start without a token (``--token`` or ``NAS_TOKEN``). A token must be at least
+  16 printable ASCII characters without whitespace.
+* **Host header.** Bound to loopback, only requests whose ``Host`` is a loopback name (``localhost``,
+  ``127.x.y.z``, ``[::1]``, any port) or an ``--allowed-host`` are served; others get 421, so a
+  DNS-rebinding page cannot read the API. Bound elsewhere, ``--allowed-host`` (when given) limits it too.
+* **Cross-site requests.** Every state-changing request (any method but GET, HEAD, OPTIONS) must
+  declare ``Content-Type: application/json`` (415 otherwise; a route without a body takes an empty
+  one), and an ``Origin`` (or else ``Referer``) it carries must name the same host and port as ``Host``
+  (403 otherwise). Forms and ``text/plain`` posts from other sites are refused before any route runs.
+* **Token.** With a token, every request needs it: ``Authorization: Bearer TOKEN``, or ``?token=TOKEN``
+  on a page, which sets an HttpOnly, SameSite=Lax cookie and redirects to the same URL without the
+  token. A wrong or malformed token (non-ASCII included) is always 401. The access log shows
+  ``token=***`` instead of the value.
+* **Paths.** Study names follow :func:`nas.spec.study_name_problem` (no leading dot), and every path
+  built from a request is checked by :func:`dashboards.launch.path_under` to stay in its folder.
+* **Launches.** ``POST /api/studies`` is capped by :class:`dashboards.limits.LaunchLimits`: searches
+  running at once (429 beyond) and each spec's resources and trial budget (422 beyond).
 * Request bodies are capped (:data:`dashboards.api.MAX_BODY_BYTES`) while they stream in.
 * Pages load scripts from this server only (a strict Content-Security-Policy; Plotly is served from
   ``/static/plotly.min.js``, never a CDN).
@@ -13,57 +27,34 @@ Security model:
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
-import json
+import copy
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dashboards import api, pages
 from dashboards.context import AppContext
+from dashboards.limits import LaunchLimits
+from dashboards.security import COOKIE_NAME, BodyLimit, Guard, check_token, host_policy, is_loopback
 from nas.errors import ConfigError, NASError, StorageError
 
-__all__ = ["create_app", "run", "is_loopback", "COOKIE_NAME", "DEFAULT_ARTEFACTS"]
+__all__ = ["create_app", "run", "is_loopback", "uvicorn_log_config", "COOKIE_NAME", "DEFAULT_ARTEFACTS"]
 
 log = logging.getLogger(__name__)
 
-#: The cookie that carries the token for pages after ``?token=``.
-COOKIE_NAME = "nas_token"
 #: Where exports and launched specs go when no ``artefacts`` folder is given.
 DEFAULT_ARTEFACTS = Path("nas_artefacts")
 _STATIC = Path(__file__).parent / "static"
 _FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
             b'fill="#111827"/><path d="M9 1 3 9h4l-1 6 6-8H8z" fill="#fbbf24"/></svg>')
-_SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
-    (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                 b"img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; "
-                                 b"base-uri 'none'; form-action 'self'"),
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-]
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding to ``host`` only accepts connections from this machine."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve to anything
 
 
 @lru_cache(maxsize=1)
@@ -73,155 +64,41 @@ def _plotly_js() -> bytes:
     return str(get_plotlyjs()).encode("utf-8")
 
 
-async def _send_json(send: Send, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = json.dumps({"detail": detail}).encode("utf-8")
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status,
-                "headers": headers + _SECURITY_HEADERS + (extra or [])})
-    await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """Answers 413 once a request body grows past ``max_bytes`` (declared or streamed)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        message = f"the request body is larger than {self.max_bytes} bytes"
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await _send_json(send, 400, "Content-Length is not a number")
-                    return
-                if declared > self.max_bytes:
-                    await _send_json(send, 413, message)
-                    return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            msg = await receive()
-            if msg["type"] == "http.request":
-                received += len(msg.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge
-            return msg
-
-        async def tracking_send(msg: Message) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _send_json(send, 413, message)
-
-
-class Guard:
-    """Token check on every request (when a token is set) and security headers on every response."""
-
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
-        self.app = app
-        self.token = token
-
-    def _matches(self, candidate: str | None) -> bool:
-        return candidate is not None and self.token is not None and hmac.compare_digest(
-            candidate.encode("utf-8"), self.token.encode("utf-8"))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(msg: Message) -> None:
-            if msg["type"] == "http.response.start":
-                msg = dict(msg)
-                msg["headers"] = list(msg.get("headers", [])) + _SECURITY_HEADERS
-            await send(msg)
-
-        if self.token is None:
-            await self.app(scope, receive, with_headers)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        bearer = None
-        auth = headers.get("authorization", "")
-        if auth[:7].lower() == "bearer ":
-            bearer = auth[7:].strip()
-        query_token = next((v for k, v in query if k == "token"), None)
-        cookie_token = None
-        if "cookie" in headers:
-            jar: SimpleCookie = SimpleCookie()
-            try:
-                jar.load(headers["cookie"])
-            except Exception:  # a malformed cookie header is just no cookie
-                jar = SimpleCookie()
-            if COOKIE_NAME in jar:
-                cookie_token = jar[COOKIE_NAME].value
-        if self._matches(query_token) and scope["method"] == "GET" and not scope["path"].startswith("/api/") \
-                and "text/html" in headers.get("accept", ""):
-            # A page opened with ?token=: keep the token in a cookie and drop it from the address bar.
-            rest = urlencode([(k, v) for k, v in query if k != "token"])
-            location = scope["path"] + (f"?{rest}" if rest else "")
-            cookie = (f"{COOKIE_NAME}={self.token}; Path=/; HttpOnly; SameSite=Lax").encode("latin-1")
-            await send({"type": "http.response.start", "status": 303,
-                        "headers": [(b"location", location.encode("latin-1")), (b"set-cookie", cookie),
-                                    (b"content-length", b"0")] + _SECURITY_HEADERS})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        if self._matches(bearer) or self._matches(query_token) or self._matches(cookie_token):
-            await self.app(scope, receive, with_headers)
-            return
-        if scope["method"] == "GET" and "text/html" in headers.get("accept", ""):
-            body = pages.login_page(scope["path"]).encode("utf-8")
-            await send({"type": "http.response.start", "status": 401,
-                        "headers": [(b"content-type", b"text/html; charset=utf-8"),
-                                    (b"content-length", str(len(body)).encode())] + _SECURITY_HEADERS})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await _send_json(send, 401, "missing or wrong token; send 'Authorization: Bearer TOKEN' "
-                                    "(or ?token=TOKEN on a page)", [(b"www-authenticate", b"Bearer")])
-
-
 def create_app(
     db: str,
     *,
     token: str | None = None,
     artefacts: Path | None = None,
     require_token: bool = False,
+    host: str = "127.0.0.1",
+    allowed_hosts: Sequence[str] = (),
+    limits: LaunchLimits | None = None,
 ) -> FastAPI:
     """Build the dashboard and API app over the database ``db`` (opened read-only, lazily).
 
     Args:
         db: Database URL or SQLite path, as for ``nas --db``.
-        token: When set, every request must carry it (see the module docstring).
+        token: When set, every request must carry it (see the module docstring). An empty string is
+            no token.
         artefacts: Folder for exports and for the specs and logs of launched searches
             (default ``./nas_artefacts``). Export paths never leave it.
         require_token: Refuse to build the app without a token (non-loopback binds).
+        host: The address the app is served on. Bound to loopback, requests must name a loopback host
+            (or one of ``allowed_hosts``) in their ``Host`` header.
+        allowed_hosts: Host names served beside loopback names; off loopback, when empty, any.
+        limits: Caps on searches launched over HTTP (default :class:`LaunchLimits`).
 
     Raises:
-        ConfigError: ``require_token`` is set but no token was given.
+        ConfigError: ``require_token`` is set but no token was given, or the token is too weak.
     """
     if require_token and not token:
         raise ConfigError("a token is required to serve beyond loopback", field="--token",
                           fix="pass --token SECRET or set NAS_TOKEN")
+    if token:
+        check_token(token)
+    limits = limits or LaunchLimits()
     root = (artefacts or DEFAULT_ARTEFACTS).expanduser().resolve()
-    ctx = AppContext(db, root)
+    ctx = AppContext(db, root, limits)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -268,8 +145,19 @@ def create_app(
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=_STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=api.MAX_BODY_BYTES)
-    app.add_middleware(Guard, token=token or None)
+    app.add_middleware(Guard, token=token or None, allowed_hosts=host_policy(host, allowed_hosts))
     return app
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's logging setup, with :class:`dashboards.security.RedactTokens` on its access log."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_tokens"] = {"()": "dashboards.security.RedactTokens"}
+    access = config["loggers"].setdefault("uvicorn.access", {})
+    access["filters"] = [*access.get("filters", []), "redact_tokens"]
+    return config
 
 
 def run(
@@ -278,19 +166,24 @@ def run(
     port: int = 8000,
     token: str | None = None,
     artefacts: Path | None = None,
+    allowed_hosts: Sequence[str] = (),
+    limits: LaunchLimits | None = None,
 ) -> None:
-    """Serve the app with uvicorn until interrupted (``nas serve``).
+    """Serve the app with uvicorn until interrupted (``nas serve``); see :func:`create_app` for the options.
 
     Raises:
-        ConfigError: ``host`` is not loopback and no token was given (``--token`` or ``NAS_TOKEN``).
+        ConfigError: ``host`` is not loopback and no token was given (``--token`` or ``NAS_TOKEN``), or
+            the token is too weak.
     """
     token = token or os.environ.get("NAS_TOKEN") or None
     loopback = is_loopback(host)
     if not loopback and not token:
         raise ConfigError(f"refusing to serve on {host} without a token", field="--token",
                           fix="pass --token SECRET or set NAS_TOKEN, or bind to 127.0.0.1")
-    app = create_app(db, token=token, artefacts=artefacts, require_token=not loopback)
+    app = create_app(db, token=token, artefacts=artefacts, require_token=not loopback, host=host,
+                     allowed_hosts=allowed_hosts, limits=limits)
     import uvicorn
 
     log.info("serving %s on http://%s:%d (%s)", db, host, port, "token required" if token else "no token")
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False, server_header=False)
+    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False, server_header=False,
+                log_config=uvicorn_log_config())

@@ -6,6 +6,7 @@ Unknown keys and bad values are :class:`nas.errors.ConfigError` naming the key. 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ __all__ = [
     "StudySpec",
     "default_spec",
     "load_spec",
+    "study_name_problem",
 ]
 
 #: Metrics a study may optimise (all are keys of ``TrialResult.objectives()``).
@@ -40,6 +42,26 @@ OBJECTIVE_METRICS: dict[str, str] = {
     "size_bytes": "minimize",
     "flops_per_sample": "minimize",
 }
+
+
+#: 1-100 letters, digits, ``_``, ``.`` or ``-`` (ASCII only).
+_STUDY_NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def study_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a study, or ``None`` when it can.
+
+    The one rule for study names (the spec, ``nas search --name`` and every HTTP route use it). A study
+    name becomes a folder name (trial weights, exports, launched specs), so it is 1-100 of
+    ``A-Z a-z 0-9 _ . -`` and does not start with a dot: ``.`` and ``..`` would leave the folder, and
+    ``.hidden`` would hide it.
+    """
+    if not _STUDY_NAME_CHARS.fullmatch(name):
+        return "a study name is 1-100 of A-Z a-z 0-9 _ . -; rename the study, e.g. 'my-study'"
+    if name.startswith("."):
+        return ("a study name may not start with a dot ('.', '..' and hidden names would misplace its "
+                "artefact folder); rename the study, e.g. 'my-study'")
+    return None
 
 
 class _Frozen(BaseModel):
@@ -117,7 +139,7 @@ class StorageSpec(_Frozen):
 class StudySpec(_Frozen):
     """Everything a search needs. ``train.steps`` is ignored in favour of ``fidelity.rungs[-1]``."""
 
-    name: str = Field(default="default", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(default="default", description="1-100 of A-Z a-z 0-9 _ . -, not starting with a dot")
     task: str = "builtin:longmatch"
     teacher: str | None = None
     space: SpaceRef = SpaceRef()
@@ -132,6 +154,14 @@ class StudySpec(_Frozen):
     measure: MeasureConfig = MeasureConfig()
     resources: ResourcesSpec = ResourcesSpec()
     storage: StorageSpec = StorageSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        problem = study_name_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> StudySpec:

@@ -35,6 +35,10 @@ from tests.conftest import fake_trial_result  # noqa: E402
 
 STUDY = "demo"
 TOKEN = "s3cret-token-for-tests"
+#: The address the test client pretends to reach: a loopback Host, as the app requires by default.
+BASE_URL = "http://127.0.0.1:8000"
+#: State-changing requests must be JSON-typed, even without a body (a guard against cross-site forms).
+JSON = {"Content-Type": "application/json"}
 OBJECTIVES = [("accuracy", "maximize"), ("energy_per_sample_j", "minimize")]
 _ATTENTIONS = [AttentionConfig(), AttentionConfig(kind="local", window=8), AttentionConfig(kind="linear"),
                AttentionConfig(kind="lowrank", k=16)]
@@ -112,13 +116,13 @@ def artefacts(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(db: str, artefacts: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(db, artefacts=artefacts)) as c:
+    with TestClient(create_app(db, artefacts=artefacts), base_url=BASE_URL) as c:
         yield c
 
 
 @pytest.fixture
 def secured(db: str, artefacts: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(db, token=TOKEN, artefacts=artefacts, require_token=True)) as c:
+    with TestClient(create_app(db, token=TOKEN, artefacts=artefacts, require_token=True), base_url=BASE_URL) as c:
         yield c
 
 
@@ -256,7 +260,7 @@ def test_token_is_required_on_every_request(secured: TestClient) -> None:
         assert secured.get(path, params={"token": TOKEN}).status_code == 200
     post = secured.post("/api/studies", json={"name": "x"})
     assert post.status_code == 401
-    export = secured.post(f"/api/studies/{STUDY}/trials/0/export")
+    export = secured.post(f"/api/studies/{STUDY}/trials/0/export", headers=JSON)
     assert export.status_code == 401
 
 
@@ -284,8 +288,8 @@ def test_run_refuses_a_public_bind_without_token(monkeypatch: pytest.MonkeyPatch
         server.run(db=db, host="0.0.0.0", port=8123, token=None, artefacts=tmp_path)
     assert "--token" in str(err.value) and "NAS_TOKEN" in str(err.value)
     assert calls == []
-    server.run(db=db, host="0.0.0.0", port=8123, token="t0k3n", artefacts=tmp_path)
-    monkeypatch.setenv("NAS_TOKEN", "from-env")
+    server.run(db=db, host="0.0.0.0", port=8123, token="t0k3n-long-enough-16", artefacts=tmp_path)
+    monkeypatch.setenv("NAS_TOKEN", "from-env-long-enough-16")
     server.run(db=db, host="192.168.1.5", port=8124, artefacts=tmp_path)
     monkeypatch.delenv("NAS_TOKEN")
     server.run(db=db, host="127.0.0.1", port=8125, artefacts=tmp_path)  # loopback: no token needed
@@ -334,7 +338,7 @@ def test_pages_render_and_unknown_ones_are_404(client: TestClient) -> None:
 
 def test_missing_database_is_not_created(tmp_path: Path) -> None:
     missing = tmp_path / "later.db"
-    with TestClient(create_app(str(missing), artefacts=tmp_path / "a")) as c:
+    with TestClient(create_app(str(missing), artefacts=tmp_path / "a"), base_url=BASE_URL) as c:
         assert c.get("/api/studies").json() == []
         assert c.get("/").status_code == 200
         assert c.get(f"/api/studies/{STUDY}").status_code == 404
@@ -399,7 +403,8 @@ def test_post_study_rejects_bad_specs(client: TestClient, fake_search: None, bod
 def test_post_study_rejects_non_json_and_empty(client: TestClient, fake_search: None) -> None:
     assert client.post("/api/studies", content=b"name: x", headers={"Content-Type": "application/json"}
                        ).status_code == 422
-    assert client.post("/api/studies", content=b"").status_code == 422
+    assert client.post("/api/studies", content=b"", headers=JSON).status_code == 422
+    assert client.post("/api/studies", content=b"").status_code == 415  # not JSON-typed
 
 
 def test_oversized_spec_is_413(client: TestClient, artefacts: Path, fake_search: None) -> None:
@@ -449,7 +454,7 @@ def fake_export(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[st
 def test_export_returns_a_zip_from_inside_the_artefact_folder(
     client: TestClient, db: str, artefacts: Path, fake_export: list[dict[str, Any]]
 ) -> None:
-    r = client.post(f"/api/studies/{STUDY}/trials/0/export", params={"format": "onnx"})
+    r = client.post(f"/api/studies/{STUDY}/trials/0/export", params={"format": "onnx"}, headers=JSON)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/zip"
     assert 'filename="demo-trial0-onnx.zip"' in r.headers["content-disposition"]
@@ -471,7 +476,7 @@ def test_export_returns_a_zip_from_inside_the_artefact_folder(
     (f"/api/studies/{STUDY}/trials/4/export", 422),       # the exporter raised ExportError
 ])
 def test_export_errors(client: TestClient, fake_export: list[dict[str, Any]], url: str, status: int) -> None:
-    r = client.post(url)
+    r = client.post(url, headers=JSON)
     assert r.status_code == status, r.text
 
 
@@ -479,7 +484,7 @@ def test_export_not_built_yet_is_501(client: TestClient, monkeypatch: pytest.Mon
     import nas.export
 
     monkeypatch.delattr(nas.export, "export_trial", raising=False)
-    assert client.post(f"/api/studies/{STUDY}/trials/0/export").status_code == 501
+    assert client.post(f"/api/studies/{STUDY}/trials/0/export", headers=JSON).status_code == 501
 
 
 # ------------------------------------------------------------------------------------------- optuna
@@ -497,7 +502,7 @@ def test_optuna_can_load_the_study_from_the_same_url(tmp_path: Path, make_result
     loaded = optuna.load_study(study_name=STUDY, storage=url)  # what optuna-dashboard does
     assert loaded.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     assert len(loaded.trials) == 1
-    with TestClient(create_app(url, artefacts=tmp_path / "a")) as c:
+    with TestClient(create_app(url, artefacts=tmp_path / "a"), base_url=BASE_URL) as c:
         [s] = c.get("/api/studies").json()
         assert s["name"] == STUDY and s["optuna_study_id"] == created._study_id
         assert c.get(f"/api/studies/{STUDY}/pareto").json()["count"] >= 3

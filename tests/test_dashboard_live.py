@@ -53,7 +53,7 @@ def test_studies_poll_shows_trials_arriving_while_a_search_writes(tmp_path: Path
     store.close()
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    with TestClient(create_app(db, artefacts=tmp_path / "artefacts")) as client:
+    with TestClient(create_app(db, artefacts=tmp_path / "artefacts"), base_url="http://127.0.0.1:8000") as client:
         first = client.get("/api/studies").json()[0]
         assert first["trials"]["done"] == 0 and first["status"] == "RUNNING"
         writer = subprocess.Popen([sys.executable, "-c", WRITER, db], cwd=ROOT, env=env,

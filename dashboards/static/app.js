@@ -342,7 +342,9 @@
       status.textContent = "Exporting… (this can take a minute)";
       try {
         const r = await fetch(`/api/studies/${enc(study)}/trials/${enc(trial)}/export?format=${enc(fmt)}`,
-          {method: "POST", credentials: "same-origin"});
+          // The server refuses state-changing requests that are not JSON-typed (a guard against
+          // cross-site forms); this one has no body, so only the header is sent.
+          {method: "POST", credentials: "same-origin", headers: {"Content-Type": "application/json", "Accept": "application/zip"}});
         if (!r.ok) {
           let detail = r.statusText;
           try { detail = (await r.json()).detail; } catch (e) { /* not JSON */ }

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from dashboards.limits import LaunchLimits
 from nas.errors import NASError
 
 app = typer.Typer(
@@ -237,13 +238,23 @@ def serve(
     db: DbOpt = DEFAULT_DB,
     host: Annotated[str, typer.Option(help="Bind address. Anything but loopback needs --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    token: Annotated[str | None, typer.Option(envvar="NAS_TOKEN", help="API token (env NAS_TOKEN).")] = None,
+    token: Annotated[str | None, typer.Option(envvar="NAS_TOKEN", help="API token, 16+ printable ASCII characters (env NAS_TOKEN).")] = None,
     artefacts: Annotated[Path, typer.Option(help="Folder for exports served over HTTP.")] = Path("nas_artefacts"),
+    allowed_host: Annotated[list[str] | None, typer.Option(help="Also answer to this Host name (repeatable); off loopback, without any, every Host is served.")] = None,
+    max_launches: Annotated[int, typer.Option(min=1, help="Searches launched over HTTP running at once.")] = LaunchLimits.max_running,
+    max_trial_concurrency: Annotated[int, typer.Option(min=1, help="Cap on a launched spec's resources.max_concurrent.")] = LaunchLimits.max_concurrent,
+    max_cpus_per_trial: Annotated[float, typer.Option(min=0.01, help="Cap on a launched spec's resources.cpus_per_trial and torch_threads.")] = LaunchLimits.max_cpus_per_trial,
+    max_gpus_per_trial: Annotated[float, typer.Option(min=0, help="Cap on a launched spec's resources.gpus_per_trial.")] = LaunchLimits.max_gpus_per_trial,
+    max_trials: Annotated[int, typer.Option(min=1, help="Cap on a launched spec's budget.trials.")] = LaunchLimits.max_trials,
 ) -> None:
     """HTTP API and dashboard over the same database."""
     from dashboards.server import run
 
-    run(db=db, host=host, port=port, token=token, artefacts=artefacts)
+    limits = LaunchLimits(max_running=max_launches, max_concurrent=max_trial_concurrency,
+                          max_cpus_per_trial=max_cpus_per_trial, max_gpus_per_trial=max_gpus_per_trial,
+                          max_trials=max_trials)
+    run(db=db, host=host, port=port, token=token, artefacts=artefacts, allowed_hosts=allowed_host or [],
+        limits=limits)
 
 
 @storage_app.command("upgrade")
