@@ -115,3 +115,51 @@ def test_trial_json_on_cpu_is_complete_and_labelled(tmp_path):
     for field, value in prov.items():
         if value is None:
             assert field in prov["absent"], f"provenance.{field} is empty without a reason"
+
+
+# --- which database a search uses -------------------------------------------------------------------------
+def _fake_search(monkeypatch):
+    """Run `nas search` in-process with the driver replaced, so only study creation happens."""
+    import nas.runner.driver as driver
+
+    def run_study(spec, store, **kw):
+        return driver.RunOutcome(spec.name, 0, "test: driver not started", 0.0)
+
+    monkeypatch.setattr(driver, "run_study", run_study)
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({}, "spec.db"),                                   # the spec's storage.url, not ./nas.db
+    ({"--db": "flag.db"}, "flag.db"),                  # --db beats the spec
+    ({"NAS_DB": "env.db"}, "env.db"),                  # so does NAS_DB
+    ({"--db": "flag.db", "NAS_DB": "env.db"}, "flag.db"),
+])
+def test_search_database_precedence(monkeypatch, tmp_path, capsys, given, expected):
+    import yaml
+
+    from nas.cli import main
+    from storage import Store
+    from tests.test_bad_inputs import _spec
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NAS_DB", raising=False)
+    _fake_search(monkeypatch)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(_spec(Path("spec.db"), name="prec")))
+    if "NAS_DB" in given:
+        monkeypatch.setenv("NAS_DB", given["NAS_DB"])
+    argv = ["search", str(spec), "--quiet"] + (["--db", given["--db"]] if "--db" in given else [])
+    main(argv)
+    dbs = sorted(p.name for p in tmp_path.glob("*.db"))
+    assert dbs == [expected]
+    assert [s.name for s in Store.open(tmp_path / expected, create=False).list_studies()] == ["prec"]
+    assert f"in {expected}" in capsys.readouterr().out
+
+
+def test_search_without_spec_storage_uses_nas_db(monkeypatch, tmp_path):
+    from nas.runner.api import resolve_db
+    from nas.spec import StudySpec
+
+    assert resolve_db(None, StudySpec()) == "nas.db"
+    assert resolve_db(None, None) == "nas.db"
+    assert resolve_db("x.db", StudySpec(storage={"url": "y.db"})) == "x.db"

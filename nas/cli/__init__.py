@@ -36,6 +36,11 @@ DbOpt = Annotated[
     str,
     typer.Option("--db", envvar="NAS_DB", help="Database URL or SQLite path (env NAS_DB)."),
 ]
+SearchDbOpt = Annotated[
+    str | None,
+    typer.Option("--db", envvar="NAS_DB", show_default=False,
+                 help="Database URL or SQLite path (env NAS_DB). Default: the spec's storage.url, else nas.db."),
+]
 
 
 class Meter(str, Enum):
@@ -105,18 +110,20 @@ def trial(
 def search(
     spec: Annotated[Path | None, typer.Argument(help="Study YAML. Omit for the built-in default study.")] = None,
     resume: Annotated[str | None, typer.Option(help="Resume the named study from the database.")] = None,
-    db: DbOpt = DEFAULT_DB,
+    db: SearchDbOpt = None,
     ray_address: Annotated[str | None, typer.Option(help="Join an existing Ray cluster (e.g. 127.0.0.1:6379).")] = None,
     trials: Annotated[int | None, typer.Option(min=1, help="Override the spec's trial budget.")] = None,
     name: Annotated[str | None, typer.Option(help="Override the study name.")] = None,
-    executor: Annotated[str, typer.Option(help="ray (default when installed) or local (in-process).")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
 ) -> None:
-    """Launch (or resume) a search; prints the Pareto front at the end."""
+    """Launch (or resume) a search; prints the Pareto front at the end.
+
+    Every input is checked before anything is written. The database is --db (or NAS_DB), else the
+    spec's storage.url, else nas.db."""
     from nas.runner.api import search as run_search
 
     summary = run_search(spec, resume=resume, db=db, ray_address=ray_address, trials=trials, name=name,
-                         executor=executor, progress=not quiet)
+                         progress=not quiet)
     from nas.cli.render import front_table
 
     out.print(front_table(summary.front, summary.objectives, title=f"Pareto front of {summary.study!r}"))
