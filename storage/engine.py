@@ -188,6 +188,11 @@ def make_engine(url: URL, *, create: bool = True, read_only: bool | None = False
                            "energy-nas)") from e
 
 
+#: Words of PostgreSQL errors about reaching the server (not about a statement).
+_PG_CONNECTION_WORDS = ("connection", "could not connect", "could not translate host", "password authentication",
+                        "timeout expired", "pg_hba.conf", "server closed", 'database "')
+
+
 def _first_line(error: BaseException) -> str:
     text = str(getattr(error, "orig", None) or error)
     lines = [" ".join(line.split()) for line in text.splitlines()]
@@ -212,7 +217,7 @@ def database_error(error: BaseException, url: URL, *, doing: str = "open") -> St
     if "unable to open database file" in low:
         return StorageError(f"cannot {doing} {where} ({reason})", field="--db",
                             fix="check that the path exists and that you may read (and write) it and its folder")
-    if url.get_backend_name() == "postgresql":
+    if url.get_backend_name() == "postgresql" and any(k in low for k in _PG_CONNECTION_WORDS):
         return StorageError(f"cannot {doing} {where}: {reason}", field="--db",
                             fix="check that the PostgreSQL server runs at that host and port, and the URL, "
                             "user, password and database name")

@@ -246,3 +246,13 @@ def test_reader_in_a_chmod_read_only_folder(tmp_path: Path) -> None:
         assert "\n" not in str(err.value)
     finally:
         db.parent.chmod(0o755)
+
+
+def test_postgres_statement_errors_are_not_called_connection_errors() -> None:
+    url = normalize_url("postgresql://u@db.example/nas")
+    stmt = engine_module.database_error(Exception('relation "no_such_table" does not exist\nLINE 1: ...'), url,
+                                        doing="read")
+    assert "database error" in str(stmt) and "no_such_table" in str(stmt) and "server" not in str(stmt)
+    conn = engine_module.database_error(Exception('connection failed: connection to server at "db.example", '
+                                                  "port 5432 failed: Connection refused\n\tIs the server running?"), url)
+    assert "\n" not in str(conn) and "Connection refused" in str(conn) and "PostgreSQL server" in str(conn)
