@@ -32,6 +32,7 @@ __all__ = [
     "sqlite_file",
     "sqlite_read_mode",
     "make_engine",
+    "check_writable",
     "database_error",
 ]
 
@@ -125,6 +126,27 @@ def _check_sqlite_path(path: Path, create: bool) -> None:
                            f"{path}`, or point --db (or NAS_DB) at an existing database")
 
 
+def check_writable(url: URL) -> None:
+    """A writer's SQLite file (or, for a new one, its folder) can be written by this process.
+
+    Raises:
+        StorageError: One line naming the file and the fix (read commands still work on it).
+    """
+    path = sqlite_file(url)
+    if path is None or path.is_dir():
+        return
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        return  # _check_sqlite_path names the missing folder
+    if path.exists() and not (os.access(path, os.W_OK) and os.access(folder, os.W_OK)):
+        raise StorageError(f"{str(path)!r} is read-only for this user (the file or its folder cannot be written)",
+                           field="--db", fix="make the file and its folder writable, or copy the database to a "
+                           "writable folder; nas studies/pareto/show/export read it as it is")
+    if not path.exists() and not os.access(folder, os.W_OK):
+        raise StorageError(f"cannot create {str(path)!r}: folder {str(folder)!r} is not writable", field="--db",
+                           fix="pass a --db path in a writable folder")
+
+
 def _sqlite_engine(url: URL, mode: str | None) -> Engine:
     timeout_s = SQLITE_BUSY_TIMEOUT_MS / 1000
     if mode in (None, "query_only"):
@@ -172,6 +194,8 @@ def make_engine(url: URL, *, create: bool = True, read_only: bool | None = False
     path = sqlite_file(url)
     if path is not None:
         _check_sqlite_path(path, create)
+        if read_only is False:
+            check_writable(url)
         mode = sqlite_read_mode(path, read_only)
         return _sqlite_engine(url, mode), mode is not None
     try:

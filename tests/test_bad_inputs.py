@@ -455,3 +455,62 @@ def test_the_shipped_specs_pass_every_check(tmp_path: Path) -> None:
     check_search_inputs(load_spec(ROOT / "examples" / "study.yaml"), db=str(tmp_path / "nas.db"),
                         ray_address="auto")
     assert list(tmp_path.iterdir()) == [p for p in tmp_path.iterdir() if p.name == "cache"]  # nothing written
+
+
+# --- read-only databases: every reader reads them and writes nothing --------------------------------------
+@pytest.fixture
+def read_only_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A study database in a folder this process cannot write: chmod, and for root (whom chmod does not
+    stop) os.access also reports the folder and file unwritable, which is what the readers consult."""
+    from storage import Store, TrialCost
+
+    folder = tmp_path / "share"
+    folder.mkdir()
+    db = folder / "nas.db"
+    with Store.open(db) as store:
+        store.create_study(STUDY, json.dumps(_spec(db)), [("accuracy", "maximize"), ("energy_per_sample_j", "minimize")])
+        store.finish_trial(STUDY, 0, fake_trial_result(), cost=TrialCost())
+    db.chmod(0o444)
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        import storage.engine
+
+        real = os.access
+        denied = {str(folder), str(db)}
+        monkeypatch.setattr(storage.engine.os, "access",
+                            lambda p, m, **kw: False if m & os.W_OK and str(Path(p).resolve()) in denied
+                            else real(p, m, **kw))
+    yield db
+    folder.chmod(0o755)
+
+
+def test_every_reader_reads_a_read_only_database_and_writes_nothing(read_only_db: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import nas
+    from dashboards.context import AppContext
+
+    db = str(read_only_db)
+    before = _snapshot(read_only_db.parent)
+    code, out, err = run_cli(["studies", "--json", "--db", db], capsys)
+    assert code == 0 and json.loads(out)[0]["name"] == STUDY, err
+    code, out, err = run_cli(["pareto", STUDY, "--json", "--db", db], capsys)
+    assert code == 0 and [t["number"] for t in json.loads(out)] == [0], err
+    code, out, err = run_cli(["show", STUDY, "0", "--json", "--db", db], capsys)
+    assert code == 0 and json.loads(out)["number"] == 0, err
+    assert [t.number for t in nas.pareto(STUDY, db=db).trials] == [0]
+    ctx = AppContext(db, read_only_db.parent / "artefacts")
+    store = ctx.store()
+    assert store is not None and store.read_only and [s.name for s in store.list_studies()] == [STUDY]
+    ctx.close()
+    assert sorted(p.name for p in read_only_db.parent.iterdir()) == ["nas.db"]  # no -wal, no -shm
+    assert _snapshot(read_only_db.parent) == before
+
+
+def test_a_writer_on_a_read_only_database_is_one_line(read_only_db: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "w.yaml"
+    spec.write_text(yaml.safe_dump(_spec(read_only_db, name="w")))
+    code, _, err = run_cli(["search", str(spec)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "read-only" in err and "nas.db" in err, err
+    code, _, err = run_cli(["storage", "upgrade", "--db", str(read_only_db)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "read-only" in err, err

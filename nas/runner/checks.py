@@ -32,8 +32,9 @@ _AMOUNT_KINDS = ("magnitude", "heads", "ffn")
 def check_search_inputs(spec: StudySpec, *, db: str, ray_address: str | None = None) -> None:
     """Run every check of a search that can fail; raise the first failure, having written nothing."""
     from storage import normalize_url
+    from storage.engine import check_writable
 
-    normalize_url(db)
+    check_writable(normalize_url(db))
     check_constraints(spec)
     space = check_space(spec)
     if spec.measure.seq_len > space.max_len:
