@@ -94,6 +94,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     with Store.open(db) as store:
         store.create_study(STUDY, json.dumps(_spec(db)), [("accuracy", "maximize"), ("energy_per_sample_j", "minimize")])
         store.finish_trial(STUDY, 0, fake_trial_result(), cost=TrialCost())
+        outdated = {**_spec(db, name="outdated"), "measure": {"serving_form": "onnxruntime"}}
+        store.create_study("outdated", json.dumps(outdated), [("accuracy", "maximize")])
     optuna_storage(db)
     w = World(root, db)
     (root / "exports").mkdir()
@@ -233,6 +235,8 @@ def _cases(w: World) -> dict[str, Case]:  # noqa: PLR0915 - one table of cases
         "search db unknown dialect": (["search", w.spec("ok5"), "--db", "foo://x"], ["--db", "foo"]),
         "search db mysql driver": (["search", w.spec("ok6"), "--db", "mysql://u@h/db"], ["--db", "mysql"]),
         "search resume unknown study": (["search", "--resume", "nosuch", "--db", db], ["nosuch", "nas studies"]),
+        "search resume outdated spec": (["search", "--resume", "outdated", "--db", db],
+                                        ["outdated", "measure.serving_form", "new study"]),
         "search resume with spec": (["search", w.spec("ok7"), "--resume", STUDY, "--db", db], ["--resume"]),
         "search resume missing db": (["search", "--resume", STUDY, "--db", str(root / "none.db")], ["none.db"]),
         "search executor removed": (["search", "--executor", "local"], ["--executor"]),

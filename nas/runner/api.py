@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,29 @@ def resolve_db(db: str | None, spec: StudySpec | None) -> str:
     return DEFAULT_DB
 
 
+def stored_spec(store: Any, name: str) -> StudySpec:
+    """The spec a study was started with, read from the database.
+
+    Raises:
+        ConfigError: It no longer validates (e.g. written by another version), naming the field.
+    """
+    from pydantic import ValidationError
+
+    from nas.config import validate
+
+    text = store.get_study(name).spec_json
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"the stored spec of study {name!r} is not JSON", field="spec_json",
+                          fix="start a new study (a new --name)") from e
+    try:
+        return validate(StudySpec, data, source=f"the stored spec of study {name!r}")
+    except (ConfigError, ValidationError) as e:
+        raise ConfigError(f"{e}", fix="this build cannot continue it; start a new study from a corrected spec "
+                          "(a new --name)") from e
+
+
 def _new_spec(spec: StudySpec | str | Path | None, trials: int | None, name: str | None) -> StudySpec:
     the_spec = resolve_spec(spec)
     overrides: dict[str, Any] = {}
@@ -105,7 +129,7 @@ def _start_or_continue(store: Any, the_spec: StudySpec, db_url: str, trials: int
                            [(o.metric, o.resolved_direction) for o in the_spec.objectives],
                            budget_trials=the_spec.budget.trials, budget_energy_j=the_spec.budget.joules)
         return the_spec, False
-    stored = StudySpec.model_validate_json(store.get_study(the_spec.name).spec_json)
+    stored = stored_spec(store, the_spec.name)
     if stored.model_dump() != the_spec.with_overrides(**{"budget.trials": stored.budget.trials}).model_dump():
         raise SearchError(
             f"study {the_spec.name!r} already exists in {db_url} with a different spec",
@@ -155,7 +179,7 @@ def search(
                               fix="drop SPEC and --name (use --db to name the database)")
         db_url = resolve_db(db, None)
         store = open_store(db_url, create=False)
-        the_spec = StudySpec.model_validate_json(store.get_study(resume).spec_json)
+        the_spec = stored_spec(store, resume)
         if trials is not None:
             the_spec = the_spec.with_overrides(**{"budget.trials": trials})
         check_search_inputs(the_spec, db=db_url, ray_address=ray_address)
