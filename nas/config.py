@@ -196,6 +196,10 @@ class Candidate(_Frozen):
             )
         if self.attention.kind == "lowrank" and self.attention.k is not None and self.attention.k > self.max_len:
             raise ValueError(f"attention.k={self.attention.k} must be <= max_len={self.max_len}")
+        if self.attention.kind == "local" and self.attention.window is not None \
+                and self.attention.window > self.max_len:
+            raise ValueError(f"attention.window={self.attention.window} must be <= max_len={self.max_len} "
+                             "(a wider window is full softmax attention; use kind: softmax or a smaller window)")
         if self.sparsity.kind == "heads":
             removed = int(round(self.n_heads * self.sparsity.amount))
             if removed >= self.n_heads:
@@ -277,7 +281,9 @@ class MeasureConfig(_Frozen):
     idle_s: float = Field(default=1.0, ge=0)
     country_iso_code: str = Field(default="USA", min_length=3, max_length=3)
     cpu_tdp_w: float = Field(default=65.0, gt=0)
-    serving_form: Literal["eager", "compiled", "onnxruntime"] = "eager"
+    #: The form measured: eager PyTorch or ``torch.compile``. ONNX Runtime is an export format
+    #: (``nas export --format onnx``), not a serving form a trial can measure.
+    serving_form: Literal["eager", "compiled"] = "eager"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 
@@ -317,8 +323,8 @@ def validate(model: type[M], data: Any, *, source: str = "config") -> M:
         raise ConfigError(_format_validation_error(e, source)) from e
 
 
-def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file; errors name the file (and line) and say what to fix."""
+def load_yaml(path: str | Path, *, what: str = "the candidate's keys, e.g. n_layers: 2") -> Any:
+    """Read a YAML file; errors name the file (and line) and say what to fix (``what`` goes in it)."""
     import yaml
 
     p = Path(path)
@@ -336,7 +342,7 @@ def load_yaml(path: str | Path) -> Any:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: is not UTF-8 text", fix="save the file as UTF-8") from e
     if data is None:
-        raise ConfigError(f"{p}: file is empty", fix="write the candidate's keys, e.g. n_layers: 2")
+        raise ConfigError(f"{p}: file is empty", fix=f"write {what}")
     return data
 
 

@@ -115,7 +115,7 @@ class FidelitySpec(_Frozen):
         if not v:
             raise ValueError("needs at least one rung (the final training step count)")
         if any(r <= 0 for r in v) or sorted(set(v)) != v:
-            raise ValueError(f"rungs must be positive and strictly increasing, got {v}")
+            raise ValueError("rungs must be positive and strictly increasing, e.g. [100, 200]")
         return v
 
     @property
@@ -206,7 +206,9 @@ def default_spec() -> StudySpec:
 
 
 def load_spec(path: str | Path) -> StudySpec:
-    data = load_yaml(path)
+    """Read and validate a study YAML; every error is one line naming the file and the key."""
+    data = load_yaml(path, what="a study spec, e.g. name: my-study (see examples/study.yaml)")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level", fix="see examples/study.yaml")
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level, got "
+                          f"{type(data).__name__}", fix="write the spec as key: value pairs (see examples/study.yaml)")
     return validate(StudySpec, data, source=str(path))

@@ -6,6 +6,7 @@ A :class:`Store` wraps one SQLAlchemy engine on a SQLite file or a PostgreSQL da
 * SQLite runs in WAL mode with a 30 s busy timeout and foreign keys on, so readers never block the
   single writer (the driver) and the writer never blocks readers. Write sessions start with
   ``BEGIN IMMEDIATE`` so that two writers queue on the busy timeout instead of failing mid-transaction.
+  Readers that cannot write the file or its folder open it read-only (:mod:`storage.engine`).
 * Opening a database checks its schema revision. A new database is created at the newest revision; an
   older one raises :class:`~nas.errors.StorageError` naming the command that upgrades it.
 * Every public method runs in one :meth:`Store.session` and returns frozen records
@@ -31,9 +32,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Engine, case, create_engine, delete, event, func, inspect, select
-from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy import Engine, case, delete, func, inspect, select
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from nas.config import Candidate
@@ -41,6 +42,8 @@ from nas.dominance import non_dominated
 from nas.errors import ConfigError, StorageError
 from nas.records import TrialResult
 from nas.where import compile_where
+from storage.engine import SQLITE_BUSY_TIMEOUT_MS, database_error, make_engine, normalize_url
+from storage.engine import shown as _shown
 from storage.file_guard import FileIdentity
 from storage.models import (
     STUDY_STATUSES,
@@ -79,8 +82,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: How long a SQLite connection waits for a lock before giving up.
-SQLITE_BUSY_TIMEOUT_MS = 30_000
 _PACKAGE_DIR = Path(__file__).resolve().parent
 _INI_PATH = _PACKAGE_DIR / "alembic.ini"
 _MIGRATIONS_DIR = _PACKAGE_DIR / "migrations"
@@ -92,35 +93,7 @@ _NUMERIC_CANDIDATE_NAMES = (
 ALLOWED_OBJECTIVES: tuple[str, ...] = (*OBJECTIVE_NAMES, *_NUMERIC_CANDIDATE_NAMES)
 
 
-# --- URLs and migrations ----------------------------------------------------------------------------
-def normalize_url(url: str | os.PathLike[str] | URL) -> URL:
-    """Turn a plain path into a SQLite URL and ``postgresql://`` into the psycopg 3 driver.
-
-    Raises:
-        StorageError: When the text is neither a path nor a database URL.
-    """
-    if isinstance(url, URL):
-        parsed = url
-    else:
-        text = os.fspath(url)
-        if "://" not in text:
-            text = f"sqlite:///{text}"
-        try:
-            parsed = make_url(text)
-        except ArgumentError as e:
-            raise StorageError(
-                f"{text!r} is not a database URL",
-                fix="pass a file path (nas.db), sqlite:///path or postgresql+psycopg://user@host/db",
-            ) from e
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed
-
-
-def _shown(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
-
-
+# --- migrations ------------------------------------------------------------------------------------
 def alembic_config(connection: Connection | None = None, url: URL | None = None) -> Config:
     """An Alembic config for our migrations, independent of the working directory.
 
@@ -161,43 +134,6 @@ def _upgrade_command(url: URL) -> str:
     return f"nas storage upgrade --db {_shown(url)}"
 
 
-# --- engines ----------------------------------------------------------------------------------------
-def _make_engine(url: URL) -> Engine:
-    if url.get_backend_name() == "sqlite":
-        database = url.database or ""
-        if database and database != ":memory:" and not database.startswith("file:"):
-            parent = Path(database).expanduser().resolve().parent
-            if not parent.is_dir():
-                raise StorageError(
-                    f"cannot create {database!r}: folder {str(parent)!r} does not exist",
-                    fix="create the folder or pass another --db path",
-                )
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-            # Take transaction control away from the sqlite3 module; SQLAlchemy emits BEGIN below.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-                cursor.execute("PRAGMA foreign_keys=ON")
-                cursor.execute("PRAGMA synchronous=NORMAL")
-            finally:
-                cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Connection) -> None:
-            # IMMEDIATE takes the write lock up front (waiting on busy_timeout), so a writer never
-            # fails half-way with SQLITE_BUSY when another connection committed in between.
-            immediate = conn.get_execution_options().get("nas_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
-
-
 def _json_dumps(value: Any) -> str:
     """JSON text with NaN and infinities written as null (valid for SQLite's and Postgres' JSON)."""
 
@@ -231,10 +167,11 @@ class Store:
     session); only one process (the search driver) should write.
     """
 
-    def __init__(self, engine: Engine, url: URL) -> None:
+    def __init__(self, engine: Engine, url: URL, *, read_only: bool = False) -> None:
         """Use :meth:`open` instead; this does no schema check."""
         self._engine = engine
         self._url = url
+        self._read_only = read_only
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
         database = url.database or ""
         self._file: FileIdentity | None = None
@@ -244,28 +181,36 @@ class Store:
 
     # --- lifecycle ------------------------------------------------------------------------------
     @classmethod
-    def open(cls, url: str | os.PathLike[str] | URL, *, create: bool = True) -> Store:
+    def open(cls, url: str | os.PathLike[str] | URL, *, create: bool = True,
+             read_only: bool | None = None) -> Store:
         """Open a database, creating it at the newest schema if it is new.
 
         Args:
             url: A SQLAlchemy URL (``sqlite:///nas.db``, ``postgresql+psycopg://user@host/db``) or a plain
                 file path, taken as SQLite.
-            create: Create our tables in a database that has none (Optuna's tables may be there).
+            create: Create the SQLite file and our tables in a database that has none (Optuna's tables
+                may be there). With ``create`` False a missing SQLite file is an error, never created.
+            read_only: SQLite only. True: never write (``mode=ro``, or ``immutable=1`` in a read-only
+                folder; see :func:`storage.engine.sqlite_read_mode`). None (default): read-only when
+                ``create`` is False and this process cannot write the file or its folder. False: read-write.
 
         Raises:
             StorageError: The database cannot be reached, has no schema and ``create`` is False, or its
                 schema is older (the message gives the ``nas storage upgrade`` command) or newer than
-                this build.
+                this build. The message is one line naming the database and the fix.
         """
         parsed = normalize_url(url)
-        engine = _make_engine(parsed)
+        if read_only and create:
+            raise StorageError("a read-only store cannot create a database", field="read_only",
+                               fix="pass create=False")
+        engine, is_read_only = make_engine(parsed, create=create, read_only=read_only if not create else False)
         try:
             head = head_revision()
             with engine.connect() as conn:
                 current, has_version, has_tables = _schema_state(conn)
                 conn.rollback()
             if current is None and not has_tables:
-                if not create:
+                if not create or is_read_only:
                     raise StorageError(
                         f"{_shown(parsed)} has no energy-nas tables",
                         fix=f"create them with `{_upgrade_command(parsed)}`",
@@ -286,12 +231,13 @@ class Store:
                 )
         except SQLAlchemyError as e:
             engine.dispose()
-            raise StorageError(f"cannot open {_shown(parsed)}: {e.__class__.__name__}: {e}",
-                               fix="check the URL, the server and the credentials") from e
+            raise database_error(e, parsed) from e
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, parsed)
+        if is_read_only:
+            log.info("opened %s read-only", _shown(parsed))
+        return cls(engine, parsed, read_only=is_read_only)
 
     @staticmethod
     def _raise_if_unknown_revision(current: str, url: URL) -> None:
@@ -323,7 +269,7 @@ class Store:
             StorageError: On a database error or an unknown revision.
         """
         parsed = normalize_url(url)
-        engine = _make_engine(parsed)
+        engine, _ = make_engine(parsed)
         try:
             with engine.connect() as conn:
                 current, _, has_tables = _schema_state(conn)
@@ -339,8 +285,11 @@ class Store:
             with engine.connect() as conn:
                 after, _, _ = _schema_state(conn)
                 conn.rollback()
-        except (SQLAlchemyError, CommandError) as e:
-            raise StorageError(f"cannot upgrade {_shown(parsed)}: {e}") from e
+        except SQLAlchemyError as e:
+            raise database_error(e, parsed, doing="upgrade") from e
+        except CommandError as e:
+            raise StorageError(f"cannot upgrade {_shown(parsed)}: {' '.join(str(e).split())}", field="--db",
+                               fix="point --db at a database created by energy-nas") from e
         finally:
             engine.dispose()
         log.info("%s is at schema revision %s", _shown(parsed), after)
@@ -365,6 +314,11 @@ class Store:
         if self.dialect == "sqlite":
             return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}}
         return {"pool_pre_ping": True}
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this store was opened read-only (it can read, never write)."""
+        return self._read_only
 
     @property
     def dialect(self) -> str:
@@ -398,9 +352,9 @@ class Store:
             StorageError: Wrapping any ``SQLAlchemyError`` (``raise ... from e``).
         """
         session = self._sessions()
-        if write:
-            session.connection(execution_options={"nas_write": True})
         try:
+            if write:
+                session.connection(execution_options={"nas_write": True})
             yield session
             if write and self._file is not None:
                 dbapi = session.connection().connection.dbapi_connection
@@ -409,7 +363,7 @@ class Store:
             session.commit()
         except SQLAlchemyError as e:
             session.rollback()
-            raise StorageError(f"database error on {self.display_url}: {e.__class__.__name__}: {e}") from e
+            raise database_error(e, self._url, doing="write" if write else "read") from e
         except BaseException:
             session.rollback()
             raise

@@ -11,10 +11,11 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dashboards.limits import LaunchLimits
 from nas.errors import NASError
@@ -36,6 +37,11 @@ DEFAULT_DB = "nas.db"
 DbOpt = Annotated[
     str,
     typer.Option("--db", envvar="NAS_DB", help="Database URL or SQLite path (env NAS_DB)."),
+]
+SearchDbOpt = Annotated[
+    str | None,
+    typer.Option("--db", envvar="NAS_DB", show_default=False,
+                 help="Database URL or SQLite path (env NAS_DB). Default: the spec's storage.url, else nas.db."),
 ]
 
 
@@ -59,10 +65,20 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def default_candidate() -> Any:
+    """The candidate ``nas trial`` uses without a CANDIDATE file (the same as examples/candidate.yaml)."""
+    from evaluators.tasks import DEFAULT_MAX_LEN
+    from nas.config import Candidate
+
+    return Candidate(max_len=DEFAULT_MAX_LEN)
+
+
 # --------------------------------------------------------------------------------------------- trial
 @app.command()
 def trial(
-    candidate: Annotated[Path, typer.Argument(help="Candidate YAML (see examples/candidate.yaml).")],
+    candidate: Annotated[Path | None, typer.Argument(
+        metavar="CANDIDATE", help="Candidate YAML (see examples/candidate.yaml). Omit for the default candidate: 2 layers, "
+             "d_model 64, 4 heads, FFN 128, softmax, max_len 64, uncompressed.")] = None,
     task: Annotated[str, typer.Option(help="builtin:NAME or a TSV/CSV/JSONL file or folder.")] = "builtin:sentiment",
     teacher: Annotated[str | None, typer.Option(help="Local HF folder, or 'auto' to train and cache one.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 300,
@@ -82,15 +98,20 @@ def trial(
     """Train, compress and measure one candidate, and print its record."""
     from nas.config import MeasureConfig, TrainConfig, load_candidate
 
-    cand = load_candidate(candidate)
+    cand = load_candidate(candidate) if candidate is not None else default_candidate()
     train_cfg = TrainConfig(steps=steps, max_seconds=seconds, batch_size=batch_size, lr=lr, seed=seed, device=device)
     measure_cfg = MeasureConfig(meter=meter.value, batch_size=measure_batch, seq_len=measure_seq,
                                 window_s=window_s, n_windows=windows)
+    from nas.runner.checks import check_trial_inputs
+
+    check_trial_inputs(cand, task=task, teacher=teacher, weights_out=save_weights, seed=seed,
+                       measure_seq=measure_seq)
     from evaluators.pipeline import run_trial
 
     if not as_json:
         err.print(f"[bold]nas trial[/]: {cand.n_layers}x d{cand.d_model} h{cand.n_heads} "
-                  f"{cand.attention.kind}, {cand.weight_bits}-bit, sparsity {cand.sparsity.kind} on {task}")
+                  f"{cand.attention.kind}, {cand.weight_bits}-bit, sparsity {cand.sparsity.kind} on {task}",
+                  soft_wrap=True)
     if as_json:
         result = run_trial(cand, task, train_cfg=train_cfg, measure_cfg=measure_cfg, teacher=teacher,
                            weights_out=save_weights)
@@ -113,18 +134,20 @@ def trial(
 def search(
     spec: Annotated[Path | None, typer.Argument(help="Study YAML. Omit for the built-in default study.")] = None,
     resume: Annotated[str | None, typer.Option(help="Resume the named study from the database.")] = None,
-    db: DbOpt = DEFAULT_DB,
+    db: SearchDbOpt = None,
     ray_address: Annotated[str | None, typer.Option(help="Join an existing Ray cluster (e.g. 127.0.0.1:6379).")] = None,
     trials: Annotated[int | None, typer.Option(min=1, help="Override the spec's trial budget.")] = None,
     name: Annotated[str | None, typer.Option(help="Override the study name.")] = None,
-    executor: Annotated[str, typer.Option(help="ray (default when installed) or local (in-process).")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
 ) -> None:
-    """Launch (or resume) a search; prints the Pareto front at the end."""
+    """Launch (or resume) a search; prints the Pareto front at the end.
+
+    Every input is checked before anything is written. The database is --db (or NAS_DB), else the
+    spec's storage.url, else nas.db."""
     from nas.runner.api import search as run_search
 
     summary = run_search(spec, resume=resume, db=db, ray_address=ray_address, trials=trials, name=name,
-                         executor=executor, progress=not quiet)
+                         progress=not quiet)
     from nas.cli.render import front_table
 
     out.print(front_table(summary.front, summary.objectives, title=f"Pareto front of {summary.study!r}"))
@@ -136,7 +159,7 @@ def studies(db: DbOpt = DEFAULT_DB, as_json: Annotated[bool, typer.Option("--jso
     """List the studies in the database."""
     from nas.runner.api import open_store
 
-    store = open_store(db, create=False)
+    store = open_store(db, create=False, read_only=True)
     infos = store.list_studies()
     if as_json:
         from nas.cli.render import to_jsonable
@@ -185,7 +208,7 @@ def show(
     """One trial: candidate, metrics, energy readings with meter and provenance."""
     from nas.runner.api import open_store
 
-    view = open_store(db, create=False).trial(study, trial_number)
+    view = open_store(db, create=False, read_only=True).trial(study, trial_number)
     if as_json:
         from nas.cli.render import view_to_dict
 
@@ -281,24 +304,38 @@ def tasks() -> None:
     out.print("Files: a TSV/CSV/JSONL file or a folder with train.* and dev.*, columns text and label.")
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _fail(message: str) -> NoReturn:
+    # one line, never rich-markup-interpreted: messages quote user input (brackets included)
+    err.print(f"[red]error:[/] {escape(_one_line(message))}", highlight=False, soft_wrap=True)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app; turn every NASError into one line on stderr and exit code 2."""
+    """Entry point: run the app; every bad input is one line on stderr and exit code 2."""
     os.environ.setdefault("CODECARBON_LOG_LEVEL", "error")
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="nas", standalone_mode=False)
     except NASError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
+        _fail(str(e))
     except KeyboardInterrupt:
         err.print("interrupted")
         raise SystemExit(130) from None
     except SystemExit:
         raise
+    except OSError as e:
+        if e.filename is None:
+            raise
+        _fail(f"{e.filename}: {e.strerror or e}. Fix: check the path and its permissions")
     except Exception as e:
         # click usage errors (typer vendors its own click, so match by shape, not by class)
-        if hasattr(e, "show") and hasattr(e, "exit_code"):
-            e.show()
-            raise SystemExit(2) from None
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            _fail(f"{e.format_message().replace('Value error, ', '')}{hint}")
         if type(e).__name__ == "Abort":
             raise SystemExit(1) from None
         raise

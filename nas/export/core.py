@@ -109,6 +109,17 @@ def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a folder", field="--out", value=str(out),
                           fix="choose a folder path")
+    # the export is written beside --out and renamed into place: its parent must be (or become) a
+    # writable folder. Path.exists() is False below a file, so walk up to what really exists.
+    existing = out.absolute().parent
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ExportError(f"{existing} is a file, so {out} cannot be created below it", field="--out",
+                          value=str(out), fix="choose a folder path whose parents are folders")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ExportError(f"folder {existing} is not writable, so {out} cannot be written", field="--out",
+                          value=str(out), fix="choose a writable folder, or fix its permissions")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportError(f"{out} is not empty", field="--out", value=str(out),
                           fix="pass --force to replace it, or choose another folder")

@@ -163,38 +163,78 @@ def _resolve(path: str | Path) -> Path:
                       fix="pass a folder written by `nas export --format hf` (or all)")
 
 
+def _read_config(folder: Path) -> dict[str, Any]:
+    """``config.json`` checked key by key: a tampered file fails with one line naming the key."""
+    path = folder / "config.json"
+    fix = "re-export the model with `nas export` (or restore the original config.json)"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"{path}: unreadable ({' '.join(str(e).split())})", field="config.json", fix=fix) from e
+    if not isinstance(config, dict):
+        raise ExportError(f"{path} holds a JSON {type(config).__name__}, not an object", field="config.json",
+                          fix=fix)
+    if config.get("model_type") != MODEL_TYPE:
+        raise ExportError(f"{path} is not an energy-nas export", field="model_type",
+                          value=config.get("model_type"), fix="pass a folder written by `nas export`")
+    missing = [k for k in ("candidate", "num_labels", "id2label", "vocab_size", "max_len") if k not in config]
+    if missing:
+        raise ExportError(f"{path} lacks {', '.join(missing)}", field="config.json", fix=fix)
+    version = config.get("nas_format_version", 0)
+    for key in ("num_labels", "vocab_size", "max_len", "nas_format_version"):
+        value = config.get(key, 0)
+        low = 0 if key == "nas_format_version" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ExportError(f"{path}: {key} must be an integer >= {low}", field=key, value=value, fix=fix)
+    if version > HF_FORMAT_VERSION:
+        raise ExportError(f"{folder} uses export layout {version}, newer than this build's {HF_FORMAT_VERSION}",
+                          field="nas_format_version", fix="upgrade energy-nas")
+    id2label = config["id2label"]
+    if not isinstance(id2label, dict) or any(str(i) not in id2label for i in range(config["num_labels"])) \
+            or config["num_labels"] < 2:
+        raise ExportError(f"{path}: id2label does not name each of the num_labels={config['num_labels']} classes "
+                          "(at least 2)", field="id2label", fix=fix)
+    return config
+
+
 def load(path: str | Path) -> LoadedModel:
     """Load an exported model: the export folder ``DIR`` or its ``DIR/hf``.
 
     Raises:
-        ExportError: The folder is not an energy-nas export, or its weights do not match its config.
+        ExportError: The folder is not an energy-nas export, its ``config.json`` is damaged (one line
+            naming the key), or its weights or tokenizer do not match it.
+        ConfigError: The candidate in ``config.json`` is invalid.
     """
     from safetensors.torch import load_file
 
     from evaluators.tokenize import load_tokenizer
+    from nas.config import validate
+    from nas.errors import NASError
 
     folder = _resolve(path)
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"{folder / 'config.json'}: unreadable ({e})", field="path",
-                          fix="re-export the model") from e
-    if config.get("model_type") != MODEL_TYPE:
-        raise ExportError(f"{folder / 'config.json'} is not an energy-nas export", field="model_type",
-                          value=config.get("model_type"), fix="pass a folder written by `nas export`")
-    if int(config.get("nas_format_version", 0)) > HF_FORMAT_VERSION:
-        raise ExportError(f"{folder} uses export layout {config['nas_format_version']}, newer than this build's "
-                          f"{HF_FORMAT_VERSION}", field="nas_format_version", fix="upgrade energy-nas")
-    candidate = Candidate.model_validate(config["candidate"])
-    labels = [config["id2label"][str(i)] for i in range(int(config["num_labels"]))]
-    if not (folder / "model.safetensors").is_file():
+    config = _read_config(folder)
+    candidate = validate(Candidate, config["candidate"], source=f"{folder / 'config.json'}: candidate")
+    labels = [str(config["id2label"][str(i)]) for i in range(config["num_labels"])]
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
         raise ExportError(f"{folder}: model.safetensors is missing", field="path", fix="re-export the model")
     try:
-        model = rebuild(candidate, int(config["vocab_size"]), len(labels), load_file(str(folder / "model.safetensors")))
-    except RuntimeError as e:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own SafetensorError on a damaged file
+        raise ExportError(f"{weights}: unreadable ({' '.join(str(e).split())})", field="model.safetensors",
+                          fix="re-export the model") from e
+    try:
+        model = rebuild(candidate, config["vocab_size"], len(labels), state)
+    except (RuntimeError, ValueError) as e:
         raise ExportError(f"{folder}: the weights do not fit the candidate in config.json "
                           f"({str(e).splitlines()[0]})", field="model.safetensors", fix="re-export the model") from e
-    tokenizer = load_tokenizer(folder)
-    meta = {k: config[k] for k in ("task", "study", "trial") if k in config}
+    try:
+        tokenizer = load_tokenizer(folder)
+    except NASError:
+        raise
+    except Exception as e:  # the tokenizers library raises a plain Exception on a damaged file
+        raise ExportError(f"{folder}: the tokenizer files are unreadable ({' '.join(str(e).split())})",
+                          field="tokenizer.json", fix="re-export the model") from e
+    meta: dict[str, Any] = {k: config[k] for k in ("task", "study", "trial") if k in config}
     log.debug("loaded %s from %s", candidate.attention.kind, folder)
-    return LoadedModel(model, tokenizer, labels, int(config["max_len"]), candidate, meta)
+    return LoadedModel(model, tokenizer, labels, config["max_len"], candidate, meta)

@@ -71,7 +71,7 @@ def _open_store(db: str) -> Store:
     if "://" not in db and not Path(db).expanduser().is_file():
         raise StorageError(f"database {db!r} not found", field="--db",
                            fix="pass the database of the search with --db (or set NAS_DB)")
-    return Store.open(db, create=False)
+    return Store.open(db, create=False, read_only=True)  # an export only reads the database
 
 
 def _weights_folder(artefacts: list[ArtefactView], db: str) -> tuple[Path | None, str | None]:

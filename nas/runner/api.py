@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nas.errors import ConfigError, SearchError
+from nas.runner.checks import check_constraints
 from nas.spec import StudySpec, default_spec, load_spec
 
-__all__ = ["SearchSummary", "Front", "search", "pareto", "open_store", "resolve_spec"]
+__all__ = ["SearchSummary", "Front", "search", "pareto", "open_store", "resolve_spec", "resolve_db", "DEFAULT_DB",
+           "check_constraints"]
 
 
 @dataclass(frozen=True)
@@ -48,17 +51,23 @@ class SearchSummary:
                 f"Query it: nas pareto {self.study} --db {self.db}   |   nas show {self.study} TRIAL --db {self.db}")
 
 
-def open_store(db: str, *, create: bool = True) -> Any:
-    """Open the study database; a read command on a SQLite file that does not exist says so."""
+#: The database when neither ``db`` (``--db``, ``NAS_DB``) nor the spec's ``storage.url`` names one.
+DEFAULT_DB = "nas.db"
+
+
+def open_store(db: str, *, create: bool = True, read_only: bool = False) -> Any:
+    """Open the study database.
+
+    Args:
+        db: Database URL or SQLite path.
+        create: Create the database (and its tables) if it does not exist. Read commands pass False: a
+            missing SQLite file is then an error naming it, and nothing is created.
+        read_only: Never write (read commands): SQLite opens with ``mode=ro``, or ``immutable=1`` in a
+            read-only folder, so a database on a read-only share can still be read.
+    """
     from storage import Store
 
-    if not create and "://" not in db and not Path(db).exists():
-        from nas.errors import StorageError
-
-        raise StorageError(f"no database at {db}", field="--db",
-                           fix="run `nas search` first, or point --db (or NAS_DB) at an existing database")
-
-    return Store.open(db, create=create)
+    return Store.open(db, create=create, read_only=True if read_only else None)
 
 
 def resolve_spec(spec: StudySpec | str | Path | None) -> StudySpec:
@@ -69,6 +78,67 @@ def resolve_spec(spec: StudySpec | str | Path | None) -> StudySpec:
     return load_spec(spec)
 
 
+def resolve_db(db: str | None, spec: StudySpec | None) -> str:
+    """Which database a search uses: ``db`` (``--db`` or ``NAS_DB``), else the spec's ``storage.url``,
+    else ``nas.db``."""
+    if db:
+        return db
+    if spec is not None and spec.storage.url:
+        return spec.storage.url
+    return DEFAULT_DB
+
+
+def stored_spec(store: Any, name: str) -> StudySpec:
+    """The spec a study was started with, read from the database.
+
+    Raises:
+        ConfigError: It no longer validates (e.g. written by another version), naming the field.
+    """
+    from pydantic import ValidationError
+
+    from nas.config import validate
+
+    text = store.get_study(name).spec_json
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"the stored spec of study {name!r} is not JSON", field="spec_json",
+                          fix="start a new study (a new --name)") from e
+    try:
+        return validate(StudySpec, data, source=f"the stored spec of study {name!r}")
+    except (ConfigError, ValidationError) as e:
+        raise ConfigError(f"{e}", fix="this build cannot continue it; start a new study from a corrected spec "
+                          "(a new --name)") from e
+
+
+def _new_spec(spec: StudySpec | str | Path | None, trials: int | None, name: str | None) -> StudySpec:
+    the_spec = resolve_spec(spec)
+    overrides: dict[str, Any] = {}
+    if trials is not None:
+        overrides["budget.trials"] = trials
+    if name is not None:
+        overrides["name"] = name
+    return the_spec.with_overrides(**overrides) if overrides else the_spec
+
+
+def _start_or_continue(store: Any, the_spec: StudySpec, db_url: str, trials: int | None) -> tuple[StudySpec, bool]:
+    """Create the study (only now, after every check passed), or continue it when the same spec exists."""
+    existing = {s.name for s in store.list_studies()}
+    if the_spec.name not in existing:
+        store.create_study(the_spec.name, the_spec.model_dump_json(),
+                           [(o.metric, o.resolved_direction) for o in the_spec.objectives],
+                           budget_trials=the_spec.budget.trials, budget_energy_j=the_spec.budget.joules)
+        return the_spec, False
+    stored = stored_spec(store, the_spec.name)
+    if stored.model_dump() != the_spec.with_overrides(**{"budget.trials": stored.budget.trials}).model_dump():
+        raise SearchError(
+            f"study {the_spec.name!r} already exists in {db_url} with a different spec",
+            field="name", fix=f"resume it with `nas search --resume {the_spec.name}`, or pick a new --name",
+        )
+    # same spec: continue it (e.g. the default study run twice)
+    return (stored if trials is None else stored.with_overrides(**{"budget.trials": trials})), True
+
+
 def search(
     spec: StudySpec | str | Path | None = None,
     *,
@@ -77,61 +147,52 @@ def search(
     ray_address: str | None = None,
     trials: int | None = None,
     name: str | None = None,
-    executor: str = "auto",
     progress: bool = False,
 ) -> SearchSummary:
     """Run a search (or resume one) and return its summary with the Pareto front.
 
+    Every check that can fail (spec, constraints, space and its values, teacher, task, Ray address,
+    database URL) runs before anything is written: a study row exists only for a search that started.
+
     Args:
         spec: a :class:`StudySpec`, a YAML path, or None for the built-in default study.
         resume: name of a stored study to continue; its spec is read from the database.
-        db: database URL or SQLite path; overrides ``spec.storage.url``.
+        db: database URL or SQLite path. Precedence: ``db`` (the CLI's ``--db`` or ``NAS_DB``), then the
+            spec's ``storage.url``, then ``nas.db``.
         ray_address: join an existing Ray cluster instead of starting local Ray.
         trials: override the trial budget.
         name: override the study name.
         progress: show a rich progress display (CLI).
+
+    Raises:
+        ConfigError: A bad spec, constraint, space value, teacher, task or Ray address.
+        StorageError: The database cannot be opened.
+        SearchError: The study exists with another spec, or the search cannot start.
     """
+    from nas.runner.checks import check_search_inputs
     from nas.runner.driver import run_study
 
-    if executor not in ("auto", "ray"):
-        raise ConfigError("only the Ray executor exists", field="--executor", value=executor,
-                          fix="use --executor ray (the default)")
-    db_url = db
     if resume:
-        store = open_store(db_url or "nas.db", create=False)
-        info = store.get_study(resume)
-        the_spec = StudySpec.model_validate_json(info.spec_json)
+        if spec is not None or name is not None:
+            raise ConfigError("a resumed study keeps its stored spec and name, so SPEC and --name cannot be "
+                              "given with it", field="--resume", value=resume,
+                              fix="drop SPEC and --name (use --db to name the database)")
+        db_url = resolve_db(db, None)
+        store = open_store(db_url, create=False)
+        the_spec = stored_spec(store, resume)
         if trials is not None:
             the_spec = the_spec.with_overrides(**{"budget.trials": trials})
+        check_search_inputs(the_spec, db=db_url, ray_address=ray_address)
     else:
-        the_spec = resolve_spec(spec)
-        overrides: dict[str, Any] = {}
-        if trials is not None:
-            overrides["budget.trials"] = trials
-        if name is not None:
-            overrides["name"] = name
-        if overrides:
-            the_spec = the_spec.with_overrides(**overrides)
-        db_url = db_url or the_spec.storage.url
+        the_spec = _new_spec(spec, trials, name)
+        db_url = resolve_db(db, the_spec)
+        check_search_inputs(the_spec, db=db_url, ray_address=ray_address)
         store = open_store(db_url, create=True)
-        existing = {s.name for s in store.list_studies()}
-        if the_spec.name in existing:
-            stored = StudySpec.model_validate_json(store.get_study(the_spec.name).spec_json)
-            if stored.model_dump() != the_spec.with_overrides(**{"budget.trials": stored.budget.trials}).model_dump():
-                raise SearchError(
-                    f"study {the_spec.name!r} already exists in {db_url} with a different spec",
-                    field="name", fix=f"resume it with `nas search --resume {the_spec.name}`, or pick a new --name",
-                )
-            resume = the_spec.name  # same spec: continue it (e.g. the default study run twice)
-            the_spec = stored if trials is None else stored.with_overrides(**{"budget.trials": trials})
-        else:
-            store.create_study(the_spec.name, the_spec.model_dump_json(),
-                               [(o.metric, o.resolved_direction) for o in the_spec.objectives],
-                               budget_trials=the_spec.budget.trials, budget_energy_j=the_spec.budget.joules)
+        the_spec, continuing = _start_or_continue(store, the_spec, db_url, trials)
+        resume = the_spec.name if continuing else None
     if trials is not None or resume:
         store.update_study_spec(the_spec.name, the_spec.model_dump_json(), budget_trials=the_spec.budget.trials)
 
-    check_constraints(the_spec)
     display = None
     if progress:
         from nas.runner.progress import SearchProgress
@@ -145,25 +206,13 @@ def search(
     finally:
         if display:
             display.stop()
-    return summarize(store, the_spec, db_url or "nas.db", outcome.stopped_reason, outcome.wall_s)
+    return summarize(store, the_spec, db_url, outcome.stopped_reason, outcome.wall_s)
 
 
 def combine_where(constraints: list[str], where: str | None) -> str | None:
     """The study's constraints and a user filter, as one filter expression (each parenthesised)."""
     parts = [c for c in [*constraints, where or ""] if c.strip()]
     return " and ".join(f"({p})" for p in parts) or None
-
-
-def check_constraints(spec: StudySpec) -> None:
-    """Parse every constraint before a search starts, so a typo fails at once, naming the constraint."""
-    from nas.where import compile_where
-    from storage import FILTER_NAMES
-
-    for i, c in enumerate(spec.constraints):
-        try:
-            compile_where(c, FILTER_NAMES)
-        except ConfigError as e:
-            raise ConfigError(f"{e}", field=f"constraints[{i}]", fix="see `nas pareto --help` for the syntax") from e
 
 
 def summarize(store: Any, spec: StudySpec, db: str, stopped_reason: str, wall_s: float) -> SearchSummary:
@@ -183,12 +232,12 @@ def summarize(store: Any, spec: StudySpec, db: str, stopped_reason: str, wall_s:
     )
 
 
-def pareto(study: str, *, db: str = "nas.db", where: str | None = None, hardware: str | None = None) -> Front:
+def pareto(study: str, *, db: str = DEFAULT_DB, where: str | None = None, hardware: str | None = None) -> Front:
     """The Pareto front of a stored study, derived from its complete trials, per hardware fingerprint.
 
     The study's ``constraints`` always apply; ``where`` narrows further (both are parsed, never
-    evaluated as Python)."""
-    store = open_store(db, create=False)
+    evaluated as Python). The database is opened read-only."""
+    store = open_store(db, create=False, read_only=True)
     info = store.get_study(study)
     try:
         constraints = StudySpec.model_validate_json(info.spec_json).constraints

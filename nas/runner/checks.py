@@ -1,0 +1,289 @@
+"""Every check a search can fail, run before anything is written (no study row, no database file).
+
+:func:`check_search_inputs` is called by :func:`nas.runner.api.search` after the spec is resolved and
+before the database is opened for writing. It checks, cheapest first: the database URL, the constraints,
+the search space (the preset plus overrides, and that every value of every knob builds a valid
+candidate), the teacher, the artefacts folder, the Ray address, and finally the task, which is loaded
+once here, in the driver process, so that a wrong path or a malformed file fails in seconds instead of
+failing every trial. Each error is one :class:`~nas.errors.ConfigError` naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from nas.errors import ConfigError, DataError, NASError, SearchError
+from nas.spec import StudySpec
+
+__all__ = ["check_search_inputs", "check_trial_inputs", "check_constraints", "check_space", "check_teacher",
+           "check_ray_address", "check_task", "check_artefacts_dir", "check_writable_folder"]
+
+#: Seconds to wait for a TCP answer from a ``HOST:PORT`` Ray address.
+RAY_CONNECT_TIMEOUT_S = 5.0
+_AMOUNT_KINDS = ("magnitude", "heads", "ffn")
+
+
+def check_search_inputs(spec: StudySpec, *, db: str, ray_address: str | None = None) -> None:
+    """Run every check of a search that can fail; raise the first failure, having written nothing."""
+    from storage import normalize_url
+    from storage.engine import check_writable
+
+    check_writable(normalize_url(db))
+    check_constraints(spec)
+    space = check_space(spec)
+    if spec.measure.seq_len > space.max_len:
+        raise ConfigError(f"the energy is measured on {spec.measure.seq_len}-token rows, longer than the space's "
+                          f"max_len {space.max_len}, so every trial would fail", field="measure.seq_len",
+                          value=spec.measure.seq_len,
+                          fix=f"set measure.seq_len <= {space.max_len}, or raise space.overrides.max_len")
+    check_teacher(spec.teacher, distills=space.uses_teacher)
+    check_artefacts_dir(spec)
+    if ray_address is not None:
+        check_ray_address(ray_address)
+    _check_teacher_labels(spec, check_task(spec, space.max_len))
+
+
+def check_trial_inputs(candidate: Any, *, task: str, teacher: str | None, weights_out: str | Path | None,
+                       seed: int = 0, measure_seq: int | None = None) -> None:
+    """What ``nas trial`` checks before it starts: the measured sequence length, the teacher, that the
+    weights folder can be written, and the task (a built-in's name; a file is parsed, and its tokenizer
+    cached for the trial)."""
+    if measure_seq is not None and measure_seq > candidate.max_len:
+        raise ConfigError(f"longer than the candidate's max_len {candidate.max_len}", field="--measure-seq",
+                          value=measure_seq, fix=f"pass --measure-seq {candidate.max_len} or less, or raise the "
+                          "candidate's max_len")
+    check_teacher(teacher, distills=candidate.distill.kind != "none", field="--teacher")
+    if weights_out is not None:
+        check_writable_folder(weights_out, field="--save-weights")
+    if task.startswith("builtin:"):
+        from evaluators.tasks import BUILTIN_TASKS
+
+        if task.split(":", 1)[1] not in BUILTIN_TASKS:
+            raise ConfigError("unknown built-in task", field="--task", value=task,
+                              fix=f"use one of {', '.join('builtin:' + b for b in BUILTIN_TASKS)} or a "
+                              "TSV/CSV/JSONL file or folder (see `nas tasks`)")
+        return
+    if not Path(task).expanduser().exists():
+        raise ConfigError("task file or folder not found", field="--task", value=task,
+                          fix="pass builtin:NAME (see `nas tasks`), a .tsv/.csv/.jsonl file, or a folder with "
+                          "train.* and dev.*")
+    from evaluators.tasks import load_task
+
+    load_task(task, seed=seed, max_len=candidate.max_len)
+
+
+def check_constraints(spec: StudySpec) -> None:
+    """Parse every constraint, so a typo fails at once, naming the constraint."""
+    from nas.where import compile_where
+    from storage import FILTER_NAMES
+
+    for i, c in enumerate(spec.constraints):
+        try:
+            compile_where(c, FILTER_NAMES)
+        except ConfigError as e:
+            msg = str(e).removeprefix(f"{e.field}: ") if e.field else str(e)
+            msg = msg.removesuffix(f". Fix: {e.fix}") if e.fix else msg
+            raise ConfigError(msg, field=f"constraints[{i}]", value=c,
+                              fix=e.fix or "see `nas pareto --help` for the syntax") from e
+
+
+def _one_line(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        loc = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _field_of(knob: str) -> tuple[Any, str] | None:
+    """The candidate field a space knob's values land in: (model class, field name)."""
+    from nas.config import AttentionConfig, Candidate, DistillConfig, PruneConfig, QuantConfig
+
+    table: dict[str, tuple[Any, str]] = {
+        "n_layers": (Candidate, "n_layers"), "d_model": (Candidate, "d_model"), "n_heads": (Candidate, "n_heads"),
+        "dropout": (Candidate, "dropout"), "pooling": (Candidate, "pooling"), "max_len": (Candidate, "max_len"),
+        "attention": (AttentionConfig, "kind"), "window": (AttentionConfig, "window"), "k": (AttentionConfig, "k"),
+        "feature_map": (AttentionConfig, "feature_map"), "embedding_bits": (QuantConfig, "embedding_bits"),
+        "attention_bits": (QuantConfig, "attention_bits"), "ffn_bits": (QuantConfig, "ffn_bits"),
+        "quant_scheme": (QuantConfig, "scheme"), "quant_granularity": (QuantConfig, "granularity"),
+        "sparsity": (PruneConfig, "kind"), "sparsity_amount": (PruneConfig, "amount"),
+        "distill": (DistillConfig, "kind"), "kd_temperature": (DistillConfig, "temperature"),
+        "kd_alpha": (DistillConfig, "alpha"),
+    }
+    return table.get(knob)
+
+
+def _where(spec: StudySpec, knob: str) -> str:
+    return f"space.overrides.{knob}" if knob in spec.space.overrides else f"space.{knob} (preset {spec.space.preset!r})"
+
+
+def _check_values(spec: StudySpec, space: Any) -> None:
+    """Each value of each knob, alone, against the candidate field it becomes (range, allowed names)."""
+    from typing import Annotated
+
+    from pydantic import TypeAdapter
+
+    for knob, values in space.model_dump().items():
+        target = _field_of(knob)
+        if target is None:
+            continue
+        model, name = target
+        info = model.model_fields[name]
+        adapter: TypeAdapter[Any] = TypeAdapter(Annotated[info.annotation, info])  # type: ignore[arg-type]
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            try:
+                adapter.validate_python(value)
+            except ValidationError as e:
+                raise ConfigError(f"{_where(spec, knob)}: value {value!r} is not a valid candidate value "
+                                  f"({_one_line(e)})", fix=f"remove {value!r} from {knob}") from e
+
+
+def _variants(space: Any) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(knob, value, params) for each knob and value, in a context where the knob is used."""
+    context = {"window": {"attention": "local"}, "k": {"attention": "lowrank"},
+               "feature_map": {"attention": "linear"}}
+    variants: list[tuple[str, Any, dict[str, Any]]] = []
+    for name, values in space.model_dump().items():
+        if isinstance(values, list):
+            variants += [(name, v, {**context.get(name, {}), name: v}) for v in values]
+    amount_kinds = [k for k in space.sparsity if k in _AMOUNT_KINDS]
+    if amount_kinds:
+        variants += [("sparsity_amount", v, {"sparsity": amount_kinds[0], "sparsity_amount": v})
+                     for v in space.sparsity_amount]
+    distills = [d for d in space.distill if d != "none"]
+    if distills:
+        for name in ("kd_temperature", "kd_alpha"):
+            variants += [(name, v, {"distill": distills[0], name: v}) for v in getattr(space, name)]
+    return variants
+
+
+def check_space(spec: StudySpec) -> Any:
+    """The validated :class:`~search_spaces.SearchSpace`. Every value of every knob must be a valid
+    candidate value, and must build a valid candidate with the others (a local window wider than
+    ``max_len``, a dropout of 1.5, a pooling that does not exist... fail here, not in every trial)."""
+    from search_spaces import ReplayTrial, load_space, suggest
+
+    space = load_space(spec.space.preset, spec.space.overrides)
+    _check_values(spec, space)
+    base: dict[str, Any] = {name: value[0] for name, value in space.model_dump().items() if isinstance(value, list)}
+    for name in ("sparsity_amount", "kd_temperature", "kd_alpha"):
+        base[name] = getattr(space, name)[0]
+    try:
+        suggest(ReplayTrial(base), space)
+    except ValidationError as e:
+        raise ConfigError(f"space: the first value of every knob makes an invalid candidate ({_one_line(e)})",
+                          fix="change the values named there in space.overrides") from e
+    for name, value, change in _variants(space):
+        try:
+            suggest(ReplayTrial({**base, **change}), space)
+        except ValidationError as e:
+            raise ConfigError(f"{_where(spec, name)}: value {value!r} makes an invalid candidate ({_one_line(e)})",
+                              fix=f"remove {value!r} from {name}, or change max_len or the other knobs so it fits") from e
+    return space
+
+
+def check_teacher(teacher: str | None, *, distills: bool, field: str = "teacher") -> None:
+    """``teacher`` is absent, ``auto``, or a local Hugging Face folder; a distilling space or candidate
+    (``distills``) needs one."""
+    name = (teacher or "").strip()
+    if name.lower() in ("", "none"):
+        if distills:
+            how = f"{field} auto" if field.startswith("--") else f"{field}: auto"
+            raise ConfigError("distillation is asked for (a distill kind other than none) but no teacher is set",
+                              field=field, fix=f"pass {how} (a cached self-trained teacher) or a local Hugging "
+                              "Face folder, or use distill kind none")
+        return
+    if name.lower() == "auto":
+        return
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise ConfigError("teacher folder not found", field=field, value=name,
+                          fix="pass a local Hugging Face folder (model.save_pretrained) or 'auto'")
+    if not (folder / "config.json").is_file():
+        raise ConfigError("teacher folder has no config.json, so it is not a Hugging Face model folder",
+                          field=field, value=name, fix="pass a folder written by model.save_pretrained(...), or 'auto'")
+
+
+def _check_teacher_labels(spec: StudySpec, num_labels: int) -> None:
+    teacher = (spec.teacher or "").strip()
+    if teacher.lower() in ("", "none", "auto"):
+        return
+    path = Path(teacher).expanduser() / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not readable JSON ({e})", field="teacher", value=teacher,
+                          fix="pass a folder written by model.save_pretrained(...), or 'auto'") from e
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path} is not a JSON object", field="teacher", value=teacher,
+                          fix="pass a folder written by model.save_pretrained(...), or 'auto'")
+    labels = config.get("id2label")
+    if isinstance(labels, dict) and len(labels) != num_labels:
+        raise ConfigError(f"the teacher has {len(labels)} labels but the task has {num_labels}", field="teacher",
+                          value=teacher, fix="use a teacher fine-tuned on this task's labels, or 'auto'")
+
+
+def check_writable_folder(folder: str | Path, *, field: str) -> None:
+    """``folder`` exists as a writable folder, or can be created (its nearest existing parent is one)."""
+    path = Path(folder).expanduser().absolute()
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{existing} is a file, so {path} cannot be a folder", field=field, value=str(folder),
+                          fix="choose a folder path whose parents are folders")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"folder {existing} is not writable", field=field, value=str(folder),
+                          fix="choose a writable folder, or fix its permissions")
+
+
+def check_artefacts_dir(spec: StudySpec) -> None:
+    """``storage.artefacts_dir``, when set, can be created and written."""
+    if spec.storage.artefacts_dir:
+        check_writable_folder(spec.storage.artefacts_dir, field="storage.artefacts_dir")
+
+
+def check_ray_address(address: str) -> None:
+    """``auto``, ``local``, ``ray://HOST:PORT`` or a reachable ``HOST:PORT`` (fails in seconds, not minutes)."""
+    text = address.strip()
+    if text in ("auto", "local"):
+        return
+    fix = "pass the head node's address, e.g. 127.0.0.1:6379 (or ray://HOST:10001), or omit --ray-address"
+    hostport = text.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in hostport or " " in hostport:
+        raise ConfigError("expected HOST:PORT", field="--ray-address", value=address, fix=fix)
+    if text.startswith("ray://"):
+        return  # the Ray client protocol: ray.init reports its own errors
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as e:
+        raise SearchError(f"no Ray cluster answers at {address} ({e.strerror or e})", field="--ray-address",
+                          fix="start one with `ray start --head`, or omit --ray-address for local Ray") from e
+
+
+def check_task(spec: StudySpec, max_len: int) -> int:
+    """The task exists and parses, loaded once here in the driver: a built-in (a few rows suffice to
+    check it), or a file or folder (its tokenizer is cached, so the trials reuse this work).
+
+    Returns:
+        The task's number of labels.
+    """
+    from evaluators.tasks import load_task
+
+    few = 2 if spec.task.startswith("builtin:") else None  # a built-in's rows cannot be malformed
+    try:
+        task = load_task(spec.task, seed=spec.train.seed, max_len=max_len, n_train=few, n_dev=few)
+    except NASError as e:
+        if e.field == "task":
+            raise
+        raise DataError(f"{e}", field="task") from e
+    return int(task.num_labels)
