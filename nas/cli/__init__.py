@@ -260,7 +260,8 @@ def tasks() -> None:
     }
     for name in BUILTIN_TASKS:
         out.print(f"[bold]builtin:{name}[/]  {about.get(name, '')}")
-    out.print("Files: a TSV/CSV/JSONL file or a folder with train.* and dev.*, columns text and label.")
+    out.print("Files: a TSV/CSV/JSONL file or a folder with train.* (dev.* and test.* optional), columns text "
+              "and label; a missing dev or test split is held out of train.")
 
 
 def main(argv: list[str] | None = None) -> None:
