@@ -193,7 +193,7 @@ def run_trial(
         if stopped:
             return TrialResult(candidate=candidate, task=task_data.name, status="PRUNED",
                                error=f"stopped early at step {steps_done}")
-        metrics: EvalMetrics = evaluate(model, task_data, batch_size=train_cfg.eval_batch_size)
+        metrics: EvalMetrics = evaluate(model, task_data, batch_size=train_cfg.eval_batch_size, test=True)
         train_summary = TrainSummary(
             steps=steps_done, wall_s=wall_train, final_loss=losses[-1],
             energy_j=train_reading.energy_j, meter=train_reading.meter, is_estimate=train_reading.is_estimate,

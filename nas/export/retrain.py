@@ -78,7 +78,7 @@ def continue_training(saved: SavedWeights, candidate: Candidate, spec: StudySpec
         model.train()
         res = train(model, task, cfg, teacher=teacher, distill=candidate.distill if teacher else None, meter=meter)
         model.eval()
-        metrics = evaluate(model, task, batch_size=spec.train.eval_batch_size)
+        metrics = evaluate(model, task, batch_size=spec.train.eval_batch_size, test=True)
 
         from evaluators.pipeline import measure_serving
 
