@@ -166,7 +166,7 @@ def front_figure(trials: Sequence[TrialView], front_numbers: set[int]) -> dict[s
             "marker": {"color": "#6b7280", "symbol": _symbol(bits, False), "size": 10},
             "hoverinfo": "skip", "legendgroup": f"bits-{bits}", "meta": {"role": "legend"},
         })
-    notes = ["solid: Pareto front · faded: off the front · hover: test accuracy"]
+    notes = ["solid: Pareto front · faded: off the front"]
     if any_estimate:
         notes.append("open markers: ESTIMATED energy")
     if skipped:
