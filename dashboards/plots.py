@@ -86,7 +86,9 @@ def front_figure(trials: Sequence[TrialView], front_numbers: set[int]) -> dict[s
 
     Front members are drawn solid (``meta.role == "front"``), dominated trials faded
     (``"dominated"``). Colour is the attention type, symbol the weight bit-width; open symbols mark
-    energy that is an estimate. Hover shows the candidate; ``customdata[0]`` is the trial number.
+    energy that is an estimate. The y axis is the dev accuracy the front is selected on; hover shows
+    the test accuracy beside it (``customdata[5]``) and the candidate; ``customdata[0]`` is the trial
+    number.
 
     Args:
         trials: The study's trials (any state; only COMPLETE ones with both values are drawn).
@@ -116,8 +118,10 @@ def front_figure(trials: Sequence[TrialView], front_numbers: set[int]) -> dict[s
         g["y"].append(y)
         g["symbol"].append(_symbol(v.get("weight_bits"), estimate))
         label = f"ESTIMATE ({t.meter})" if estimate else f"measured ({t.meter or 'no meter'})"
+        test = v.get("test_accuracy")
         g["customdata"].append([t.number, describe_candidate(t.candidate), label, t.hardware_fingerprint or "",
-                                "on the Pareto front" if on_front else "dominated"])
+                                "on the Pareto front" if on_front else "off the front",
+                                f"{test:.4f}" if _finite(test) else "not measured"])
         if on_front:
             lines.setdefault(t.hardware_fingerprint or "", []).append((float(x), float(y)))
     if not groups:
@@ -133,7 +137,8 @@ def front_figure(trials: Sequence[TrialView], front_numbers: set[int]) -> dict[s
             "meta": {"role": "front-line", "hardware": hw},
         })
     hover = ("<b>trial %{customdata[0]}</b> · %{customdata[4]}<br>%{customdata[1]}<br>"
-             "accuracy %{y:.4f}<br>%{x:.3e} J/sample, %{customdata[2]}<br>%{customdata[3]}<extra></extra>")
+             "test accuracy %{customdata[5]} · dev accuracy %{y:.4f}<br>%{x:.3e} J/sample, %{customdata[2]}<br>"
+             "%{customdata[3]}<extra></extra>")
     atts = sorted({a for a, _ in groups})
     for on_front in (False, True):
         for att in atts:
@@ -161,14 +166,14 @@ def front_figure(trials: Sequence[TrialView], front_numbers: set[int]) -> dict[s
             "marker": {"color": "#6b7280", "symbol": _symbol(bits, False), "size": 10},
             "hoverinfo": "skip", "legendgroup": f"bits-{bits}", "meta": {"role": "legend"},
         })
-    notes = ["solid: Pareto front · faded: dominated"]
+    notes = ["solid: Pareto front · faded: off the front"]
     if any_estimate:
         notes.append("open markers: ESTIMATED energy")
     if skipped:
         notes.append(f"{skipped} complete trial(s) lack accuracy or J/sample and are not drawn")
     return clean_dict({"data": data, "layout": _layout(
         xaxis=_axis("inference energy per sample (J, log scale)", type="log", exponentformat="power"),
-        yaxis=_axis("accuracy", tickformat=".3~p"),
+        yaxis=_axis("dev accuracy (selected on)", tickformat=".3~p"),
         hovermode="closest",
         annotations=[{"text": " · ".join(notes), "showarrow": False, "xref": "paper", "yref": "paper",
                       "x": 1, "y": -0.16, "xanchor": "right", "font": {"size": 11, "color": "#6b7280"}}],

@@ -96,19 +96,32 @@ def predict(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch_size:
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
-def evaluate(model: nn.Module, task: TaskData, batch_size: int = 128, *, device: Any = None) -> EvalMetrics:
-    """Accuracy and macro-F1 of ``model`` on the task's held-out (dev) split.
+def evaluate(model: nn.Module, task: TaskData, batch_size: int = 128, *, device: Any = None,
+             test: bool = False) -> EvalMetrics:
+    """Accuracy and macro-F1 of ``model`` on the task's dev split, and on its test split when asked.
+
+    Dev selects (rungs, sampler, front); test only reports. So the rung evaluations during training
+    leave ``test`` False, and a trial evaluates on test once, after training.
 
     Args:
         model: Returns an object with ``.logits`` (B, num_labels) from ``model(ids, attention_mask=...)``.
-        task: The task; its dev tensors are used.
+        task: The task; its dev (and test) tensors are used.
         batch_size: Evaluation batch size.
         device: Where to run; defaults to the model's device.
+        test: Also evaluate on the test split (``test_accuracy``, ``test_macro_f1``); a task without
+            test examples leaves them ``None``.
 
     Returns:
-        :class:`~nas.records.EvalMetrics`.
+        :class:`~nas.records.EvalMetrics`, with the dev majority-class rate in ``majority_accuracy``.
     """
     preds = predict(model, task.dev_ids, task.dev_mask, batch_size, device=device)
     acc, f1 = accuracy_and_macro_f1(preds.numpy(), task.dev_y.numpy(), task.num_labels)
     log.debug("evaluated %s: accuracy %.4f macro-F1 %.4f on %d", task.name, acc, f1, task.n_dev)
-    return EvalMetrics(accuracy=acc, macro_f1=f1, n_examples=task.n_dev)
+    majority = task.chance_accuracy if task.n_dev else None
+    if not test or task.n_test == 0:
+        return EvalMetrics(accuracy=acc, macro_f1=f1, n_examples=task.n_dev, majority_accuracy=majority)
+    t_preds = predict(model, task.test_ids, task.test_mask, batch_size, device=device)
+    t_acc, t_f1 = accuracy_and_macro_f1(t_preds.numpy(), task.test_y.numpy(), task.num_labels)
+    log.debug("evaluated %s on test: accuracy %.4f macro-F1 %.4f on %d", task.name, t_acc, t_f1, task.n_test)
+    return EvalMetrics(accuracy=acc, macro_f1=f1, n_examples=task.n_dev, test_accuracy=t_acc,
+                       test_macro_f1=t_f1, n_test_examples=task.n_test, majority_accuracy=majority)

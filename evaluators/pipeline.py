@@ -205,7 +205,7 @@ def assess(model: nn.Module, task: TaskData, train_summary: TrainSummary, measur
     metrics: EvalMetrics | None = None
     try:
         _progress(ctx, "evaluate")
-        metrics = evaluate(model, task, batch_size=eval_batch_size)
+        metrics = evaluate(model, task, batch_size=eval_batch_size, test=True)
         flops = _flops(model, measure_cfg.seq_len, task.vocab_size)
         _progress(ctx, "measure")
         inference = measure_serving(model, candidate, measure_cfg, vocab_size=task.vocab_size, device=ctx.device,

@@ -1,12 +1,17 @@
 """Classification tasks: built-in synthetic tasks generated offline, and TSV/CSV/JSONL files.
 
 ``load_task(spec)`` returns a frozen :class:`TaskData` with texts, labels, the tokenizer and the already
-tokenized tensors of both splits. ``spec`` is ``builtin:NAME`` or a path.
+tokenized tensors of its three splits. ``spec`` is ``builtin:NAME`` or a path.
+
+Splits: train trains; dev selects (ASHA rungs, the sampler's objectives, the Pareto front); test is only
+reported, beside dev, so that the accuracy shown for a front member is not the one it was selected on.
 
 Built-in tasks
 --------------
 Both are generated with NumPy from ``seed`` in well under a second, need no download, and have
-balanced binary labels (chance accuracy 50%).
+balanced binary labels (chance accuracy 50%). Train, dev and test come from three independent streams
+of the seed (``SeedSequence.spawn``), so ``n_train`` and ``n_test`` never change dev, and the train and
+dev examples are the ones generated before the test split existed.
 
 ``builtin:longmatch`` -- long-range matching.
     30 words (32 tokens with ``[CLS]`` and ``[SEP]``). The first three words repeat one key out of
@@ -36,15 +41,16 @@ File tasks
 ----------
 A file is TSV, CSV (first row is the header) or JSONL (one object per line) with a ``text`` and a
 ``label`` column (case-insensitive; other columns are ignored). ``PATH`` is a folder holding
-``train.{tsv,csv,jsonl}`` and ``dev.{tsv,csv,jsonl}``, or a single training file, in which case a
-fixed 10% of its rows (the same for every seed, so dev accuracy stays comparable) is held out. Labels
-may be integers or strings; they are mapped to ids in sorted order (numeric order when every label is an
-integer). Every :class:`~nas.errors.DataError` names the file, the line, the column and the fix.
+``train.{tsv,csv,jsonl}`` and optionally ``dev.*`` and ``test.*``, or a single training file. A split
+the folder lacks is held out of the training file by a fixed permutation (the same for every seed, so
+accuracies stay comparable): dev is 10% of its rows; test is as many rows as dev has, at most 10%
+(see :func:`evaluators._taskfiles.split_rows`). Labels may be integers or strings; they are mapped to
+ids in sorted order (numeric order when every label is an integer). Every
+:class:`~nas.errors.DataError` names the file, the line, the column and the fix.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -58,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from evaluators._taskfiles import Row, fail, find_split_files, is_int, label_names, read_examples, split_rows
 from evaluators.tokenize import TextTokenizer, cache_dir, cached_wordpiece, word_level
 from nas.errors import DataError
 
@@ -69,9 +76,9 @@ __all__ = ["TaskData", "load_task", "BUILTIN_TASKS", "read_examples", "DEFAULT_M
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_LEN = 64
-_EXTS = (".tsv", ".csv", ".jsonl")
-_HOLDOUT_FRACTION = 0.10
-_HOLDOUT_SEED = 20240601
+
+#: ``(texts, label ids)`` of one split.
+_Split = tuple[list[str], list[int]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,8 +89,10 @@ class TaskData:
         name: ``builtin:NAME`` or the resolved path it was read from.
         train_texts: Training texts.
         train_labels: Training label ids in ``[0, num_labels)``.
-        dev_texts: Held-out texts.
-        dev_labels: Held-out label ids.
+        dev_texts: Held-out texts that select (rungs, sampler, front).
+        dev_labels: Their label ids.
+        test_texts: Held-out texts that are only reported, never selected on.
+        test_labels: Their label ids.
         num_labels: Number of classes.
         label_names: Class names in id order.
         tokenizer: The tokenizer that produced the tensors.
@@ -94,9 +103,13 @@ class TaskData:
         dev_ids: ``(N_dev, max_len)`` long.
         dev_mask: ``(N_dev, max_len)`` long.
         dev_y: ``(N_dev,)`` long.
+        test_ids: ``(N_test, max_len)`` long.
+        test_mask: ``(N_test, max_len)`` long.
+        test_y: ``(N_test,)`` long.
         seed: Seed the task was generated (built-in) or loaded with.
         source: Identity of the data (generator parameters, or file paths with mtimes), for cache keys.
-        chance_accuracy: Accuracy of always predicting the most frequent dev class.
+        chance_accuracy: Accuracy of always predicting the most frequent dev class (the majority-class
+            rate a front member must beat).
     """
 
     name: str
@@ -104,6 +117,8 @@ class TaskData:
     train_labels: tuple[int, ...]
     dev_texts: tuple[str, ...]
     dev_labels: tuple[int, ...]
+    test_texts: tuple[str, ...]
+    test_labels: tuple[int, ...]
     num_labels: int
     label_names: tuple[str, ...]
     tokenizer: TextTokenizer
@@ -114,6 +129,9 @@ class TaskData:
     dev_ids: torch.Tensor
     dev_mask: torch.Tensor
     dev_y: torch.Tensor
+    test_ids: torch.Tensor
+    test_mask: torch.Tensor
+    test_y: torch.Tensor
     seed: int = 0
     source: str = ""
     chance_accuracy: float = 0.0
@@ -127,6 +145,10 @@ class TaskData:
         return len(self.dev_labels)
 
     @property
+    def n_test(self) -> int:
+        return len(self.test_labels)
+
+    @property
     def vocab_size(self) -> int:
         """Size of the embedding table a student needs (``build(..., vocab_size=task.vocab_size)``)."""
         return self.tokenizer.vocab_size
@@ -135,65 +157,78 @@ class TaskData:
     def fingerprint(self) -> str:
         """Hash of the data identity, tokenizer and length: the key of anything trained on this task."""
         src = json.dumps([self.name, self.source, self.seed, self.max_len, self.tokenizer.fingerprint,
-                          self.n_train, self.n_dev])
+                          self.n_train, self.n_dev, self.n_test])
         return hashlib.sha1(src.encode()).hexdigest()[:16]
 
     def with_tokenizer(self, tokenizer: TextTokenizer, max_len: int | None = None) -> TaskData:
-        """The same examples re-encoded with another tokenizer (e.g. a Hugging Face teacher's)."""
+        """The same examples (all three splits) re-encoded with another tokenizer (e.g. a teacher's)."""
         n = self.max_len if max_len is None else max_len
-        return _assemble(self.name, list(self.train_texts), list(self.train_labels), list(self.dev_texts),
-                         list(self.dev_labels), self.label_names, tokenizer, n, self.seed, self.source)
+        splits = {"train": (list(self.train_texts), list(self.train_labels)),
+                  "dev": (list(self.dev_texts), list(self.dev_labels)),
+                  "test": (list(self.test_texts), list(self.test_labels))}
+        return _assemble(self.name, splits, self.label_names, tokenizer, n, self.seed, self.source)
 
     def __repr__(self) -> str:
         return (f"TaskData(name={self.name!r}, n_train={self.n_train}, n_dev={self.n_dev}, "
-                f"num_labels={self.num_labels}, max_len={self.max_len}, tokenizer={self.tokenizer!r})")
+                f"n_test={self.n_test}, num_labels={self.num_labels}, max_len={self.max_len}, "
+                f"tokenizer={self.tokenizer!r})")
 
 
-def _assemble(name: str, train_texts: list[str], train_labels: list[int], dev_texts: list[str],
-              dev_labels: list[int], label_names: Sequence[str], tokenizer: TextTokenizer, max_len: int,
-              seed: int, source: str, *, cache_encoded: bool = False) -> TaskData:
+_SPLITS = ("train", "dev", "test")
+
+
+def _encode(splits: dict[str, _Split], tokenizer: TextTokenizer, max_len: int, source: str,
+            cache_encoded: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{split: (ids, mask)}``, from the encoded-task cache when ``cache_encoded`` and it is there."""
     import torch
 
-    tensors = None
     npz: Path | None = None
     if cache_encoded:
-        key = hashlib.sha1(json.dumps([source, tokenizer.fingerprint, max_len, len(train_texts),
-                                       len(dev_texts), 1]).encode()).hexdigest()[:20]
+        key = hashlib.sha1(json.dumps([source, tokenizer.fingerprint, max_len,
+                                       *(len(splits[s][0]) for s in _SPLITS), 2]).encode()).hexdigest()[:20]
         npz = cache_dir() / "encoded" / f"{key}.npz"
         if npz.exists():
             try:
                 with np.load(npz) as z:
-                    tensors = tuple(torch.from_numpy(z[k].astype(np.int64))
-                                    for k in ("tr_ids", "tr_mask", "dv_ids", "dv_mask"))
+                    out = {s: (torch.from_numpy(z[f"{s}_ids"].astype(np.int64)),
+                               torch.from_numpy(z[f"{s}_mask"].astype(np.int64))) for s in _SPLITS}
                 log.debug("encoded-task cache hit %s", npz)
+                return out
             except (OSError, ValueError, KeyError) as e:
                 log.warning("ignoring unreadable encoded-task cache %s: %s", npz, e)
-                tensors = None
-    if tensors is None:
-        tr_ids, tr_mask = tokenizer.encode(train_texts, max_len)
-        dv_ids, dv_mask = tokenizer.encode(dev_texts, max_len)
-        if npz is not None:
-            try:
-                npz.parent.mkdir(parents=True, exist_ok=True)
-                tmp = npz.with_name(npz.stem + f".tmp{os.getpid()}.npz")
-                np.savez(tmp, tr_ids=tr_ids.numpy().astype(np.int32), tr_mask=tr_mask.numpy().astype(np.uint8),
-                         dv_ids=dv_ids.numpy().astype(np.int32), dv_mask=dv_mask.numpy().astype(np.uint8))
-                os.replace(tmp, npz)
-            except OSError as e:
-                log.warning("could not cache encoded task in %s: %s", npz, e)
-    else:
-        tr_ids, tr_mask, dv_ids, dv_mask = tensors
-    dev_y = torch.tensor(dev_labels, dtype=torch.long)
+    out = {s: tokenizer.encode(splits[s][0], max_len) for s in _SPLITS}
+    if npz is not None:
+        try:
+            npz.parent.mkdir(parents=True, exist_ok=True)
+            tmp = npz.with_name(npz.stem + f".tmp{os.getpid()}.npz")
+            arrays = {}
+            for s, (ids, mask) in out.items():
+                arrays[f"{s}_ids"] = ids.numpy().astype(np.int32)
+                arrays[f"{s}_mask"] = mask.numpy().astype(np.uint8)
+            np.savez(tmp, **arrays)  # type: ignore[arg-type]
+            os.replace(tmp, npz)
+        except OSError as e:
+            log.warning("could not cache encoded task in %s: %s", npz, e)
+    return out
+
+
+def _assemble(name: str, splits: dict[str, _Split], label_names: Sequence[str], tokenizer: TextTokenizer,
+              max_len: int, seed: int, source: str, *, cache_encoded: bool = False) -> TaskData:
+    import torch
+
+    enc = _encode(splits, tokenizer, max_len, source, cache_encoded)
+    dev_labels = splits["dev"][1]
     counts = np.bincount(np.asarray(dev_labels, dtype=np.int64), minlength=len(label_names))
     chance = float(counts.max() / max(1, counts.sum())) if len(dev_labels) else 0.0
-    return TaskData(
-        name=name, train_texts=tuple(train_texts), train_labels=tuple(int(x) for x in train_labels),
-        dev_texts=tuple(dev_texts), dev_labels=tuple(int(x) for x in dev_labels),
-        num_labels=len(label_names), label_names=tuple(label_names), tokenizer=tokenizer,
-        max_len=max_len, train_ids=tr_ids, train_mask=tr_mask,
-        train_y=torch.tensor(train_labels, dtype=torch.long), dev_ids=dv_ids, dev_mask=dv_mask,
-        dev_y=dev_y, seed=seed, source=source, chance_accuracy=chance,
-    )
+    fields: dict[str, Any] = {}
+    for s in _SPLITS:
+        texts, labels = splits[s]
+        fields.update({f"{s}_texts": tuple(texts), f"{s}_labels": tuple(int(x) for x in labels),
+                       f"{s}_ids": enc[s][0], f"{s}_mask": enc[s][1],
+                       f"{s}_y": torch.tensor(list(labels), dtype=torch.long)})
+    return TaskData(name=name, num_labels=len(label_names), label_names=tuple(label_names),
+                    tokenizer=tokenizer, max_len=max_len, seed=seed, source=source, chance_accuracy=chance,
+                    **fields)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,25 +324,27 @@ BUILTIN_TASKS: tuple[str, ...] = tuple(_BUILTINS)
 
 
 def _load_builtin(name: str, seed: int, max_len: int, tokenizer: TextTokenizer | None,
-                  n_train: int | None, n_dev: int | None) -> TaskData:
+                  n_train: int | None, n_dev: int | None, n_test: int | None) -> TaskData:
     if name not in _BUILTINS:
         raise DataError(f"unknown built-in task {name!r}", field="task", value=f"builtin:{name}",
                         fix=f"use one of {', '.join('builtin:' + b for b in BUILTIN_TASKS)} or a file path")
-    gen, vocab, label_names, d_train, d_dev = _BUILTINS[name]
+    gen, vocab, names, d_train, d_dev = _BUILTINS[name]
     n_tr = d_train if n_train is None else int(n_train)
     n_dv = d_dev if n_dev is None else int(n_dev)
-    if n_tr < 2 or n_dv < 2:
-        raise DataError("a built-in task needs at least 2 train and 2 dev examples", field="n_train",
-                        value=(n_tr, n_dv), fix="use n_train >= 2 and n_dev >= 2")
-    # Train and dev come from independent streams of the same seed, so n_train does not change dev.
+    n_te = n_dv if n_test is None else int(n_test)
+    if n_tr < 2 or n_dv < 2 or n_te < 2:
+        raise DataError("a built-in task needs at least 2 train, 2 dev and 2 test examples", field="n_train",
+                        value=(n_tr, n_dv, n_te), fix="use n_train >= 2, n_dev >= 2 and n_test >= 2")
+    # Train, dev and test come from independent streams of the same seed, so n_train and n_test do
+    # not change dev. Children 0 and 1 of a SeedSequence do not depend on how many are spawned, so
+    # train and dev are the examples generated before the test stream (child 2) was added.
     ss = np.random.SeedSequence([seed, sum(map(ord, name))])
-    rng_tr, rng_dv = (np.random.default_rng(s) for s in ss.spawn(2))
-    tr_texts, tr_labels = gen(rng_tr, n_tr, max_len)
-    dv_texts, dv_labels = gen(rng_dv, n_dv, max_len)
+    rng_tr, rng_dv, rng_te = (np.random.default_rng(s) for s in ss.spawn(3))
+    splits = {"train": gen(rng_tr, n_tr, max_len), "dev": gen(rng_dv, n_dv, max_len),
+              "test": gen(rng_te, n_te, max_len)}
     tok = tokenizer if tokenizer is not None else word_level(vocab)
-    source = json.dumps({"builtin": name, "version": 1, "n_train": n_tr, "n_dev": n_dv})
-    return _assemble(f"builtin:{name}", tr_texts, tr_labels, dv_texts, dv_labels, label_names, tok,
-                     max_len, seed, source)
+    source = json.dumps({"builtin": name, "version": 1, "n_train": n_tr, "n_dev": n_dv, "n_test": n_te})
+    return _assemble(f"builtin:{name}", splits, names, tok, max_len, seed, source)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,154 +352,21 @@ def _load_builtin(name: str, seed: int, max_len: int, tokenizer: TextTokenizer |
 # --------------------------------------------------------------------------------------------------
 
 
-def _fail(path: Path, line: int | None, column: str | None, what: str, fix: str) -> DataError:
-    where = str(path)
-    if line is not None:
-        where += f", line {line}"
-    if column is not None:
-        where += f", column {column!r}"
-    return DataError(f"{where}: {what}", fix=fix)
-
-
-def _find_columns(path: Path, header: list[str]) -> tuple[int, int]:
-    lowered = [h.strip().lower() for h in header]
-    idx = {}
-    for col in ("text", "label"):
-        if col not in lowered:
-            raise _fail(path, 1, col, f"missing {col!r} column; columns found: {header}",
-                        f"name one header column {col!r} (the file needs 'text' and 'label')")
-        idx[col] = lowered.index(col)
-    return idx["text"], idx["label"]
-
-
-def _read_delimited(path: Path, delimiter: str) -> list[tuple[str, Any, int]]:
-    rows: list[tuple[str, Any, int]] = []
-    with path.open("r", encoding="utf-8", newline="") as f:
-        reader = (csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE) if delimiter == "\t"
-                  else csv.reader(f, delimiter=delimiter))
-        try:
-            header = next(reader, None)
-            while header is not None and not any(h.strip() for h in header):
-                header = next(reader, None)
-            if header is None:
-                raise _fail(path, None, None, "file is empty",
-                            "write a header row 'text<TAB>label' (or 'text,label') and one row per example")
-            t_i, l_i = _find_columns(path, header)
-            n_fields = len(header)
-            kind = "tab" if delimiter == "\t" else "comma"
-            for row in reader:
-                line = reader.line_num
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                if len(row) != n_fields:
-                    raise _fail(path, line, None,
-                                f"malformed row: expected {n_fields} {kind}-separated fields "
-                                f"({', '.join(header)}), found {len(row)}",
-                                f"make every row have {n_fields} fields"
-                                + ("; a tab inside the text must be removed" if delimiter == "\t" else
-                                   "; quote text that contains commas with double quotes"))
-                rows.append((row[t_i], row[l_i], line))
-        except csv.Error as e:
-            raise _fail(path, reader.line_num, None, f"malformed row: {e}",
-                        "fix the quoting of this row") from e
-    return rows
-
-
-def _read_jsonl(path: Path) -> list[tuple[str, Any, int]]:
-    rows: list[tuple[str, Any, int]] = []
-    with path.open("r", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise _fail(path, line_no, None, f"malformed JSON at character {e.colno}: {e.msg}",
-                            'write one JSON object per line, e.g. {"text": "a fine film", "label": 1}'
-                            ) from e
-            if not isinstance(obj, dict):
-                raise _fail(path, line_no, None, f"expected a JSON object, found {type(obj).__name__}",
-                            'write one JSON object per line, e.g. {"text": "a fine film", "label": 1}')
-            keys = {str(k).lower(): k for k in obj}
-            for col in ("text", "label"):
-                if col not in keys:
-                    raise _fail(path, line_no, col, f"missing {col!r} key; keys found: {list(obj)}",
-                                f"add a {col!r} key to every line")
-            text = obj[keys["text"]]
-            if not isinstance(text, str):
-                raise _fail(path, line_no, "text", f"text must be a string, found {type(text).__name__}",
-                            "write the text as a JSON string")
-            rows.append((text, obj[keys["label"]], line_no))
-    return rows
-
-
-def read_examples(path: str | Path) -> list[tuple[str, str, int]]:
-    """Read ``(text, raw_label, line_number)`` rows from a TSV, CSV or JSONL file, validating each.
-
-    Raises:
-        DataError: Missing or empty file, missing column, malformed row, empty text or label. The
-            message names the file, the line and the column, and says what to fix.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise _fail(p, None, None, "file not found", "check the path (expected a .tsv, .csv or .jsonl file)")
-    if p.suffix.lower() not in _EXTS:
-        raise _fail(p, None, None, f"unsupported file type {p.suffix!r}",
-                    "use a .tsv, .csv or .jsonl file with 'text' and 'label' columns")
-    if p.stat().st_size == 0:
-        raise _fail(p, None, None, "file is empty", "write a header and one example per row")
-    try:
-        suffix = p.suffix.lower()
-        raw = _read_jsonl(p) if suffix == ".jsonl" else _read_delimited(p, "\t" if suffix == ".tsv" else ",")
-    except UnicodeDecodeError as e:
-        raise _fail(p, None, None, f"is not UTF-8 text (byte {e.start})", "save the file as UTF-8") from e
-    if not raw:
-        raise _fail(p, None, None, "file has no examples (only a header or blank lines)",
-                    "add at least one row with text and label")
-    out: list[tuple[str, str, int]] = []
-    for text, label, line in raw:
-        if not text.strip():
-            raise _fail(p, line, "text", "empty text", "fill in the text or delete the row")
-        lab = _label_key(label)
-        if lab == "":
-            raise _fail(p, line, "label", "empty label", "fill in the label or delete the row")
-        out.append((text, lab, line))
-    return out
-
-
-def _label_key(raw: Any) -> str:
-    if isinstance(raw, bool):
-        return str(raw).lower()
-    if isinstance(raw, float) and raw.is_integer():
-        return str(int(raw))
-    s = str(raw).strip() if raw is not None else ""
-    return s
-
-
-def _is_int(s: str) -> bool:
-    try:
-        int(s)
-    except ValueError:
-        return False
-    return True
-
-
-def _label_names(train_labels: Sequence[str]) -> tuple[str, ...]:
-    uniq = set(train_labels)
-    if all(_is_int(u) for u in uniq):
-        return tuple(str(v) for v in sorted({int(u) for u in uniq}))
-    return tuple(sorted(uniq))
-
-
-def _split_file(spec: Path) -> tuple[Path, Path | None]:
-    if spec.is_dir():
-        train = [spec / f"train{e}" for e in _EXTS if (spec / f"train{e}").exists()]
-        dev = [spec / f"dev{e}" for e in _EXTS if (spec / f"dev{e}").exists()]
-        if not train:
-            raise _fail(spec, None, None, "no train.tsv, train.csv or train.jsonl in this folder",
-                        "put a train file (and optionally a dev file) in the folder, or pass a file path")
-        return train[0], (dev[0] if dev else None)
-    return spec, None
+def _to_ids(rows: list[Row], src: Path, names: tuple[str, ...]) -> _Split:
+    """Texts and label ids of held-out rows; a label not in the training file is an error at its line."""
+    to_id = {n: i for i, n in enumerate(names)}
+    int_labels = all(is_int(n) for n in names)
+    texts: list[str] = []
+    ids: list[int] = []
+    for text, lab, line in rows:
+        key = str(int(lab)) if int_labels and is_int(lab) else lab
+        if key not in to_id:
+            raise fail(src, line, "label", f"unknown label {lab!r}: not seen in the training split "
+                       f"(known labels: {list(names)})",
+                       "use one of the training labels, or add examples of this label to train")
+        texts.append(text)
+        ids.append(to_id[key])
+    return texts, ids
 
 
 def _load_files(spec: str, seed: int, max_len: int, tokenizer: TextTokenizer | None,
@@ -470,74 +374,58 @@ def _load_files(spec: str, seed: int, max_len: int, tokenizer: TextTokenizer | N
     t0 = time.perf_counter()
     path = Path(spec).expanduser()
     if not path.exists():
-        raise _fail(path, None, None, "file or folder not found",
-                    "pass builtin:longmatch, builtin:sentiment, a .tsv/.csv/.jsonl file, or a folder "
-                    "with train.* and dev.*")
-    train_file, dev_file = _split_file(path)
-    train_rows = read_examples(train_file)
-    if dev_file is not None:
-        dev_rows = read_examples(dev_file)
-    else:
-        if len(train_rows) < 2:
-            raise _fail(train_file, None, None, "needs at least 2 rows to hold out a dev split",
-                        "add rows or provide a separate dev file")
-        perm = np.random.default_rng(_HOLDOUT_SEED).permutation(len(train_rows))
-        n_dev = max(1, int(round(len(train_rows) * _HOLDOUT_FRACTION)))
-        dev_idx = set(perm[:n_dev].tolist())
-        dev_rows = [r for i, r in enumerate(train_rows) if i in dev_idx]
-        train_rows = [r for i, r in enumerate(train_rows) if i not in dev_idx]
-    label_names = _label_names([r[1] for r in train_rows])
-    if len(label_names) < 2:
-        raise _fail(train_file, None, "label", f"only one label value found ({label_names[0]!r})",
-                    "a classification task needs at least two classes")
-    to_id = {n: i for i, n in enumerate(label_names)}
-    int_labels = all(_is_int(n) for n in label_names)
-
-    def norm(lab: str) -> str:
-        return str(int(lab)) if int_labels and _is_int(lab) else lab
-
-    train_texts = [r[0] for r in train_rows]
-    train_y = [to_id[norm(r[1])] for r in train_rows]
-    dev_texts: list[str] = []
-    dev_y: list[int] = []
-    dev_src = dev_file if dev_file is not None else train_file
-    for text, lab, line in dev_rows:
-        key = norm(lab)
-        if key not in to_id:
-            raise _fail(dev_src, line, "label", f"unknown label {lab!r}: not seen in the training split "
-                        f"(known labels: {list(label_names)})",
-                        "use one of the training labels, or add examples of this label to train")
-        dev_texts.append(text)
-        dev_y.append(to_id[key])
+        raise fail(path, None, None, "file or folder not found",
+                   "pass builtin:longmatch, builtin:sentiment, a .tsv/.csv/.jsonl file, or a folder "
+                   "with train.* (and optionally dev.* and test.*)")
+    files = find_split_files(path)
+    all_train = read_examples(files.train)
+    dev_file_rows = read_examples(files.dev) if files.dev is not None else None
+    test_file_rows = read_examples(files.test) if files.test is not None else None
+    train_rows, held_dev, held_test = split_rows(files, all_train, len(dev_file_rows) if dev_file_rows else None)
+    # The classes are those of the whole training file, so a holdout never removes one.
+    names = label_names([r[1] for r in all_train])
+    if len(names) < 2:
+        raise fail(files.train, None, "label", f"only one label value found ({names[0]!r})",
+                   "a classification task needs at least two classes")
+    splits = {"train": _to_ids(train_rows, files.train, names),
+              "dev": _to_ids(held_dev if held_dev is not None else dev_file_rows or [],
+                             files.dev or files.train, names),
+              "test": _to_ids(held_test if held_test is not None else test_file_rows or [],
+                              files.test or files.train, names)}
+    held = [s for s, h in (("dev", held_dev), ("test", held_test)) if h is not None]
     if tokenizer is None:
-        tokenizer = cached_wordpiece(train_file, train_texts, vocab_size)
+        # Trained on the training rows only; the key names the held-out splits, so a tokenizer trained
+        # before test rows were held out of this file is not reused (it has seen them).
+        tokenizer = cached_wordpiece(files.train, splits["train"][0], vocab_size,
+                                     split_key=",".join(held) if held else "")
     ids = []
-    for f in (train_file, dev_file):
+    for f in (files.train, files.dev, files.test):
         if f is not None:
             st = f.stat()
             ids.append([str(f.resolve()), st.st_mtime_ns, st.st_size])
-    source = json.dumps({"files": ids, "vocab_size": vocab_size})
-    task = _assemble(str(path.resolve()), train_texts, train_y, dev_texts, dev_y, label_names, tokenizer,
-                     max_len, seed, source, cache_encoded=True)
-    log.info("loaded %s: %d train / %d dev, %d labels, vocab %d, %.2fs", path, task.n_train, task.n_dev,
+    source = json.dumps({"files": ids, "vocab_size": vocab_size, "held_out": held})
+    task = _assemble(str(path.resolve()), splits, names, tokenizer, max_len, seed, source, cache_encoded=True)
+    log.info("loaded %s: %d train / %d dev / %d test%s, %d labels, vocab %d, %.2fs", path, task.n_train,
+             task.n_dev, task.n_test, f" ({' and '.join(held)} held out of {files.train.name})" if held else "",
              task.num_labels, tokenizer.vocab_size, time.perf_counter() - t0)
     return task
 
 
 def load_task(spec: str, *, seed: int = 0, max_len: int | None = None,
               tokenizer: TextTokenizer | None = None, vocab_size: int = 8000, n_train: int | None = None,
-              n_dev: int | None = None) -> TaskData:
+              n_dev: int | None = None, n_test: int | None = None) -> TaskData:
     """Load a task by spec.
 
     Args:
         spec: ``builtin:longmatch``, ``builtin:sentiment``, a TSV/CSV/JSONL file, or a folder with
-            ``train.*`` and ``dev.*``.
+            ``train.*`` and optionally ``dev.*`` and ``test.*``.
         seed: Generator seed of built-in tasks (file tasks keep their rows; the seed is only recorded).
         max_len: Tokens per row, ``[CLS]``/``[SEP]`` included; default 64.
         tokenizer: Use this tokenizer (e.g. a teacher's) instead of the task's own.
         vocab_size: WordPiece vocabulary size trained on a file task's training split.
         n_train: Built-in tasks only: number of training examples (default 10000).
-        n_dev: Built-in tasks only: number of held-out examples (default 1000).
+        n_dev: Built-in tasks only: number of dev examples (default 1000).
+        n_test: Built-in tasks only: number of test examples (default: as many as dev).
 
     Returns:
         The tokenized task.
@@ -549,7 +437,7 @@ def load_task(spec: str, *, seed: int = 0, max_len: int | None = None,
     if n < 2:
         raise DataError("max_len must be at least 2", field="max_len", value=max_len, fix="use max_len >= 8")
     if spec.startswith("builtin:"):
-        return _load_builtin(spec.split(":", 1)[1], seed, n, tokenizer, n_train, n_dev)
+        return _load_builtin(spec.split(":", 1)[1], seed, n, tokenizer, n_train, n_dev, n_test)
     return _load_files(spec, seed, n, tokenizer, vocab_size)
 
 

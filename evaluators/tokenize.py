@@ -228,11 +228,11 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, *, lowercase: 
 
 
 def cached_wordpiece(train_file: str | Path, texts: Sequence[str], vocab_size: int = 8000, *,
-                     lowercase: bool = True, root: str | Path | None = None) -> TextTokenizer:
+                     lowercase: bool = True, root: str | Path | None = None, split_key: str = "") -> TextTokenizer:
     """Train a WordPiece tokenizer on ``texts`` (read from ``train_file``), or reuse the cached one.
 
-    The cache key is the file's absolute path, ``mtime`` and size, ``vocab_size`` and ``lowercase``,
-    so editing the file retrains.
+    The cache key is the file's absolute path, ``mtime`` and size, ``vocab_size``, ``lowercase`` and
+    ``split_key``, so editing the file retrains.
 
     Args:
         train_file: The file the texts came from (only its identity is used).
@@ -240,10 +240,11 @@ def cached_wordpiece(train_file: str | Path, texts: Sequence[str], vocab_size: i
         vocab_size: Vocabulary size.
         lowercase: Lower-case before splitting.
         root: Cache folder; defaults to :func:`cache_dir`.
+        split_key: Which rows of the file ``texts`` are (e.g. the splits held out of it), when not all.
     """
     p = Path(train_file).resolve()
     st = p.stat()
-    key_src = json.dumps([str(p), st.st_mtime_ns, st.st_size, vocab_size, lowercase, 1])
+    key_src = json.dumps([str(p), st.st_mtime_ns, st.st_size, vocab_size, lowercase, 1, *([split_key] if split_key else [])])
     key = hashlib.sha1(key_src.encode()).hexdigest()[:20]
     folder = Path(root) if root is not None else cache_dir()
     folder = folder / "tokenizers" / key

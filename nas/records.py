@@ -243,12 +243,29 @@ class RungReport:
 
 @dataclass(frozen=True)
 class EvalMetrics:
+    """Held-out accuracy of a trained model.
+
+    Train trains, dev selects, test reports: ``accuracy``, ``macro_f1`` and ``n_examples`` are on the
+    dev split, which ASHA rungs, the sampler and the Pareto front use. ``test_*`` are on the test split,
+    which nothing selects on, so they are the unbiased numbers to report. ``majority_accuracy`` is the
+    dev accuracy of always predicting the most frequent dev class (the bar a useful model must clear).
+    ``None`` means not measured (e.g. a record written before test splits existed).
+    """
+
     accuracy: float
     macro_f1: float
     n_examples: int
+    test_accuracy: float | None = None
+    test_macro_f1: float | None = None
+    n_test_examples: int | None = None
+    majority_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalMetrics:
+        return cls(**d)
 
 
 TrialStatus = Literal["COMPLETE", "FAIL", "PRUNED"]
@@ -278,6 +295,14 @@ class TrialResult:
         return self.metrics.accuracy if self.metrics else None
 
     @property
+    def test_accuracy(self) -> float | None:
+        return self.metrics.test_accuracy if self.metrics else None
+
+    @property
+    def majority_accuracy(self) -> float | None:
+        return self.metrics.majority_accuracy if self.metrics else None
+
+    @property
     def energy_per_sample_j(self) -> float | None:
         return self.inference.energy_per_sample_j if self.inference else None
 
@@ -294,8 +319,18 @@ class TrialResult:
         """CO2eq of training (and of the teacher's training this trial paid for), when the meter gives it."""
         return self.train.total_co2eq_g if self.train else None
 
+    def reported(self) -> dict[str, float | None]:
+        """Metrics that are reported and filterable but never optimised: test accuracy and macro-F1
+        (selecting on them would make them as biased as dev), and the dev majority-class rate."""
+        m = self.metrics
+        return {
+            "test_accuracy": m.test_accuracy if m else None,
+            "test_macro_f1": m.test_macro_f1 if m else None,
+            "majority_accuracy": m.majority_accuracy if m else None,
+        }
+
     def objectives(self) -> dict[str, float | None]:
-        """Every metric a study may optimise or filter on, flat."""
+        """Every metric a study may optimise or filter on, flat (dev accuracy; see :meth:`reported`)."""
         inf = self.inference
         return {
             "accuracy": self.accuracy,
@@ -328,6 +363,7 @@ class TrialResult:
             "weights_path": self.weights_path,
             # flat, for humans and jq
             "accuracy": self.accuracy,
+            **self.reported(),
             "energy_per_sample_j": self.energy_per_sample_j,
             "energy_per_sample_net_j": self.energy_per_sample_net_j,
             "train_energy_j": self.train_energy_j,
@@ -342,7 +378,7 @@ class TrialResult:
             candidate=Candidate.model_validate(d["candidate"]),
             task=d["task"],
             status=d["status"],
-            metrics=EvalMetrics(**d["metrics"]) if d.get("metrics") else None,
+            metrics=EvalMetrics.from_dict(d["metrics"]) if d.get("metrics") else None,
             train=TrainSummary.from_dict(d["train"]) if d.get("train") else None,
             inference=InferenceEnergy.from_dict(d["inference"]) if d.get("inference") else None,
             params=d.get("params"),

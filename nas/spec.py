@@ -24,6 +24,7 @@ __all__ = [
     "FidelitySpec",
     "ResourcesSpec",
     "StorageSpec",
+    "FrontSpec",
     "StudySpec",
     "default_spec",
     "load_spec",
@@ -136,6 +137,17 @@ class StorageSpec(_Frozen):
     artefacts_dir: str | None = None
 
 
+class FrontSpec(_Frozen):
+    """Which complete trials may stand on the Pareto front (the objectives say how they are ranked).
+
+    ``require_above_majority``: keep a trial off the front unless its dev accuracy is strictly above
+    the dev majority-class rate (always predicting the most frequent class): otherwise a chance-level
+    model sits on the front just for being the cheapest. ``nas pareto --include-trivial`` shows them.
+    """
+
+    require_above_majority: bool = True
+
+
 class StudySpec(_Frozen):
     """Everything a search needs. ``train.steps`` is ignored in favour of ``fidelity.rungs[-1]``."""
 
@@ -147,6 +159,7 @@ class StudySpec(_Frozen):
         default_factory=lambda: [Objective(metric="accuracy"), Objective(metric="energy_per_sample_j")]
     )
     constraints: list[str] = Field(default_factory=list)
+    front: FrontSpec = FrontSpec()
     sampler: SamplerSpec = SamplerSpec()
     budget: BudgetSpec = BudgetSpec()
     fidelity: FidelitySpec = FidelitySpec()

@@ -138,6 +138,10 @@ class StudyRow(Base):
 class TrialRow(Base):
     """One trial: its candidate, its result (full JSON plus flat metric columns) and its cost.
 
+    ``accuracy``/``macro_f1`` are on the dev split (what the search selects on); ``test_accuracy`` and
+    ``test_macro_f1`` on the test split (only reported); ``majority_accuracy`` is the dev majority-class
+    rate that a front member must beat (``StudySpec.front.require_above_majority``).
+
     ``hardware_fingerprint`` is the device model the inference energy was measured on; fronts are
     compared per fingerprint. ``retryable`` failures (interrupted trials) do not block the candidate from
     being sampled again; other failures do, through ``candidate_hash``.
@@ -166,6 +170,10 @@ class TrialRow(Base):
     # flat metrics (the keys of TrialResult.objectives()), for plain SQL and fast fronts
     accuracy: Mapped[float | None] = mapped_column(Float)
     macro_f1: Mapped[float | None] = mapped_column(Float)
+    # reported, never selected on (TrialResult.reported()); NULL for trials stored before revision 0002
+    test_accuracy: Mapped[float | None] = mapped_column(Float)
+    test_macro_f1: Mapped[float | None] = mapped_column(Float)
+    majority_accuracy: Mapped[float | None] = mapped_column(Float)
     energy_per_sample_j: Mapped[float | None] = mapped_column(Float)
     energy_per_sample_net_j: Mapped[float | None] = mapped_column(Float)
     latency_p50_ms: Mapped[float | None] = mapped_column(Float)

@@ -61,14 +61,17 @@ from storage.views import (
     FILTER_NAMES,
     NO_HARDWARE,
     OBJECTIVE_NAMES,
+    REPORTED_NAMES,
     ArtefactView,
     FrontEntry,
     ReadingView,
     StudyInfo,
     TrialCost,
     TrialView,
+    above_majority,
     candidate_hash,
     finite_or_none,
+    requires_above_majority,
 )
 
 __all__ = [
@@ -561,7 +564,8 @@ class Store:
     ) -> StudyInfo:
         """Replace a study's spec (e.g. a resume with a larger trial budget); budgets given are replaced.
 
-        The objectives cannot change: they define the stored fronts.
+        The objectives cannot change: they define the stored fronts. When the new spec changes
+        ``front.require_above_majority``, the persisted fronts are rebuilt in the same transaction.
         """
         try:
             json.loads(spec_json)
@@ -570,7 +574,10 @@ class Store:
                               fix="pass StudySpec.model_dump_json()") from e
         with self.session(write=True) as s:
             row = self._study_row(s, name)
+            rule_changed = requires_above_majority(row.spec_json) != requires_above_majority(spec_json)
             row.spec_json = spec_json
+            if rule_changed:  # the persisted front follows the study's front.require_above_majority
+                self._rebuild_fronts(s, row)
             if budget_energy_j is not None:
                 row.budget_energy_j = budget_energy_j
             if budget_trials is not None:
@@ -746,6 +753,8 @@ class Store:
                          "latency_p50_ms", "latency_p95_ms", "throughput_samples_s", "flops_per_sample",
                          "train_energy_j"):
                 setattr(row, name, _float(objectives[name]))
+            for name, value in result.reported().items():
+                setattr(row, name, _float(value))
             row.params = result.params
             row.size_bytes = result.size_bytes
             row.meter = inf.meter if inf else None
@@ -900,7 +909,7 @@ class Store:
         values: dict[str, Any] = dict.fromkeys(FILTER_NAMES)
         if row.candidate_flat_json:
             values.update(json.loads(row.candidate_flat_json))
-        for name in OBJECTIVE_NAMES:
+        for name in (*OBJECTIVE_NAMES, *REPORTED_NAMES):
             v = getattr(row, name)
             values[name] = float(v) if v is not None else None
         values["meter"] = row.meter
@@ -927,9 +936,12 @@ class Store:
 
         With ``new_row`` (the trial just completed) only the stored front plus that trial are compared:
         COMPLETE trials never change, and a trial dominated once stays dominated, so this equals the
-        front over all trials (a test checks it). Without it, every COMPLETE trial is read.
+        front over all trials (a test checks it). Without it, every COMPLETE trial is read. Under the
+        study's ``front.require_above_majority`` (default) trials not above their dev majority-class
+        rate take no part, exactly as in :meth:`front`.
         """
-        objectives = self._study_info(st).objectives
+        info = self._study_info(st)
+        objectives = info.objectives
         if new_row is None:
             rows = list(s.scalars(select(TrialRow).where(
                 TrialRow.study_id == st.id, TrialRow.state == "COMPLETE",
@@ -942,6 +954,9 @@ class Store:
             rows.append(new_row)
         rows.sort(key=lambda r: r.trial_number)
         items = [(r.trial_number, self._row_values(r)) for r in rows]
+        if info.require_above_majority:
+            kept = [i for i, (_, v) in enumerate(items) if above_majority(v)]
+            rows, items = [rows[i] for i in kept], [items[i] for i in kept]
         order = self._front_of(items, objectives)
         if new_row is not None and new_row not in (rows[i] for i in order):
             return  # the new trial is dominated (or lacks an objective): the stored front stands
@@ -960,22 +975,28 @@ class Store:
     def rebuild_front(self, study: str) -> None:
         """Recompute the persisted fronts of a study from all its COMPLETE trials (a repair tool)."""
         with self.session(write=True) as s:
-            st = self._study_row(s, study)
-            s.execute(delete(ParetoFrontRow).where(ParetoFrontRow.study_id == st.id))
-            found = s.scalars(select(TrialRow.hardware_fingerprint).where(
-                TrialRow.study_id == st.id, TrialRow.state == "COMPLETE").distinct()).all()
-            for hardware in sorted(h or NO_HARDWARE for h in found):
-                self._rewrite_front(s, st, hardware)
+            self._rebuild_fronts(s, self._study_row(s, study))
 
-    def front(self, study: str, *, where: str | None = None, hardware: str | None = None) -> list[TrialView]:
+    def _rebuild_fronts(self, s: Session, st: StudyRow) -> None:
+        s.execute(delete(ParetoFrontRow).where(ParetoFrontRow.study_id == st.id))
+        found = s.scalars(select(TrialRow.hardware_fingerprint).where(
+            TrialRow.study_id == st.id, TrialRow.state == "COMPLETE").distinct()).all()
+        for hardware in sorted(h or NO_HARDWARE for h in found):
+            self._rewrite_front(s, st, hardware)
+
+    def front(self, study: str, *, where: str | None = None, hardware: str | None = None,
+              include_trivial: bool = False) -> list[TrialView]:
         """The Pareto-optimal COMPLETE trials, recomputed from the stored trials.
 
         Fronts are computed per hardware fingerprint. ``where`` filters the trials *before* the front
-        is computed (the front among the trials that satisfy it).
+        is computed (the front among the trials that satisfy it). Under the study's
+        ``front.require_above_majority`` (the default) so are the trials whose dev accuracy is not above
+        their dev majority-class rate (:func:`storage.views.above_majority`; see :meth:`trivial_trials`).
 
         Args:
             where: A filter over :data:`FILTER_NAMES`, e.g. ``"weight_bits <= 8"`` (see :mod:`nas.where`).
             hardware: Only this hardware fingerprint.
+            include_trivial: Let trials at or below the majority-class rate take part anyway.
 
         Returns:
             Trials ordered by hardware fingerprint, then first objective (best first).
@@ -983,25 +1004,48 @@ class Store:
         Raises:
             ConfigError: A bad ``where`` expression.
         """
-        predicate = compile_where(where, FILTER_NAMES) if where else None
         with self.session() as s:
-            st = self._study_row(s, study)
-            objectives = self._study_info(st).objectives
-            q = select(TrialRow).where(TrialRow.study_id == st.id, TrialRow.state == "COMPLETE")
-            if hardware is not None:
-                q = q.where(TrialRow.hardware_fingerprint == hardware)
-            rows = s.scalars(q.order_by(TrialRow.trial_number)).all()
+            st, members = self._front_candidates(s, study, where, hardware)
+            info = self._study_info(st)
+            rule = info.require_above_majority and not include_trivial
             groups: dict[str, list[tuple[TrialRow, dict[str, Any]]]] = {}
-            for r in rows:
-                values = self._row_values(r)
-                if predicate is None or predicate(values):
+            for r, values in members:
+                if not rule or above_majority(values):
                     groups.setdefault(r.hardware_fingerprint or NO_HARDWARE, []).append((r, values))
             out: list[TrialView] = []
             for hw in sorted(groups):
-                members = groups[hw]
-                order = self._front_of([(r.trial_number, v) for r, v in members], objectives)
-                out.extend(self._trial_view(st.name, members[i][0]) for i in order)
+                group = groups[hw]
+                order = self._front_of([(r.trial_number, v) for r, v in group], info.objectives)
+                out.extend(self._trial_view(st.name, group[i][0]) for i in order)
             return out
+
+    def trivial_trials(self, study: str, *, where: str | None = None,
+                       hardware: str | None = None) -> list[TrialView]:
+        """The COMPLETE trials (matching ``where``) that :meth:`front` keeps out under the study's
+        ``front.require_above_majority``: dev accuracy at or below the dev majority-class rate.
+
+        Empty when the study turns the rule off. In trial-number order.
+        """
+        with self.session() as s:
+            st, members = self._front_candidates(s, study, where, hardware)
+            if not requires_above_majority(st.spec_json):
+                return []
+            return [self._trial_view(st.name, r) for r, v in members if not above_majority(v)]
+
+    def _front_candidates(self, s: Session, study: str, where: str | None,
+                          hardware: str | None) -> tuple[StudyRow, list[tuple[TrialRow, dict[str, Any]]]]:
+        """The study row, and its COMPLETE trials (with their flat values) that satisfy ``where``."""
+        predicate = compile_where(where, FILTER_NAMES) if where else None
+        st = self._study_row(s, study)
+        q = select(TrialRow).where(TrialRow.study_id == st.id, TrialRow.state == "COMPLETE")
+        if hardware is not None:
+            q = q.where(TrialRow.hardware_fingerprint == hardware)
+        members = []
+        for r in s.scalars(q.order_by(TrialRow.trial_number)).all():
+            values = self._row_values(r)
+            if predicate is None or predicate(values):
+                members.append((r, values))
+        return st, members
 
     def persisted_front(self, study: str, *, hardware: str | None = None) -> list[FrontEntry]:
         """The front as stored in ``nas_pareto_front``, ordered by hardware fingerprint and position."""

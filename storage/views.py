@@ -21,9 +21,12 @@ from nas.records import RungReport, TrialResult, sum_known
 __all__ = [
     "NO_HARDWARE",
     "OBJECTIVE_NAMES",
+    "REPORTED_NAMES",
     "CANDIDATE_NAMES",
     "FILTER_NAMES",
     "candidate_hash",
+    "above_majority",
+    "requires_above_majority",
     "TrialCost",
     "StudyInfo",
     "TrialView",
@@ -38,11 +41,17 @@ NO_HARDWARE = "unknown"
 OBJECTIVE_NAMES: tuple[str, ...] = tuple(
     TrialResult(candidate=Candidate(), task="", status="COMPLETE").objectives().keys()
 )
+#: Metrics that are stored, shown and filterable but never optimised (the keys of
+#: :meth:`nas.records.TrialResult.reported`): test accuracy and macro-F1, and the dev majority-class rate.
+REPORTED_NAMES: tuple[str, ...] = tuple(
+    TrialResult(candidate=Candidate(), task="", status="COMPLETE").reported().keys()
+)
 #: Candidate fields usable in filters (the keys of :meth:`nas.config.Candidate.flat`).
 CANDIDATE_NAMES: tuple[str, ...] = tuple(Candidate().flat().keys())
 #: Every name a ``--where`` filter over trials may use (the keys of :meth:`TrialView.values`).
 FILTER_NAMES: tuple[str, ...] = tuple(
-    sorted({*OBJECTIVE_NAMES, *CANDIDATE_NAMES, "meter", "is_estimate", "hardware", "number", "state"})
+    sorted({*OBJECTIVE_NAMES, *REPORTED_NAMES, *CANDIDATE_NAMES, "meter", "is_estimate", "hardware", "number",
+            "state"})
 )
 
 
@@ -53,6 +62,35 @@ def candidate_hash(candidate: Candidate) -> str:
     the same bytes :mod:`nas.runner.searcher` hashes, so the two always agree.
     """
     return hashlib.sha256(candidate.model_dump_json().encode("utf-8")).hexdigest()
+
+
+def above_majority(values: Mapping[str, Any]) -> bool:
+    """The front's sanity rule: dev ``accuracy`` strictly above the dev ``majority_accuracy``.
+
+    A model that is not better than always predicting the most frequent class is not a trade-off
+    worth showing, however cheap it is. A trial with no recorded majority rate (stored before it was
+    recorded) is not judged and passes; one with a rate but no accuracy does not.
+    """
+    majority = values.get("majority_accuracy")
+    if majority is None:
+        return True
+    accuracy = values.get("accuracy")
+    return accuracy is not None and float(accuracy) > float(majority)
+
+
+def requires_above_majority(spec_json: str) -> bool:
+    """The study setting ``front.require_above_majority`` in a spec's JSON (default True).
+
+    Read from the JSON rather than through :class:`nas.spec.StudySpec`, so that studies whose spec is
+    not a full study spec (created through the Python API) get the default.
+    """
+    try:
+        spec = json.loads(spec_json)
+    except (TypeError, ValueError):
+        return True
+    front = spec.get("front") if isinstance(spec, dict) else None
+    value = front.get("require_above_majority", True) if isinstance(front, dict) else True
+    return bool(value)
 
 
 def finite_or_none(value: Any) -> Any:
@@ -185,6 +223,11 @@ class StudyInfo:
     def spec(self) -> Any:
         return json.loads(self.spec_json)
 
+    @property
+    def require_above_majority(self) -> bool:
+        """Whether the study's front keeps out trials not above the dev majority-class rate."""
+        return requires_above_majority(self.spec_json)
+
 
 @dataclass(frozen=True)
 class TrialView:
@@ -224,8 +267,9 @@ class TrialView:
     def values(self) -> dict[str, Any]:
         """A flat copy of every value a filter may use (the names in :data:`FILTER_NAMES`).
 
-        Every key of :meth:`TrialResult.objectives`, every key of :meth:`Candidate.flat`, plus
-        ``meter``, ``is_estimate``, ``hardware``, ``number`` and ``state``. Missing values are ``None``.
+        Every key of :meth:`TrialResult.objectives` and :meth:`TrialResult.reported` (``test_accuracy``,
+        ``test_macro_f1``, ``majority_accuracy``), every key of :meth:`Candidate.flat`, plus ``meter``,
+        ``is_estimate``, ``hardware``, ``number`` and ``state``. Missing values are ``None``.
         """
         return dict(self.flat)
 

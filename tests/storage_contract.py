@@ -8,6 +8,7 @@ subclasses.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -15,14 +16,16 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text, update
+from sqlalchemy import MetaData, Table, create_engine, inspect, select, text, update
 
 import storage.store as store_module
 from nas.config import Candidate
@@ -39,6 +42,15 @@ COST = TrialCost(train_energy_j=10.0, measure_energy_j=2.0, co2eq_g=0.5, wall_s=
 
 MakeResult = Callable[..., TrialResult]
 MakeCandidate = Callable[..., Candidate]
+
+
+def _scored(result: TrialResult, *, majority: float | None = None, test_accuracy: float | None = None,
+            test_macro_f1: float | None = None) -> TrialResult:
+    """``result`` with a dev majority-class rate and test numbers in its metrics."""
+    assert result.metrics is not None
+    metrics = dataclasses.replace(result.metrics, majority_accuracy=majority, test_accuracy=test_accuracy,
+                                  test_macro_f1=test_macro_f1, n_test_examples=None if test_accuracy is None else 100)
+    return dataclasses.replace(result, metrics=metrics)
 
 
 def _brute_front(points: list[tuple[int, list[float | None]]], directions: list[str]) -> set[int]:
@@ -339,6 +351,85 @@ class StorageContract:
         with pytest.raises(ConfigError, match="allowed names"):
             store.front("s", where="bits < 3")
 
+    def test_test_metrics_are_stored_shown_and_filterable(
+        self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate
+    ) -> None:
+        self._study(store)
+        r0 = _scored(make_result(candidate=make_candidate(0), accuracy=0.9), majority=0.5, test_accuracy=0.84,
+                     test_macro_f1=0.83)
+        store.finish_trial("s", 0, r0, cost=COST)
+        store.finish_trial("s", 1, make_result(candidate=make_candidate(1), accuracy=0.8, energy_per_sample_j=0.5e-3),
+                           cost=COST)  # a result without test numbers
+        view = store.trial("s", 0)
+        assert view.result == r0
+        v = view.values()
+        assert (v["test_accuracy"], v["test_macro_f1"], v["majority_accuracy"]) == (0.84, 0.83, 0.5)
+        assert {"test_accuracy", "test_macro_f1", "majority_accuracy"} <= set(FILTER_NAMES)
+        assert store.trial("s", 1).values()["test_accuracy"] is None
+        assert [t.number for t in store.front("s", where="test_accuracy > 0.8")] == [0]
+        assert [t.number for t in store.front("s")] == [0, 1]
+        with store.session() as s:  # plain SQL sees the columns
+            row = s.execute(text("SELECT accuracy, test_accuracy, test_macro_f1, majority_accuracy FROM nas_trials "
+                                 "WHERE trial_number = 0")).one()
+        assert tuple(row) == (0.9, 0.84, 0.83, 0.5)
+        with pytest.raises(ConfigError, match="unknown metric"):  # nothing may select on test
+            store.create_study("t", "{}", [("test_accuracy", "maximize")])
+
+    def test_chance_level_trials_are_kept_off_the_front(
+        self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate
+    ) -> None:
+        self._study(store)
+        # 0: chance level on a balanced task and the cheapest; 1: below chance; 2 and 3: real trade-offs
+        for i, (acc, energy) in enumerate([(0.5, 0.2e-3), (0.45, 0.1e-3), (0.9, 2e-3), (0.7, 1e-3)]):
+            store.finish_trial("s", i, _scored(make_result(candidate=make_candidate(i), accuracy=acc,
+                                                           energy_per_sample_j=energy), majority=0.5), cost=COST)
+        assert [t.number for t in store.front("s")] == [2, 3]
+        assert [e.trial_number for e in store.persisted_front("s")] == [2, 3]
+        assert [t.number for t in store.trivial_trials("s")] == [0, 1]
+        assert [t.number for t in store.trivial_trials("s", where="energy_per_sample_j > 0.15e-3")] == [0]
+        assert [t.number for t in store.front("s", include_trivial=True)] == [2, 3, 0, 1]
+        # the persisted front follows the study setting: turning it off (or on) rebuilds it
+        store.update_study_spec("s", json.dumps({"task": "builtin:parity", "front": {"require_above_majority": False}}))
+        assert not store.get_study("s").require_above_majority
+        assert [e.trial_number for e in store.persisted_front("s")] == [2, 3, 0, 1]
+        assert [t.number for t in store.front("s")] == [2, 3, 0, 1] and store.trivial_trials("s") == []
+        store.finish_trial("s", 4, _scored(make_result(candidate=make_candidate(4), accuracy=0.5,
+                                                       energy_per_sample_j=0.05e-3), majority=0.5), cost=COST)
+        assert [e.trial_number for e in store.persisted_front("s")] == [2, 3, 4]  # 4 dominates 0 and 1
+        store.update_study_spec("s", json.dumps({"task": "builtin:parity"}))
+        assert [e.trial_number for e in store.persisted_front("s")] == [2, 3]
+        store.finish_trial("s", 5, _scored(make_result(candidate=make_candidate(5), accuracy=0.5,
+                                                       energy_per_sample_j=0.01e-3), majority=0.5), cost=COST)
+        assert [e.trial_number for e in store.persisted_front("s")] == [2, 3]  # a new chance-level trial stays out
+
+    def test_persisted_front_with_majority_rule_equals_recomputed_and_brute_force(
+        self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate
+    ) -> None:
+        self._study(store)
+        rng = np.random.default_rng(7)
+        directions = [d for _, d in OBJ2]
+        eligible: list[tuple[int, list[float | None]]] = []
+        trivial: set[int] = set()
+        for i in range(40):
+            acc = float(rng.integers(4, 10)) / 10
+            # per-trial rates (as if tasks differed), so a trivial trial may dominate an eligible one
+            majority = [None, 0.5, 0.6, 0.7][int(rng.integers(0, 4))]
+            r = _scored(make_result(candidate=make_candidate(i), accuracy=acc,
+                                    energy_per_sample_j=float(rng.integers(1, 6)) * 1e-3), majority=majority)
+            store.finish_trial("s", i, r, cost=COST)
+            if majority is None or acc > majority:
+                eligible.append((i, [acc, r.energy_per_sample_j]))
+            else:
+                trivial.add(i)
+            if i % 5 == 4:
+                persisted = [e.trial_number for e in store.persisted_front("s")]
+                assert persisted == [t.number for t in store.front("s")]
+                assert set(persisted) == _brute_front(eligible, directions)
+        assert trivial and {t.number for t in store.trivial_trials("s")} == trivial
+        before = [(e.trial_number, e.position) for e in store.persisted_front("s")]
+        store.rebuild_front("s")
+        assert [(e.trial_number, e.position) for e in store.persisted_front("s")] == before
+
     # -- schema ----------------------------------------------------------------------------------
     def test_schema_is_at_head_and_matches_models(self, store: Store, db_url: str) -> None:
         assert store.schema_revision() == store_module.head_revision()
@@ -358,12 +449,64 @@ class StorageContract:
         self, store: Store, db_url: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         store.close()
+        current = store_module.head_revision()
         monkeypatch.setattr(store_module, "head_revision", lambda: "0999")  # as if this build were newer
         monkeypatch.setattr(store_module.Store, "_raise_if_unknown_revision", staticmethod(lambda c, u: None))
         with pytest.raises(StorageError) as err:
             Store.open(db_url)
         msg = str(err.value)
-        assert "nas storage upgrade --db" in msg and "0001" in msg and "0999" in msg
+        assert "nas storage upgrade --db" in msg and current in msg and "0999" in msg
+
+    def test_migration_0002_from_a_0001_database_keeps_data(self, db_url: str, make_result: MakeResult) -> None:
+        assert Store.upgrade(db_url, "0001") == "0001"
+        with pytest.raises(StorageError, match="nas storage upgrade"):
+            Store.open(db_url)
+        old = make_result(accuracy=0.8).to_dict()  # a result_json as revision 0001 stored it: no test fields
+        old["metrics"] = {"accuracy": 0.8, "macro_f1": 0.8, "n_examples": 100}
+        for k in ("test_accuracy", "test_macro_f1", "majority_accuracy"):
+            old.pop(k)
+        engine = create_engine(store_module.normalize_url(db_url))
+        now = datetime.now(timezone.utc)
+        try:
+            with engine.begin() as conn:
+                meta = MetaData()
+                studies, trials, front = (Table(n, meta, autoload_with=conn)
+                                          for n in ("nas_studies", "nas_trials", "nas_pareto_front"))
+                assert "test_accuracy" not in trials.c
+                zeros = dict.fromkeys(("train_energy_j", "measure_energy_j", "co2eq_g", "wall_s", "gpu_s"), 0.0)
+                sid = conn.execute(studies.insert().values(
+                    name="old", spec_json="{}", objectives_json=json.dumps([list(o) for o in OBJ2]), status="COMPLETE",
+                    created_utc=now, updated_utc=now, cost_includes_estimate=False, n_trials_complete=1,
+                    n_trials_failed=0, n_trials_pruned=0, **zeros)).inserted_primary_key[0]
+                tid = conn.execute(trials.insert().values(
+                    study_id=sid, trial_number=0, state="COMPLETE", retryable=False,
+                    candidate_json=Candidate().to_json(), result_json=json.dumps(old), accuracy=0.8, macro_f1=0.8,
+                    energy_per_sample_j=1e-3, hardware_fingerprint="NVIDIA H100 80GB HBM3",
+                    started_utc=now, finished_utc=now)).inserted_primary_key[0]
+                conn.execute(front.insert().values(
+                    study_id=sid, hardware_fingerprint="NVIDIA H100 80GB HBM3",
+                    objectives_key="accuracy:maximize,energy_per_sample_j:minimize", trial_id=tid, trial_number=0,
+                    position=0, values_json='{"accuracy":0.8,"energy_per_sample_j":0.001}', updated_utc=now))
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0002"
+            with Store.open(db_url, create=False) as store:
+                view = store.trial("old", 0)
+                assert view.result is not None and view.result.metrics is not None
+                assert view.result.metrics.accuracy == 0.8 and view.result.metrics.test_accuracy is None
+                values = view.values()
+                assert values["accuracy"] == 0.8
+                assert values["test_accuracy"] is values["test_macro_f1"] is values["majority_accuracy"] is None
+                assert [t.number for t in store.front("old")] == [0]  # no majority rate recorded: not judged
+                assert [e.trial_number for e in store.persisted_front("old")] == [0]
+            # and back: the downgrade drops the three columns and keeps every row
+            with engine.begin() as conn:
+                command.downgrade(store_module.alembic_config(conn), "0001")
+            with engine.connect() as conn:
+                assert not {"test_accuracy", "test_macro_f1", "majority_accuracy"} & {
+                    c["name"] for c in inspect(conn).get_columns("nas_trials")}
+                assert conn.execute(select(Table("nas_trials", MetaData(), autoload_with=conn).c.accuracy)).scalar() == 0.8
+                assert conn.execute(text("SELECT COUNT(*) FROM nas_pareto_front")).scalar() == 1
+        finally:
+            engine.dispose()
 
     def test_schema_newer_than_build(self, store: Store, db_url: str) -> None:
         with store.session(write=True) as s:

@@ -137,6 +137,9 @@ def test_hf_teacher_loads_and_distils_a_student(task: TaskData, tmp_path: Path) 
     student_task = teacher.adapt_task(task)
     assert student_task.tokenizer.fingerprint == teacher.tokenizer.fingerprint
     assert student_task.train_texts == task.train_texts
+    # the held-out test split travels too, re-encoded with the teacher's tokenizer
+    assert student_task.test_texts == task.test_texts and student_task.n_test == task.n_test > 0
+    assert torch.equal(student_task.test_ids, teacher.tokenizer.encode(list(task.test_texts), task.max_len)[0])
     out = teacher(student_task.train_ids[:2], student_task.train_mask[:2], output_hidden_states=True,
                   output_attentions=True)
     assert out.logits.shape == (2, 2) and len(out.hidden_states) == 3 and len(out.attentions) == 2

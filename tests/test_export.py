@@ -185,6 +185,15 @@ def test_card_numbers_equal_the_database(exported: dict[str, Any]) -> None:
     for v in values:
         assert v is not None
         assert fmt(v) in card, (v, fmt(v))
+    # test accuracy first (nothing selected on it), dev beside it, and the dev majority-class rate
+    m = r.metrics
+    assert m.test_accuracy is not None and m.test_macro_f1 is not None and m.majority_accuracy is not None
+    assert m.n_test_examples == 1000 and m.majority_accuracy == pytest.approx(0.5, abs=0.05)
+    assert f"| test accuracy (reported, never selected on) | {fmt(m.test_accuracy)} |" in card
+    assert f"| test macro-F1 | {fmt(m.test_macro_f1)} |" in card
+    assert f"| dev accuracy (the search selected on it) | {fmt(m.accuracy)} |" in card
+    assert f"| dev majority-class rate | {fmt(m.majority_accuracy)} |" in card
+    assert card.index("| test accuracy") < card.index("| dev accuracy")
     assert "ESTIMATE" in card and "`estimate`" in card  # the meter is named and flagged
     assert "nas export exp 0 --format all" in card
     metrics = json.loads((exported["out"] / "metrics.json").read_text())
@@ -384,6 +393,8 @@ def test_retrain_keeps_search_numbers_and_adds_final_ones(study_db: dict[str, An
     assert report.search == stored  # the database is not touched
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["final"]["accuracy"] == report.final.accuracy
+    assert report.final.test_accuracy is not None  # re-measured on test too
+    assert metrics["final"]["test_accuracy"] == report.final.test_accuracy
     assert metrics["search"]["accuracy"] == stored.accuracy  # type: ignore[union-attr]
     card = (out / "README.md").read_text()
     assert "final (after --retrain)" in card and "--retrain 20" in card

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -48,6 +49,47 @@ def test_builtin_shapes_labels_and_speed(name: str) -> None:
     assert torch.all((task.train_ids == PAD_ID) == (task.train_mask == 0))
 
 
+#: sha256 (16 hex) of [texts, labels] of train and dev, seed 1, 300/60 examples, as generated before the
+#: test split existed: adding the test stream must not change them (dev accuracies stay comparable).
+_BEFORE_TEST_SPLIT = {
+    "longmatch": ("0c9ea8a78e25825d", "2379f2f5ca1e7eaf"),
+    "sentiment": ("9f918ddfb657e7e1", "ef77c3310a5a4a5c"),
+}
+
+
+def _digest(texts: tuple[str, ...], labels: tuple[int, ...]) -> str:
+    return hashlib.sha256(json.dumps([list(texts), list(labels)]).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", BUILTIN_TASKS)
+def test_builtin_test_split_is_its_own_stream_and_leaves_train_dev_unchanged(name: str) -> None:
+    a = load_task(f"builtin:{name}", seed=1, n_train=300, n_dev=60)
+    assert (_digest(a.train_texts, a.train_labels), _digest(a.dev_texts, a.dev_labels)) == _BEFORE_TEST_SPLIT[name]
+    assert a.n_test == a.n_dev == 60  # default: as many as dev
+    assert a.test_ids.shape == (60, 64) and a.test_mask.shape == (60, 64) and a.test_y.tolist() == list(a.test_labels)
+    assert 0.35 < sum(a.test_labels) / a.n_test < 0.65
+    again = load_task(f"builtin:{name}", seed=1, n_train=300, n_dev=60)
+    assert again.test_texts == a.test_texts and again.test_labels == a.test_labels  # deterministic
+    assert load_task(f"builtin:{name}", seed=2, n_train=300, n_dev=60).test_texts != a.test_texts
+    # a stream of its own: no example shared with train or dev, and its size moves neither
+    assert not set(a.test_texts) & (set(a.train_texts) | set(a.dev_texts))
+    bigger = load_task(f"builtin:{name}", seed=1, n_train=300, n_dev=60, n_test=90)
+    assert bigger.n_test == 90 and bigger.dev_texts == a.dev_texts and bigger.train_texts == a.train_texts
+    assert bigger.chance_accuracy == a.chance_accuracy  # the majority rate is the dev split's
+    assert bigger.fingerprint != a.fingerprint
+    with pytest.raises(DataError, match="n_test >= 2"):
+        load_task(f"builtin:{name}", n_train=10, n_dev=10, n_test=1)
+
+
+def test_with_tokenizer_re_encodes_every_split() -> None:
+    task = load_task("builtin:sentiment", n_train=40, n_dev=10, n_test=12, max_len=32)
+    other = train_wordpiece(list(task.train_texts), vocab_size=60)
+    again = task.with_tokenizer(other, max_len=16)
+    assert again.test_texts == task.test_texts and again.test_labels == task.test_labels
+    assert again.test_ids.shape == (12, 16) and torch.equal(again.test_ids, other.encode(list(task.test_texts), 16)[0])
+    assert again.n_dev == 10 and again.chance_accuracy == task.chance_accuracy
+
+
 def test_longmatch_label_is_equality_of_the_ends() -> None:
     task = load_task("builtin:longmatch", n_train=200, n_dev=20)
     for text, label in zip(task.train_texts, task.train_labels, strict=True):
@@ -81,17 +123,19 @@ def test_folder_with_tsv_train_and_dev(tmp_path: Path) -> None:
                                                             for i in range(20)))
     _write(tmp_path / "dev.tsv", "text\tlabel\na good one\t1\na bad one\t0\n")
     task = load_task(str(tmp_path), max_len=16, vocab_size=100)
-    assert task.n_train == 40 and task.n_dev == 2 and task.label_names == ("0", "1")
-    assert task.train_ids.shape == (40, 16)
+    # no test.tsv: as many test rows as dev has (2) are held out of train
+    assert task.n_train == 38 and task.n_dev == 2 and task.n_test == 2 and task.label_names == ("0", "1")
+    assert task.train_ids.shape == (38, 16) and task.test_ids.shape == (2, 16)
     assert task.dev_labels == (1, 0)
 
 
 def test_csv_jsonl_and_string_labels_sorted(tmp_path: Path) -> None:
     _write(tmp_path / "train.csv", 'id,label,text\n1,pos,"great, really"\n2,neg,awful\n3,neu,ok\n4,pos,fine\n')
     _write(tmp_path / "dev.jsonl", '{"text": "great", "label": "pos"}\n\n{"text": "meh", "label": "neu"}\n')
+    _write(tmp_path / "test.csv", "text,label\nfine indeed,pos\n")
     task = load_task(str(tmp_path), max_len=8, vocab_size=60)
     assert task.label_names == ("neg", "neu", "pos")
-    assert task.train_labels == (2, 0, 1, 2) and task.dev_labels == (2, 1)
+    assert task.train_labels == (2, 0, 1, 2) and task.dev_labels == (2, 1) and task.test_labels == (2,)
     assert task.train_texts[0] == "great, really"
 
 
@@ -99,6 +143,7 @@ def test_integer_labels_sorted_numerically(tmp_path: Path) -> None:
     rows = "".join(json.dumps({"text": f"t {i}", "label": lab}) + "\n" for i, lab in enumerate([10, 2, 2, 10, 1]))
     _write(tmp_path / "train.jsonl", rows)
     _write(tmp_path / "dev.jsonl", '{"text": "x", "label": "2"}\n')
+    _write(tmp_path / "test.jsonl", '{"text": "y", "label": 1}\n')
     task = load_task(str(tmp_path), vocab_size=50, max_len=8)
     assert task.label_names == ("1", "2", "10") and task.dev_labels == (1,)
 
@@ -107,9 +152,58 @@ def test_single_file_holds_out_a_fixed_tenth(tmp_path: Path) -> None:
     f = _write(tmp_path / "all.tsv", "text\tlabel\n" + "".join(f"row {i}\t{i % 2}\n" for i in range(100)))
     a = load_task(str(f), seed=0, vocab_size=50, max_len=8)
     b = load_task(str(f), seed=5, vocab_size=50, max_len=8)
-    assert a.n_dev == 10 and a.n_train == 90
-    assert a.dev_texts == b.dev_texts
-    assert not set(a.dev_texts) & set(a.train_texts)
+    assert a.n_dev == 10 and a.n_test == 10 and a.n_train == 80
+    assert a.dev_texts == b.dev_texts and a.test_texts == b.test_texts  # the same for every seed
+    # dev is exactly the rows it was before test splits existed, so dev accuracies stay comparable
+    assert sorted(int(t.split()[1]) for t in a.dev_texts) == [1, 10, 43, 50, 55, 60, 74, 80, 93, 95]
+    train, dev, test = set(a.train_texts), set(a.dev_texts), set(a.test_texts)
+    assert not (train & dev or train & test or dev & test)
+    assert len(train | dev | test) == 100
+
+
+def test_folder_with_test_file_uses_it_and_keeps_train(tmp_path: Path) -> None:
+    _write(tmp_path / "train.tsv", "text\tlabel\n" + "".join(f"row {i}\t{i % 2}\n" for i in range(30)))
+    _write(tmp_path / "dev.tsv", "text\tlabel\ndev a\t0\ndev b\t1\n")
+    _write(tmp_path / "test.jsonl", '{"text": "test a", "label": 1}\n{"text": "test b", "label": 0}\n'
+           '{"text": "test c", "label": "1"}\n')
+    task = load_task(str(tmp_path), vocab_size=50, max_len=8)
+    assert (task.n_train, task.n_dev, task.n_test) == (30, 2, 3)
+    assert task.test_texts == ("test a", "test b", "test c") and task.test_labels == (1, 0, 1)
+    assert torch.equal(task.test_y, torch.tensor([1, 0, 1])) and task.test_mask.shape == (3, 8)
+    # train.* and test.* without dev.*: dev is the usual fixed tenth of train
+    (tmp_path / "dev.tsv").unlink()
+    no_dev = load_task(str(tmp_path), vocab_size=50, max_len=8)
+    assert (no_dev.n_train, no_dev.n_dev, no_dev.n_test) == (27, 3, 3)
+    assert not set(no_dev.dev_texts) & set(no_dev.train_texts)
+
+
+def test_folder_without_test_file_holds_test_out_of_train(tmp_path: Path) -> None:
+    rows = [f"row {i}" for i in range(200)]
+    _write(tmp_path / "train.tsv", "text\tlabel\n" + "".join(f"{r}\t{i % 2}\n" for i, r in enumerate(rows)))
+    _write(tmp_path / "dev.tsv", "text\tlabel\n" + "".join(f"dev {i}\t{i % 2}\n" for i in range(8)))
+    a = load_task(str(tmp_path), seed=0, vocab_size=50, max_len=8)
+    b = load_task(str(tmp_path), seed=3, vocab_size=50, max_len=8)
+    assert (a.n_train, a.n_dev, a.n_test) == (192, 8, 8)  # test: as many rows as dev has
+    assert a.test_texts == b.test_texts and a.train_texts == b.train_texts  # fixed across seeds
+    assert a.dev_texts == tuple(f"dev {i}" for i in range(8))  # dev is the dev file, untouched
+    assert set(a.test_texts) <= set(rows) and not set(a.test_texts) & set(a.train_texts)
+    assert a.fingerprint != load_task(str(tmp_path / "train.tsv"), vocab_size=50, max_len=8).fingerprint
+
+
+def test_unknown_test_label_names_test_file_and_line(tmp_path: Path) -> None:
+    _write(tmp_path / "train.tsv", "text\tlabel\na\t0\nb\t1\n")
+    _write(tmp_path / "dev.tsv", "text\tlabel\nc\t1\n")
+    _write(tmp_path / "test.tsv", "text\tlabel\nc\t1\nd\t9\n")
+    with pytest.raises(DataError) as err:
+        load_task(str(tmp_path), vocab_size=30)
+    msg = str(err.value)
+    assert "test.tsv" in msg and "line 3" in msg and "unknown label '9'" in msg
+
+
+def test_too_small_file_for_dev_and_test_holdout(tmp_path: Path) -> None:
+    f = _write(tmp_path / "two.tsv", "text\tlabel\na\t0\nb\t1\n")
+    with pytest.raises(DataError, match="needs at least 3 rows to hold out dev and test"):
+        load_task(str(f), vocab_size=30)
 
 
 @pytest.mark.parametrize(
@@ -197,7 +291,9 @@ def test_tokenizer_cache_by_file_identity(tmp_path: Path) -> None:
 @pytest.mark.skipif(not (SST2 / "train.tsv").exists(), reason="shared SST-2 data not present")
 def test_sst2_loads_fast_once_cached() -> None:
     first = load_task(str(SST2))
-    assert first.n_train == 67349 and first.n_dev == 872 and first.vocab_size <= 8000
+    # no test.tsv: 872 test rows (as many as dev) are held out of the 67,349 training rows
+    assert first.n_train == 67349 - 872 and first.n_dev == 872 and first.n_test == 872
+    assert first.vocab_size <= 8000
     t0 = time.perf_counter()
     again = load_task(str(SST2))
     assert time.perf_counter() - t0 < 3.0

@@ -134,7 +134,8 @@
     ["number", "#", (r) => r.number, (r) => `<a href="/studies/${enc(study)}/trials/${r.number}">${r.number}</a>`],
     ["state", "State", (r) => r.state, (r) => stateBadge(r.state)],
     ["front", "Front", (r) => (r.on_front ? 1 : 0), (r) => (r.on_front ? `<span class="badge front">front</span>` : "")],
-    ["accuracy", "Accuracy", (r) => r.values.accuracy, (r) => fmtPct(r.values.accuracy)],
+    ["test", "Test acc", (r) => r.values.test_accuracy, (r) => fmtPct(r.values.test_accuracy)],
+    ["accuracy", "Dev acc", (r) => r.values.accuracy, (r) => fmtPct(r.values.accuracy)],
     ["energy", "J/sample", (r) => r.values.energy_per_sample_j, (r) => fmtSci(r.values.energy_per_sample_j)],
     ["meter", "Meter", (r) => r.meter || "", (r) => (r.meter ? energyBadge(r.is_estimate, r.meter) : `<span class="muted">–</span>`)],
     ["latency", "p50 ms", (r) => r.values.latency_p50_ms, (r) => fmtNum(r.values.latency_p50_ms, 2)],
@@ -254,7 +255,7 @@
       const th = ev.target.closest("th");
       if (!th) return;
       const key = th.dataset.key;
-      if (key === sortKey) sortDir = -sortDir; else { sortKey = key; sortDir = key === "accuracy" || key === "front" ? -1 : 1; }
+      if (key === sortKey) sortDir = -sortDir; else { sortKey = key; sortDir = key === "accuracy" || key === "test" || key === "front" ? -1 : 1; }
       renderTrials();
     });
     document.getElementById("trial-filter").addEventListener("input", renderTrials);
@@ -274,8 +275,11 @@
     const v = t.values, o = t.objectives || {};
     const inf = t.result && t.result.inference;
     document.getElementById("trial-metrics").innerHTML = kvTable([
-      ["Accuracy", fmtPct(v.accuracy)],
-      ["Macro F1", fmtPct(v.macro_f1)],
+      ["Test accuracy (reported, never selected on)", fmtPct(v.test_accuracy)],
+      ["Test macro F1", fmtPct(v.test_macro_f1)],
+      ["Dev accuracy (selected on)", fmtPct(v.accuracy)],
+      ["Dev macro F1", fmtPct(v.macro_f1)],
+      ["Dev majority-class rate", fmtPct(v.majority_accuracy)],
       ["Energy per sample", `${fmtNum(v.energy_per_sample_j)} J ${t.meter ? energyBadge(t.is_estimate, t.meter) : ""}`],
       ["Energy per sample, idle-corrected", `${fmtNum(v.energy_per_sample_net_j)} J`],
       ["Latency p50 / p95", `${fmtNum(v.latency_p50_ms, 3)} / ${fmtNum(v.latency_p95_ms, 3)} ms`],

@@ -179,11 +179,15 @@ def pareto(
     hardware: Annotated[str | None, typer.Option(help="Only this hardware fingerprint (default: every one, separately).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV output.")] = False,
+    include_trivial: Annotated[bool, typer.Option(
+        "--include-trivial", help="Let trials at or below the dev majority-class rate onto the front.")] = False,
 ) -> None:
-    """Pareto-optimal trials of a study, per hardware fingerprint."""
+    """Pareto-optimal trials of a study, per hardware fingerprint (test accuracy beside dev)."""
+    from nas.cli.render import kept_out_note
     from nas.runner.api import pareto as query
 
-    front = query(study, db=db, where=where, hardware=hardware)
+    front = query(study, db=db, where=where, hardware=hardware, include_trivial=include_trivial)
+    note = kept_out_note(front.kept_out)
     if as_json:
         from nas.cli.render import view_to_dict
 
@@ -196,6 +200,8 @@ def pareto(
         from nas.cli.render import front_table
 
         out.print(front_table(front.trials, front.objectives, title=f"Pareto front of {study!r}"))
+    if note:  # on stderr with --json/--csv, so stdout stays machine-readable
+        (err if as_json or as_csv else out).print(note, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -301,7 +307,8 @@ def tasks() -> None:
     }
     for name in BUILTIN_TASKS:
         out.print(f"[bold]builtin:{name}[/]  {about.get(name, '')}")
-    out.print("Files: a TSV/CSV/JSONL file or a folder with train.* and dev.*, columns text and label.")
+    out.print("Files: a TSV/CSV/JSONL file or a folder with train.* (dev.* and test.* optional), columns text "
+              "and label; a missing dev or test split is held out of train.")
 
 
 def _one_line(text: str) -> str:

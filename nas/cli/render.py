@@ -70,8 +70,7 @@ def trial_table(r: TrialResult) -> Table:
     t.add_row("compression", f"bits emb/attn/ffn {c.quant.embedding_bits}/{c.quant.attention_bits}/"
               f"{c.quant.ffn_bits} {c.quant.scheme}; sparsity {c.sparsity.kind} {c.sparsity.amount:g}")
     if r.metrics:
-        t.add_row("accuracy / macro-F1", f"{r.metrics.accuracy:.4f} / {r.metrics.macro_f1:.4f} "
-                  f"(n={r.metrics.n_examples})")
+        _accuracy_rows(t, r.metrics)
     inf = r.inference
     if inf:
         t.add_row("energy / sample (gross)", _energy(inf.energy_per_sample_j, inf.meter, inf.is_estimate))
@@ -96,6 +95,32 @@ def trial_table(r: TrialResult) -> Table:
     return t
 
 
+def _accuracy_rows(t: Table, m: Any) -> None:
+    """Test accuracy first (nothing selects on it), then dev (what the search selected on)."""
+    if m.test_accuracy is not None:
+        f1 = f"{m.test_macro_f1:.4f}" if m.test_macro_f1 is not None else "-"
+        t.add_row("test accuracy / macro-F1", f"{m.test_accuracy:.4f} / {f1} "
+                  f"(n={_fmt(m.n_test_examples)}; reported, never selected on)")
+    else:
+        t.add_row("test accuracy / macro-F1", "- (not measured: stored before test splits)")
+    t.add_row("dev accuracy / macro-F1", f"{m.accuracy:.4f} / {m.macro_f1:.4f} (n={m.n_examples}; selected on)")
+    if m.majority_accuracy is not None:
+        trivial = m.accuracy <= m.majority_accuracy
+        t.add_row("dev majority-class rate", f"{m.majority_accuracy:.4f}"
+                  + (" (dev accuracy is not above it: kept off the front by default)" if trivial else ""))
+
+
+def kept_out_note(kept_out: list[Any]) -> str | None:
+    """``2 trials at or below the majority-class rate (0.500) kept out; --include-trivial shows them``."""
+    if not kept_out:
+        return None
+    rates = sorted({float(v.values()["majority_accuracy"]) for v in kept_out
+                    if v.values().get("majority_accuracy") is not None})
+    n = len(kept_out)
+    return (f"{n} trial{'s' if n != 1 else ''} at or below the majority-class rate "
+            f"({', '.join(f'{r:.3f}' for r in rates)}) kept out; --include-trivial shows them")
+
+
 def _short_candidate(c: Any, vals: dict[str, Any]) -> str:
     if c is None:
         return "-"
@@ -108,19 +133,26 @@ def _short_candidate(c: Any, vals: dict[str, Any]) -> str:
 
 
 def front_table(views: list[Any], objectives: list[tuple[str, str]] | Any, title: str = "Pareto front") -> Table:
-    """The front, best first objective on top; one compact candidate column, meter per row."""
+    """The front, best first objective on top; one compact candidate column, meter per row.
+
+    The test accuracy comes first (the number to expect on new data); the objectives follow, with
+    ``accuracy`` shown as the dev accuracy the front was selected on.
+    """
     objs = [m for m, _ in objectives]
     t = Table(title=title, title_justify="left")
     t.add_column("#", justify="right")
+    t.add_column("test acc", justify="right")
     for m in objs:
-        t.add_column(m.replace("energy_per_sample_j", "J/sample").replace("_", " "), justify="right")
+        label = {"accuracy": "dev acc", "macro_f1": "dev macro F1", "energy_per_sample_j": "J/sample"}.get(m, m)
+        t.add_column(label.replace("_", " "), justify="right")
     t.add_column("candidate")
     t.add_column("meter")
     hardware = sorted({str(v.hardware_fingerprint) for v in views})
     for v in sorted(views, key=lambda v: v.values().get(objs[0]) or 0, reverse=True):
         vals = v.values()
         meter = (vals.get("meter") or "-") + (" (estimate)" if vals.get("is_estimate") else "")
-        t.add_row(str(v.number), *[_fmt(vals.get(m)) for m in objs], _short_candidate(v.candidate, vals), meter)
+        t.add_row(str(v.number), _fmt(vals.get("test_accuracy")), *[_fmt(vals.get(m)) for m in objs],
+                  _short_candidate(v.candidate, vals), meter)
     t.caption = ("no complete trial matches" if not views else f"hardware: {', '.join(hardware)}")
     return t
 

@@ -68,9 +68,13 @@ def _rows(r: TrialResult) -> list[tuple[str, Any]]:
     est = " (ESTIMATE)" if inf is not None and inf.is_estimate else ""
     test = " (ESTIMATE)" if tr is not None and tr.is_estimate else ""
     return [
-        ("accuracy (held-out)", m.accuracy if m else None),
-        ("macro-F1 (held-out)", m.macro_f1 if m else None),
-        ("held-out examples", m.n_examples if m else None),
+        ("test accuracy (reported, never selected on)", m.test_accuracy if m else None),
+        ("test macro-F1", m.test_macro_f1 if m else None),
+        ("test examples", m.n_test_examples if m else None),
+        ("dev accuracy (the search selected on it)", m.accuracy if m else None),
+        ("dev macro-F1", m.macro_f1 if m else None),
+        ("dev examples", m.n_examples if m else None),
+        ("dev majority-class rate", m.majority_accuracy if m else None),
         (f"energy per sample, gross [J]{est}", inf.energy_per_sample_j if inf else None),
         (f"energy per sample, idle-corrected [J]{est}", inf.energy_per_sample_net_j if inf else None),
         (f"idle power used for the correction [W]{est}", inf.idle_w if inf else None),
@@ -163,6 +167,8 @@ def render_card(c: CardInputs) -> str:
         "",
         "## Numbers",
         "",
+        "Train trains, dev selects, test reports: the search picked this model by its dev accuracy, so "
+        "the test accuracy (a split nothing was selected on) is the estimate to expect on new data. "
         "Search-time numbers are read from the study database; "
         + ("final numbers were re-measured after training "
            f"{fmt(c.retrain_steps)} more steps (--retrain) with the study's own protocol." if c.final else
@@ -180,7 +186,7 @@ def render_card(c: CardInputs) -> str:
         "",
         "## Parity of the exported files",
         "",
-        f"The task's held-out split run through each file and through PyTorch. An export fails below "
+        f"The task's dev split run through each file and through PyTorch. An export fails below "
         f"{fmt(100 * MIN_AGREEMENT)}% agreement.",
         "",
         "| file | engine | examples | agreement | max abs logit diff |",

@@ -17,12 +17,18 @@ __all__ = ["SearchSummary", "Front", "search", "pareto", "open_store", "resolve_
 
 @dataclass(frozen=True)
 class Front:
-    """A Pareto front read from the database: trial views plus the objectives it is over."""
+    """A Pareto front read from the database: trial views plus the objectives it is over.
+
+    ``kept_out`` are the complete trials (matching the same filters) that the study's
+    ``front.require_above_majority`` rule kept off the front: dev accuracy at or below the dev
+    majority-class rate. Empty when the rule is off or ``include_trivial`` was asked for.
+    """
 
     study: str
     objectives: list[tuple[str, str]]
     trials: list[Any]
     by_hardware: dict[str, list[Any]] = field(default_factory=dict)
+    kept_out: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -232,19 +238,25 @@ def summarize(store: Any, spec: StudySpec, db: str, stopped_reason: str, wall_s:
     )
 
 
-def pareto(study: str, *, db: str = DEFAULT_DB, where: str | None = None, hardware: str | None = None) -> Front:
+def pareto(study: str, *, db: str = DEFAULT_DB, where: str | None = None, hardware: str | None = None,
+           include_trivial: bool = False) -> Front:
     """The Pareto front of a stored study, derived from its complete trials, per hardware fingerprint.
 
     The study's ``constraints`` always apply; ``where`` narrows further (both are parsed, never
-    evaluated as Python). The database is opened read-only."""
+    evaluated as Python). Under the study's ``front.require_above_majority`` (default) trials whose dev
+    accuracy is not above the dev majority-class rate are kept out (listed in ``Front.kept_out``);
+    ``include_trivial=True`` lets them take part. The database is opened read-only."""
     store = open_store(db, create=False, read_only=True)
     info = store.get_study(study)
     try:
         constraints = StudySpec.model_validate_json(info.spec_json).constraints
     except ValueError:  # a study created outside `nas search` may hold no spec
         constraints = []
-    trials = store.front(study, where=combine_where(constraints, where), hardware=hardware)
+    combined = combine_where(constraints, where)
+    trials = store.front(study, where=combined, hardware=hardware, include_trivial=include_trivial)
+    kept_out = [] if include_trivial else store.trivial_trials(study, where=combined, hardware=hardware)
     by_hw: dict[str, list[Any]] = {}
     for t in trials:
         by_hw.setdefault(t.hardware_fingerprint or "unknown", []).append(t)
-    return Front(study=study, objectives=list(info.objectives), trials=trials, by_hardware=by_hw)
+    return Front(study=study, objectives=list(info.objectives), trials=trials, by_hardware=by_hw,
+                 kept_out=kept_out)
