@@ -129,6 +129,7 @@ def study_summary(
             "co2eq_g": info.co2eq_g,
             "wall_s": info.wall_s,
             "gpu_s": info.gpu_s,
+            "n_trials_unmetered": info.n_trials_unmetered,
             "meters": meters,
             "is_estimate": is_estimate,
             "label": energy_label(meters, is_estimate),

@@ -38,7 +38,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
                 r = dataclasses.replace(r, metrics=dataclasses.replace(
                     r.metrics, test_accuracy=test, test_macro_f1=test, n_test_examples=500, majority_accuracy=0.5))
             store.finish_trial(STUDY, i, r, cost=TrialCost.from_result(r))
-    with TestClient(create_app(db, artefacts=tmp_path / "artefacts")) as c:
+    with TestClient(create_app(db, artefacts=tmp_path / "artefacts"), base_url="http://127.0.0.1:8000") as c:
         yield c
 
 

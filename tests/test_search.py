@@ -242,3 +242,27 @@ def test_constraints_filter_the_front_and_typos_fail_early(tmp_path, make_result
     assert {t.number for t in pareto("c", db=str(db), where="energy_per_sample_j < 0.005").trials} == {2}
     with pytest.raises(ConfigError, match=r"constraints\[0\]"):
         search(StudySpec(name="bad", constraints=["acuracy >= 0.7"]), db=str(tmp_path / "b.db"))
+
+
+def test_a_flops_objective_gives_a_real_front_over_compressed_candidates(tmp_path):
+    """Regression: FLOPs were null for every quantized or masked candidate, so a FLOPs objective gave an
+    empty front (Optuna said PRUNED, the store said COMPLETE)."""
+    db = tmp_path / "nas.db"
+    spec = small_spec("flops", db, trials=5)
+    spec["objectives"] = [{"metric": "accuracy"}, {"metric": "flops_per_sample"}]
+    spec["space"]["overrides"].update({"attention_bits": [8, 4], "ffn_bits": [4, 2], "sparsity": ["magnitude"],
+                                       "sparsity_amount": [0.2, 0.4]})
+    res = nas_cli("search", str(write_spec(tmp_path, spec)), "--quiet", "--db", str(db))
+    assert res.returncode == 0, res.stderr[-3000:]
+    from storage import Store
+
+    views = Store.open(str(db), create=False).trials("flops")
+    complete = [v for v in views if v.state == "COMPLETE"]
+    assert len(complete) == 5 and all(v.result.flops_per_sample and v.result.flops_per_sample > 0 for v in complete)
+    assert all(v.candidate.quant.ffn_bits < 32 and v.candidate.sparsity.kind == "magnitude" for v in complete)
+    listed = json.loads(nas_cli("pareto", "flops", "--json", "--include-trivial", "--db", str(db)).stdout)
+    assert listed and all(t["flops_per_sample"] for t in listed)
+    import optuna
+
+    ot = optuna.load_study(study_name="flops", storage=f"sqlite:///{db}")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in ot.trials) == 5

@@ -246,3 +246,17 @@ def test_nas_studies_shows_unknown_energy_and_co2_as_unknown(store: Store) -> No
     text = console.export_text()
     assert ">= 3.0 J (includes estimates), 1 trial(s) unmetered" in text and "unknown" in text
     assert "0 g" not in text
+
+
+def test_the_search_summary_and_the_card_say_when_the_cost_is_a_lower_bound(store: Store) -> None:
+    from nas.export.card import _cost
+    from nas.runner.api import SearchSummary
+
+    store.prune_trial("s", 0, "stopped", cost=TrialCost.from_rung(_rung(2, 3.0)))
+    store.prune_trial("s", 1, "stopped", cost=TrialCost(wall_s=1.0, meter="unknown"))
+    info = store.get_study("s")
+    assert "a lower bound: 1 trial(s) ran unmetered" in "\n".join(_cost(info))
+    summary = SearchSummary(study="s", db="x.db", objectives=[], front=[], n_complete=0, n_failed=0, n_pruned=2,
+                            total_energy_j=info.total_energy_j, energy_meters=("estimate",), energy_is_estimate=True,
+                            co2eq_g=None, wall_s=1.0, stopped_reason="done", n_trials_unmetered=1)
+    assert "search cost >= 3.0 J (ESTIMATE), meter estimate (1 trial(s) unmetered)" in summary.describe()

@@ -154,8 +154,8 @@
     const cards = [
       ["Trials done", `${t.done} / ${budget}`, `${t.complete} complete · ${t.pruned} stopped early · ${t.failed} failed${t.running ? ` · ${t.running} running` : ""}`],
       ["Pareto front", String(frontCount), "non-dominated trials (per hardware)"],
-      ["Search energy", fmtJ(c.total_energy_j), (c.is_estimate ? `<span class="badge est">ESTIMATE</span> ` : `<span class="badge measured">measured</span> `) + esc(c.meters.join(", ") || "no meter")],
-      ["CO₂eq", isNum(c.co2eq_g) ? fmtNum(c.co2eq_g, 3) + " g" : "–", c.co2eq_g ? "from the meter's grid intensity" : "meter gives none"],
+      ["Search energy", (c.n_trials_unmetered ? "≥ " : "") + fmtJ(c.total_energy_j), (c.is_estimate ? `<span class="badge est">ESTIMATE</span> ` : `<span class="badge measured">measured</span> `) + esc(c.meters.join(", ") || "no meter") + (c.n_trials_unmetered ? ` · ${c.n_trials_unmetered} trial(s) unmetered` : "")],
+      ["CO₂eq", isNum(c.co2eq_g) ? fmtNum(c.co2eq_g, 3) + " g" : "unknown", isNum(c.co2eq_g) ? "from the meter's grid intensity" : "not every trial's meter gives CO₂"],
       ["Wall time", fmtS(c.wall_s), `${fmtNum(c.gpu_s, 1)} GPU-seconds`],
     ];
     document.getElementById("study-stats").innerHTML = cards.map(([k, v, sub]) =>

@@ -132,8 +132,9 @@ def _provenance(inf: InferenceEnergy | None) -> list[str]:
 
 def _cost(s: StudyInfo) -> list[str]:
     est = " — includes ESTIMATES" if s.cost_includes_estimate else ""
+    bound = (f" — a lower bound: {s.n_trials_unmetered} trial(s) ran unmetered" if s.n_trials_unmetered else "")
     return [
-        f"- total energy: {fmt(s.total_energy_j)} J{est} (training {fmt(s.train_energy_j)} J, "
+        f"- total energy: {fmt(s.total_energy_j)} J{est}{bound} (training {fmt(s.train_energy_j)} J, "
         f"measurement {fmt(s.measure_energy_j)} J)",
         f"- CO2-equivalent: {fmt(s.co2eq_g)} g",
         f"- trial wall time: {fmt(s.wall_s)} s; GPU time: {fmt(s.gpu_s)} GPU-s",
@@ -222,7 +223,8 @@ def _study_cost(s: StudyInfo) -> dict[str, Any]:
     return {
         "total_energy_j": s.total_energy_j, "train_energy_j": s.train_energy_j,
         "measure_energy_j": s.measure_energy_j, "co2eq_g": s.co2eq_g, "wall_s": s.wall_s, "gpu_s": s.gpu_s,
-        "includes_estimate": s.cost_includes_estimate, "n_trials_complete": s.n_trials_complete,
+        "includes_estimate": s.cost_includes_estimate, "n_trials_unmetered": s.n_trials_unmetered,
+        "n_trials_complete": s.n_trials_complete,
         "n_trials_failed": s.n_trials_failed, "n_trials_pruned": s.n_trials_pruned,
     }
 

@@ -46,11 +46,14 @@ class SearchSummary:
     co2eq_g: float | None
     wall_s: float
     stopped_reason: str
+    n_trials_unmetered: int = 0
 
     def describe(self) -> str:
         label = " (ESTIMATE)" if self.energy_is_estimate else ""
         j = f"{self.total_energy_j:.1f} J{label}, meter {', '.join(self.energy_meters) or 'none'}" \
             if self.total_energy_j is not None else "not metered"
+        if self.n_trials_unmetered and self.total_energy_j is not None:
+            j = f">= {j} ({self.n_trials_unmetered} trial(s) unmetered)"
         return (f"study {self.study!r} in {self.db}: {self.n_complete} complete, {self.n_pruned} pruned, "
                 f"{self.n_failed} failed; front of {len(self.front)}; search cost {j}; "
                 f"{self.wall_s:.0f} s wall; {self.stopped_reason}.\n"
@@ -233,8 +236,9 @@ def summarize(store: Any, spec: StudySpec, db: str, stopped_reason: str, wall_s:
         n_failed=sum(v.state == "FAIL" for v in views),
         n_pruned=sum(v.state == "PRUNED" for v in views),
         total_energy_j=info.total_energy_j, energy_meters=meters,
-        energy_is_estimate=any(getattr(v, "is_estimate", False) for v in views),
+        energy_is_estimate=info.cost_includes_estimate or any(getattr(v, "is_estimate", False) for v in views),
         co2eq_g=info.co2eq_g, wall_s=wall_s, stopped_reason=stopped_reason,
+        n_trials_unmetered=info.n_trials_unmetered,
     )
 
 
