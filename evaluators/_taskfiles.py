@@ -193,37 +193,49 @@ def find_split_files(spec: Path) -> SplitFiles:
     return SplitFiles(train, _first(spec, "dev"), _first(spec, "test"))
 
 
-def split_rows(files: SplitFiles, train_rows: list[Row], n_dev_file: int | None) -> tuple[
+def split_rows(files: SplitFiles, train_rows: list[Row], dev_file_rows: list[Row] | None) -> tuple[
         list[Row], list[Row] | None, list[Row] | None]:
-    """Hold dev and/or test rows out of the training file when the folder lacks them.
+    """Make the dev and test splits a folder lacks.
 
-    The held-out rows are a fixed permutation of the training file (seed :data:`HOLDOUT_SEED`), the
-    same for every search seed, so dev and test accuracies stay comparable across studies. Dev takes the
-    first ``round(10%)`` rows of the permutation, exactly as before test splits existed; test takes the
-    next rows, as many as the dev split has (never more than 10% of the file).
+    - **A dev file but no test file**: the dev file is split in two by a fixed permutation (seed
+      :data:`HOLDOUT_SEED`): half stays dev, half becomes test. Test is then drawn from the distribution
+      the user evaluates on and shares nothing with training. Holding it out of the training file
+      instead would not be honest where training rows overlap in content (SST-2's ``train.tsv`` holds
+      phrases of the same sentences: a test split held out of it scored 0.916 where dev scored 0.792).
+    - **No dev file**: dev (and test, when the folder lacks it too) are held out of the training file by
+      the fixed permutation, the same for every search seed, so accuracies stay comparable: dev takes the
+      first ``round(10%)`` rows, test the next ones, as many as dev has.
 
     Args:
         files: Which split files exist.
         train_rows: Every row of the training file.
-        n_dev_file: Number of rows of the dev file, when there is one.
+        dev_file_rows: The rows of the dev file, when there is one.
 
     Returns:
-        ``(train, dev, test)``; ``dev``/``test`` are ``None`` where the folder has that file.
+        ``(train, dev, test)``; ``dev``/``test`` are ``None`` where the folder's own file is used as is.
     """
     need_dev, need_test = files.dev is None, files.test is None
     if not (need_dev or need_test):
         return train_rows, None, None
+    if not need_dev and dev_file_rows is not None:  # only test is missing: split the dev file
+        if len(dev_file_rows) < 2:
+            raise fail(files.dev or files.train, None, None, "needs at least 2 rows to split into dev and test, "
+                       f"found {len(dev_file_rows)}", "add rows to the dev file, or provide a test file beside it")
+        perm = np.random.default_rng(HOLDOUT_SEED).permutation(len(dev_file_rows)).tolist()
+        test_idx = set(perm[:len(dev_file_rows) // 2])
+        return (train_rows, [r for i, r in enumerate(dev_file_rows) if i not in test_idx],
+                [r for i, r in enumerate(dev_file_rows) if i in test_idx])
     n = len(train_rows)
     tenth = max(1, int(round(n * HOLDOUT_FRACTION)))
-    n_dev = tenth if need_dev else 0
-    n_test = min(tenth, n_dev if need_dev else max(1, n_dev_file or 0)) if need_test else 0
+    n_dev = tenth
+    n_test = tenth if need_test else 0
     if n - n_dev - n_test < 1:
-        held = " and ".join(s for s, want in (("dev", need_dev), ("test", need_test)) if want)
+        held = " and ".join(s for s, want in (("dev", True), ("test", need_test)) if want)
         raise fail(files.train, None, None, f"needs at least {n_dev + n_test + 1} rows to hold out {held} "
                    f"splits, found {n}", "add rows, or provide the missing dev/test files beside train")
     perm = np.random.default_rng(HOLDOUT_SEED).permutation(n).tolist()
     dev_idx, test_idx = set(perm[:n_dev]), set(perm[n_dev:n_dev + n_test])
-    dev = [r for i, r in enumerate(train_rows) if i in dev_idx] if need_dev else None
+    dev = [r for i, r in enumerate(train_rows) if i in dev_idx]
     test = [r for i, r in enumerate(train_rows) if i in test_idx] if need_test else None
     train = [r for i, r in enumerate(train_rows) if i not in dev_idx and i not in test_idx]
     return train, dev, test

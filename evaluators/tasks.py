@@ -41,10 +41,10 @@ File tasks
 ----------
 A file is TSV, CSV (first row is the header) or JSONL (one object per line) with a ``text`` and a
 ``label`` column (case-insensitive; other columns are ignored). ``PATH`` is a folder holding
-``train.{tsv,csv,jsonl}`` and optionally ``dev.*`` and ``test.*``, or a single training file. A split
-the folder lacks is held out of the training file by a fixed permutation (the same for every seed, so
-accuracies stay comparable): dev is 10% of its rows; test is as many rows as dev has, at most 10%
-(see :func:`evaluators._taskfiles.split_rows`). Labels may be integers or strings; they are mapped to
+``train.{tsv,csv,jsonl}`` and optionally ``dev.*`` and ``test.*``, or a single training file. With a dev
+file but no test file, the dev file is split in half (dev and test); without a dev file, dev (and test)
+are held out of the training file. Both use a fixed permutation, the same for every seed, so accuracies
+stay comparable (see :func:`evaluators._taskfiles.split_rows`). Labels may be integers or strings; they are mapped to
 ids in sorted order (numeric order when every label is an integer). Every
 :class:`~nas.errors.DataError` names the file, the line, the column and the fix.
 """
@@ -381,7 +381,7 @@ def _load_files(spec: str, seed: int, max_len: int, tokenizer: TextTokenizer | N
     all_train = read_examples(files.train)
     dev_file_rows = read_examples(files.dev) if files.dev is not None else None
     test_file_rows = read_examples(files.test) if files.test is not None else None
-    train_rows, held_dev, held_test = split_rows(files, all_train, len(dev_file_rows) if dev_file_rows else None)
+    train_rows, held_dev, held_test = split_rows(files, all_train, dev_file_rows)
     # The classes are those of the whole training file, so a holdout never removes one.
     names = label_names([r[1] for r in all_train])
     if len(names) < 2:
@@ -391,8 +391,9 @@ def _load_files(spec: str, seed: int, max_len: int, tokenizer: TextTokenizer | N
               "dev": _to_ids(held_dev if held_dev is not None else dev_file_rows or [],
                              files.dev or files.train, names),
               "test": _to_ids(held_test if held_test is not None else test_file_rows or [],
-                              files.test or files.train, names)}
-    held = [s for s, h in (("dev", held_dev), ("test", held_test)) if h is not None]
+                              files.test or files.dev or files.train, names)}
+    # what was held out of the training file (test split off a dev file takes nothing from it)
+    held = [s for s, h in (("dev", held_dev), ("test", held_test)) if h is not None and files.dev is None]
     if tokenizer is None:
         # Trained on the training rows only; the key names the held-out splits, so a tokenizer trained
         # before test rows were held out of this file is not reused (it has seen them).

@@ -349,7 +349,9 @@ def test_missing_database_is_not_created(tmp_path: Path) -> None:
 @pytest.fixture
 def fake_search(monkeypatch: pytest.MonkeyPatch) -> None:
     """Launches run a tiny script that records its argv instead of a real search."""
-    script = "import json, sys; open(sys.argv[1] + '.argv.json', 'w').write(json.dumps(sys.argv[1:]))"
+    # written under a temporary name, then renamed: the test never reads a half-written file
+    script = ("import json, os, sys; p = sys.argv[1] + '.argv.json'; open(p + '.tmp', 'w').write("
+              "json.dumps(sys.argv[1:])); os.replace(p + '.tmp', p)")
     monkeypatch.setattr(launch_mod, "search_command",
                         lambda spec_path, db: [sys.executable, "-c", script, str(spec_path), "--db", db])
 

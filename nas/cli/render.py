@@ -87,7 +87,7 @@ def trial_table(r: TrialResult) -> Table:
                   + _energy(r.train.energy_j, r.train.meter, r.train.is_estimate))
     if r.co2eq_g is not None:
         t.add_row("CO2eq (training)", f"{r.co2eq_g:.4g} g")
-    t.add_row("params / size", f"{_fmt(r.params)} / {_fmt(r.size_bytes)} bytes (real bits)")
+    t.add_row("params / size", f"{_fmt(r.params)} / {_fmt(r.size_bytes)} bytes (computed at the weights' bit-widths)")
     t.add_row("FLOPs / sample", _fmt(r.flops_per_sample))
     t.add_row("kernels", r.kernels or "-")
     if r.error:

@@ -6,7 +6,7 @@ Public API::
     report = prune_(model, prune_config)                      # masks or physical slicing
     report = apply_candidate_compression(model)               # model.candidate: prune, then quantize
     report = convert_int8_for_cpu(model)                      # real int8 Linear kernels (inference)
-    n = model_size_bytes(model)                               # real bits per stored weight
+    n = model_size_bytes(model)                               # bytes at each weight's bit-width (computed)
 
 Every step returns a :class:`CompressionReport` whose ``kernels`` says what will actually run and whose
 ``simulated`` says whether any energy saving can come from it.
