@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from nas.records import EvalMetrics
 
@@ -75,8 +76,6 @@ def predict(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, batch_size:
 
     The model's training/eval mode is restored afterwards.
     """
-    import torch
-
     if device is None:
         try:
             device = next(model.parameters()).device

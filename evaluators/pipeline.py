@@ -23,6 +23,7 @@ trained it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -32,12 +33,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from evaluators.lane import MeasurementLane
 from evaluators.meters import EnergyMeter, make_meter
+from evaluators.metrics import evaluate
 from evaluators.serving import device_key, measure_serving
+from evaluators.tasks import load_task as _load
+from evaluators.teacher import load_teacher
+from evaluators.train import build_for_task, resolve_device, train
 from evaluators.train_meter import TrainingMeter
+from evaluators.weights import save_trial_weights
+from nas.compress import apply_candidate_compression, model_size_bytes
 from nas.config import Candidate, MeasureConfig, TrainConfig
 from nas.errors import ConfigError, TrialFailedError
+from nas.models import EncoderClassifier
+from nas.models.flops import count_flops
 from nas.records import EvalMetrics, RungReport, TrainSummary, TrialResult
 
 if TYPE_CHECKING:
@@ -62,8 +73,6 @@ OnRung = Callable[[RungReport], "bool | None"]
 @functools.lru_cache(maxsize=4)
 def cached_task(spec: str, seed: int, max_len: int) -> TaskData:
     """The task, loaded once per process (trials of a study share it)."""
-    from evaluators.tasks import load_task as _load
-
     return _load(spec, seed=seed, max_len=max_len)
 
 
@@ -82,8 +91,6 @@ class TrialContext:
 
     @classmethod
     def open(cls, train_cfg: TrainConfig, measure_cfg: MeasureConfig, progress: Progress | None = None) -> TrialContext:
-        from evaluators.train import resolve_device
-
         device = str(resolve_device(train_cfg.device))
         meter = make_meter(measure_cfg.meter, measure_cfg, device=device)
         lane = MeasurementLane(device_key(device))
@@ -117,8 +124,6 @@ class Trained:
 
 def load_teacher_for(spec: str, task: TaskData, seed: int, ctx: TrialContext) -> Teacher | None:
     """The trial's teacher, loaded (or trained, metered in ``ctx``) once per process and task."""
-    from evaluators.teacher import load_teacher
-
     key = (spec, task.fingerprint, seed)
     if key not in _teachers:
         _teachers[key] = load_teacher(spec, task, seed=seed, meter=ctx.meter,
@@ -143,9 +148,6 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
     Raises:
         TrialFailedError: training failed; ``partial`` holds the cost of what ran.
     """
-    from evaluators.train import train
-    from nas.compress import apply_candidate_compression
-
     candidate: Candidate = model.candidate  # type: ignore[assignment]
     teacher_training = teacher.take_training() if teacher is not None else None
     book = TrainingMeter(ctx.meter, ctx.device, batch_size=train_cfg.batch_size, seq_len=task.max_len)
@@ -195,12 +197,6 @@ def assess(model: nn.Module, task: TaskData, train_summary: TrainSummary, measur
     Raises:
         TrialFailedError: a phase failed; ``partial`` holds the training cost and what was evaluated.
     """
-    import torch
-
-    from evaluators.metrics import evaluate
-    from evaluators.weights import save_trial_weights
-    from nas.compress import model_size_bytes
-
     candidate: Candidate = model.candidate  # type: ignore[assignment]
     metrics: EvalMetrics | None = None
     try:
@@ -234,10 +230,6 @@ def _progress(ctx: TrialContext, phase: str) -> None:
 
 def _failure(e: Exception, partial: TrialResult) -> TrialFailedError:
     """``e`` as a :class:`TrialFailedError` carrying ``partial`` (with the error as its reason)."""
-    import dataclasses
-
-    import torch
-
     if isinstance(e, TrialFailedError):
         reason = str(e)
         err = e
@@ -289,8 +281,6 @@ def run_trial(
         TrialFailedError: NaN/inf loss, out-of-memory, or a measurement that could not run; its
             ``partial`` result holds what the trial spent before it failed.
     """
-    from evaluators.train import build_for_task
-
     if candidate.distill.kind != "none" and not teacher:
         raise ConfigError(
             f"the candidate distills ({candidate.distill.kind!r}) but no teacher was given",
@@ -318,11 +308,6 @@ def run_trial(
 
 
 def _flops(model: Any, seq_len: int, vocab_size: int) -> float | None:
-    import torch
-
-    from nas.models import EncoderClassifier
-    from nas.models.flops import count_flops
-
     if not isinstance(model, EncoderClassifier):
         return None
     device = next(model.parameters()).device

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
     "flops_per_sample",
@@ -55,8 +57,6 @@ def flops_per_sample(model: nn.Module, seq_len: int, vocab_size: int) -> float:
     Returns:
         FLOPs (2 per multiply-add) of one forward pass at batch size 1.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     if seq_len < 1 or vocab_size < 1:
         raise ValueError(f"seq_len and vocab_size must be >= 1 (got {seq_len}, {vocab_size})")
     device = _model_device(model)
@@ -136,7 +136,6 @@ def peak_memory(fn: Callable[[], Any], *, device: str = "cpu", sample_s: float =
             thread.join()
         peak[0] = max(peak[0], _rss_bytes())
         return PeakMemory(max(peak[0] - base, 0), "cpu-rss-sampled", result)
-    import resource
 
     # ru_maxrss is KiB on Linux, bytes on macOS.
     scale = 1 if os.uname().sysname == "Darwin" else 1024

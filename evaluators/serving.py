@@ -15,9 +15,13 @@ import dataclasses
 import logging
 from typing import Any
 
+import torch
+
 from evaluators.lane import MeasurementLane
 from evaluators.measure import measure_inference
 from evaluators.meters import EnergyMeter
+from evaluators.meters.gpu_use import GpuUseWatch
+from nas.compress import convert_int8_for_cpu, materialize_
 from nas.config import Candidate, MeasureConfig
 from nas.errors import MeterUnavailableError, TrialFailedError
 from nas.records import InferenceEnergy
@@ -33,8 +37,6 @@ MEASURE_ATTEMPTS = 3
 def device_key(device: str) -> str:
     """The lane key: one lane per physical device (GPU UUID), or ``cpu``."""
     if device.startswith("cuda"):
-        import torch
-
         idx = torch.device(device).index or 0
         uuid = getattr(torch.cuda.get_device_properties(idx), "uuid", None)
         return f"gpu-{uuid}" if uuid is not None else f"gpu-{idx}"
@@ -45,10 +47,6 @@ def serving_copy(model: Any, candidate: Candidate, device: str) -> tuple[Any, st
     """A copy of ``model`` in the form that really runs (baked weights, real int8 where available),
     and the ``kernels`` label saying what runs and whether the compression's effect is only simulated.
     ``model`` itself is left as it was (it may train on, be counted or be saved)."""
-    import torch
-
-    from nas.compress import convert_int8_for_cpu, materialize_
-
     serving = copy.deepcopy(model).eval()
     rep = getattr(model, "compression_report", None)
     kernels = rep.kernels if rep is not None else "dense fp32 (torch eager)"
@@ -68,7 +66,6 @@ def serving_copy(model: Any, candidate: Candidate, device: str) -> tuple[Any, st
 def _gpu_watch(device: str) -> Any:
     if not device.startswith("cuda"):
         return None
-    from evaluators.meters.gpu_use import GpuUseWatch
 
     try:
         return GpuUseWatch(device)

@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from evaluators._taskfiles import Row, fail, find_split_files, is_int, label_names, read_examples, split_rows
 from evaluators.tokenize import TextTokenizer, cache_dir, cached_wordpiece, word_level
@@ -180,8 +181,6 @@ _SPLITS = ("train", "dev", "test")
 def _encode(splits: dict[str, _Split], tokenizer: TextTokenizer, max_len: int, source: str,
             cache_encoded: bool) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``{split: (ids, mask)}``, from the encoded-task cache when ``cache_encoded`` and it is there."""
-    import torch
-
     npz: Path | None = None
     if cache_encoded:
         key = hashlib.sha1(json.dumps([source, tokenizer.fingerprint, max_len,
@@ -214,8 +213,6 @@ def _encode(splits: dict[str, _Split], tokenizer: TextTokenizer, max_len: int, s
 
 def _assemble(name: str, splits: dict[str, _Split], label_names: Sequence[str], tokenizer: TextTokenizer,
               max_len: int, seed: int, source: str, *, cache_encoded: bool = False) -> TaskData:
-    import torch
-
     enc = _encode(splits, tokenizer, max_len, source, cache_encoded)
     dev_labels = splits["dev"][1]
     counts = np.bincount(np.asarray(dev_labels, dtype=np.int64), minlength=len(label_names))

@@ -32,12 +32,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModelForSequenceClassification
 
+from evaluators.metrics import evaluate
 from evaluators.tasks import TaskData
-from evaluators.tokenize import TextTokenizer, cache_dir
+from evaluators.tokenize import TextTokenizer, cache_dir, load_tokenizer
+from evaluators.train import build_for_task, resolve_device, train
+from evaluators.train_meter import TrainingMeter
 from nas.config import Candidate, TrainConfig
 from nas.errors import ConfigError
+from nas.models import ModelOutput
 from nas.records import TrainSummary
 
 if TYPE_CHECKING:
@@ -62,8 +68,6 @@ class HFTeacherModule(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 output_hidden_states: bool = False, output_attentions: bool = False) -> Any:
-        from nas.models import ModelOutput
-
         out = self.hf(input_ids=input_ids, attention_mask=attention_mask,
                       output_hidden_states=output_hidden_states, output_attentions=output_attentions,
                       return_dict=True)
@@ -149,10 +153,6 @@ def load_hf_teacher(path: str | Path, num_labels: int | None = None) -> Teacher:
     Raises:
         ConfigError: Missing folder or ``config.json``, no tokenizer, or a label-count mismatch.
     """
-    from transformers import AutoModelForSequenceClassification
-
-    from evaluators.tokenize import load_tokenizer
-
     d = Path(path).expanduser()
     if not d.is_dir() or not (d / "config.json").exists():
         raise ConfigError("teacher folder not found or has no config.json", field="teacher", value=str(d),
@@ -236,10 +236,6 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _load_cached_teacher(folder: Path, name: str, cand: Candidate, task: TaskData, seed: int) -> Teacher | None:
-    from safetensors.torch import load_file
-
-    from evaluators.train import build_for_task
-
     if not (folder / "model.safetensors").exists():
         return None
     model = build_for_task(cand, task, seed)
@@ -256,12 +252,6 @@ def _load_cached_teacher(folder: Path, name: str, cand: Candidate, task: TaskDat
 
 def _train_teacher(folder: Path, name: str, cand: Candidate, task: TaskData, cfg: TrainConfig,
                    meter: EnergyMeter | None, step_callback: Callable[[], None] | None) -> Teacher:
-    from safetensors.torch import save_file
-
-    from evaluators.metrics import evaluate
-    from evaluators.train import build_for_task, resolve_device, train
-    from evaluators.train_meter import TrainingMeter
-
     t0 = time.perf_counter()
     model = build_for_task(cand, task, cfg.seed)
     book = TrainingMeter(meter, str(resolve_device(cfg.device)), batch_size=cfg.batch_size,

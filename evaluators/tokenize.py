@@ -19,9 +19,16 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers.processors import TemplateProcessing
+from transformers import AutoTokenizer
 
 from nas.errors import DataError
 
@@ -113,9 +120,6 @@ class TextTokenizer:
             ``(input_ids, attention_mask)``, both ``torch.long`` of shape ``(len(texts), max_len)``; the
             mask is 1 on real tokens and 0 on padding.
         """
-        import numpy as np
-        import torch
-
         if max_len < 2:
             raise DataError("max_len must be at least 2 ([CLS] plus one token)", field="max_len",
                             value=max_len, fix="use max_len >= 8")
@@ -178,12 +182,8 @@ def load_tokenizer(directory: str | Path) -> TextTokenizer:
     """
     d = Path(directory)
     if (d / _HF_MARKER).exists():
-        from transformers import AutoTokenizer
-
         return TextTokenizer(AutoTokenizer.from_pretrained(str(d), local_files_only=True), "hf")
     if (d / _RAW_FILE).exists():
-        from tokenizers import Tokenizer
-
         kind = "wordpiece"
         meta = d / "nas_tokenizer.json"
         if meta.exists():
@@ -194,8 +194,6 @@ def load_tokenizer(directory: str | Path) -> TextTokenizer:
 
 
 def _post_processor(cls_id: int, sep_id: int) -> Any:
-    from tokenizers.processors import TemplateProcessing
-
     return TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                               special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
 
@@ -213,8 +211,6 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, *, lowercase: 
     Returns:
         A tokenizer with ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3``.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase or None)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -260,8 +256,6 @@ def cached_wordpiece(train_file: str | Path, texts: Sequence[str], vocab_size: i
         tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         tok.save(tmp)
         if folder.exists():
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.rename(folder)
@@ -276,8 +270,6 @@ def word_level(words: Sequence[str]) -> TextTokenizer:
 
     Ids are ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3`` followed by ``words`` in order.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
     for w in words:
         if w not in vocab:

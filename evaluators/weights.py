@@ -10,8 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file, save_file
+
+from evaluators.tokenize import load_tokenizer
+from nas.compress import apply_candidate_compression
 from nas.config import Candidate
 from nas.errors import ConfigError
+from nas.models import build
 
 __all__ = ["save_trial_weights", "load_trial_model"]
 
@@ -21,8 +26,6 @@ def save_trial_weights(folder: str | Path, model: Any, candidate: Candidate, tas
 
     The model is rebuilt exactly by :func:`load_trial_model`: build, compress, load the state dict.
     """
-    from safetensors.torch import save_file
-
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -39,12 +42,6 @@ def save_trial_weights(folder: str | Path, model: Any, candidate: Candidate, tas
 
 def load_trial_model(folder: str | Path) -> tuple[Any, Candidate, Any, dict[str, Any]]:
     """Rebuild a saved trial: ``(model, candidate, tokenizer, labels_info)``; the model is in eval mode."""
-    from safetensors.torch import load_file
-
-    from evaluators.tokenize import load_tokenizer
-    from nas.compress import apply_candidate_compression
-    from nas.models import build
-
     f = Path(folder)
     if not (f / "model.safetensors").exists():
         raise ConfigError(f"{f}: no model.safetensors here", fix="point at a folder written by a trial or export")

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nas.config import (
@@ -154,8 +155,6 @@ def preset_path(name: str) -> Path:
 
 def load_space(preset: str = "tiny", overrides: dict[str, Any] | None = None) -> SearchSpace:
     """A preset's ranges with ``overrides`` (e.g. from a study YAML) laid on top, validated."""
-    import yaml
-
     data = yaml.safe_load(preset_path(preset).read_text(encoding="utf-8"))
     data.update(overrides or {})
     return validate(SearchSpace, data, source=f"space (preset {preset!r} + overrides)")

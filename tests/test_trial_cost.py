@@ -85,10 +85,8 @@ def test_teacher_training_is_metered_and_charged_once(tmp_path: Path, monkeypatc
 
     monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(pipeline, "_teachers", {})
-    import evaluators.teacher as teacher_mod
-
-    real = teacher_mod.load_teacher
-    monkeypatch.setattr(teacher_mod, "load_teacher", lambda *a, **k: real(*a, **{**k, "steps": 5}))
+    real = pipeline.load_teacher
+    monkeypatch.setattr(pipeline, "load_teacher", lambda *a, **k: real(*a, **{**k, "steps": 5}))
     cand = TINY.model_copy(update={"distill": DistillConfig(kind="logit")})
     first = run_trial(cand, "builtin:sentiment", train_cfg=_train_cfg(3), measure_cfg=FAST_MEASURE, teacher="auto")
     second = run_trial(cand, "builtin:sentiment", train_cfg=_train_cfg(3), measure_cfg=FAST_MEASURE, teacher="auto")

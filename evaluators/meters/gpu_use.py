@@ -16,6 +16,8 @@ import os
 import time
 from typing import Any
 
+import pynvml as _pynvml
+
 from evaluators.meters.nvml import resolve_nvml_device
 from nas.errors import MeterUnavailableError
 
@@ -35,8 +37,6 @@ class GpuUseWatch:
 
     def __init__(self, device: str, pynvml: Any | None = None, own_pids: tuple[int, ...] | None = None) -> None:
         if pynvml is None:
-            import pynvml as _pynvml
-
             pynvml = _pynvml
         self._nvml = pynvml
         self._own = set(own_pids or (os.getpid(),))

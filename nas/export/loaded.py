@@ -20,9 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
 
-from nas.config import Candidate
-from nas.errors import ExportError
+from evaluators.metrics import trim_batch
+from evaluators.tokenize import load_tokenizer
+from nas.compress import apply_candidate_compression, materialize_
+from nas.config import Candidate, validate
+from nas.errors import ExportError, NASError
+from nas.models import build
 
 if TYPE_CHECKING:
     import torch
@@ -43,9 +49,6 @@ _BATCH = 128
 
 def rebuild(candidate: Candidate, vocab_size: int, num_labels: int, state: dict[str, Any] | None = None) -> nn.Module:
     """Build ``candidate`` in its served form (pruned shapes, plain weights) and load ``state`` strictly."""
-    from nas.compress import apply_candidate_compression, materialize_
-    from nas.models import build
-
     model = build(candidate, vocab_size=vocab_size, num_labels=num_labels)
     if not (candidate.sparsity.is_noop and candidate.quant.is_noop):
         apply_candidate_compression(model)  # gives the pruned shapes; materialize_ drops the grids/masks
@@ -90,8 +93,6 @@ class LoadedModel:
 
     def logits_from_ids(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Logits ``(B, num_labels)`` of already encoded rows (used by the parity check)."""
-        import torch
-
         with torch.inference_mode():
             out = self.model(torch.from_numpy(np.asarray(input_ids, dtype=np.int64)),
                              attention_mask=torch.from_numpy(np.asarray(attention_mask, dtype=np.int64)))
@@ -99,8 +100,6 @@ class LoadedModel:
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """Logits ``(len(texts), num_labels)``; padding columns shared by a batch are trimmed first."""
-        from evaluators.metrics import trim_batch
-
         ids, mask = self.encode(texts)
         parts = []
         for i in range(0, ids.shape[0], _BATCH):
@@ -127,8 +126,6 @@ class LoadedModel:
 
     def save(self, folder: Path) -> Path:
         """Write the ``hf/`` layout into ``folder`` (created if needed) and return it."""
-        from safetensors.torch import save_file
-
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
@@ -205,12 +202,6 @@ def load(path: str | Path) -> LoadedModel:
             naming the key), or its weights or tokenizer do not match it.
         ConfigError: The candidate in ``config.json`` is invalid.
     """
-    from safetensors.torch import load_file
-
-    from evaluators.tokenize import load_tokenizer
-    from nas.config import validate
-    from nas.errors import NASError
-
     folder = _resolve(path)
     config = _read_config(folder)
     candidate = validate(Candidate, config["candidate"], source=f"{folder / 'config.json'}: candidate")

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 from nas.config import Candidate
 from nas.errors import ExportError
+from nas.models import LogitsOnly
 
 from .base import ExportedFile, Exporter, ExportInputs, Runner
 
@@ -75,10 +77,6 @@ class OnnxExporter(Exporter):
     requires: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript", "onnxruntime")
 
     def export(self, inputs: ExportInputs, folder: Path) -> list[ExportedFile]:
-        import torch
-
-        from nas.models import LogitsOnly
-
         out = folder / "onnx"
         out.mkdir(parents=True, exist_ok=True)
         path = out / "model.onnx"
@@ -154,8 +152,6 @@ class OnnxExporter(Exporter):
 def _nodes_of_groups(graph: Any, inits: dict[str, Any], numpy_helper: Any, model: Any,
                      groups: list[str]) -> list[str]:
     """Names of the MatMul/Gemm/Gather nodes whose constant weight belongs to one of ``groups``."""
-    import torch
-
     wanted: list[np.ndarray] = []
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):

@@ -10,11 +10,13 @@ numbers are comparable with the search-time ones, which stay in the database unt
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from evaluators.pipeline import TrialContext, assess, load_teacher_for, run_trial, train_candidate
 from nas.config import Candidate
 from nas.errors import ConfigError
 from nas.records import TrialResult
@@ -29,8 +31,6 @@ log = logging.getLogger(__name__)
 
 def retrain_from_scratch(candidate: Candidate, spec: StudySpec, steps: int) -> tuple[SavedWeights, TrialResult]:
     """Train ``candidate`` from scratch for ``steps`` steps on the study's task and measure it."""
-    from evaluators.pipeline import run_trial
-
     cfg = spec.train.model_copy(update={"steps": steps, "max_seconds": None})
     with tempfile.TemporaryDirectory(prefix="nas-retrain-") as tmp:
         result = run_trial(candidate, spec.task, train_cfg=cfg, measure_cfg=spec.measure, teacher=spec.teacher,
@@ -40,8 +40,6 @@ def retrain_from_scratch(candidate: Candidate, spec: StudySpec, steps: int) -> t
 
 
 def _without_weights_path(result: TrialResult) -> TrialResult:
-    import dataclasses
-
     return dataclasses.replace(result, weights_path=None)
 
 
@@ -54,8 +52,6 @@ def continue_training(saved: SavedWeights, candidate: Candidate, spec: StudySpec
         ConfigError: The candidate distills but the study names no teacher.
         TrialFailedError: NaN loss, or the measurement could not run.
     """
-    from evaluators.pipeline import TrialContext, assess, load_teacher_for, train_candidate
-
     if candidate.distill.kind != "none" and not spec.teacher:
         raise ConfigError("the candidate distills but the study spec names no teacher", field="teacher",
                           fix="set teacher in the study spec, or export without --retrain")

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evaluators.tasks import load_task
+from evaluators.weights import load_trial_model
 from nas.config import Candidate
-from nas.errors import ConfigError, ExportError, StorageError
+from nas.errors import ConfigError, DataError, ExportError, StorageError
 from nas.spec import StudySpec
+from storage import Store, normalize_url
 
 if TYPE_CHECKING:
     from evaluators.tasks import TaskData
@@ -32,7 +35,6 @@ def db_for_command(db: str) -> str:
     """``db`` as it should appear in a reproduce command: absolute for SQLite files, passwords hidden."""
     if "://" not in db:
         return str(Path(db).expanduser().resolve())
-    from storage import normalize_url
 
     return normalize_url(db).render_as_string(hide_password=True)
 
@@ -66,8 +68,6 @@ class TrialSource:
 
 
 def _open_store(db: str) -> Store:
-    from storage import Store
-
     if "://" not in db and not Path(db).expanduser().is_file():
         raise StorageError(f"database {db!r} not found", field="--db",
                            fix="pass the database of the search with --db (or set NAS_DB)")
@@ -136,8 +136,6 @@ def load_weights(folder: Path, candidate: Candidate) -> SavedWeights:
     Raises:
         ExportError: The folder is incomplete, belongs to another candidate, or does not load.
     """
-    from evaluators.weights import load_trial_model
-
     for name in ("candidate.json", "labels.json", "tokenizer"):
         if not (folder / name).exists():
             raise ExportError(f"the weights folder {folder} has no {name}", field="weights", value=str(folder),
@@ -167,7 +165,6 @@ def _data_stamp(task: str) -> tuple[int, int]:
 def _cached_task(spec: str, seed: int, max_len: int, stamp: tuple[int, int]) -> TaskData:
     # Generating and tokenizing a task takes seconds; a server exporting several trials of one study
     # (or a test module) loads it once.
-    from evaluators.tasks import load_task
 
     return load_task(spec, seed=seed, max_len=max_len)
 
@@ -178,8 +175,6 @@ def load_task_for(spec: StudySpec, candidate: Candidate, tokenizer: TextTokenize
     Raises:
         ExportError: The task's data can no longer be read.
     """
-    from nas.errors import DataError
-
     try:
         task = _cached_task(spec.task, spec.train.seed, candidate.max_len, _data_stamp(spec.task))
     except DataError as e:

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from nas.errors import ExportError
+from nas.models import LogitsOnly
 
 from .base import ExportedFile, Exporter, ExportInputs, Runner
 
@@ -29,8 +31,6 @@ log = logging.getLogger(__name__)
 
 def torchscript_runner(path: Path) -> tuple[Runner, str]:
     """``torch.jit.load(path)`` as a runner, and a description of the engine."""
-    import torch
-
     module = torch.jit.load(str(path), map_location="cpu").eval()  # type: ignore[no-untyped-call]
 
     def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -47,10 +47,6 @@ class TorchScriptExporter(Exporter):
     name: ClassVar[str] = "torchscript"
 
     def export(self, inputs: ExportInputs, folder: Path) -> list[ExportedFile]:
-        import torch
-
-        from nas.models import LogitsOnly
-
         out = folder / "torchscript"
         out.mkdir(parents=True, exist_ok=True)
         path = out / "model.pt"
