@@ -47,6 +47,7 @@ class TorchScriptExporter(Exporter):
     name: ClassVar[str] = "torchscript"
 
     def export(self, inputs: ExportInputs, folder: Path) -> list[ExportedFile]:
+        """Trace ``LogitsOnly(model)`` on the example batch and save ``torchscript/model.pt``."""
         import torch
 
         from nas.models import LogitsOnly
