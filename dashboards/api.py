@@ -72,8 +72,11 @@ def _predicate(where: str | None) -> Any:
 
 @router.get("/studies", summary="Every study with status, progress and search cost")
 def list_studies(request: Request) -> list[dict[str, Any]]:
-    """Studies, oldest first: status, trials done out of the budget, joules spent (with meter and
-    ESTIMATE flag) and CO2eq."""
+    """Studies, oldest first.
+
+    Each with its status, trials done out of the budget, joules spent (with meter and ESTIMATE flag) and
+    CO2eq.
+    """
     ctx = _ctx(request)
     store = ctx.store()
     if store is None:
@@ -122,8 +125,10 @@ def pareto(
     where: WhereQuery = None,
     hardware: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
-    """The front among the COMPLETE trials that satisfy ``where`` (the same trials as
-    ``nas pareto STUDY --where ... --json``)."""
+    """The front among the COMPLETE trials that satisfy ``where``.
+
+    These are the same trials as ``nas pareto STUDY --where ... --json``.
+    """
     ctx = _ctx(request)
     check_study_name(study)
     info = ctx.info(study)
@@ -144,8 +149,10 @@ def pareto(
 
 @router.get("/studies/{study}/trials/{trial}", summary="One trial with every energy reading")
 def get_trial(request: Request, study: StudyPath, trial: TrialPath) -> dict[str, Any]:
-    """Candidate, metrics, every energy reading with its meter, ESTIMATE flag and provenance, the cost
-    and the artefacts of one trial."""
+    """One trial: candidate, metrics, energy readings, cost and artefacts.
+
+    Every energy reading comes with its meter, ESTIMATE flag and provenance.
+    """
     ctx = _ctx(request)
     bundle = ctx.bundle(check_study_name(study))
     store = ctx.require_store()
@@ -160,8 +167,11 @@ def get_trial(request: Request, study: StudyPath, trial: TrialPath) -> dict[str,
 
 @router.get("/studies/{study}/dashboard", summary="Everything the study page draws (polled while a search runs)")
 def study_dashboard(request: Request, study: StudyPath) -> dict[str, Any]:
-    """Summary, Plotly figures (front, hypervolume against trials and joules, cost breakdown) and the
-    trial table. ``version`` changes whenever any of it changes."""
+    """Summary, Plotly figures and the trial table of one study.
+
+    The figures are the front, hypervolume against trials and joules, and the cost breakdown.
+    ``version`` changes whenever any of it changes.
+    """
     ctx = _ctx(request)
     bundle = ctx.bundle(check_study_name(study))
     front = bundle.front_numbers

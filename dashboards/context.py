@@ -1,5 +1,7 @@
-"""What every request of one app shares: the read-only store, the artefact folder, launches and their caps,
-a cache."""
+"""What every request of one app shares.
+
+That is the read-only store, the artefact folder, launches and their caps, and a cache.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class StudyBundle:
 
     @property
     def front_numbers(self) -> set[int]:
+        """Trial numbers of the Pareto front."""
         return {t.number for t in self.front}
 
     @property

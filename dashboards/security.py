@@ -141,6 +141,7 @@ class RedactTokens(logging.Filter):
     """Replaces ``token=VALUE`` in logged request lines (uvicorn's access log) with ``token=***``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Redact the record's message and string arguments in place; always keep the record."""
         if isinstance(record.args, tuple):
             record.args = tuple(_redact_query(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
@@ -167,21 +168,28 @@ class BodyLimit:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        message = f"the request body is larger than {self.max_bytes} bytes"
+    def _declared_problem(self, scope: Scope, message: str) -> tuple[int, str] | None:
+        """The refusal a ``Content-Length`` header calls for (not a number, or too large), if any."""
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    await _send_json(send, 400, "Content-Length is not a number")
-                    return
+                    return 400, "Content-Length is not a number"
                 if declared > self.max_bytes:
-                    await _send_json(send, 413, message)
-                    return
+                    return 413, message
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass an HTTP request on, answering 413 instead once its body is too large."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"the request body is larger than {self.max_bytes} bytes"
+        refused = self._declared_problem(scope, message)
+        if refused is not None:
+            await _send_json(send, *refused)
+            return
         received = 0
         started = False
 
@@ -279,6 +287,7 @@ class Guard:
         return bearer, query_token, cookie_token
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse a request that fails a check; pass the others on with security headers added."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

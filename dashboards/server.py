@@ -150,7 +150,7 @@ def create_app(
 
 
 def uvicorn_log_config() -> dict[str, Any]:
-    """uvicorn's logging setup, with :class:`dashboards.security.RedactTokens` on its access log."""
+    """Uvicorn's logging setup, with :class:`dashboards.security.RedactTokens` on its access log."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)

@@ -120,10 +120,12 @@ class DistillLoss(nn.Module):
 
     @property
     def needs_hidden(self) -> bool:
+        """Whether the student and teacher must return hidden states for this loss."""
         return self.cfg.uses_hidden
 
     @property
     def needs_attention(self) -> bool:
+        """Whether the student and teacher must return attention maps for this loss."""
         return self.cfg.uses_attention
 
     def forward(self, student_out: Any, teacher_out: Any, labels: Tensor,

@@ -1,5 +1,6 @@
-"""The exclusive measurement lane (ARCHITECTURE decision 5): a fair, cross-process readers-writer lock
-per physical device.
+"""The exclusive measurement lane (ARCHITECTURE decision 5).
+
+It is a fair, cross-process readers-writer lock per physical device.
 
 Energy meters read the whole device (an NVML board, or the CPU package for CodeCarbon's load-based
 model), not one process. Trials may share a device while they *train* (readers: a shared lock held for
@@ -90,6 +91,7 @@ class Hold:
 
 
 def lane_dir() -> Path:
+    """The folder of lock files: ``$NAS_LANE_DIR`` or the system temp dir, created if missing."""
     d = Path(os.environ.get("NAS_LANE_DIR") or Path(tempfile.gettempdir()) / "energy-nas-lanes")
     d.mkdir(parents=True, exist_ok=True)
     return d
@@ -114,6 +116,7 @@ class MeasurementLane:
         self._member_file.touch()
 
     def close(self) -> None:
+        """Release any lock held and unregister this process from the lane. Idempotent."""
         if self.closed:
             return
         self.closed = True
@@ -159,6 +162,7 @@ class MeasurementLane:
         self._shared = True
 
     def leave_shared(self) -> None:
+        """After a training step: release the shared hold, if held."""
         if self._shared:
             fcntl.flock(self._lane, fcntl.LOCK_UN)
             self._shared = False
@@ -171,9 +175,12 @@ class MeasurementLane:
     # -- writer: a measurement --------------------------------------------------------------------
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[Hold]:
-        """Hold the device alone; yields a :class:`Hold` that says, once the block ends, how much CPU
-        the other lane members used meanwhile. Training elsewhere pauses; a shared hold of this lane
-        is given up for the block and taken again after it."""
+        """Hold the device alone.
+
+        Yields a :class:`Hold` that says, once the block ends, how much CPU the other lane members used
+        meanwhile. Training elsewhere pauses; a shared hold of this lane is given up for the block and
+        taken again after it.
+        """
         was_shared = self._shared
         self.leave_shared()
         t0 = time.perf_counter()

@@ -1,6 +1,8 @@
-"""One trial, end to end: load the task (and teacher), build the candidate, train it briefly (dense,
-then compressed and fine-tuned), evaluate accuracy, measure inference energy in its serving form, and
-return one frozen :class:`nas.records.TrialResult`.
+"""One trial, end to end.
+
+Load the task (and teacher), build the candidate, train it briefly (dense, then compressed and
+fine-tuned), evaluate accuracy, measure inference energy in its serving form, and return one frozen
+:class:`nas.records.TrialResult`.
 
 The pipeline is two public phases, shared by the search (:func:`run_trial`) and ``nas export
 --retrain``: :func:`train_candidate` (metered training) and :func:`assess` (evaluation, FLOPs, the
@@ -81,8 +83,11 @@ _teachers: dict[tuple[str, str, int], Teacher | None] = {}
 
 @dataclass
 class TrialContext:
-    """The device, meter and lane that the phases of one trial share. Use :meth:`open` and
-    :meth:`close` (or ``with``); the lane is held shared from open to close, except while measuring."""
+    """The device, meter and lane that the phases of one trial share.
+
+    Use :meth:`open` and :meth:`close` (or ``with``); the lane is held shared from open to close, except
+    while measuring.
+    """
 
     device: str
     meter: EnergyMeter
@@ -91,6 +96,7 @@ class TrialContext:
 
     @classmethod
     def open(cls, train_cfg: TrainConfig, measure_cfg: MeasureConfig, progress: Progress | None = None) -> TrialContext:
+        """Resolve the device, make the meter and take the device's lane shared."""
         device = str(resolve_device(train_cfg.device))
         meter = make_meter(measure_cfg.meter, measure_cfg, device=device)
         lane = MeasurementLane(device_key(device))
@@ -98,6 +104,7 @@ class TrialContext:
         return cls(device=device, meter=meter, lane=lane, progress=progress)
 
     def close(self) -> None:
+        """Release the lane and the meter."""
         self.lane.close()
         self.meter.close()
 

@@ -27,21 +27,40 @@ __all__ = ["device_snapshot", "collect_provenance", "host_id", "package_versions
 
 
 class RunShape(Protocol):
-    """The shape of a metered run: :class:`nas.config.MeasureConfig` for inference, :class:`TrainShape`
-    for training."""
+    """The shape of a metered run.
+
+    That is :class:`nas.config.MeasureConfig` for inference, :class:`TrainShape` for training.
+    """
 
     @property
-    def batch_size(self) -> int: ...
+    def batch_size(self) -> int:
+        """Samples per batch."""
+        ...
+
     @property
-    def seq_len(self) -> int: ...
+    def seq_len(self) -> int:
+        """Tokens per sample."""
+        ...
+
     @property
-    def serving_form(self) -> str: ...
+    def serving_form(self) -> str:
+        """How the model ran (``eager``, ``compiled``, or ``train`` for training)."""
+        ...
+
     @property
-    def dtype(self) -> str: ...
+    def dtype(self) -> str:
+        """The compute dtype, e.g. ``float32``."""
+        ...
+
     @property
-    def n_windows(self) -> int: ...
+    def n_windows(self) -> int:
+        """Number of metered windows (segments, for training)."""
+        ...
+
     @property
-    def window_s(self) -> float: ...
+    def window_s(self) -> float:
+        """Target seconds per window (0 for training, whose segments end at rungs)."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True)

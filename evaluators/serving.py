@@ -44,9 +44,12 @@ def device_key(device: str) -> str:
 
 
 def serving_copy(model: Any, candidate: Candidate, device: str) -> tuple[Any, str]:
-    """A copy of ``model`` in the form that really runs (baked weights, real int8 where available),
-    and the ``kernels`` label saying what runs and whether the compression's effect is only simulated.
-    ``model`` itself is left as it was (it may train on, be counted or be saved)."""
+    """A copy of ``model`` in the form that really runs, and the ``kernels`` label saying what runs.
+
+    The copy has baked weights and real int8 where available; the label also says whether the
+    compression's effect is only simulated. ``model`` itself is left as it was (it may train on, be
+    counted or be saved).
+    """
     serving = copy.deepcopy(model).eval()
     rep = getattr(model, "compression_report", None)
     kernels = rep.kernels if rep is not None else "dense fp32 (torch eager)"
@@ -79,6 +82,12 @@ def measure_serving(model: Any, candidate: Candidate, cfg: MeasureConfig, *, voc
     """Measure ``model``'s inference energy in its serving form, holding the device's lane exclusively.
 
     Args:
+        model: The trained model; measured through a serving copy (see :func:`serving_copy`).
+        candidate: Its architecture and compression (decides the serving form).
+        cfg: The measurement protocol (batch size, sequence length, windows).
+        vocab_size: Size of the embedding table, for the random token batches.
+        device: Where to measure (``"cpu"`` or ``"cuda:N"``).
+        meter: The energy meter that reads the windows.
         lane: The trial's lane (its shared hold is given up for the measurement and taken again);
             by default a lane of its own.
 

@@ -139,14 +139,17 @@ class TaskData:
 
     @property
     def n_train(self) -> int:
+        """Number of training examples."""
         return len(self.train_labels)
 
     @property
     def n_dev(self) -> int:
+        """Number of dev examples."""
         return len(self.dev_labels)
 
     @property
     def n_test(self) -> int:
+        """Number of test examples."""
         return len(self.test_labels)
 
     @property

@@ -68,6 +68,7 @@ class HFTeacherModule(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 output_hidden_states: bool = False, output_attentions: bool = False) -> Any:
+        """Run the wrapped classifier and repackage its logits, hidden states and attentions."""
         out = self.hf(input_ids=input_ids, attention_mask=attention_mask,
                       output_hidden_states=output_hidden_states, output_attentions=output_attentions,
                       return_dict=True)
@@ -111,14 +112,17 @@ class Teacher:
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  output_hidden_states: bool = False, output_attentions: bool = False) -> Any:
+        """Run the frozen model on a batch; returns its ``ModelOutput``."""
         return self.model(input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states,
                           output_attentions=output_attentions)
 
     def to(self, device: torch.device | str) -> Teacher:
+        """Move the model to ``device``; returns the teacher itself."""
         self.model.to(device)
         return self
 
     def eval(self) -> Teacher:
+        """Put the model in eval mode; returns the teacher itself."""
         self.model.eval()
         return self
 

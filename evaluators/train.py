@@ -58,9 +58,13 @@ StopReason = Literal["steps", "time", "report", "callback"]
 class Meter(Protocol):
     """What :func:`train` needs from an energy meter (see :mod:`evaluators.meters`)."""
 
-    def begin(self, key: str) -> None: ...
+    def begin(self, key: str) -> None:
+        """Open the energy window ``key``."""
+        ...
 
-    def end(self, key: str) -> EnergyReading: ...
+    def end(self, key: str) -> EnergyReading:
+        """Close the window ``key`` and return its reading."""
+        ...
 
 
 @dataclass(frozen=True)

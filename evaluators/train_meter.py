@@ -70,18 +70,22 @@ class TrainingMeter:
     # --- what it cost so far ---------------------------------------------------------------------
     @property
     def energy_j(self) -> float | None:
+        """Joules of the closed segments; None before the first one closes or when any is unknown."""
         return sum_known([r.energy_j for r in self._segments])
 
     @property
     def co2eq_g(self) -> float | None:
+        """CO2eq of the closed segments; None before the first one closes or when any is unknown."""
         return sum_known([r.co2eq_g for r in self._segments])
 
     @property
     def wall_s(self) -> float:
+        """Seconds covered by the closed segments."""
         return float(sum(r.duration_s for r in self._segments))
 
     @property
     def is_estimate(self) -> bool:
+        """Whether the meter or any closed segment gives an estimate, not a measurement."""
         return bool(self.meter.is_estimate or any(r.is_estimate for r in self._segments))
 
     def rung(self, step: int, accuracy: float, teacher_training: TrainSummary | None = None) -> RungReport:

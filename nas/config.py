@@ -87,6 +87,7 @@ class AttentionConfig(_Frozen):
 
     @property
     def resolved_feature_map(self) -> str:
+        """The ``linear`` kernel to use: ``feature_map``, or ``elu`` when unset."""
         return self.feature_map or "elu"
 
 
@@ -106,10 +107,12 @@ class QuantConfig(_Frozen):
 
     @property
     def is_noop(self) -> bool:
+        """True when every group stays at 32 bits (nothing to quantize)."""
         return self.embedding_bits == self.attention_bits == self.ffn_bits == 32
 
     @property
     def min_bits(self) -> int:
+        """The smallest bit-width of the three layer groups."""
         return min(self.embedding_bits, self.attention_bits, self.ffn_bits)
 
 
@@ -134,6 +137,7 @@ class PruneConfig(_Frozen):
 
     @property
     def is_noop(self) -> bool:
+        """True when ``kind`` is ``none`` (nothing to prune)."""
         return self.kind == "none"
 
 
@@ -152,14 +156,17 @@ class DistillConfig(_Frozen):
 
     @property
     def uses_logits(self) -> bool:
+        """Whether the loss has a logit KD term (every kind but ``none``)."""
         return self.kind != "none"
 
     @property
     def uses_hidden(self) -> bool:
+        """Whether the loss has a hidden-state term (``hidden`` and ``attention``)."""
         return self.kind in ("hidden", "attention")
 
     @property
     def uses_attention(self) -> bool:
+        """Whether the loss has an attention-map term (``attention`` only)."""
         return self.kind == "attention"
 
 
@@ -211,6 +218,7 @@ class Candidate(_Frozen):
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head: ``d_model // n_heads``."""
         return self.d_model // self.n_heads
 
     @property
@@ -219,10 +227,16 @@ class Candidate(_Frozen):
         return self.quant.min_bits
 
     def to_json(self) -> str:
+        """The candidate as compact JSON (read back by :meth:`from_json`)."""
         return self.model_dump_json()
 
     @classmethod
     def from_json(cls, text: str) -> Candidate:
+        """Parse and validate a candidate from JSON text.
+
+        Raises:
+            ConfigError: The text is not JSON, or not a valid candidate.
+        """
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:

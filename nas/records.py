@@ -34,8 +34,11 @@ ESTIMATE_METERS: frozenset[str] = frozenset({"estimate"})
 
 @dataclass(frozen=True)
 class Provenance:
-    """Where and how a reading was taken. A field that could not be read is ``None`` and
-    ``absent`` says why (e.g. ``{"power_limit_w": "no GPU: CPU-only machine"}``)."""
+    """Where and how a reading was taken.
+
+    A field that could not be read is ``None`` and ``absent`` says why (e.g.
+    ``{"power_limit_w": "no GPU: CPU-only machine"}``).
+    """
 
     meter: str
     kernels: str
@@ -68,10 +71,12 @@ class Provenance:
         return self.device_name or self.device
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Provenance:
+        """Rebuild from :meth:`to_dict` output."""
         return cls(**d)
 
 
@@ -105,15 +110,18 @@ class EnergyReading:
 
     @property
     def avg_power_w(self) -> float | None:
+        """Mean power over the window in watts; None when the energy is unknown or the window is empty."""
         if self.energy_j is None or self.duration_s <= 0:
             return None
         return self.energy_j / self.duration_s
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EnergyReading:
+        """Rebuild from :meth:`to_dict` output."""
         return cls(**d)
 
 
@@ -151,12 +159,14 @@ class InferenceEnergy:
     protocol_co2eq_g: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict, provenance nested and windows as a list."""
         d = dataclasses.asdict(self)
         d["windows_j_per_sample"] = list(self.windows_j_per_sample)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InferenceEnergy:
+        """Rebuild from :meth:`to_dict` output."""
         d = dict(d)
         d["provenance"] = Provenance.from_dict(d["provenance"])
         d["windows_j_per_sample"] = tuple(d.get("windows_j_per_sample", ()))
@@ -190,6 +200,7 @@ class TrainSummary:
 
     @property
     def hardware_fingerprint(self) -> str:
+        """The provenance's fingerprint, or the device when there is no provenance."""
         return self.provenance.hardware_fingerprint if self.provenance is not None else self.device
 
     @property
@@ -202,12 +213,14 @@ class TrainSummary:
 
     @property
     def total_co2eq_g(self) -> float | None:
+        """CO2eq of this training plus the teacher's training it paid for; None if any part is unknown."""
         parts = [self.co2eq_g]
         if self.teacher_training is not None:
             parts.append(self.teacher_training.total_co2eq_g)
         return sum_known(parts)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict, the teacher's training nested."""
         d = dataclasses.asdict(self)
         d["rung_accuracies"] = [list(r) for r in self.rung_accuracies]
         d["teacher_training"] = self.teacher_training.to_dict() if self.teacher_training else None
@@ -215,6 +228,7 @@ class TrainSummary:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainSummary:
+        """Rebuild from :meth:`to_dict` output."""
         d = dict(d)
         d["rung_accuracies"] = tuple(tuple(r) for r in d.get("rung_accuracies", ()))
         if d.get("provenance") is not None:
@@ -261,10 +275,12 @@ class EvalMetrics:
     majority_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalMetrics:
+        """Rebuild from :meth:`to_dict` output."""
         return cls(**d)
 
 
@@ -292,26 +308,32 @@ class TrialResult:
     # --- flat views used for objectives, tables and filters -------------------------------------
     @property
     def accuracy(self) -> float | None:
+        """Dev accuracy, or None when the trial was not evaluated."""
         return self.metrics.accuracy if self.metrics else None
 
     @property
     def test_accuracy(self) -> float | None:
+        """Test accuracy, or None when it was not measured."""
         return self.metrics.test_accuracy if self.metrics else None
 
     @property
     def majority_accuracy(self) -> float | None:
+        """Dev accuracy of always predicting the majority class, or None when unknown."""
         return self.metrics.majority_accuracy if self.metrics else None
 
     @property
     def energy_per_sample_j(self) -> float | None:
+        """Gross inference joules per sample, or None when not measured."""
         return self.inference.energy_per_sample_j if self.inference else None
 
     @property
     def energy_per_sample_net_j(self) -> float | None:
+        """Inference joules per sample net of the idle baseline, or None when not measured."""
         return self.inference.energy_per_sample_net_j if self.inference else None
 
     @property
     def train_energy_j(self) -> float | None:
+        """Joules of this trial's own training (teacher excluded), or None when unknown."""
         return self.train.energy_j if self.train else None
 
     @property
@@ -320,8 +342,11 @@ class TrialResult:
         return self.train.total_co2eq_g if self.train else None
 
     def reported(self) -> dict[str, float | None]:
-        """Metrics that are reported and filterable but never optimised: test accuracy and macro-F1
-        (selecting on them would make them as biased as dev), and the dev majority-class rate."""
+        """Metrics that are reported and filterable but never optimised.
+
+        These are test accuracy and macro-F1 (selecting on them would make them as biased as dev), and the
+        dev majority-class rate.
+        """
         m = self.metrics
         return {
             "test_accuracy": m.test_accuracy if m else None,
@@ -347,6 +372,7 @@ class TrialResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """Nested records plus flat copies of the headline metrics, for storage and ``jq``."""
         return {
             "candidate": self.candidate.model_dump(mode="json"),
             "task": self.task,
@@ -374,6 +400,7 @@ class TrialResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialResult:
+        """Rebuild from :meth:`to_dict` output (the flat copies are ignored)."""
         return cls(
             candidate=Candidate.model_validate(d["candidate"]),
             task=d["task"],

@@ -70,6 +70,8 @@ class _Frozen(BaseModel):
 
 
 class Objective(_Frozen):
+    """One metric the search optimises; ``direction`` defaults to the metric's natural one."""
+
     metric: str
     direction: Literal["maximize", "minimize"] | None = None
 
@@ -82,29 +84,38 @@ class Objective(_Frozen):
 
     @property
     def resolved_direction(self) -> str:
+        """``direction``, or the metric's default from :data:`OBJECTIVE_METRICS`."""
         return self.direction or OBJECTIVE_METRICS[self.metric]
 
 
 class SpaceRef(_Frozen):
+    """The search space: a preset's ranges with ``overrides`` laid on top."""
+
     preset: Literal["tiny", "base"] = "tiny"
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
 class SamplerSpec(_Frozen):
+    """The Optuna sampler (TPE, NSGA-II or random), its seed and its random start-up trials."""
+
     kind: Literal["tpe", "nsga2", "random"] = "tpe"
     seed: int = 0
     n_startup_trials: int = Field(default=6, ge=0)
 
 
 class BudgetSpec(_Frozen):
+    """When the search stops: after ``trials`` trials, or once it has spent ``joules`` or ``wall_s``."""
+
     trials: int = Field(default=12, ge=1, le=100000)
     joules: float | None = Field(default=None, gt=0)
     wall_s: float | None = Field(default=None, gt=0)
 
 
 class FidelitySpec(_Frozen):
-    """Training-step rungs for ASHA-style early stopping on accuracy (energy is measured only once, at
-    the end, for candidates that reach the last rung)."""
+    """Training-step rungs for ASHA-style early stopping on accuracy.
+
+    Energy is measured only once, at the end, for candidates that reach the last rung.
+    """
 
     rungs: list[int] = Field(default_factory=lambda: [100, 200])
     reduction_factor: int = Field(default=2, ge=2)
@@ -121,10 +132,13 @@ class FidelitySpec(_Frozen):
 
     @property
     def max_steps(self) -> int:
+        """The last rung: the training steps of a candidate that is never stopped early."""
         return self.rungs[-1]
 
 
 class ResourcesSpec(_Frozen):
+    """What each trial gets (CPUs, GPUs, torch threads) and how many trials run at once."""
+
     cpus_per_trial: float = Field(default=1.0, gt=0)
     gpus_per_trial: float = Field(default=0.0, ge=0)
     max_concurrent: int = Field(default=2, ge=1)
@@ -132,6 +146,8 @@ class ResourcesSpec(_Frozen):
 
 
 class StorageSpec(_Frozen):
+    """The database, which trials keep their weights (``retention``) and where weights go."""
+
     url: str = "nas.db"
     retention: Literal["front", "all", "none"] = "front"
     artefacts_dir: str | None = None
@@ -187,13 +203,20 @@ class StudySpec(_Frozen):
 
     @property
     def directions(self) -> list[str]:
+        """The objectives' resolved directions, in order."""
         return [o.resolved_direction for o in self.objectives]
 
     @property
     def objective_names(self) -> list[str]:
+        """The objectives' metric names, in order."""
         return [o.metric for o in self.objectives]
 
     def with_overrides(self, **changes: Any) -> StudySpec:
+        """A copy with dotted keys replaced (e.g. ``budget.trials=3``), validated again.
+
+        Raises:
+            ConfigError: The result is not a valid spec.
+        """
         data = self.model_dump()
         for key, value in changes.items():
             node = data
@@ -208,7 +231,8 @@ def default_spec() -> StudySpec:
     """The built-in study: the `tiny` space on the long-range `builtin:longmatch`, 14 trials, CPU-friendly.
 
     It trains every candidate for the full (short) budget, without ASHA rungs, so that every trial
-    yields a complete (accuracy, energy) point; ``examples/study.yaml`` shows rungs."""
+    yields a complete (accuracy, energy) point; ``examples/study.yaml`` shows rungs.
+    """
     return StudySpec(
         budget=BudgetSpec(trials=14),
         fidelity=FidelitySpec(rungs=[200], enabled=False),

@@ -366,6 +366,7 @@ class Predicate:
     _tree: _Node
 
     def __call__(self, values: Mapping[str, Any]) -> bool:
+        """Whether ``values`` satisfy the expression (missing values: see the module doc)."""
         return _truth(self._tree, values)
 
 

@@ -46,9 +46,13 @@ _PRESET_DIR = Path(__file__).resolve().parent / "presets"
 class TrialLike(Protocol):
     """The part of Optuna's trial API that :func:`suggest` uses."""
 
-    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        """One of ``choices`` for the parameter ``name``."""
+        ...
 
-    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        """A float in ``[low, high]`` for the parameter ``name``."""
+        ...
 
 
 def _nonempty(name: str, v: list[Any]) -> list[Any]:
@@ -58,8 +62,10 @@ def _nonempty(name: str, v: list[Any]) -> list[Any]:
 
 
 class SearchSpace(BaseModel):
-    """Ranges for every searchable knob. Lists are categorical choices; ``(low, high)`` pairs are
-    float ranges."""
+    """Ranges for every searchable knob.
+
+    Lists are categorical choices; ``(low, high)`` pairs are float ranges.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -142,10 +148,16 @@ class SearchSpace(BaseModel):
 
     @property
     def uses_teacher(self) -> bool:
+        """Whether any distillation choice other than ``none`` is allowed (so a teacher may be needed)."""
         return any(d != "none" for d in self.distill)
 
 
 def preset_path(name: str) -> Path:
+    """The YAML file of the named preset.
+
+    Raises:
+        ConfigError: When ``name`` is not one of :data:`PRESETS`.
+    """
     if name not in PRESETS:
         raise ConfigError(
             f"unknown search-space preset {name!r}", field="space.preset", fix=f"use one of {list(PRESETS)}"
@@ -246,6 +258,7 @@ class ReplayTrial:
         return self.params[name]
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
+        """The stored value of ``name``, checked to be one of ``choices``."""
         v = self._get(name)
         if v not in list(choices):
             raise ConfigError(f"value not among the choices {list(choices)}", field=name, value=v,
@@ -253,6 +266,7 @@ class ReplayTrial:
         return v
 
     def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        """The stored value of ``name``, checked to lie in ``[low, high]``."""
         v = float(self._get(name))
         if not low <= v <= high:
             raise ConfigError(f"value outside [{low}, {high}]", field=name, value=v, fix="use a value in range")

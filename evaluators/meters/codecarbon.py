@@ -167,6 +167,7 @@ class CodeCarbonMeter(EnergyMeter):
 
     @property
     def cpu_mode(self) -> str | None:
+        """How CodeCarbon derives CPU energy here (e.g. ``rapl``; ``unknown`` when undetected)."""
         return self._cpu_mode
 
     @staticmethod
@@ -260,6 +261,7 @@ class CodeCarbonMeter(EnergyMeter):
         return acc
 
     def begin(self, key: str) -> None:
+        """Open the window ``key`` and start a tracker segment for it."""
         super().begin(key)
         self._start_segment()
 
@@ -297,6 +299,7 @@ class CodeCarbonMeter(EnergyMeter):
         )
 
     def close(self) -> None:
+        """Close the running segment and stop CodeCarbon's schedulers. Idempotent."""
         if getattr(self, "_tracker", None) is not None:
             self._close_segment()
             try:

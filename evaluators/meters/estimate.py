@@ -71,6 +71,7 @@ class EstimateMeter(EnergyMeter):
 
     @property
     def cpu_mode(self) -> str | None:
+        """Always ``tdp-x-process-utilisation``: TDP scaled by this process's CPU use."""
         return "tdp-x-process-utilisation"
 
     def _open(self, key: str) -> _CpuStamp:

@@ -49,6 +49,7 @@ class GpuUseWatch:
                                         fix="use a meter that does not need NVML") from e
 
     def start(self) -> None:
+        """Start watching: only utilization samples from now on count."""
         self._since_us = time.time_ns() // 1000
 
     def stop(self) -> dict[str, Any]:
@@ -81,6 +82,7 @@ class GpuUseWatch:
                 "other_pids": pids, "shared": False}
 
     def close(self) -> None:
+        """Shut NVML down (a failure is logged, never raised)."""
         try:
             self._nvml.nvmlShutdown()
         except Exception as e:  # noqa: BLE001 - never mask the measurement's outcome

@@ -84,8 +84,10 @@ def visible_index(device: str, *, flag: str = "nvml") -> int:
 
 
 def _torch_uuid(index: int) -> str | None:
-    """The UUID CUDA itself gives device ``index``, when torch has CUDA initialised (most robust:
-    it honours both CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER)."""
+    """The UUID CUDA itself gives device ``index``, when torch has CUDA initialised.
+
+    This is the most robust source: it honours both CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER.
+    """
     torch = sys.modules.get("torch")
     cuda = getattr(torch, "cuda", None) if torch is not None else None
     if cuda is None or not cuda.is_initialized():
@@ -451,6 +453,7 @@ class NvmlPowerMeter(_NvmlMeter):
         )
 
     def close(self) -> None:
+        """Stop the power-sampling thread, then release NVML."""
         if hasattr(self, "_stop"):
             self._stop_thread()
         super().close()

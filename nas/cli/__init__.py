@@ -46,6 +46,8 @@ SearchDbOpt = Annotated[
 
 
 class Meter(str, Enum):
+    """Choices of ``--meter`` (see :func:`evaluators.meters.make_meter`)."""
+
     auto = "auto"
     nvml = "nvml"
     codecarbon = "codecarbon"
@@ -54,6 +56,8 @@ class Meter(str, Enum):
 
 
 class Format(str, Enum):
+    """Choices of ``nas export --format``; ``all`` exports every format."""
+
     onnx = "onnx"
     torchscript = "torchscript"
     hf = "hf"
@@ -143,7 +147,8 @@ def search(
     """Launch (or resume) a search; prints the Pareto front at the end.
 
     Every input is checked before anything is written. The database is --db (or NAS_DB), else the
-    spec's storage.url, else nas.db."""
+    spec's storage.url, else nas.db.
+    """
     from nas.runner.api import search as run_search
 
     summary = run_search(spec, resume=resume, db=db, ray_address=ray_address, trials=trials, name=name,

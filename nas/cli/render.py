@@ -1,5 +1,7 @@
-"""Rich tables and plain serialisations for the CLI. Every energy figure shows its meter, and an
-estimate is marked ``(estimate)``."""
+"""Rich tables and plain serialisations for the CLI.
+
+Every energy figure shows its meter, and an estimate is marked ``(estimate)``.
+"""
 
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ def view_to_dict(view: Any) -> dict[str, Any]:
 
 
 def trial_table(r: TrialResult) -> Table:
+    """A trial record as a two-column table: candidate, compression, accuracy, energy and cost."""
     t = Table(title=f"Trial on {r.task}: {r.status}", show_header=False, title_justify="left")
     t.add_column("field", style="bold")
     t.add_column("value")
@@ -158,6 +161,7 @@ def front_table(views: list[Any], objectives: list[tuple[str, str]] | Any, title
 
 
 def front_csv(views: list[Any]) -> str:
+    """The front's trials as CSV, one row per trial (empty text for an empty front)."""
     buf = io.StringIO()
     rows = [{"number": v.number, **{k: val for k, val in v.values().items() if k != "number"}} for v in views]
     if not rows:
@@ -169,6 +173,7 @@ def front_csv(views: list[Any]) -> str:
 
 
 def studies_table(infos: list[Any]) -> Table:
+    """One row per study: status, trial counts, budget, search energy, CO2eq and wall time."""
     t = Table(title="Studies", title_justify="left")
     for col in ["study", "status", "complete", "pruned", "failed", "budget", "search energy", "CO2eq", "wall"]:
         t.add_column(col)
@@ -180,8 +185,11 @@ def studies_table(infos: list[Any]) -> Table:
 
 
 def study_energy(i: Any) -> str:
-    """A study's search energy as a cell: the known joules, labelled, with a lower-bound note when some
-    trials ran unmetered; ``unknown`` when nothing was metered."""
+    """A study's search energy as a table cell.
+
+    The cell holds the known joules, labelled, with a lower-bound note when some trials ran unmetered;
+    ``unknown`` when nothing was metered.
+    """
     if i.total_energy_j is None:
         return "unknown (not metered)"
     cell = f"{i.total_energy_j:.1f} J"
@@ -193,6 +201,7 @@ def study_energy(i: Any) -> str:
 
 
 def trial_view(v: Any) -> Table:
+    """A stored trial as a table: its record (else its candidate), failure reason, cost and provenance."""
     if v.result is not None and v.state == "COMPLETE":
         t = trial_table(v.result)
         t.title = f"Trial {v.number} of {v.study}: {v.state}"

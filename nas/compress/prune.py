@@ -48,6 +48,7 @@ class WeightMask(nn.Module):
         self.register_buffer("mask", mask.bool())
 
     def forward(self, w: Tensor) -> Tensor:
+        """The weight with masked entries zeroed."""
         return w * self.mask.to(w.dtype)
 
 

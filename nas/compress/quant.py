@@ -76,6 +76,7 @@ class FakeQuantize(nn.Module):
         self.granularity = granularity
 
     def extra_repr(self) -> str:
+        """The bit-width, scheme and granularity, for ``print(model)``."""
         return f"bits={self.bits}, scheme={self.scheme}, granularity={self.granularity}"
 
     def n_channels(self, shape: torch.Size) -> int:
@@ -85,6 +86,7 @@ class FakeQuantize(nn.Module):
         return int(shape[0]) if self.granularity == "per_channel" and len(shape) > 1 else 1
 
     def forward(self, w: Tensor) -> Tensor:
+        """The dequantized weight (its value on the grid), with a straight-through gradient."""
         if self.bits == 16:
             deq = w.to(torch.bfloat16).to(w.dtype)
             return deq.detach() + (w - w.detach())

@@ -1,5 +1,6 @@
-"""Export a chosen trial so it runs where the user deploys it, carrying the numbers that chose it
-(layer L3: may import ``nas.*``, ``evaluators``, ``storage``; never ``dashboards``, ``nas.cli`` or ray).
+"""Export a chosen trial so it runs where the user deploys it, carrying the numbers that chose it.
+
+Layer L3: may import ``nas.*``, ``evaluators``, ``storage``; never ``dashboards``, ``nas.cli`` or ray.
 
 Public API::
 

@@ -19,6 +19,7 @@ class HFExporter(Exporter):
     name: ClassVar[str] = "hf"
 
     def export(self, inputs: ExportInputs, folder: Path) -> list[ExportedFile]:
+        """Save the Hugging Face folder; parity runs it reloaded through :func:`nas.load`."""
         out = inputs.loaded.save(folder / "hf")
         reloaded = load(out)  # parity runs the folder as a user would load it, not the in-memory model
 

@@ -1,5 +1,7 @@
-"""ONNX export: ``torch.onnx.export`` (the ``torch.export``-based exporter), opset 18, dynamic batch and
-sequence axes; plus, for candidates with 8-bit weights, an onnxruntime int8 model.
+"""ONNX export, plus an onnxruntime int8 model for candidates with 8-bit weights.
+
+The graph comes from ``torch.onnx.export`` (the ``torch.export``-based exporter), opset 18, with dynamic
+batch and sequence axes.
 
 Inputs are ``input_ids`` and ``attention_mask`` (int64, ``(batch, seq)``, ``seq <= max_len``), the output
 is ``logits`` (float32, ``(batch, num_labels)``).
@@ -77,6 +79,11 @@ class OnnxExporter(Exporter):
     requires: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript", "onnxruntime")
 
     def export(self, inputs: ExportInputs, folder: Path) -> list[ExportedFile]:
+        """Export ``onnx/model.onnx`` (and the int8 companion for 8-bit candidates).
+
+        Raises:
+            ExportError: The model could not be exported or quantized.
+        """
         out = folder / "onnx"
         out.mkdir(parents=True, exist_ok=True)
         path = out / "model.onnx"

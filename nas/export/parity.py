@@ -51,6 +51,7 @@ class ParityResult:
     passed: bool
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict."""
         return asdict(self)
 
 

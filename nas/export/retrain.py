@@ -45,8 +45,10 @@ def _without_weights_path(result: TrialResult) -> TrialResult:
 
 def continue_training(saved: SavedWeights, candidate: Candidate, spec: StudySpec, task: Any,
                       steps: int) -> TrialResult:
-    """Train the loaded model ``steps`` more steps in place, then evaluate and measure it, through the
-    search's own pipeline (:func:`evaluators.pipeline.train_candidate` and :func:`~evaluators.pipeline.assess`).
+    """Train the loaded model ``steps`` more steps in place, then evaluate and measure it.
+
+    This goes through the search's own pipeline (:func:`evaluators.pipeline.train_candidate` and
+    :func:`~evaluators.pipeline.assess`).
 
     Raises:
         ConfigError: The candidate distills but the study names no teacher.

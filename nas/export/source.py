@@ -63,6 +63,7 @@ class TrialSource:
 
     @property
     def candidate(self) -> Candidate:
+        """The trial's candidate (an opened trial always has one)."""
         assert self.view.candidate is not None  # open_trial only returns trials with a candidate
         return self.view.candidate
 

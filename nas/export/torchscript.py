@@ -47,6 +47,7 @@ class TorchScriptExporter(Exporter):
     name: ClassVar[str] = "torchscript"
 
     def export(self, inputs: ExportInputs, folder: Path) -> list[ExportedFile]:
+        """Trace ``LogitsOnly(model)`` on the example batch and save ``torchscript/model.pt``."""
         out = folder / "torchscript"
         out.mkdir(parents=True, exist_ok=True)
         path = out / "model.pt"

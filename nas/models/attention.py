@@ -191,8 +191,9 @@ class SoftmaxAttention(Attention):
 
 @register_attention("local")
 class LocalAttention(Attention):
-    """Softmax attention restricted to a band ``|i - j| <= window`` (sliding window; cf. Longformer,
-    Beltagy et al., 2020).
+    """Softmax attention restricted to a band ``|i - j| <= window``.
+
+    A sliding window; cf. Longformer (Beltagy et al., 2020).
 
     The band is a hard mask applied on every path, so no token can see beyond its window. This is
     mask-based (the T x T scores are still formed), so it saves no FLOPs on its own; it changes what the

@@ -66,6 +66,7 @@ class FeedForward(nn.Module):
         return int(self.fc1.out_features)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Apply the MLP to ``x`` of shape (B, T, C)."""
         y: Tensor = self.fc2(self.dropout(F.gelu(self.fc1(x))))  # (B, T, C)
         return y
 
@@ -92,6 +93,7 @@ class Block(nn.Module):
     def forward(
         self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
+        """Pre-LN attention then MLP, each with a residual; returns the output and (if asked) the weights."""
         a, w = self.attn(self.ln_1(x), key_padding_mask, need_weights)  # (B, T, C)
         x = x + self.resid_dropout(a)
         x = x + self.resid_dropout(self.ffn(self.ln_2(x)))  # (B, T, C)
@@ -265,6 +267,7 @@ class LogitsOnly(nn.Module):
         self.train(model.training)  # exporters honour the wrapper's mode; keep the model's
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """The wrapped model's logits, shape (B, num_labels)."""
         logits: Tensor = self.model(input_ids, attention_mask).logits
         return logits
 
