@@ -194,7 +194,7 @@ class Registry(Mapping[str, T]):
         if gaps:
             raise ConfigError(f"{self.vocabulary.title} {', '.join(map(repr, gaps))} "
                               f"{'has' if len(gaps) == 1 else 'have'} no {self.what}",
-                              field=self.vocabulary.field, fix=f"register one with {self.what} registration")
+                              field=self.vocabulary.field, fix=f"register a {self.what} for every name")
 
     def lookup(self, name: str) -> T:
         """The implementation of ``name``; an unknown name is a :class:`ConfigError` listing the names."""
