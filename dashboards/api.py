@@ -27,6 +27,7 @@ from dashboards.plots import figures_for
 from dashboards.serialize import study_summary, trial_detail, trial_row
 from nas.errors import ConfigError, NASError, StorageError
 from nas.spec import StudySpec, study_name_problem
+from nas.vocab import EXPORT_CHOICE
 from nas.where import MAX_EXPR_CHARS, compile_where
 from storage import FILTER_NAMES
 
@@ -260,7 +261,7 @@ def export(
     request: Request,
     study: StudyPath,
     trial: TrialPath,
-    format: Annotated[Literal["all", "onnx", "torchscript", "hf"], Query(description="Export format")] = "all",
+    format: Annotated[str, EXPORT_CHOICE, Query(description="Export format")] = "all",
 ) -> Response:
     """Run ``nas export`` for a COMPLETE trial into the server's artefact folder and return it zipped."""
     ctx = _ctx(request)

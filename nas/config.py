@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nas.errors import ConfigError
+from nas.vocab import ATTENTION_KIND, DISTILL_KIND, METER, SPARSITY_KIND
 
 __all__ = [
     "CANDIDATE_VERSION",
@@ -31,25 +32,21 @@ __all__ = [
     "validate",
     "load_yaml",
     "load_candidate",
-    "ATTENTION_KINDS",
     "BIT_WIDTHS",
-    "SPARSITY_KINDS",
-    "DISTILL_KINDS",
 ]
 
 CANDIDATE_VERSION = 1
 
-AttentionKind = Literal["softmax", "local", "linear", "lowrank"]
+# Closed vocabularies are listed once, in nas.vocab; each annotation validates like a Literal of its names.
+AttentionKind = Annotated[str, ATTENTION_KIND]
+SparsityKind = Annotated[str, SPARSITY_KIND]
+DistillKind = Annotated[str, DISTILL_KIND]
+MeterName = Annotated[str, METER]
 FeatureMap = Literal["elu", "relu"]
 Bits = Literal[32, 16, 8, 4, 2]
-SparsityKind = Literal["none", "magnitude", "heads", "ffn", "2:4"]
-DistillKind = Literal["none", "logit", "hidden", "attention"]
 Pooling = Literal["cls", "mean"]
 
-ATTENTION_KINDS: tuple[str, ...] = ("softmax", "local", "linear", "lowrank")
 BIT_WIDTHS: tuple[int, ...] = (32, 16, 8, 4, 2)
-SPARSITY_KINDS: tuple[str, ...] = ("none", "magnitude", "heads", "ffn", "2:4")
-DISTILL_KINDS: tuple[str, ...] = ("none", "logit", "hidden", "attention")
 
 
 class _Frozen(BaseModel):
@@ -128,7 +125,7 @@ class PruneConfig(_Frozen):
 
     @model_validator(mode="after")
     def _amount(self) -> PruneConfig:
-        if self.kind in ("magnitude", "heads", "ffn") and self.amount <= 0.0:
+        if SPARSITY_KIND[self.kind].takes_amount and self.amount <= 0.0:
             raise ValueError(
                 f"sparsity.amount must be > 0 for kind {self.kind!r} (e.g. amount: 0.25), "
                 "or set kind: none"
@@ -157,17 +154,17 @@ class DistillConfig(_Frozen):
     @property
     def uses_logits(self) -> bool:
         """Whether the loss has a logit KD term (every kind but ``none``)."""
-        return self.kind != "none"
+        return "logit" in DISTILL_KIND[self.kind].losses
 
     @property
     def uses_hidden(self) -> bool:
         """Whether the loss has a hidden-state term (``hidden`` and ``attention``)."""
-        return self.kind in ("hidden", "attention")
+        return "hidden" in DISTILL_KIND[self.kind].losses
 
     @property
     def uses_attention(self) -> bool:
         """Whether the loss has an attention-map term (``attention`` only)."""
-        return self.kind == "attention"
+        return "attention" in DISTILL_KIND[self.kind].losses
 
 
 class Candidate(_Frozen):
@@ -285,7 +282,7 @@ class TrainConfig(_Frozen):
 class MeasureConfig(_Frozen):
     """Inference-energy protocol (see ARCHITECTURE.md, "Measurement protocol")."""
 
-    meter: Literal["auto", "nvml", "nvml-counter", "nvml-power", "codecarbon", "estimate", "none"] = "auto"
+    meter: MeterName = "auto"
     batch_size: int = Field(default=32, ge=1)
     seq_len: int = Field(default=64, ge=1)
     warmup_iters: int = Field(default=10, ge=0)

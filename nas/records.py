@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nas.config import Candidate
+from nas.vocab import METER_READING
 
 __all__ = [
     "METERS",
@@ -26,10 +27,10 @@ __all__ = [
     "TrialResult",
 ]
 
-#: Every meter name a reading may carry.
-METERS: tuple[str, ...] = ("nvml-counter", "nvml-power-integrated", "codecarbon", "estimate", "none")
+#: Every meter name a reading may carry (:data:`nas.vocab.METER_READING`).
+METERS: tuple[str, ...] = METER_READING.names
 #: Meters whose numbers are estimates, not measurements.
-ESTIMATE_METERS: frozenset[str] = frozenset({"estimate"})
+ESTIMATE_METERS: frozenset[str] = frozenset(METER_READING.where(lambda t: t.always_estimate))
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nas.config import MeasureConfig, TrainConfig, load_yaml, validate
 from nas.errors import ConfigError
+from nas.vocab import OBJECTIVE, SAMPLER
 
 __all__ = [
     "OBJECTIVE_METRICS",
@@ -31,18 +32,12 @@ __all__ = [
     "study_name_problem",
 ]
 
-#: Metrics a study may optimise (all are keys of ``TrialResult.objectives()``).
+#: Metrics a study may optimise, with their default direction (from :data:`nas.vocab.OBJECTIVE`).
 OBJECTIVE_METRICS: dict[str, str] = {
-    "accuracy": "maximize",
-    "macro_f1": "maximize",
-    "energy_per_sample_j": "minimize",
-    "energy_per_sample_net_j": "minimize",
-    "latency_p50_ms": "minimize",
-    "latency_p95_ms": "minimize",
-    "params": "minimize",
-    "size_bytes": "minimize",
-    "flops_per_sample": "minimize",
+    name: OBJECTIVE[name].direction for name in OBJECTIVE.where(lambda t: t.objective)
 }
+
+SamplerKind = Annotated[str, SAMPLER]
 
 
 #: 1-100 letters, digits, ``_``, ``.`` or ``-`` (ASCII only).
@@ -72,7 +67,7 @@ class _Frozen(BaseModel):
 class Objective(_Frozen):
     """One metric the search optimises; ``direction`` defaults to the metric's natural one."""
 
-    metric: str
+    metric: str = Field(json_schema_extra={"enum": list(OBJECTIVE_METRICS)})
     direction: Literal["maximize", "minimize"] | None = None
 
     @field_validator("metric")
@@ -98,7 +93,7 @@ class SpaceRef(_Frozen):
 class SamplerSpec(_Frozen):
     """The Optuna sampler (TPE, NSGA-II or random), its seed and its random start-up trials."""
 
-    kind: Literal["tpe", "nsga2", "random"] = "tpe"
+    kind: SamplerKind = "tpe"
     seed: int = 0
     n_startup_trials: int = Field(default=6, ge=0)
 

@@ -24,10 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nas.config import (
-    ATTENTION_KINDS,
     BIT_WIDTHS,
-    DISTILL_KINDS,
-    SPARSITY_KINDS,
     AttentionConfig,
     Candidate,
     DistillConfig,
@@ -36,6 +33,7 @@ from nas.config import (
     validate,
 )
 from nas.errors import ConfigError
+from nas.vocab import ATTENTION_KIND, DISTILL_KIND, SPARSITY_KIND
 
 __all__ = ["SearchSpace", "ReplayTrial", "TrialLike", "suggest", "load_space", "PRESETS", "preset_path"]
 
@@ -73,7 +71,7 @@ class SearchSpace(BaseModel):
     d_model: list[int] = Field(default=[32, 64, 96])
     n_heads: list[int] = Field(default=[2, 4])
     ffn_ratio: list[int] = Field(default=[1, 2, 4])
-    attention: list[str] = Field(default=list(ATTENTION_KINDS))
+    attention: list[str] = Field(default=list(ATTENTION_KIND.names))
     window: list[int] = Field(default=[2, 4, 8, 16])
     k: list[int] = Field(default=[8, 16, 32])
     feature_map: list[str] = Field(default=["elu", "relu"])
@@ -82,7 +80,7 @@ class SearchSpace(BaseModel):
     embedding_bits: list[int] = Field(default=[32, 8])
     quant_scheme: list[str] = Field(default=["symmetric", "asymmetric"])
     quant_granularity: list[str] = Field(default=["per_channel"])
-    sparsity: list[str] = Field(default=list(SPARSITY_KINDS))
+    sparsity: list[str] = Field(default=list(SPARSITY_KIND.names))
     sparsity_amount: tuple[float, float] = (0.1, 0.5)
     distill: list[str] = Field(default=["none"])
     kd_temperature: tuple[float, float] = (1.0, 4.0)
@@ -103,9 +101,9 @@ class SearchSpace(BaseModel):
     @field_validator("attention")
     @classmethod
     def _check_attention(cls, v: list[str]) -> list[str]:
-        bad = [a for a in v if a not in ATTENTION_KINDS]
+        bad = [a for a in v if a not in ATTENTION_KIND]
         if bad:
-            raise ValueError(f"unknown attention type(s) {bad}; allowed: {list(ATTENTION_KINDS)}")
+            raise ValueError(f"unknown attention type(s) {bad}; allowed: {list(ATTENTION_KIND.names)}")
         return v
 
     @field_validator("attention_bits", "ffn_bits", "embedding_bits")
@@ -119,17 +117,17 @@ class SearchSpace(BaseModel):
     @field_validator("sparsity")
     @classmethod
     def _check_sparsity(cls, v: list[str]) -> list[str]:
-        bad = [s for s in v if s not in SPARSITY_KINDS]
+        bad = [s for s in v if s not in SPARSITY_KIND]
         if bad:
-            raise ValueError(f"unknown sparsity kind(s) {bad}; allowed: {list(SPARSITY_KINDS)}")
+            raise ValueError(f"unknown sparsity kind(s) {bad}; allowed: {list(SPARSITY_KIND.names)}")
         return v
 
     @field_validator("distill")
     @classmethod
     def _check_distill(cls, v: list[str]) -> list[str]:
-        bad = [s for s in v if s not in DISTILL_KINDS]
+        bad = [s for s in v if s not in DISTILL_KIND]
         if bad:
-            raise ValueError(f"unknown distill kind(s) {bad}; allowed: {list(DISTILL_KINDS)}")
+            raise ValueError(f"unknown distill kind(s) {bad}; allowed: {list(DISTILL_KIND.names)}")
         return v
 
     @model_validator(mode="after")
@@ -210,12 +208,13 @@ def suggest(trial: TrialLike, space: SearchSpace) -> Candidate:
 
     sp_kind = str(trial.suggest_categorical("sparsity", space.sparsity))
     amount = 0.0
-    if sp_kind in ("magnitude", "heads", "ffn"):
+    sp_term = SPARSITY_KIND[sp_kind]
+    if sp_term.takes_amount:
         amount = round(_float_range(trial, "sparsity_amount", space.sparsity_amount), 4)
         if sp_kind == "heads" and round(n_heads * amount) >= n_heads:
             amount = round((n_heads - 1) / n_heads, 4)
-    elif sp_kind == "2:4":
-        amount = 0.5
+    elif sp_term.fixed_amount is not None:
+        amount = sp_term.fixed_amount
 
     dk = str(trial.suggest_categorical("distill", space.distill))
     distill: dict[str, Any] = {"kind": dk}
@@ -233,7 +232,7 @@ def suggest(trial: TrialLike, space: SearchSpace) -> Candidate:
         pooling=str(trial.suggest_categorical("pooling", space.pooling)),  # type: ignore[arg-type]
         attention=AttentionConfig(**attn),
         quant=quant,
-        sparsity=PruneConfig(kind=sp_kind, amount=amount),  # type: ignore[arg-type]
+        sparsity=PruneConfig(kind=sp_kind, amount=amount),
         distill=DistillConfig(**distill),
     )
 

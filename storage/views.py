@@ -17,6 +17,7 @@ from typing import Any
 
 from nas.config import Candidate
 from nas.records import RungReport, TrialResult, sum_known
+from nas.vocab import OBJECTIVE
 
 __all__ = [
     "NO_HARDWARE",
@@ -37,10 +38,9 @@ __all__ = [
 
 #: The hardware fingerprint of a trial that has no inference measurement.
 NO_HARDWARE = "unknown"
-#: Metric names a study may optimise (the keys of :meth:`nas.records.TrialResult.objectives`).
-OBJECTIVE_NAMES: tuple[str, ...] = tuple(
-    TrialResult(candidate=Candidate(), task="", status="COMPLETE").objectives().keys()
-)
+#: Metric names a study may optimise or filter on (:data:`nas.vocab.OBJECTIVE`, the keys of
+#: :meth:`nas.records.TrialResult.objectives`).
+OBJECTIVE_NAMES: tuple[str, ...] = OBJECTIVE.names
 #: Metrics that are stored, shown and filterable but never optimised (the keys of
 #: :meth:`nas.records.TrialResult.reported`): test accuracy and macro-F1, and the dev majority-class rate.
 REPORTED_NAMES: tuple[str, ...] = tuple(

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # module prefix -> forbidden import prefixes
 RULES = {
+    "nas.vocab": ["torch", "optuna", "sqlalchemy", "ray", "numpy", "transformers", "evaluators", "storage", "search_spaces", "dashboards", "nas.config", "nas.models", "nas.compress", "nas.runner", "nas.export", "nas.cli"],
     "nas.errors": ["torch", "optuna", "sqlalchemy", "ray", "transformers", "evaluators", "storage", "search_spaces", "dashboards"],
     "nas.config": ["torch", "optuna", "sqlalchemy", "ray", "transformers", "evaluators", "storage", "search_spaces", "dashboards"],
     "nas.records": ["torch", "optuna", "sqlalchemy", "ray", "transformers", "evaluators", "storage", "search_spaces", "dashboards"],

@@ -1,14 +1,8 @@
 """Energy meters: one small interface, several backends, and :func:`make_meter` to pick one.
 
-===========================  =================================================================  ===========
-meter name (reading)         what it reads                                                      estimate?
-===========================  =================================================================  ===========
-``nvml-counter``             GPU board energy counter (mJ), Volta and newer                     no
-``nvml-power-integrated``    GPU board power polled and integrated (trapezoid)                  no
-``codecarbon``               CPU + GPU + RAM (CodeCarbon, offline) plus CO2eq                   yes, partly
-``estimate``                 CPU TDP x process utilisation                                      yes
-``none``                     nothing (``energy_j`` is None)                                     --
-===========================  =================================================================  ===========
+The meter names (``--meter``) and the names a reading carries are listed once, with what each reads, in
+:data:`nas.vocab.METER` and :data:`nas.vocab.METER_READING` (tables: ``docs/vocabularies.md``); each name
+has one factory in :data:`METER_FACTORIES`.
 
 Importing this package imports neither torch, pynvml nor codecarbon; each backend imports its library
 when it is built.
@@ -17,13 +11,15 @@ when it is built.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from evaluators.meters.base import EnergyMeter, NoneMeter, synchronize
 from evaluators.meters.codecarbon import CodeCarbonMeter
 from evaluators.meters.estimate import ESTIMATE_NOTE, EstimateMeter
 from evaluators.meters.nvml import CounterNotSupportedError, NvmlCounterMeter, NvmlPowerMeter
-from nas.errors import ConfigError, MeterUnavailableError
+from nas.errors import MeterUnavailableError
+from nas.vocab import METER, Registry
 
 if TYPE_CHECKING:
     from nas.config import MeasureConfig
@@ -37,14 +33,20 @@ __all__ = [
     "NoneMeter",
     "make_meter",
     "METER_CHOICES",
+    "METER_FACTORIES",
     "ESTIMATE_NOTE",
     "synchronize",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Names :func:`make_meter` accepts (``MeasureConfig.meter`` and ``--meter``).
-METER_CHOICES: tuple[str, ...] = ("auto", "nvml", "nvml-counter", "nvml-power", "codecarbon", "estimate", "none")
+#: Names :func:`make_meter` accepts (``MeasureConfig.meter`` and ``--meter``): :data:`nas.vocab.METER`.
+METER_CHOICES: tuple[str, ...] = METER.names
+
+#: How each meter name is built: ``(cfg, device) -> meter``.
+MeterFactory = Callable[["MeasureConfig", str], EnergyMeter]
+#: One factory per name of :data:`nas.vocab.METER`.
+METER_FACTORIES: Registry[MeterFactory] = Registry(METER, "meter factory")
 
 
 def make_meter(name: str, cfg: MeasureConfig, *, device: str = "cpu") -> EnergyMeter:
@@ -69,32 +71,46 @@ def make_meter(name: str, cfg: MeasureConfig, *, device: str = "cpu") -> EnergyM
         ConfigError: ``name`` is not a known meter.
     """
     key = name.strip().lower()
-    if key == "auto":
-        return _auto(cfg, device)
-    if key == "none":
-        return NoneMeter(device)
-    if key == "estimate":
-        return EstimateMeter(device, tdp_w=cfg.cpu_tdp_w)
-    if key == "nvml-counter":
-        return NvmlCounterMeter(device, flag=key)
-    if key == "nvml-power":
-        return NvmlPowerMeter(device, flag=key)
-    if key == "nvml":
-        try:
-            return NvmlCounterMeter(device, flag=key)
-        except CounterNotSupportedError as e:
-            logger.info("--meter nvml: %s; integrating power instead", e)
-            return NvmlPowerMeter(device, flag=key)
-    if key == "codecarbon":
-        return CodeCarbonMeter(device, country_iso_code=cfg.country_iso_code, flag=key)
-    raise ConfigError(
-        "unknown energy meter",
-        field="meter",
-        value=name,
-        fix=f"use one of {', '.join(METER_CHOICES)}",
-    )
+    if key not in METER_FACTORIES:
+        raise METER.unknown(name)
+    return METER_FACTORIES[key](cfg, device)
 
 
+@METER_FACTORIES.register("none")
+def _none(cfg: MeasureConfig, device: str) -> EnergyMeter:
+    return NoneMeter(device)
+
+
+@METER_FACTORIES.register("estimate")
+def _estimate(cfg: MeasureConfig, device: str) -> EnergyMeter:
+    return EstimateMeter(device, tdp_w=cfg.cpu_tdp_w)
+
+
+@METER_FACTORIES.register("nvml-counter")
+def _nvml_counter(cfg: MeasureConfig, device: str) -> EnergyMeter:
+    return NvmlCounterMeter(device, flag="nvml-counter")
+
+
+@METER_FACTORIES.register("nvml-power")
+def _nvml_power(cfg: MeasureConfig, device: str) -> EnergyMeter:
+    return NvmlPowerMeter(device, flag="nvml-power")
+
+
+@METER_FACTORIES.register("nvml")
+def _nvml(cfg: MeasureConfig, device: str) -> EnergyMeter:
+    try:
+        return NvmlCounterMeter(device, flag="nvml")
+    except CounterNotSupportedError as e:
+        logger.info("--meter nvml: %s; integrating power instead", e)
+        return NvmlPowerMeter(device, flag="nvml")
+
+
+@METER_FACTORIES.register("codecarbon")
+def _codecarbon(cfg: MeasureConfig, device: str) -> EnergyMeter:
+    return CodeCarbonMeter(device, country_iso_code=cfg.country_iso_code, flag="codecarbon")
+
+
+@METER_FACTORIES.register("auto")
 def _auto(cfg: MeasureConfig, device: str) -> EnergyMeter:
     if device.startswith("cuda"):
         try:
@@ -115,3 +131,6 @@ def _auto(cfg: MeasureConfig, device: str) -> EnergyMeter:
         logger.debug("meter auto: codecarbon is not installed")
     logger.debug("meter auto: using the TDP x utilisation estimate")
     return EstimateMeter(device, tdp_w=cfg.cpu_tdp_w)
+
+
+METER_FACTORIES.require_complete()

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -19,6 +18,7 @@ from rich.markup import escape
 
 from dashboards.limits import LaunchLimits
 from nas.errors import NASError
+from nas.vocab import EXPORT_CHOICE, METER
 
 app = typer.Typer(
     name="nas",
@@ -45,23 +45,13 @@ SearchDbOpt = Annotated[
 ]
 
 
-class Meter(str, Enum):
-    """Choices of ``--meter`` (see :func:`evaluators.meters.make_meter`)."""
-
-    auto = "auto"
-    nvml = "nvml"
-    codecarbon = "codecarbon"
-    estimate = "estimate"
-    none = "none"
-
-
-class Format(str, Enum):
-    """Choices of ``nas export --format``; ``all`` exports every format."""
-
-    onnx = "onnx"
-    torchscript = "torchscript"
-    hf = "hf"
-    all = "all"
+# Choices come from nas.vocab (typer reads a Literal; mypy sees the plain str the option holds).
+if TYPE_CHECKING:
+    MeterName = str
+    FormatName = str
+else:
+    MeterName = METER.literal()
+    FormatName = EXPORT_CHOICE.literal()
 
 
 def _print_json(obj: Any) -> None:
@@ -90,7 +80,7 @@ def trial(
     batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 32,
     lr: Annotated[float, typer.Option(min=1e-7, help="Peak learning rate (AdamW).")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed for data, init and order.")] = 0,
-    meter: Annotated[Meter, typer.Option(help="Energy meter; only auto falls back quietly.")] = Meter.auto,
+    meter: Annotated[MeterName, typer.Option(help="Energy meter; only auto falls back quietly.")] = "auto",
     measure_batch: Annotated[int, typer.Option(min=1, help="Batch size of the energy measurement.")] = 32,
     measure_seq: Annotated[int, typer.Option(min=1, help="Sequence length of the energy measurement.")] = 64,
     window_s: Annotated[float, typer.Option(min=0.05, help="Seconds per measurement window.")] = 1.0,
@@ -104,7 +94,7 @@ def trial(
 
     cand = load_candidate(candidate) if candidate is not None else default_candidate()
     train_cfg = TrainConfig(steps=steps, max_seconds=seconds, batch_size=batch_size, lr=lr, seed=seed, device=device)
-    measure_cfg = MeasureConfig(meter=meter.value, batch_size=measure_batch, seq_len=measure_seq,
+    measure_cfg = MeasureConfig(meter=meter, batch_size=measure_batch, seq_len=measure_seq,
                                 window_s=window_s, n_windows=windows)
     from nas.runner.checks import check_trial_inputs
 
@@ -236,7 +226,7 @@ def export(
     study: Annotated[str, typer.Argument(help="Study name.")],
     trial_number: Annotated[int, typer.Argument(metavar="TRIAL", help="Trial number.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")],
-    fmt: Annotated[Format, typer.Option("--format", help="onnx, torchscript, hf or all.")] = Format.all,
+    fmt: Annotated[FormatName, typer.Option("--format", help="A format, or all of them.")] = "all",
     db: DbOpt = DEFAULT_DB,
     retrain: Annotated[int | None, typer.Option(min=1, help="Train this many more steps, then re-measure.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite a non-empty --out.")] = False,
@@ -244,7 +234,7 @@ def export(
     """Export a stored trial (ONNX, TorchScript, HF folder) with a parity check and a model card."""
     from nas.export import export_trial
 
-    report = export_trial(study, trial_number, out_dir, fmt=fmt.value, db=db, retrain_steps=retrain, force=force)
+    report = export_trial(study, trial_number, out_dir, fmt=fmt, db=db, retrain_steps=retrain, force=force)
     out.print(report.describe())
 
 

@@ -21,6 +21,7 @@ heads/neurons for the same candidate every time, so ``build`` + ``apply_candidat
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -29,11 +30,12 @@ from torch.nn.utils import prune as torch_prune
 
 from nas.config import PruneConfig
 from nas.errors import ConfigError
+from nas.vocab import SPARSITY_KIND, Registry
 
 from ._util import layer_groups, num_params, qualified_names
 from .report import CompressionReport
 
-__all__ = ["WeightMask", "prune_", "magnitude_mask", "two_four_mask"]
+__all__ = ["WeightMask", "prune_", "magnitude_mask", "two_four_mask", "PRUNERS", "Pruner"]
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,42 @@ def _mask_linears(model: nn.Module, kind: str, amount: float) -> dict[str, objec
     return details
 
 
+#: How a sparsity kind prunes: ``(model, amount) -> (details, kernels, simulated)``.
+Pruner = Callable[[nn.Module, float], tuple[dict[str, object], str, bool]]
+#: One :data:`Pruner` per name of :data:`nas.vocab.SPARSITY_KIND`.
+PRUNERS: Registry[Pruner] = Registry(SPARSITY_KIND, "pruner")
+
+
+@PRUNERS.register("none")
+def _none(model: nn.Module, amount: float) -> tuple[dict[str, object], str, bool]:
+    return {}, "dense fp32 (no pruning)", False
+
+
+@PRUNERS.register("heads")
+def _heads(model: nn.Module, amount: float) -> tuple[dict[str, object], str, bool]:
+    return _prune_heads(model, amount), "structured head pruning (physically smaller dense matrices)", False
+
+
+@PRUNERS.register("ffn")
+def _ffn(model: nn.Module, amount: float) -> tuple[dict[str, object], str, bool]:
+    return _prune_ffn(model, amount), "structured FFN-neuron pruning (physically smaller dense matrices)", False
+
+
+@PRUNERS.register("magnitude")
+def _magnitude(model: nn.Module, amount: float) -> tuple[dict[str, object], str, bool]:
+    return (_mask_linears(model, "magnitude", amount),
+            f"unstructured magnitude mask {amount:.0%} (dense kernels, no energy saving)", True)
+
+
+@PRUNERS.register("2:4")
+def _two_four(model: nn.Module, amount: float) -> tuple[dict[str, object], str, bool]:
+    return (_mask_linears(model, "2:4", 0.5),
+            "2:4 semi-structured mask (dense kernels; no 2:4 sparse kernel used)", True)
+
+
+PRUNERS.require_complete()
+
+
 def prune_(model: nn.Module, prune_config: PruneConfig) -> CompressionReport:
     """Prune a model in place (see the module docstring for each kind).
 
@@ -184,32 +222,18 @@ def prune_(model: nn.Module, prune_config: PruneConfig) -> CompressionReport:
         still multiply the zeros. Structured kinds are ``simulated=False``: the matrices are smaller.
 
     Raises:
-        ConfigError: If the config is not a PruneConfig, a structured prune would remove every head, or
-            the layers are already quantized/masked before structured pruning.
+        ConfigError: If the config is not a PruneConfig, its kind is unknown, a structured prune would
+            remove every head, or the layers are already quantized/masked before structured pruning.
     """
     if not isinstance(prune_config, PruneConfig):
         raise ConfigError(f"prune_ needs a PruneConfig, got {type(prune_config).__name__}",
                           field="prune_config", fix="pass nas.config.PruneConfig(...)")
     before = num_params(model)
     kind, amount = prune_config.kind, prune_config.amount
-    if kind == "none":
-        return CompressionReport(kernels="dense fp32 (no pruning)", simulated=False, params_before=before,
+    details, kernels, simulated = PRUNERS.lookup(kind)(model, amount)
+    if prune_config.is_noop:
+        return CompressionReport(kernels=kernels, simulated=simulated, params_before=before,
                                  params_after=before, details={"step": "prune", "kind": "none"})
-    if kind == "heads":
-        details = _prune_heads(model, amount)
-        kernels, simulated = "structured head pruning (physically smaller dense matrices)", False
-    elif kind == "ffn":
-        details = _prune_ffn(model, amount)
-        kernels, simulated = "structured FFN-neuron pruning (physically smaller dense matrices)", False
-    elif kind == "magnitude":
-        details = _mask_linears(model, kind, amount)
-        kernels, simulated = (f"unstructured magnitude mask {amount:.0%} (dense kernels, no energy saving)", True)
-    elif kind == "2:4":
-        details = _mask_linears(model, kind, 0.5)
-        kernels, simulated = "2:4 semi-structured mask (dense kernels; no 2:4 sparse kernel used)", True
-    else:
-        raise ConfigError("unknown sparsity kind", field="sparsity.kind", value=kind,
-                          fix="use none, magnitude, heads, ffn or 2:4")
     after = num_params(model)
     log.info("prune_ %s(%.2f): params %d -> %d", kind, amount, before, after)
     return CompressionReport(kernels=kernels, simulated=simulated, params_before=before, params_after=after,

@@ -17,8 +17,10 @@ also holds ``README.md`` (the model card), ``metrics.json`` and ``candidate.json
 
 from __future__ import annotations
 
+from . import hf, onnx, torchscript  # noqa: F401  (each module registers its exporter in EXPORTERS)
 from .base import ExportedFile, Exporter, ExportInputs
-from .core import EXPORTERS, FORMATS, ExportReport, export_trial
+from .core import ExportReport, export_trial
+from .formats import EXPORTERS, FORMATS, register_exporter
 from .loaded import LoadedModel, load
 from .parity import MIN_AGREEMENT, ParityResult
 
@@ -33,5 +35,8 @@ __all__ = [
     "ExportInputs",
     "EXPORTERS",
     "FORMATS",
+    "register_exporter",
     "MIN_AGREEMENT",
 ]
+
+EXPORTERS.require_complete()

@@ -24,22 +24,16 @@ import numpy as np
 from nas.errors import ConfigError, ExportError
 from nas.records import TrialResult
 
-from .base import ExportedFile, Exporter, ExportInputs
+from .base import ExportedFile, ExportInputs
 from .card import CardInputs, energy_label, fmt, metrics_json, render_card
-from .hf import HFExporter
-from .onnx import OnnxExporter
+from .formats import EXPORTERS, FORMATS
 from .parity import MIN_AGREEMENT, ParityResult, batches, check_parity, reference_logits
 from .source import db_for_command, load_task_for, load_weights, open_trial
-from .torchscript import TorchScriptExporter
 
 __all__ = ["FORMATS", "EXPORTERS", "ExportReport", "export_trial"]
 
 log = logging.getLogger(__name__)
 
-#: Exporters by ``--format`` name, in the order ``all`` writes them.
-EXPORTERS: dict[str, type[Exporter]] = {"onnx": OnnxExporter, "torchscript": TorchScriptExporter, "hf": HFExporter}
-#: Every ``--format`` value.
-FORMATS: tuple[str, ...] = (*EXPORTERS, "all")
 
 
 @dataclass(frozen=True)

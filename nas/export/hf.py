@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 
 from .base import ExportedFile, Exporter, ExportInputs
+from .formats import register_exporter
 from .loaded import load
 
 __all__ = ["HFExporter"]
 
 
+@register_exporter("hf")
 class HFExporter(Exporter):
     """``hf/``: ``config.json``, ``model.safetensors`` and the tokenizer files (see :mod:`.loaded`)."""
-
-    name: ClassVar[str] = "hf"
 
     def export(self, inputs: ExportInputs, folder: Path) -> list[ExportedFile]:
         """Save the Hugging Face folder; parity runs it reloaded through :func:`nas.load`."""

@@ -31,6 +31,7 @@ from nas.errors import ExportError
 from nas.models import LogitsOnly
 
 from .base import ExportedFile, Exporter, ExportInputs, Runner
+from .formats import register_exporter
 
 __all__ = ["OnnxExporter", "OPSET", "onnx_runner", "int8_groups"]
 
@@ -72,10 +73,10 @@ class _DropOrtAdvice(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
+@register_exporter("onnx")
 class OnnxExporter(Exporter):
     """``onnx/model.onnx`` (and ``onnx/model.int8.onnx`` for 8-bit candidates)."""
 
-    name: ClassVar[str] = "onnx"
     requires: ClassVar[tuple[str, ...]] = ("onnx", "onnxscript", "onnxruntime")
 
     def export(self, inputs: ExportInputs, folder: Path) -> list[ExportedFile]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from nas.errors import ExportError
 from nas.models import LogitsOnly
 
 from .base import ExportedFile, Exporter, ExportInputs, Runner
+from .formats import register_exporter
 
 __all__ = ["TorchScriptExporter", "torchscript_runner"]
 
@@ -41,10 +41,9 @@ def torchscript_runner(path: Path) -> tuple[Runner, str]:
     return run, f"torch.jit.load (torch {torch.__version__}, CPU)"
 
 
+@register_exporter("torchscript")
 class TorchScriptExporter(Exporter):
     """``torchscript/model.pt``: ``module(input_ids, attention_mask) -> logits``."""
-
-    name: ClassVar[str] = "torchscript"
 
     def export(self, inputs: ExportInputs, folder: Path) -> list[ExportedFile]:
         """Trace ``LogitsOnly(model)`` on the example batch and save ``torchscript/model.pt``."""

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from nas.config import Candidate
 from nas.errors import ConfigError
+from nas.vocab import ATTENTION_KIND, Registry
 
 __all__ = [
     "ATTENTION_REGISTRY",
@@ -42,8 +43,8 @@ __all__ = [
     "LowRankAttention",
 ]
 
-#: kind name (``AttentionConfig.kind``) -> attention class.
-ATTENTION_REGISTRY: dict[str, type[Attention]] = {}
+#: kind name (``AttentionConfig.kind``, one of :data:`nas.vocab.ATTENTION_KIND`) -> attention class.
+ATTENTION_REGISTRY: Registry[type[Attention]] = Registry(ATTENTION_KIND, "attention class")
 
 A = TypeVar("A", bound="type[Attention]")
 
@@ -52,24 +53,19 @@ def register_attention(kind: str) -> Callable[[A], A]:
     """Class decorator that registers an attention module under ``kind``.
 
     Args:
-        kind: The ``attention.kind`` value that selects this class.
+        kind: The ``attention.kind`` value that selects this class (a name of
+            :data:`nas.vocab.ATTENTION_KIND`).
 
     Returns:
         The decorator; it returns the class unchanged.
 
     Raises:
-        ConfigError: If ``kind`` is already registered.
+        ConfigError: If ``kind`` is not in the vocabulary or is already registered.
     """
+    add = ATTENTION_REGISTRY.register(kind)
 
     def deco(cls: A) -> A:
-        if kind in ATTENTION_REGISTRY:
-            raise ConfigError(
-                f"attention kind {kind!r} is already registered by {ATTENTION_REGISTRY[kind].__name__}",
-                field="attention.kind",
-                value=kind,
-                fix="register the new class under a different kind name",
-            )
-        ATTENTION_REGISTRY[kind] = cls
+        add(cls)
         cls.kind = kind
         return cls
 
@@ -313,3 +309,6 @@ class LowRankAttention(Attention):
         v_low = self.projected_kv(F_ @ v)  # (B, nh, k, hs)
         y, _ = self._masked_softmax_attend(q, k_low, v_low, None, False)  # (B, nh, T, hs)
         return y, None
+
+
+ATTENTION_REGISTRY.require_complete()

@@ -76,16 +76,9 @@ class Block(nn.Module):
 
     def __init__(self, config: Candidate) -> None:
         super().__init__()
-        kind = config.attention.kind
-        if kind not in ATTENTION_REGISTRY:
-            raise ConfigError(
-                "unknown attention kind",
-                field="attention.kind",
-                value=kind,
-                fix=f"use one of {sorted(ATTENTION_REGISTRY)}",
-            )
+        attention_class = ATTENTION_REGISTRY.lookup(config.attention.kind)
         self.ln_1 = nn.LayerNorm(config.d_model)
-        self.attn: Attention = ATTENTION_REGISTRY[kind](config)
+        self.attn: Attention = attention_class(config)
         self.ln_2 = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config)
         self.resid_dropout = nn.Dropout(config.dropout)

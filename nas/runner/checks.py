@@ -20,13 +20,14 @@ from pydantic import ValidationError
 
 from nas.errors import ConfigError, DataError, NASError, SearchError
 from nas.spec import StudySpec
+from nas.vocab import SPARSITY_KIND
 
 __all__ = ["check_search_inputs", "check_trial_inputs", "check_constraints", "check_space", "check_teacher",
            "check_ray_address", "check_task", "check_artefacts_dir", "check_writable_folder"]
 
 #: Seconds to wait for a TCP answer from a ``HOST:PORT`` Ray address.
 RAY_CONNECT_TIMEOUT_S = 5.0
-_AMOUNT_KINDS = ("magnitude", "heads", "ffn")
+_AMOUNT_KINDS = SPARSITY_KIND.where(lambda t: t.takes_amount)
 
 
 def check_search_inputs(spec: StudySpec, *, db: str, ray_address: str | None = None) -> None:

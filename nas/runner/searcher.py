@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +23,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from nas.errors import NASError
 from nas.runner.protocol import TrialConfig, TrialReport
+from nas.runner.samplers import make_sampler
 from search_spaces import SearchSpace, suggest
 from storage import candidate_hash
 
@@ -39,16 +39,6 @@ def sampler_seed(seed: int, study: str, n_told: int) -> int:
     was told so far, so that a resumed or re-run study draws new candidates instead of replaying."""
     digest = hashlib.sha256(f"{seed}:{study}:{n_told}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
-
-
-def make_sampler(kind: str, seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
-    if kind == "tpe":
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials, multivariate=True,
-                                          group=True, constant_liar=True)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup_trials))
-    return optuna.samplers.RandomSampler(seed=seed)
 
 
 class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]

@@ -1,0 +1,39 @@
+"""Exporters by ``--format`` name.
+
+One :class:`~nas.export.base.Exporter` per name of :data:`nas.vocab.EXPORT_FORMAT`, registered with
+:func:`register_exporter` where it is defined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from nas.vocab import EXPORT_CHOICE, EXPORT_FORMAT, Registry
+
+from .base import Exporter
+
+__all__ = ["EXPORTERS", "FORMATS", "register_exporter"]
+
+#: Exporters by ``--format`` name, in the order ``all`` writes them (the vocabulary's order).
+EXPORTERS: Registry[type[Exporter]] = Registry(EXPORT_FORMAT, "exporter")
+#: Every ``--format`` value (the formats, then ``all``).
+FORMATS: tuple[str, ...] = EXPORT_CHOICE.names
+
+X = TypeVar("X", bound="type[Exporter]")
+
+
+def register_exporter(name: str) -> Callable[[X], X]:
+    """Class decorator: the exporter of format ``name``, which becomes its :attr:`Exporter.name`.
+
+    Raises:
+        ConfigError: ``name`` is not in :data:`nas.vocab.EXPORT_FORMAT`, or already has an exporter.
+    """
+    add = EXPORTERS.register(name)
+
+    def deco(cls: X) -> X:
+        add(cls)
+        cls.name = name
+        return cls
+
+    return deco
