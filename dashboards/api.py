@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 
+import nas.export
 from dashboards.context import AppContext
 from dashboards.launch import LaunchLimitError, check_http_spec, inside, path_under
 from dashboards.plots import figures_for
@@ -278,16 +279,12 @@ def export(
         out_dir = path_under(exports, study, f"trial_{trial:05d}_{format}", field="study")
     except ConfigError as e:
         raise HTTPException(400, str(e)) from e
-    try:
-        from nas.export import export_trial
-    except ImportError as e:
-        raise HTTPException(501, f"export is not available in this build: {e}") from e
     key = (study, trial, format)
     lock = ctx.export_locks.setdefault(key, threading.Lock())
     with lock:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
-            export_trial(study, trial, out_dir, fmt=format, db=ctx.db, force=True)
+            nas.export.export_trial(study, trial, out_dir, fmt=format, db=ctx.db, force=True)
         except NASError as e:
             raise HTTPException(422, f"export failed: {e}") from e
         if not out_dir.is_dir() or not inside(exports, out_dir):

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nas.errors import ConfigError
@@ -336,8 +337,6 @@ def validate(model: type[M], data: Any, *, source: str = "config") -> M:
 
 def load_yaml(path: str | Path, *, what: str = "the candidate's keys, e.g. n_layers: 2") -> Any:
     """Read a YAML file; errors name the file (and line) and say what to fix (``what`` goes in it)."""
-    import yaml
-
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: file not found", fix="check the path")

@@ -482,13 +482,6 @@ def test_export_errors(client: TestClient, fake_export: list[dict[str, Any]], ur
     assert r.status_code == status, r.text
 
 
-def test_export_not_built_yet_is_501(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nas.export
-
-    monkeypatch.delattr(nas.export, "export_trial", raising=False)
-    assert client.post(f"/api/studies/{STUDY}/trials/0/export", headers=JSON).status_code == 501
-
-
 # ------------------------------------------------------------------------------------------- optuna
 def test_optuna_can_load_the_study_from_the_same_url(tmp_path: Path, make_result: Callable[..., TrialResult]) -> None:
     optuna = pytest.importorskip("optuna")
