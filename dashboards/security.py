@@ -160,6 +160,27 @@ class _TooLarge(Exception):
     pass
 
 
+def _declared_length_problem(headers: Iterable[tuple[bytes, bytes]], max_bytes: int) -> tuple[int, str] | None:
+    """Check the declared ``Content-Length`` before any of the body is read.
+
+    Args:
+        headers: The request's raw ASGI headers.
+        max_bytes: The largest body accepted.
+
+    Returns:
+        ``(status, detail)`` to answer with (400 for a non-number, 413 for too large), or None when fine.
+    """
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                return 400, "Content-Length is not a number"
+            if declared > max_bytes:
+                return 413, f"the request body is larger than {max_bytes} bytes"
+    return None
+
+
 class BodyLimit:
     """Answers 413 once a request body grows past ``max_bytes`` (declared or streamed)."""
 
@@ -172,16 +193,10 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         message = f"the request body is larger than {self.max_bytes} bytes"
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    await _send_json(send, 400, "Content-Length is not a number")
-                    return
-                if declared > self.max_bytes:
-                    await _send_json(send, 413, message)
-                    return
+        problem = _declared_length_problem(scope["headers"], self.max_bytes)
+        if problem is not None:
+            await _send_json(send, *problem)
+            return
         received = 0
         started = False
 
