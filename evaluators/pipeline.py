@@ -151,7 +151,7 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
         TrialFailedError: training failed; ``partial`` holds the cost of what ran.
     """
     from evaluators.train import train
-    from nas.compress import apply_candidate_compression
+    from nas.compress import applied_compression, apply_candidate_compression
 
     candidate: Candidate = model.candidate  # type: ignore[assignment]
     teacher_training = teacher.take_training() if teacher is not None else None
@@ -163,7 +163,7 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
         return book.summary(steps=steps, final_loss=losses[-1], teacher=getattr(teacher, "name", None),
                             rung_accuracies=tuple(rung_acc), teacher_training=teacher_training)
 
-    compressed = hasattr(model, "compression_report")
+    compressed = applied_compression(model) is not None
     compress = not (candidate.quant.is_noop and candidate.sparsity.is_noop) and not compressed
     total = train_cfg.steps
     book.start()
@@ -188,7 +188,7 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
             losses.append(res.final_loss)
             if res.stopped_early:
                 return Trained(summary(), stopped=True)
-        if compress and not hasattr(model, "compression_report"):
+        if compress and applied_compression(model) is None:
             apply_candidate_compression(model)  # a one-step budget: compress before evaluating
     except Exception as e:
         raise _failure(e, TrialResult(candidate=candidate, task=task.name, status="FAIL", train=summary())) from e

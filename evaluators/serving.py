@@ -50,10 +50,10 @@ def serving_copy(model: Any, candidate: Candidate, device: str) -> tuple[Any, st
     """
     import torch
 
-    from nas.compress import convert_int8_for_cpu, materialize_
+    from nas.compress import applied_compression, convert_int8_for_cpu, materialize_
 
     serving = copy.deepcopy(model).eval()
-    rep = getattr(model, "compression_report", None)
+    rep = applied_compression(model)
     kernels = rep.kernels if rep is not None else "dense fp32 (torch eager)"
     simulated = bool(rep.simulated) if rep is not None else False
     if rep is not None:

@@ -23,6 +23,8 @@ def save_trial_weights(folder: str | Path, model: Any, candidate: Candidate, tas
     """
     from safetensors.torch import save_file
 
+    from nas.compress import applied_compression
+
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -32,7 +34,7 @@ def save_trial_weights(folder: str | Path, model: Any, candidate: Candidate, tas
     (out / "labels.json").write_text(json.dumps({
         "label_names": list(task.label_names), "num_labels": task.num_labels, "max_len": task.max_len,
         "vocab_size": task.vocab_size, "task": task.name,
-        "compressed": hasattr(model, "compression_report"),
+        "compressed": applied_compression(model) is not None,
     }, indent=2))
     return out
 
