@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -81,18 +82,39 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def front_figure(trials: Sequence[TrialView], front_numbers: set[int]) -> dict[str, Any]:
-    """Accuracy against inference J/sample (log x) for every COMPLETE trial.
+_FRONT_HOVER = ("<b>trial %{customdata[0]}</b> · %{customdata[4]}<br>%{customdata[1]}<br>"
+                "test accuracy %{customdata[5]} · dev accuracy %{y:.4f}<br>%{x:.3e} J/sample, %{customdata[2]}<br>"
+                "%{customdata[3]}<extra></extra>")
 
-    Front members are drawn solid (``meta.role == "front"``), dominated trials faded
-    (``"dominated"``). Colour is the attention type, symbol the weight bit-width; open symbols mark
-    energy that is an estimate. The y axis is the dev accuracy the front is selected on; hover shows
-    the test accuracy beside it (``customdata[5]``) and the candidate; ``customdata[0]`` is the trial
-    number.
+
+@dataclass(frozen=True)
+class _FrontPoints:
+    """The drawable points of :func:`front_figure`, grouped for its traces.
+
+    Attributes:
+        groups: ``(attention, on_front)`` -> columns ``x``, ``y``, ``symbol``, ``customdata``.
+        lines: Hardware fingerprint -> ``(J/sample, accuracy)`` of its front members.
+        skipped: COMPLETE trials lacking accuracy or J/sample.
+        any_estimate: Whether any drawn energy is an estimate.
+        bits_seen: Weight bit-widths of the drawn trials.
+    """
+
+    groups: dict[tuple[str, bool], dict[str, list[Any]]]
+    lines: dict[str, list[tuple[float, float]]]
+    skipped: int
+    any_estimate: bool
+    bits_seen: set[Any]
+
+
+def _front_points(trials: Sequence[TrialView], front_numbers: set[int]) -> _FrontPoints:
+    """Group the COMPLETE trials that have accuracy and J/sample by attention type and front membership.
 
     Args:
-        trials: The study's trials (any state; only COMPLETE ones with both values are drawn).
-        front_numbers: Trial numbers on the Pareto front (per hardware, as ``Store.front`` gives).
+        trials: The study's trials (any state).
+        front_numbers: Trial numbers on the Pareto front.
+
+    Returns:
+        The points, the front lines per hardware, and what the notes under the figure need.
     """
     groups: dict[tuple[str, bool], dict[str, list[Any]]] = {}
     lines: dict[str, list[tuple[float, float]]] = {}
@@ -109,24 +131,42 @@ def front_figure(trials: Sequence[TrialView], front_numbers: set[int]) -> dict[s
             skipped += 1
             continue
         on_front = t.number in front_numbers
-        att = str(v.get("attention") or "?")
         estimate = bool(t.is_estimate)
         any_estimate |= estimate
         bits_seen.add(v.get("weight_bits"))
-        g = groups.setdefault((att, on_front), {"x": [], "y": [], "symbol": [], "customdata": []})
+        g = groups.setdefault((str(v.get("attention") or "?"), on_front),
+                              {"x": [], "y": [], "symbol": [], "customdata": []})
         g["x"].append(x)
         g["y"].append(y)
         g["symbol"].append(_symbol(v.get("weight_bits"), estimate))
-        label = f"ESTIMATE ({t.meter})" if estimate else f"measured ({t.meter or 'no meter'})"
-        test = v.get("test_accuracy")
-        g["customdata"].append([t.number, describe_candidate(t.candidate), label, t.hardware_fingerprint or "",
-                                "on the Pareto front" if on_front else "off the front",
-                                f"{test:.4f}" if _finite(test) else "not measured"])
+        g["customdata"].append(_point_customdata(t, v, on_front, estimate))
         if on_front:
             lines.setdefault(t.hardware_fingerprint or "", []).append((float(x), float(y)))
-    if not groups:
-        return _empty("no complete trial with accuracy and J/sample yet")
+    return _FrontPoints(groups=groups, lines=lines, skipped=skipped, any_estimate=any_estimate,
+                        bits_seen=bits_seen)
 
+
+def _point_customdata(t: TrialView, v: Mapping[str, Any], on_front: bool, estimate: bool) -> list[Any]:
+    """The hover fields of one point (see :func:`front_figure` for their order).
+
+    Args:
+        t: The trial.
+        v: Its values (``t.values()``).
+        on_front: Whether it is on the Pareto front.
+        estimate: Whether its energy is an estimate.
+
+    Returns:
+        ``[number, candidate, energy label, hardware, front text, test accuracy text]``.
+    """
+    label = f"ESTIMATE ({t.meter})" if estimate else f"measured ({t.meter or 'no meter'})"
+    test = v.get("test_accuracy")
+    return [t.number, describe_candidate(t.candidate), label, t.hardware_fingerprint or "",
+            "on the Pareto front" if on_front else "off the front",
+            f"{test:.4f}" if _finite(test) else "not measured"]
+
+
+def _front_line_traces(lines: dict[str, list[tuple[float, float]]]) -> list[dict[str, Any]]:
+    """One dotted step line through each hardware's front members (``meta.role == "front-line"``)."""
     data: list[dict[str, Any]] = []
     for hw, pts in sorted(lines.items()):
         pts.sort()
@@ -136,10 +176,12 @@ def front_figure(trials: Sequence[TrialView], front_numbers: set[int]) -> dict[s
             "hoverinfo": "skip", "showlegend": False, "name": f"front {hw}".strip(),
             "meta": {"role": "front-line", "hardware": hw},
         })
-    hover = ("<b>trial %{customdata[0]}</b> · %{customdata[4]}<br>%{customdata[1]}<br>"
-             "test accuracy %{customdata[5]} · dev accuracy %{y:.4f}<br>%{x:.3e} J/sample, %{customdata[2]}<br>"
-             "%{customdata[3]}<extra></extra>")
-    atts = sorted({a for a, _ in groups})
+    return data
+
+
+def _marker_traces(groups: dict[tuple[str, bool], dict[str, list[Any]]], atts: list[str]) -> list[dict[str, Any]]:
+    """The point traces: dominated ones (faded) first, then the front (solid), one per attention type."""
+    data: list[dict[str, Any]] = []
     for on_front in (False, True):
         for att in atts:
             group = groups.get((att, on_front))
@@ -148,13 +190,19 @@ def front_figure(trials: Sequence[TrialView], front_numbers: set[int]) -> dict[s
             colour = ATTENTION_COLOURS.get(att, _OTHER_COLOUR)
             data.append({
                 "type": "scatter", "mode": "markers", "name": att, "legendgroup": att, "showlegend": False,
-                "x": group["x"], "y": group["y"], "customdata": group["customdata"], "hovertemplate": hover,
+                "x": group["x"], "y": group["y"], "customdata": group["customdata"], "hovertemplate": _FRONT_HOVER,
                 "opacity": 1.0 if on_front else 0.45,
                 "marker": {"color": colour, "symbol": group["symbol"], "size": 13 if on_front else 10,
                            "line": {"color": "#111827" if on_front else colour, "width": 1.2 if on_front else 1.6}},
                 "meta": {"role": "front" if on_front else "dominated", "attention": att},
             })
-    for att in atts:  # legend: colour is the attention type, symbol the bit-width, kept apart
+    return data
+
+
+def _legend_traces(atts: list[str], bits_seen: set[Any]) -> list[dict[str, Any]]:
+    """Legend-only traces: colour is the attention type, symbol the bit-width, kept apart."""
+    data: list[dict[str, Any]] = []
+    for att in atts:
         data.append({
             "type": "scatter", "mode": "markers", "x": [None], "y": [None], "name": att, "legendgroup": att,
             "marker": {"color": ATTENTION_COLOURS.get(att, _OTHER_COLOUR), "symbol": "square", "size": 11},
@@ -166,11 +214,33 @@ def front_figure(trials: Sequence[TrialView], front_numbers: set[int]) -> dict[s
             "marker": {"color": "#6b7280", "symbol": _symbol(bits, False), "size": 10},
             "hoverinfo": "skip", "legendgroup": f"bits-{bits}", "meta": {"role": "legend"},
         })
+    return data
+
+
+def front_figure(trials: Sequence[TrialView], front_numbers: set[int]) -> dict[str, Any]:
+    """Accuracy against inference J/sample (log x) for every COMPLETE trial.
+
+    Front members are drawn solid (``meta.role == "front"``), dominated trials faded
+    (``"dominated"``). Colour is the attention type, symbol the weight bit-width; open symbols mark
+    energy that is an estimate. The y axis is the dev accuracy the front is selected on; hover shows
+    the test accuracy beside it (``customdata[5]``) and the candidate; ``customdata[0]`` is the trial
+    number.
+
+    Args:
+        trials: The study's trials (any state; only COMPLETE ones with both values are drawn).
+        front_numbers: Trial numbers on the Pareto front (per hardware, as ``Store.front`` gives).
+    """
+    points = _front_points(trials, front_numbers)
+    if not points.groups:
+        return _empty("no complete trial with accuracy and J/sample yet")
+    atts = sorted({a for a, _ in points.groups})
+    data = (_front_line_traces(points.lines) + _marker_traces(points.groups, atts)
+            + _legend_traces(atts, points.bits_seen))
     notes = ["solid: Pareto front · faded: off the front"]
-    if any_estimate:
+    if points.any_estimate:
         notes.append("open markers: ESTIMATED energy")
-    if skipped:
-        notes.append(f"{skipped} complete trial(s) lack accuracy or J/sample and are not drawn")
+    if points.skipped:
+        notes.append(f"{points.skipped} complete trial(s) lack accuracy or J/sample and are not drawn")
     return clean_dict({"data": data, "layout": _layout(
         xaxis=_axis("inference energy per sample (J, log scale)", type="log", exponentformat="power"),
         yaxis=_axis("dev accuracy (selected on)", tickformat=".3~p"),

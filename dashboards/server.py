@@ -115,6 +115,23 @@ def create_app(
     )
     app.state.ctx = ctx
 
+    _add_error_handlers(app)
+    _add_small_routes(app, ctx)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=_STATIC), name="static")
+    app.add_middleware(BodyLimit, max_bytes=api.MAX_BODY_BYTES)
+    app.add_middleware(Guard, token=token or None, allowed_hosts=host_policy(host, allowed_hosts))
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Turn the package's errors into JSON responses: storage errors 503, other ``NASError`` 400.
+
+    Args:
+        app: The app to add the handlers to.
+    """
+
     @app.exception_handler(StorageError)
     async def _storage_error(_request: Request, exc: StorageError) -> JSONResponse:
         log.warning("storage error: %s", exc)
@@ -123,6 +140,15 @@ def create_app(
     @app.exception_handler(NASError)
     async def _nas_error(_request: Request, exc: NASError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+
+def _add_small_routes(app: FastAPI, ctx: AppContext) -> None:
+    """Add the routes outside the API and the pages: the Plotly bundle, the favicon and ``/healthz``.
+
+    Args:
+        app: The app to add the routes to.
+        ctx: The app's context (``/healthz`` opens its store).
+    """
 
     @app.get("/static/plotly.min.js", include_in_schema=False)
     def plotly_js() -> Response:
@@ -140,13 +166,6 @@ def create_app(
         except StorageError as e:
             raise HTTPException(503, str(e)) from e
         return {"ok": True, "database": store.display_url if store else None}
-
-    app.include_router(api.router)
-    app.include_router(pages.router)
-    app.mount("/static", StaticFiles(directory=_STATIC), name="static")
-    app.add_middleware(BodyLimit, max_bytes=api.MAX_BODY_BYTES)
-    app.add_middleware(Guard, token=token or None, allowed_hosts=host_policy(host, allowed_hosts))
-    return app
 
 
 def uvicorn_log_config() -> dict[str, Any]:

@@ -196,51 +196,88 @@ def measure_inference(
                         exclusive=exclusive, seed=seed)
 
 
-def _measure(
-    model: nn.Module,
-    cfg: MeasureConfig,
-    meter: EnergyMeter,
-    *,
-    vocab_size: int,
-    device: str,
-    kernels: str,
-    exclusive: bool,
-    seed: int,
-) -> InferenceEnergy:
-    model.to(device)
-    model.eval()
-    fn = _serving_callable(model, cfg.serving_form)
-    ids, mask = make_inputs(cfg.batch_size, cfg.seq_len, vocab_size, seed=seed, device=device)
-    dtype_ctx, dtype_label = _dtype_context(cfg.dtype, device)
-    kernels = kernels or f"torch {cfg.serving_form} {dtype_label}"
+@dataclasses.dataclass(frozen=True)
+class _WindowFigures:
+    """Per-window figures of the kept energy windows.
 
-    def run(n: int) -> None:
-        with torch.inference_mode(), dtype_ctx():
-            for _ in range(n):
-                fn(ids, mask)
+    Attributes:
+        durations_s: Length of each window, seconds.
+        samples: Samples run in each window.
+        gross: Gross J/sample of each window, or None when the meter gave no energy.
+        net: Net J/sample (idle power removed) of each window, or None without energy or idle baseline.
+        co2_per_sample: Grams CO2eq per sample over all windows, or None when a window has none.
+        throughput_samples_s: Samples per second over all windows.
+    """
 
-    before = device_snapshot(device)
-    meter.begin("protocol")  # the whole protocol's joules, for the search cost
+    durations_s: list[float]
+    samples: list[int]
+    gross: list[float] | None
+    net: list[float] | None
+    co2_per_sample: float | None
+    throughput_samples_s: float
 
-    # Warm-up (the first iterations are slow: allocation, lazy init), then calibrate on warm iterations.
+
+def _warm_up(run: Callable[[int], None], cfg: MeasureConfig, device: str) -> float:
+    """Run the warm-up iterations, then calibrate on warm ones.
+
+    The first iterations are slow (allocation, lazy init), so they are not timed.
+
+    Args:
+        run: ``run(n)`` runs ``n`` inference iterations.
+        cfg: Gives ``warmup_iters``, ``window_s`` and the batch shape (for the error message).
+        device: Where the model runs (synchronised around timings).
+
+    Returns:
+        Seconds per warm iteration.
+
+    Raises:
+        TrialFailedError: The model fails on the inputs.
+    """
     try:
         run(cfg.warmup_iters)
         synchronize(device)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         raise TrialFailedError(f"the model failed on a {cfg.batch_size}x{cfg.seq_len} batch: {e}") from e
-    iter_s = _calibrate(run, device, min(CALIBRATE_S, 0.25 * cfg.window_s))
+    return _calibrate(run, device, min(CALIBRATE_S, 0.25 * cfg.window_s))
 
-    # Idle baseline: same process, model resident, right before the windows.
-    idle_w: float | None = None
-    if cfg.idle_s > 0:
-        synchronize(device)
-        meter.begin("idle")
-        time.sleep(cfg.idle_s)
-        idle = meter.end("idle")
-        if idle.energy_j is not None and idle.duration_s > 0:
-            idle_w = idle.energy_j / idle.duration_s
 
-    # Windows.
+def _idle_watts(meter: EnergyMeter, cfg: MeasureConfig, device: str) -> float | None:
+    """Idle baseline power: same process, model resident, right before the windows.
+
+    Args:
+        meter: The meter (reads an ``"idle"`` window).
+        cfg: Gives ``idle_s`` (0 skips the baseline).
+        device: Synchronised before idling.
+
+    Returns:
+        Watts while idle, or None when skipped or the meter gives no energy.
+    """
+    if cfg.idle_s <= 0:
+        return None
+    synchronize(device)
+    meter.begin("idle")
+    time.sleep(cfg.idle_s)
+    idle = meter.end("idle")
+    if idle.energy_j is not None and idle.duration_s > 0:
+        return idle.energy_j / idle.duration_s
+    return None
+
+
+def _energy_windows(meter: EnergyMeter, run: Callable[[int], None], cfg: MeasureConfig, device: str,
+                    iter_s: float, exclusive: bool) -> list[tuple[EnergyReading, int]]:
+    """Read ``cfg.n_windows`` energy windows, lengthening any that came out short or read 0 J.
+
+    Args:
+        meter: The meter (reads ``"window-N"`` windows).
+        run: ``run(n)`` runs ``n`` inference iterations.
+        cfg: Gives ``n_windows`` and ``window_s``.
+        device: Synchronised before each window.
+        iter_s: Seconds per iteration, to plan each window's iterations.
+        exclusive: Recorded on each reading.
+
+    Returns:
+        ``(reading, iterations)`` of each kept window.
+    """
     iters = max(1, math.ceil(WINDOW_MARGIN * cfg.window_s / iter_s))
     readings: list[tuple[EnergyReading, int]] = []
     lengthened = 0
@@ -263,10 +300,23 @@ def _measure(
         if too_short or zero:
             logger.warning("energy %s still short or zero after %d lengthenings; keeping it", key, lengthened)
         readings.append((dataclasses.replace(reading, exclusive=exclusive), iters))
+    return readings
 
-    # Per-window figures.
+
+def _window_figures(readings: list[tuple[EnergyReading, int]], batch_size: int,
+                    idle_w: float | None) -> _WindowFigures:
+    """Joules per sample (gross and net), CO2 and throughput of the kept windows.
+
+    Args:
+        readings: ``(reading, iterations)`` of each window.
+        batch_size: Samples per iteration.
+        idle_w: Idle baseline power, or None (then no net figures).
+
+    Returns:
+        The per-window figures.
+    """
     durations = [r.duration_s for r, _ in readings]
-    samples = [n * cfg.batch_size for _, n in readings]
+    samples = [n * batch_size for _, n in readings]
     gross: list[float] | None = None
     net: list[float] | None = None
     if all(r.energy_j is not None for r, _ in readings):
@@ -278,26 +328,75 @@ def _measure(
     co2_per_sample = (sum(c for c in co2 if c is not None) / sum(samples)
                       if co2 and all(c is not None for c in co2) else None)
     throughput = sum(samples) / sum(durations) if sum(durations) > 0 else 0.0
+    return _WindowFigures(durations_s=durations, samples=samples, gross=gross, net=net,
+                          co2_per_sample=co2_per_sample, throughput_samples_s=throughput)
 
-    # Latency: one batch at a time, synchronised around each.
+
+def _latencies_ms(run_one: Callable[[], Any], dtype_ctx: Callable[[], contextlib.AbstractContextManager[Any]],
+                  device: str, iter_s: float) -> list[float]:
+    """Per-batch latencies from a short pass, one batch at a time, synchronised around each.
+
+    Args:
+        run_one: Runs one batch.
+        dtype_ctx: Makes the dtype (autocast) context the batches run under.
+        device: Synchronised around each batch.
+        iter_s: Seconds per iteration, to size the pass to about ``LATENCY_PASS_S``.
+
+    Returns:
+        Milliseconds per batch.
+    """
     n_lat = int(min(max(LATENCY_PASS_S / iter_s, MIN_LATENCY_BATCHES), MAX_LATENCY_BATCHES))
     lat_ms: list[float] = []
     with torch.inference_mode(), dtype_ctx():
         for _ in range(n_lat):
             synchronize(device)
             t = time.perf_counter()
-            fn(ids, mask)
+            run_one()
             synchronize(device)
             lat_ms.append((time.perf_counter() - t) * 1000.0)
+    return lat_ms
 
+
+def _measure(
+    model: nn.Module,
+    cfg: MeasureConfig,
+    meter: EnergyMeter,
+    *,
+    vocab_size: int,
+    device: str,
+    kernels: str,
+    exclusive: bool,
+    seed: int,
+) -> InferenceEnergy:
+    """Run the protocol of the module docstring with ``meter`` (see :func:`measure_inference`)."""
+    model.to(device)
+    model.eval()
+    fn = _serving_callable(model, cfg.serving_form)
+    ids, mask = make_inputs(cfg.batch_size, cfg.seq_len, vocab_size, seed=seed, device=device)
+    dtype_ctx, dtype_label = _dtype_context(cfg.dtype, device)
+    kernels = kernels or f"torch {cfg.serving_form} {dtype_label}"
+
+    def run(n: int) -> None:
+        with torch.inference_mode(), dtype_ctx():
+            for _ in range(n):
+                fn(ids, mask)
+
+    before = device_snapshot(device)
+    meter.begin("protocol")  # the whole protocol's joules, for the search cost
+    iter_s = _warm_up(run, cfg, device)
+    idle_w = _idle_watts(meter, cfg, device)
+    readings = _energy_windows(meter, run, cfg, device, iter_s, exclusive)
+    figs = _window_figures(readings, cfg.batch_size, idle_w)
+    lat_ms = _latencies_ms(lambda: fn(ids, mask), dtype_ctx, device, iter_s)
     protocol = meter.end("protocol")
     after = device_snapshot(device)
-    mean_window_s = statistics.fmean(durations)
+    mean_window_s = statistics.fmean(figs.durations_s)
     prov = collect_provenance(
         meter.name, kernels, device, cfg, before, after,
         n_windows=len(readings), window_s=mean_window_s, cpu_mode=meter.cpu_mode, dtype=dtype_label,
     )
     is_estimate = meter.is_estimate or any(r.is_estimate for r, _ in readings)
+    gross, net = figs.gross, figs.net
     result = InferenceEnergy(
         meter=meter.name,
         is_estimate=is_estimate,
@@ -307,7 +406,7 @@ def _measure(
         cv=coefficient_of_variation(gross) if gross else None,
         latency_p50_ms=percentile(lat_ms, 50),
         latency_p95_ms=percentile(lat_ms, 95),
-        throughput_samples_s=throughput,
+        throughput_samples_s=figs.throughput_samples_s,
         batch_size=cfg.batch_size,
         seq_len=cfg.seq_len,
         n_windows=len(readings),
@@ -318,7 +417,7 @@ def _measure(
         exclusive=exclusive,
         windows_j_per_sample=tuple(gross) if gross else (),
         provenance=prov,
-        co2eq_g_per_sample=co2_per_sample,
+        co2eq_g_per_sample=figs.co2_per_sample,
         protocol_energy_j=protocol.energy_j,
         protocol_co2eq_g=protocol.co2eq_g,
     )

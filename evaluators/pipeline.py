@@ -46,7 +46,7 @@ from evaluators.teacher import load_teacher
 from evaluators.train import build_for_task, resolve_device, train
 from evaluators.train_meter import TrainingMeter
 from evaluators.weights import save_trial_weights
-from nas.compress import apply_candidate_compression, model_size_bytes
+from nas.compress import applied_compression, apply_candidate_compression, model_size_bytes
 from nas.config import Candidate, MeasureConfig, TrainConfig
 from nas.errors import ConfigError, TrialFailedError
 from nas.models import EncoderClassifier
@@ -165,7 +165,7 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
         return book.summary(steps=steps, final_loss=losses[-1], teacher=getattr(teacher, "name", None),
                             rung_accuracies=tuple(rung_acc), teacher_training=teacher_training)
 
-    compressed = hasattr(model, "compression_report")
+    compressed = applied_compression(model) is not None
     compress = not (candidate.quant.is_noop and candidate.sparsity.is_noop) and not compressed
     total = train_cfg.steps
     book.start()
@@ -190,7 +190,7 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
             losses.append(res.final_loss)
             if res.stopped_early:
                 return Trained(summary(), stopped=True)
-        if compress and not hasattr(model, "compression_report"):
+        if compress and applied_compression(model) is None:
             apply_candidate_compression(model)  # a one-step budget: compress before evaluating
     except Exception as e:
         raise _failure(e, TrialResult(candidate=candidate, task=task.name, status="FAIL", train=summary())) from e

@@ -19,8 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+from evaluators.meters.nvml import init_nvml, load_pynvml, resolve_nvml_device, shutdown_nvml
 from nas.errors import MeterUnavailableError
 from nas.records import Provenance
+from nas.version import VERSION
 
 __all__ = ["device_snapshot", "collect_provenance", "host_id", "package_versions", "cpu_model_name",
            "RunShape", "TrainShape"]
@@ -126,11 +128,9 @@ def device_snapshot(device: str) -> dict[str, Any]:
 
 
 def _gpu_snapshot(device: str, snap: dict[str, Any], absent: dict[str, str]) -> None:
-    from evaluators.meters.nvml import _init_nvml, _pynvml, _shutdown_nvml, resolve_nvml_device
-
     try:
-        p = _pynvml("provenance")
-        _init_nvml(p, "provenance")
+        p = load_pynvml("provenance")
+        init_nvml(p, "provenance")
     except MeterUnavailableError as e:
         for f in SNAPSHOT_FIELDS:
             absent[f] = f"NVML unavailable: {e}"
@@ -161,7 +161,7 @@ def _gpu_snapshot(device: str, snap: dict[str, Any], absent: dict[str, str]) -> 
             if snap[f] is None and f not in absent:
                 absent[f] = "NVML returned nothing"
     finally:
-        _shutdown_nvml(p)
+        shutdown_nvml(p)
 
 
 def _torch_name(device: str, snap: dict[str, Any], absent: dict[str, str]) -> None:
@@ -201,12 +201,7 @@ def package_versions() -> tuple[dict[str, str], dict[str, str]]:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             if dist == "energy-nas":
-                try:
-                    import nas
-
-                    versions[dist] = f"{nas.__version__} (source tree)"
-                except Exception:  # noqa: BLE001
-                    absent["versions.energy-nas"] = "not installed"
+                versions[dist] = f"{VERSION} (source tree)"
             elif dist in ("torch", "codecarbon", "nvidia-ml-py"):
                 absent[f"versions.{dist}"] = "not installed"
     torch = sys.modules.get("torch")
@@ -251,10 +246,7 @@ def collect_provenance(
     Returns:
         A :class:`Provenance` whose every ``None`` field has a reason in ``absent``.
     """
-    absent: dict[str, str] = {}
-    for snap in (before, after):
-        for k, v in (snap.get("absent") or {}).items():
-            absent.setdefault(k, v)
+    absent = _snapshot_absent(before, after)
     versions, v_absent = package_versions()
     absent.update(v_absent)
 
@@ -287,14 +279,45 @@ def collect_provenance(
         absent={},
         device_use=dict(device_use or {}),
     )
+    return dataclasses.replace(prov, absent=_absent_reasons(prov, absent, temp_reason))
+
+
+def _snapshot_absent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, str]:
+    """Why snapshot fields are missing, merged from both snapshots (the first reason given wins).
+
+    Args:
+        before: The snapshot taken before the windows.
+        after: The snapshot taken after them.
+
+    Returns:
+        Field -> reason.
+    """
+    absent: dict[str, str] = {}
+    for snap in (before, after):
+        for k, v in (snap.get("absent") or {}).items():
+            absent.setdefault(k, v)
+    return absent
+
+
+def _absent_reasons(prov: Provenance, absent: dict[str, str], temp_reason: str | None) -> dict[str, str]:
+    """Complete ``absent`` so that every ``None`` field of ``prov`` has a reason, and no set field has one.
+
+    Args:
+        prov: The assembled provenance.
+        absent: Reasons gathered so far (from the snapshots and the package versions); updated in place.
+        temp_reason: Why the snapshots had no temperature, applied to both temperature fields.
+
+    Returns:
+        ``absent``, completed.
+    """
     if temp_reason is not None:
         absent.setdefault("temperature_before_c", temp_reason)
         absent.setdefault("temperature_after_c", temp_reason)
-    if cpu_mode is None:
+    if prov.cpu_mode is None:
         absent.setdefault(
             "cpu_mode",
-            "no CPU energy: the meter reads the GPU board only" if meter_name.startswith("nvml")
-            else f"meter {meter_name!r} reports no CPU energy",
+            "no CPU energy: the meter reads the GPU board only" if prov.meter.startswith("nvml")
+            else f"meter {prov.meter!r} reports no CPU energy",
         )
     for f in dataclasses.fields(Provenance):
         if f.name in ("absent", "device_use"):
@@ -303,4 +326,4 @@ def collect_provenance(
             absent.setdefault(f.name, "not reported by the device or meter")
         else:
             absent.pop(f.name, None)
-    return dataclasses.replace(prov, absent=absent)
+    return absent

@@ -21,7 +21,7 @@ from evaluators.lane import MeasurementLane
 from evaluators.measure import measure_inference
 from evaluators.meters import EnergyMeter
 from evaluators.meters.gpu_use import GpuUseWatch
-from nas.compress import convert_int8_for_cpu, materialize_
+from nas.compress import applied_compression, convert_int8_for_cpu, materialize_
 from nas.config import Candidate, MeasureConfig
 from nas.errors import MeterUnavailableError, TrialFailedError
 from nas.records import InferenceEnergy
@@ -51,7 +51,7 @@ def serving_copy(model: Any, candidate: Candidate, device: str) -> tuple[Any, st
     counted or be saved).
     """
     serving = copy.deepcopy(model).eval()
-    rep = getattr(model, "compression_report", None)
+    rep = applied_compression(model)
     kernels = rep.kernels if rep is not None else "dense fp32 (torch eager)"
     simulated = bool(rep.simulated) if rep is not None else False
     if rep is not None:

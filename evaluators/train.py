@@ -27,21 +27,20 @@ Without one, ``energy_j`` is ``None`` and ``meter`` is ``"none"``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from evaluators.metrics import evaluate, trim_batch
+from evaluators.distill import DistillLoss
+from evaluators.train_loop import StopReason, TrainLoop, TrainProgress, autocast_for, lr_multiplier, run_steps
 from nas.config import Candidate, DistillConfig, TrainConfig
-from nas.errors import ConfigError, TrialFailedError
+from nas.errors import ConfigError
+from nas.models import build
 from nas.records import EnergyReading, TrainSummary
 
 if TYPE_CHECKING:
@@ -51,8 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["TrainResult", "train", "lr_multiplier", "resolve_device", "build_for_task", "Meter"]
 
 log = logging.getLogger(__name__)
-
-StopReason = Literal["steps", "time", "report", "callback"]
 
 
 class Meter(Protocol):
@@ -123,25 +120,6 @@ class TrainResult:
         )
 
 
-def lr_multiplier(progress: float, warmup_fraction: float) -> float:
-    """Learning-rate factor at ``progress`` in [0, 1]: linear warmup, then cosine decay to 0.
-
-    Args:
-        progress: Fraction of the budget used *before* this step.
-        warmup_fraction: Fraction of the budget spent warming up.
-
-    Returns:
-        ``(progress + eps) / warmup_fraction`` during warmup (the first step is not at 0), then
-        ``0.5 * (1 + cos(pi * q))`` where ``q`` is the progress through the decay phase.
-    """
-    p = min(max(progress, 0.0), 1.0)
-    if warmup_fraction > 0 and p < warmup_fraction:
-        return max(p / warmup_fraction, 1e-3)
-    span = 1.0 - warmup_fraction
-    q = (p - warmup_fraction) / span if span > 0 else 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(max(q, 0.0), 1.0)))
-
-
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` → ``cuda`` when available, else ``cpu``; anything else is passed to ``torch.device``."""
     if device == "auto":
@@ -163,8 +141,6 @@ def build_for_task(candidate: Candidate, task: TaskData, seed: int = 0) -> nn.Mo
     Raises:
         ConfigError: The task's rows are longer than ``candidate.max_len``.
     """
-    from nas.models import build
-
     if task.max_len > candidate.max_len:
         raise ConfigError(f"task rows have {task.max_len} tokens but the candidate's max_len is "
                           f"{candidate.max_len}", field="max_len", value=candidate.max_len,
@@ -182,12 +158,6 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[to
         stop = n - (n % batch_size) if n >= batch_size else n
         for i in range(0, stop, batch_size):
             yield perm[i : i + batch_size]
-
-
-def _autocast(device: torch.device, amp: bool) -> tuple[contextlib.AbstractContextManager[Any], str | None]:
-    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16), "bfloat16"
-    return contextlib.nullcontext(), None
 
 
 def train(
@@ -231,108 +201,24 @@ def train(
     device = resolve_device(cfg.device)
     model.to(device)
     use_teacher, dcfg = _distill_setup(model, task, teacher, distill)
-    loss_fn = None
-    if use_teacher:
-        assert teacher is not None and dcfg is not None
-        from evaluators.distill import DistillLoss
-
-        cand = getattr(model, "candidate", None)
-        s_layers = cand.n_layers if cand is not None else len(getattr(model, "blocks", [])) or 1
-        s_width = cand.d_model if cand is not None else teacher.d_model
-        loss_fn = DistillLoss(dcfg, s_layers, s_width, teacher.n_layers, teacher.d_model).to(device)
-        teacher.to(device)
-        teacher.eval()
-
-    ckpt_prev = getattr(model, "gradient_checkpointing", False)
-    ckpt_on = bool(cfg.gradient_checkpointing and device.type == "cuda"
-                   and hasattr(model, "enable_gradient_checkpointing"))
-    if ckpt_on:
-        model.enable_gradient_checkpointing(True)  # type: ignore[operator]
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    if loss_fn is not None:
-        params += list(loss_fn.parameters())
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    batches = _batches(task.n_train, cfg.batch_size, gen)
-    _, amp_dtype = _autocast(device, cfg.amp)
-    ids_all, mask_all, y_all = task.train_ids, task.train_mask, task.train_y
+    loss_fn = _distill_loss(model, teacher, dcfg, device) if use_teacher else None
+    ckpt_on, ckpt_prev = _enable_checkpointing(model, cfg, device)
+    params, opt = _optimizer(model, loss_fn, cfg)
+    loop = TrainLoop(model=model, task=task, cfg=cfg, device=device, opt=opt, params=params,
+                 batches=_batches(task.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed)),
+                 loss_fn=loss_fn, teacher=teacher if loss_fn is not None else None, schedule=schedule)
+    _, amp_dtype = autocast_for(device, cfg.amp)
     rung_set = sorted({int(r) for r in rungs if 0 < int(r) <= cfg.steps})
-    rung_acc: list[tuple[int, float]] = []
-    losses: list[float] = []
-    stop_reason: StopReason = "steps"
-    rung_eval_s = 0.0
-    teacher_name = teacher.name if use_teacher and teacher is not None else None
-
+    prog = TrainProgress()
     if meter is not None:
         meter.begin("train")
     reading: EnergyReading | None = None
     t0 = time.perf_counter()
-    step = 0
     model.train()
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(cfg.seed)
-            while step < cfg.steps:
-                elapsed = time.perf_counter() - t0
-                if cfg.max_seconds is not None and elapsed >= cfg.max_seconds:
-                    stop_reason = "time"
-                    break
-                progress = step / cfg.steps
-                if schedule == "budget" and cfg.max_seconds is not None:
-                    progress = max(progress, elapsed / cfg.max_seconds)
-                lr = cfg.lr * lr_multiplier(progress, cfg.warmup_fraction)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                idx = next(batches)
-                ids, mask = trim_batch(ids_all[idx], mask_all[idx])
-                ids, mask, y = ids.to(device), mask.to(device), y_all[idx].to(device)
-                ctx, _ = _autocast(device, cfg.amp)
-                with ctx:
-                    if loss_fn is None:
-                        out = model(ids, attention_mask=mask)
-                        loss = F.cross_entropy(out.logits.float(), y)
-                    else:
-                        assert teacher is not None
-                        need_h, need_a = loss_fn.needs_hidden, loss_fn.needs_attention
-                        with torch.no_grad():
-                            t_out = teacher(ids, attention_mask=mask, output_hidden_states=need_h,
-                                            output_attentions=need_a)
-                        out = model(ids, attention_mask=mask, output_hidden_states=need_h,
-                                    output_attentions=need_a)
-                        loss = loss_fn(out, t_out, y, mask).total
-                loss_v = float(loss.detach())
-                if not math.isfinite(loss_v):
-                    raise TrialFailedError(f"training loss became {loss_v} at step {step + 1}",
-                                           field="loss", value=loss_v,
-                                           fix="lower the learning rate, or check the candidate (e.g. "
-                                           "very low bit-widths) and the data")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                if not math.isfinite(float(norm)):
-                    raise TrialFailedError(f"gradient norm became {float(norm)} at step {step + 1}",
-                                           field="grad_norm", value=float(norm),
-                                           fix="lower the learning rate or disable amp")
-                opt.step()
-                step += 1
-                losses.append(loss_v)
-                if step in rung_set:
-                    te = time.perf_counter()
-                    acc = evaluate(model, task, cfg.eval_batch_size).accuracy
-                    model.train()
-                    rung_eval_s += time.perf_counter() - te
-                    rung_acc.append((step, acc))
-                    log.debug("rung step %d: dev accuracy %.4f", step, acc)
-                    if report is not None and report(step, acc):
-                        stop_reason = "report"
-                        break
-                if callback is not None and callback(step, model):
-                    stop_reason = "callback"
-                    break
+            run_steps(loop, prog, rung_set, report, callback, t0)
     finally:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -340,16 +226,81 @@ def train(
         if meter is not None:
             reading = meter.end("train")
         if ckpt_on:
-            model.enable_gradient_checkpointing(bool(ckpt_prev))  # type: ignore[operator]
-    tail = losses[-20:]
+            model.enable_gradient_checkpointing(ckpt_prev)  # type: ignore[operator]
+    tail = prog.losses[-20:]
     final_loss = float(sum(tail) / len(tail)) if tail else float("nan")
-    log.info("trained %d steps in %.1fs (%s), final loss %.4f", step, wall, stop_reason, final_loss)
+    log.info("trained %d steps in %.1fs (%s), final loss %.4f", prog.step, wall, prog.stop_reason, final_loss)
     return TrainResult(
-        steps=step, wall_s=wall, final_loss=final_loss, device=str(device), stop_reason=stop_reason,
-        rung_accuracies=tuple(rung_acc), rung_eval_s=rung_eval_s, teacher=teacher_name,
+        steps=prog.step, wall_s=wall, final_loss=final_loss, device=str(device), stop_reason=prog.stop_reason,
+        rung_accuracies=tuple(prog.rung_acc), rung_eval_s=prog.rung_eval_s,
+        teacher=teacher.name if use_teacher and teacher is not None else None,
         distill_kind=dcfg.kind if use_teacher and dcfg is not None else "none", amp_dtype=amp_dtype,
-        gradient_checkpointing=ckpt_on, losses=tuple(losses), energy=reading,
+        gradient_checkpointing=ckpt_on, losses=tuple(prog.losses), energy=reading,
     )
+
+
+def _enable_checkpointing(model: nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
+    """Turn gradient checkpointing on for the run when asked for and useful (CUDA only).
+
+    Args:
+        model: The student; it needs ``enable_gradient_checkpointing`` for this to apply.
+        cfg: Gives ``gradient_checkpointing``.
+        device: Where training runs; on CPU checkpointing only costs time, so it stays off.
+
+    Returns:
+        ``(on, previous)``: whether it was turned on, and the model's setting before (to restore).
+    """
+    ckpt_prev = bool(getattr(model, "gradient_checkpointing", False))
+    ckpt_on = bool(cfg.gradient_checkpointing and device.type == "cuda"
+                   and hasattr(model, "enable_gradient_checkpointing"))
+    if ckpt_on:
+        model.enable_gradient_checkpointing(True)  # type: ignore[operator]
+    return ckpt_on, ckpt_prev
+
+
+def _distill_loss(model: nn.Module, teacher: Teacher | None, dcfg: DistillConfig | None,
+                  device: torch.device) -> DistillLoss:
+    """Build the distillation loss for ``model`` and move it and the teacher to ``device``.
+
+    Args:
+        model: The student; its ``candidate`` (or its ``blocks``) gives its depth and width.
+        teacher: The teacher (required here).
+        dcfg: The distillation terms to use (required here).
+        device: Where training runs.
+
+    Returns:
+        The loss module, on ``device``; the teacher is on ``device`` in eval mode.
+    """
+    assert teacher is not None and dcfg is not None
+    cand = getattr(model, "candidate", None)
+    s_layers = cand.n_layers if cand is not None else len(getattr(model, "blocks", [])) or 1
+    s_width = cand.d_model if cand is not None else teacher.d_model
+    loss_fn = DistillLoss(dcfg, s_layers, s_width, teacher.n_layers, teacher.d_model).to(device)
+    teacher.to(device)
+    teacher.eval()
+    return loss_fn
+
+
+def _optimizer(model: nn.Module, loss_fn: DistillLoss | None,
+               cfg: TrainConfig) -> tuple[list[nn.Parameter], torch.optim.AdamW]:
+    """AdamW over the trainable parameters, with weight decay on matrices only.
+
+    Args:
+        model: The student.
+        loss_fn: The distillation loss, whose projections are trained too; None without a teacher.
+        cfg: Gives ``lr`` and ``weight_decay``.
+
+    Returns:
+        ``(params, optimizer)``: every trained parameter (for gradient clipping) and the optimizer.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if loss_fn is not None:
+        params += list(loss_fn.parameters())
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    return params, opt
 
 
 def _distill_setup(model: nn.Module, task: TaskData, teacher: Teacher | None,

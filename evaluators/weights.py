@@ -13,7 +13,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from evaluators.tokenize import load_tokenizer
-from nas.compress import apply_candidate_compression
+from nas.compress import applied_compression, apply_candidate_compression
 from nas.config import Candidate
 from nas.errors import ConfigError
 from nas.models import build
@@ -35,7 +35,7 @@ def save_trial_weights(folder: str | Path, model: Any, candidate: Candidate, tas
     (out / "labels.json").write_text(json.dumps({
         "label_names": list(task.label_names), "num_labels": task.num_labels, "max_len": task.max_len,
         "vocab_size": task.vocab_size, "task": task.name,
-        "compressed": hasattr(model, "compression_report"),
+        "compressed": applied_compression(model) is not None,
     }, indent=2))
     return out
 

@@ -17,8 +17,9 @@ from typing import Any
 
 from nas.config import Candidate, MeasureConfig, TrainConfig
 from nas.errors import NASError
+from nas.version import VERSION
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = ["Candidate", "TrainConfig", "MeasureConfig", "NASError", "search", "pareto", "load", "__version__"]
 

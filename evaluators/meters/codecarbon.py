@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from evaluators.meters.base import EnergyMeter, synchronize
+from evaluators.meters.nvml import init_nvml, load_pynvml, resolve_nvml_device, shutdown_nvml
 from nas.errors import MeterUnavailableError
 from nas.records import EnergyReading
 
@@ -174,15 +175,13 @@ class CodeCarbonMeter(EnergyMeter):
     def _gpu_ids(device: str) -> list[int] | None:
         if not device.startswith("cuda"):
             return None
-        from evaluators.meters.nvml import _init_nvml, _pynvml, _shutdown_nvml, resolve_nvml_device
-
         try:
-            p = _pynvml("codecarbon")
-            _init_nvml(p, "codecarbon")
+            p = load_pynvml("codecarbon")
+            init_nvml(p, "codecarbon")
             try:
                 dev = resolve_nvml_device(p, device, flag="codecarbon")
             finally:
-                _shutdown_nvml(p)
+                shutdown_nvml(p)
             return [dev.physical_index] if dev.physical_index is not None else None
         except MeterUnavailableError as e:
             logger.debug("codecarbon: could not resolve %s to an NVML index (%s); tracking all GPUs", device, e)

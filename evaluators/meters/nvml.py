@@ -31,6 +31,9 @@ __all__ = [
     "NVML_FI_DEV_POWER_INSTANT",
     "resolve_nvml_device",
     "visible_index",
+    "load_pynvml",
+    "init_nvml",
+    "shutdown_nvml",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,7 +51,18 @@ class CounterNotSupportedError(MeterUnavailableError):
     """NVML works but this GPU has no total-energy counter (pre-Volta, some vGPU setups)."""
 
 
-def _pynvml(flag: str) -> ModuleType:
+def load_pynvml(flag: str) -> ModuleType:
+    """Import ``pynvml`` (nvidia-ml-py) on first use, so that importing the meters stays light.
+
+    Args:
+        flag: The ``--meter`` value (or user) named in the error message.
+
+    Returns:
+        The ``pynvml`` module.
+
+    Raises:
+        MeterUnavailableError: nvidia-ml-py is not installed.
+    """
     try:
         import pynvml
     except ImportError as e:
@@ -183,7 +197,16 @@ def _handle_by_uuid(pynvml: ModuleType, uuid: str) -> tuple[Any, int | None]:
     raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
 
 
-def _init_nvml(pynvml: ModuleType, flag: str) -> None:
+def init_nvml(pynvml: ModuleType, flag: str) -> None:
+    """Initialise NVML; pair every successful call with :func:`shutdown_nvml`.
+
+    Args:
+        pynvml: The module from :func:`load_pynvml`.
+        flag: The ``--meter`` value (or user) named in the error message.
+
+    Raises:
+        MeterUnavailableError: No NVIDIA driver, or NVML failed to initialise (the message says which).
+    """
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as e:
@@ -195,7 +218,12 @@ def _init_nvml(pynvml: ModuleType, flag: str) -> None:
         raise MeterUnavailableError(f"--meter {flag}: {reason}", fix=_FALLBACK_FIX) from e
 
 
-def _shutdown_nvml(pynvml: ModuleType) -> None:
+def shutdown_nvml(pynvml: ModuleType) -> None:
+    """Shut NVML down, logging (never raising) a failure so that it cannot mask the real error.
+
+    Args:
+        pynvml: The module from :func:`load_pynvml`.
+    """
     try:
         pynvml.nvmlShutdown()
     except Exception as e:  # noqa: BLE001 - shutting down must never mask the real error
@@ -208,12 +236,12 @@ class _NvmlMeter(EnergyMeter):
     def __init__(self, device: str, flag: str) -> None:
         visible_index(device, flag=flag)  # fail before touching NVML when the device is not CUDA
         super().__init__(device)
-        self._pynvml = _pynvml(flag)
-        _init_nvml(self._pynvml, flag)
+        self._pynvml = load_pynvml(flag)
+        init_nvml(self._pynvml, flag)
         try:
             self._dev = resolve_nvml_device(self._pynvml, device, flag=flag)
         except BaseException:
-            _shutdown_nvml(self._pynvml)
+            shutdown_nvml(self._pynvml)
             raise
         self.device_uuid = self._dev.uuid
         self._nvml_open = True
@@ -236,7 +264,7 @@ class _NvmlMeter(EnergyMeter):
     def close(self) -> None:
         super().close()
         if getattr(self, "_nvml_open", False):
-            _shutdown_nvml(self._pynvml)
+            shutdown_nvml(self._pynvml)
             self._nvml_open = False
 
 

@@ -5,6 +5,7 @@ Public API::
     report = quantize_(model, quant_config, filter_fn=None)   # fake-quant QAT weights (STE)
     report = prune_(model, prune_config)                      # masks or physical slicing
     report = apply_candidate_compression(model)               # model.candidate: prune, then quantize
+    report = applied_compression(model)                       # what that did, or None if not yet run
     report = convert_int8_for_cpu(model)                      # real int8 Linear kernels (inference)
     n = model_size_bytes(model)                               # bytes at each weight's bit-width (computed)
 
@@ -31,6 +32,8 @@ __all__ = [
     "quantize_",
     "prune_",
     "apply_candidate_compression",
+    "applied_compression",
+    "APPLIED_ATTR",
     "convert_int8_for_cpu",
     "int8_backend",
     "materialize_",
@@ -46,7 +49,21 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_APPLIED_ATTR = "compression_report"
+#: The model attribute that holds the report of :func:`apply_candidate_compression` once it has run.
+APPLIED_ATTR = "compression_report"
+
+
+def applied_compression(model: nn.Module) -> CompressionReport | None:
+    """The report of :func:`apply_candidate_compression` on ``model``, or None if it has not run.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        The stored report (``model.compression_report``), or None.
+    """
+    report = getattr(model, APPLIED_ATTR, None)
+    return report if isinstance(report, CompressionReport) else None
 
 
 def apply_candidate_compression(model: nn.Module) -> CompressionReport:
@@ -71,8 +88,8 @@ def apply_candidate_compression(model: nn.Module) -> CompressionReport:
     if candidate is None:
         raise ConfigError("model has no candidate to take compression settings from", field="model",
                           fix="build it with nas.models.build, or call prune_/quantize_ directly")
-    previous = getattr(model, _APPLIED_ATTR, None)
-    if isinstance(previous, CompressionReport):
+    previous = applied_compression(model)
+    if previous is not None:
         log.warning("compression already applied to this model; not applying it twice")
         return previous
     before = num_params(model)
@@ -84,7 +101,7 @@ def apply_candidate_compression(model: nn.Module) -> CompressionReport:
     merged = merge_reports(reports) or CompressionReport(
         kernels=DENSE_KERNELS, simulated=False, params_before=before, params_after=before, details={}
     )
-    setattr(model, _APPLIED_ATTR, merged)
+    setattr(model, APPLIED_ATTR, merged)
     return merged
 
 
@@ -102,8 +119,8 @@ def materialize_(model: nn.Module) -> CompressionReport:
     done: list[str] = []
     for name, module in list(model.named_modules()):
         done.extend(f"{name}.{pname}" for pname in bake_all_parametrizations(module))
-    prev = getattr(model, _APPLIED_ATTR, None)
-    kernels = prev.kernels if isinstance(prev, CompressionReport) else DENSE_KERNELS
-    simulated = prev.simulated if isinstance(prev, CompressionReport) else False
+    prev = applied_compression(model)
+    kernels = prev.kernels if prev is not None else DENSE_KERNELS
+    simulated = prev.simulated if prev is not None else False
     return CompressionReport(kernels=kernels, simulated=simulated, params_before=before,
                              params_after=num_params(model), details={"step": "materialize", "materialized": done})

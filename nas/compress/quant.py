@@ -23,12 +23,13 @@ from typing import cast
 
 import torch
 from torch import Tensor, nn
+from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 from torch.nn.utils import parametrize
 
 from nas.config import QuantConfig
 from nas.errors import ConfigError
 
-from ._util import bake_all_parametrizations, layer_groups, num_params, qualified_names
+from ._util import LayerGroups, bake_all_parametrizations, layer_groups, num_params, qualified_names
 from .report import CompressionReport
 
 __all__ = ["FakeQuantize", "quantize_", "convert_int8_for_cpu", "int8_backend", "fake_quant_description"]
@@ -213,8 +214,6 @@ def int8_backend() -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from torch.ao.quantization import quantize_dynamic
-
             torch.backends.quantized.engine = engine
             probe = quantize_dynamic(  # type: ignore[no-untyped-call]
                 nn.Sequential(nn.Linear(4, 4)), {nn.Linear}, dtype=torch.qint8)
@@ -223,6 +222,73 @@ def int8_backend() -> str | None:
         log.info("int8 dynamic quantization unavailable on engine %s: %s", engine, e)
         return None
     return str(engine)
+
+
+def _int8_quant_config(model: nn.Module, quant_config: QuantConfig | None) -> QuantConfig:
+    """The quant config to follow (given, else ``model.candidate.quant``), once the model is on the CPU.
+
+    Raises:
+        ConfigError: If no quant config can be found, or the model is not on the CPU.
+    """
+    if quant_config is None:
+        cand = getattr(model, "candidate", None)
+        if cand is None:
+            raise ConfigError("no quantization config to follow", field="quant_config",
+                              fix="pass quant_config= or use a model built by nas.models.build")
+        quant_config = cand.quant
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ConfigError("int8 dynamic quantization runs on the CPU only", field="model.device",
+                          fix="call model.cpu() first, or keep the fake-quant model on the GPU")
+    return quant_config
+
+
+def _int8_targets(model: nn.Module, quant_config: QuantConfig, groups: LayerGroups) -> list[str]:
+    """Qualified names of the ``nn.Linear`` layers in 8-bit attention/FFN groups."""
+    names = qualified_names(model)
+    targets: list[str] = []
+    for group in ("attention", "ffn"):
+        if getattr(quant_config, _GROUP_BITS[group]) != 8:
+            continue
+        for module, pname in groups[group]:
+            if isinstance(module, nn.Linear) and pname == "weight":
+                targets.append(names[id(module)])
+    return targets
+
+
+def _quantize_linears(model: nn.Module, targets: list[str], granularity: str) -> None:
+    """Bake each target's masks and fake-quant grid, then swap it for an int8 dynamic Linear in place.
+
+    Args:
+        model: The model to convert.
+        targets: Qualified names of its ``nn.Linear`` layers to convert.
+        granularity: ``"per_channel"`` or ``"per_tensor"`` scales.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
+        qconfig = per_channel_dynamic_qconfig if granularity == "per_channel" else default_dynamic_qconfig
+        modules = dict(model.named_modules())
+        for fqn in targets:
+            # Bake masks and the fake-quant grid into a plain weight; the class reverts to nn.Linear.
+            bake_all_parametrizations(modules[fqn])
+        quantize_dynamic(  # type: ignore[no-untyped-call]
+            model, dict.fromkeys(targets, qconfig), dtype=torch.qint8, inplace=True
+        )
+
+
+def _int8_kernels(quant_config: QuantConfig, groups: LayerGroups, engine: str, n_layers: int) -> tuple[str, bool]:
+    """The ``kernels`` label after conversion, and whether some quantized weights stay simulated.
+
+    Embeddings, Linformer E/F and groups at bit-widths other than 8 keep fake-quant (fp32 compute).
+    """
+    rest = [g for g in ("embedding",) if getattr(quant_config, _GROUP_BITS[g]) < 32]
+    lowrank_fake = any(pname in ("E", "F") for _, pname in groups["attention"]) and quant_config.attention_bits < 32
+    simulated_rest = bool(rest) or lowrank_fake or any(
+        getattr(quant_config, _GROUP_BITS[g]) not in (8, 32) for g in ("attention", "ffn")
+    )
+    kernels = f"int8 dynamic quantized Linear (torch.ao quantize_dynamic, {engine} engine) for {n_layers} layers"
+    if simulated_rest:
+        kernels += "; other quantized weights stay fake-quant (fp32 compute)"
+    return kernels, simulated_rest
 
 
 def convert_int8_for_cpu(model: nn.Module, quant_config: QuantConfig | None = None) -> CompressionReport:
@@ -245,25 +311,10 @@ def convert_int8_for_cpu(model: nn.Module, quant_config: QuantConfig | None = No
     Raises:
         ConfigError: If the model is not on the CPU or no quant config can be found.
     """
-    if quant_config is None:
-        cand = getattr(model, "candidate", None)
-        if cand is None:
-            raise ConfigError("no quantization config to follow", field="quant_config",
-                              fix="pass quant_config= or use a model built by nas.models.build")
-        quant_config = cand.quant
-    if any(p.device.type != "cpu" for p in model.parameters()):
-        raise ConfigError("int8 dynamic quantization runs on the CPU only", field="model.device",
-                          fix="call model.cpu() first, or keep the fake-quant model on the GPU")
+    quant_config = _int8_quant_config(model, quant_config)
     before = num_params(model)
-    names = qualified_names(model)
     groups = layer_groups(model)
-    targets: list[str] = []
-    for group in ("attention", "ffn"):
-        if getattr(quant_config, _GROUP_BITS[group]) != 8:
-            continue
-        for module, pname in groups[group]:
-            if isinstance(module, nn.Linear) and pname == "weight":
-                targets.append(names[id(module)])
+    targets = _int8_targets(model, quant_config, groups)
     fake = fake_quant_description(quant_config)
     if not targets:
         return CompressionReport(kernels=fake, simulated=not quant_config.is_noop, params_before=before,
@@ -274,31 +325,8 @@ def convert_int8_for_cpu(model: nn.Module, quant_config: QuantConfig | None = No
         return CompressionReport(kernels=fake, simulated=True, params_before=before, params_after=before,
                                  details={"step": "int8", "converted": [],
                                           "reason": "no quantized CPU engine available; kept fake-quant"})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
-        from torch.ao.quantization import (
-            default_dynamic_qconfig,
-            per_channel_dynamic_qconfig,
-            quantize_dynamic,
-        )
-
-        qconfig = per_channel_dynamic_qconfig if quant_config.granularity == "per_channel" else default_dynamic_qconfig
-        modules = dict(model.named_modules())
-        for fqn in targets:
-            module = modules[fqn]
-            # Bake masks and the fake-quant grid into a plain weight; the class reverts to nn.Linear.
-            bake_all_parametrizations(module)
-        quantize_dynamic(  # type: ignore[no-untyped-call]
-            model, dict.fromkeys(targets, qconfig), dtype=torch.qint8, inplace=True
-        )
-    rest = [g for g in ("embedding",) if getattr(quant_config, _GROUP_BITS[g]) < 32]
-    lowrank_fake = any(pname in ("E", "F") for _, pname in groups["attention"]) and quant_config.attention_bits < 32
-    simulated_rest = bool(rest) or lowrank_fake or any(
-        getattr(quant_config, _GROUP_BITS[g]) not in (8, 32) for g in ("attention", "ffn")
-    )
-    kernels = f"int8 dynamic quantized Linear (torch.ao quantize_dynamic, {engine} engine) for {len(targets)} layers"
-    if simulated_rest:
-        kernels += "; other quantized weights stay fake-quant (fp32 compute)"
+    _quantize_linears(model, targets, quant_config.granularity)
+    kernels, simulated_rest = _int8_kernels(quant_config, groups, engine, len(targets))
     log.info("converted %d Linear layers to int8 (%s)", len(targets), engine)
     return CompressionReport(
         kernels=kernels,

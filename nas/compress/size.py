@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, cast
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -16,6 +17,10 @@ __all__ = ["model_size_bytes", "SCALE_BYTES"]
 
 #: Bytes per stored quantization scale (fp32).
 SCALE_BYTES = 4
+# Quantization schemes that keep one scale per output channel.
+_PER_CHANNEL_SCHEMES: tuple[object, ...] = (
+    torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams,
+)
 
 
 def model_size_bytes(model: nn.Module) -> int:
@@ -38,34 +43,8 @@ def model_size_bytes(model: nn.Module) -> int:
     Returns:
         Size in bytes.
     """
-    total = 0
     counted: set[int] = set()
-    for module in model.modules():
-        if parametrize.is_parametrized(module):
-            for plist in cast(nn.ModuleDict, module.parametrizations).values():
-                original = cast(Tensor, plist.original)
-                fq = [p for p in cast(nn.ModuleList, plist) if isinstance(p, FakeQuantize)]
-                if not fq:
-                    continue
-                q = fq[-1]
-                counted.add(id(original))
-                if q.bits == 16:
-                    total += original.numel() * 2
-                    continue
-                total += math.ceil(original.numel() * q.bits / 8)
-                n_ch = q.n_channels(original.shape)
-                total += n_ch * SCALE_BYTES
-                if q.scheme == "asymmetric":
-                    total += n_ch * math.ceil(q.bits / 8)
-    for m in packed_int8_linears(model):
-        packed: Any = m  # weight() and bias() are methods on dynamic quantized Linear
-        w = packed.weight()
-        total += w.numel()
-        n_scales = w.q_per_channel_scales().numel() if w.qscheme() in _per_channel_schemes() else 1
-        total += n_scales * SCALE_BYTES
-        bias = packed.bias()
-        if bias is not None:
-            total += bias.numel() * bias.element_size()
+    total = _fake_quant_bytes(model, counted) + _packed_int8_bytes(model)
     for p in model.parameters():
         if id(p) not in counted:
             total += p.numel() * p.element_size()
@@ -77,7 +56,50 @@ def model_size_bytes(model: nn.Module) -> int:
     return int(total)
 
 
-def _per_channel_schemes() -> tuple[object, ...]:
-    import torch
+def _fake_quant_bytes(model: nn.Module, counted: set[int]) -> int:
+    """Bytes of the fake-quantized weights, at their bit-width (see :func:`model_size_bytes`).
 
-    return (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
+    Args:
+        model: The model.
+        counted: Gets the ``id`` of each fake-quantized original weight, so it is not counted again.
+
+    Returns:
+        Their size in bytes.
+    """
+    total = 0
+    for module in model.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for plist in cast(nn.ModuleDict, module.parametrizations).values():
+            original = cast(Tensor, plist.original)
+            fq = [p for p in cast(nn.ModuleList, plist) if isinstance(p, FakeQuantize)]
+            if fq:
+                counted.add(id(original))
+                total += _quantized_tensor_bytes(original, fq[-1])
+    return total
+
+
+def _quantized_tensor_bytes(original: Tensor, q: FakeQuantize) -> int:
+    """Bytes of one weight stored at ``q``'s bit-width, with its scales and zero-points (bf16: none)."""
+    if q.bits == 16:
+        return original.numel() * 2
+    n_ch = q.n_channels(original.shape)
+    total = math.ceil(original.numel() * q.bits / 8) + n_ch * SCALE_BYTES
+    if q.scheme == "asymmetric":
+        total += n_ch * math.ceil(q.bits / 8)
+    return total
+
+
+def _packed_int8_bytes(model: nn.Module) -> int:
+    """Bytes of the int8 dynamic Linear layers: 1 byte per weight, fp32 scales and the bias."""
+    total = 0
+    for m in packed_int8_linears(model):
+        packed: Any = m  # weight() and bias() are methods on dynamic quantized Linear
+        w = packed.weight()
+        total += w.numel()
+        n_scales = w.q_per_channel_scales().numel() if w.qscheme() in _PER_CHANNEL_SCHEMES else 1
+        total += n_scales * SCALE_BYTES
+        bias = packed.bias()
+        if bias is not None:
+            total += bias.numel() * bias.element_size()
+    return int(total)

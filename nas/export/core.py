@@ -18,17 +18,25 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nas.compress import materialize_
+from nas.config import Candidate
 from nas.errors import ConfigError, ExportError
 from nas.records import TrialResult
 
-from .base import ExportedFile, ExportInputs
+from .base import ExportedFile, Exporter, ExportInputs
 from .card import CardInputs, energy_label, fmt, metrics_json, render_card
 from .formats import EXPORTERS, FORMATS
+from .loaded import LoadedModel
 from .parity import MIN_AGREEMENT, ParityResult, batches, check_parity, reference_logits
-from .source import db_for_command, load_task_for, load_weights, open_trial
+from .retrain import continue_training, retrain_from_scratch
+from .source import SavedWeights, TrialSource, db_for_command, load_task_for, load_weights, open_trial
+
+if TYPE_CHECKING:
+    from evaluators.tasks import TaskData
 
 __all__ = ["FORMATS", "EXPORTERS", "ExportReport", "export_trial"]
 
@@ -148,6 +156,146 @@ def _example(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.ascontiguousarray(ids[idx]), np.ascontiguousarray(mask[idx])
 
 
+@dataclass(frozen=True)
+class _Weights:
+    """The trained model to export and how it came about.
+
+    Attributes:
+        saved: Model, tokenizer and label info.
+        task: The study's task, encoded with the model's tokenizer (its dev split checks parity).
+        final: The re-measured record after ``--retrain``, else None.
+        source: Where the weights came from, for the card.
+    """
+
+    saved: SavedWeights
+    task: TaskData
+    final: TrialResult | None
+    source: str
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """The materialised model, ready for the exporters, and the reference to check them against.
+
+    Attributes:
+        inputs: What every exporter is given.
+        labels: Label names, in class order.
+        parts: Dev-split batches the parity check runs.
+        reference: PyTorch logits on ``parts``.
+    """
+
+    inputs: ExportInputs
+    labels: list[str]
+    parts: list[tuple[np.ndarray, np.ndarray]]
+    reference: np.ndarray
+
+
+def _checked_exporters(formats: tuple[str, ...], cand: Candidate, trial_number: int) -> list[Exporter]:
+    """One exporter per format, each able to export ``cand``.
+
+    Raises:
+        ExportError: An exporter cannot export the candidate (it says why).
+    """
+    exporters = [EXPORTERS[f]() for f in formats]
+    for e in exporters:
+        reason = e.unsupported_reason(cand)
+        if reason:
+            raise ExportError(f"trial {trial_number} cannot be exported as {e.name}: {reason}", field="--format",
+                              value=e.name, fix="choose another --format, or install what is missing")
+    return exporters
+
+
+def _obtain_weights(src: TrialSource, study: str, trial_number: int, retrain_steps: int | None) -> _Weights:
+    """The saved weights (trained further with ``--retrain``), or new ones trained from scratch.
+
+    Args:
+        src: The stored trial.
+        study: Study name (for messages).
+        trial_number: Trial number (for messages).
+        retrain_steps: Extra training steps, or None.
+
+    Returns:
+        The weights, the task and, after training, the re-measured record.
+
+    Raises:
+        ExportError: The trial has no saved weights and ``retrain_steps`` is None.
+    """
+    cand = src.candidate
+    final: TrialResult | None = None
+    if src.weights is None:
+        if retrain_steps is None:
+            raise ExportError(
+                f"trial {trial_number} of study {study!r} has no saved weights: {src.weights_problem}",
+                field="weights", fix=f"re-run with --retrain STEPS to train the candidate again from scratch "
+                f"(the search trained it for {src.spec.fidelity.max_steps} steps)")
+        log.info("no saved weights: training trial %d from scratch for %d steps", trial_number, retrain_steps)
+        saved, final = retrain_from_scratch(cand, src.spec, int(retrain_steps))
+        source = f"trained from scratch for {retrain_steps} steps (--retrain; no saved weights)"
+        task = load_task_for(src.spec, cand, saved.tokenizer, int(saved.info["max_len"]))
+        return _Weights(saved=saved, task=task, final=final, source=source)
+    saved = load_weights(src.weights, cand)
+    task = load_task_for(src.spec, cand, saved.tokenizer, int(saved.info["max_len"]))
+    source = f"saved by the search ({src.weights})"
+    if retrain_steps is not None:
+        log.info("training trial %d for %d more steps", trial_number, retrain_steps)
+        final = continue_training(saved, cand, src.spec, task, int(retrain_steps))
+        source += f", then trained {retrain_steps} more steps (--retrain)"
+    return _Weights(saved=saved, task=task, final=final, source=source)
+
+
+def _prepare(src: TrialSource, weights: _Weights, study: str, trial_number: int) -> _Prepared:
+    """Bake the model's masks and fake-quant grids, and compute the PyTorch reference logits.
+
+    Args:
+        src: The stored trial.
+        weights: The model to export, with its task.
+        study: Study name (recorded in the loaded model's metadata).
+        trial_number: Trial number (likewise).
+
+    Returns:
+        The exporters' inputs and the parity reference.
+    """
+    saved, task, cand = weights.saved, weights.task, src.candidate
+    model = saved.model.cpu().eval()
+    materialize_(model)  # plain weights: the graphs hold no fake-quant arithmetic or masks
+    labels = [str(x) for x in saved.info["label_names"]]
+    loaded = LoadedModel(model, saved.tokenizer, labels, int(saved.info["max_len"]), cand,
+                         meta={"task": src.view.result.task if src.view.result else src.spec.task,
+                               "study": study, "trial": trial_number})
+    dev_ids, dev_mask = task.dev_ids.numpy(), task.dev_mask.numpy()
+    parts = batches(dev_ids, dev_mask)
+    reference = reference_logits(loaded.logits_from_ids, parts)
+    ex_ids, ex_mask = _example(dev_ids, dev_mask)
+    inputs = ExportInputs(model=model, candidate=cand, example_ids=ex_ids, example_mask=ex_mask, loaded=loaded)
+    return _Prepared(inputs=inputs, labels=labels, parts=parts, reference=reference)
+
+
+def _export_checked(exporters: list[Exporter], prepared: _Prepared, folder: Path) -> tuple[
+        list[ExportedFile], tuple[ParityResult, ...]]:
+    """Run every exporter into ``folder`` and check each written model against PyTorch.
+
+    Returns:
+        The files written and one parity result per file.
+
+    Raises:
+        ExportError: A file agrees with PyTorch on fewer than ``MIN_AGREEMENT`` of the examples.
+    """
+    written: list[ExportedFile] = []
+    for e in exporters:
+        log.info("exporting %s", e.name)
+        written += e.export(prepared.inputs, folder)
+    parity = tuple(check_parity(prepared.reference, f, prepared.parts) for f in written)
+    bad = [p for p in parity if not p.passed]
+    if bad:
+        worst = min(bad, key=lambda p: p.agreement)
+        raise ExportError(
+            f"parity check failed: {worst.path} agrees with PyTorch on {100 * worst.agreement:.2f}% of "
+            f"{worst.n_examples} held-out examples (needs {100 * MIN_AGREEMENT:.0f}%; max |logit diff| "
+            f"{worst.max_abs_logit_diff:.3g})", field="--format", value=worst.format,
+            fix="export another format, and report the failure")
+    return written, parity
+
+
 def export_trial(
     study: str,
     trial_number: int,
@@ -188,78 +336,23 @@ def export_trial(
                           fix="pass e.g. --retrain 500, or leave it out")
     src = open_trial(study, trial_number, db)
     cand = src.candidate
-    exporters = [EXPORTERS[f]() for f in formats]
-    for e in exporters:
-        reason = e.unsupported_reason(cand)
-        if reason:
-            raise ExportError(f"trial {trial_number} cannot be exported as {e.name}: {reason}", field="--format",
-                              value=e.name, fix="choose another --format, or install what is missing")
-
-    final: TrialResult | None = None
-    if src.weights is None:
-        if retrain_steps is None:
-            raise ExportError(
-                f"trial {trial_number} of study {study!r} has no saved weights: {src.weights_problem}",
-                field="weights", fix=f"re-run with --retrain STEPS to train the candidate again from scratch "
-                f"(the search trained it for {src.spec.fidelity.max_steps} steps)")
-        from .retrain import retrain_from_scratch
-
-        log.info("no saved weights: training trial %d from scratch for %d steps", trial_number, retrain_steps)
-        saved, final = retrain_from_scratch(cand, src.spec, int(retrain_steps))
-        weights_source = f"trained from scratch for {retrain_steps} steps (--retrain; no saved weights)"
-        task = load_task_for(src.spec, cand, saved.tokenizer, int(saved.info["max_len"]))
-    else:
-        saved = load_weights(src.weights, cand)
-        task = load_task_for(src.spec, cand, saved.tokenizer, int(saved.info["max_len"]))
-        weights_source = f"saved by the search ({src.weights})"
-        if retrain_steps is not None:
-            from .retrain import continue_training
-
-            log.info("training trial %d for %d more steps", trial_number, retrain_steps)
-            final = continue_training(saved, cand, src.spec, task, int(retrain_steps))
-            weights_source += f", then trained {retrain_steps} more steps (--retrain)"
-
-    from nas.compress import materialize_
-
-    from .loaded import LoadedModel
-
-    model = saved.model.cpu().eval()
-    materialize_(model)  # plain weights: the graphs hold no fake-quant arithmetic or masks
-    labels = [str(x) for x in saved.info["label_names"]]
-    loaded = LoadedModel(model, saved.tokenizer, labels, int(saved.info["max_len"]), cand,
-                         meta={"task": src.view.result.task if src.view.result else src.spec.task,
-                               "study": study, "trial": trial_number})
-    dev_ids, dev_mask = task.dev_ids.numpy(), task.dev_mask.numpy()
-    parts = batches(dev_ids, dev_mask)
-    reference = reference_logits(loaded.logits_from_ids, parts)
-    ex_ids, ex_mask = _example(dev_ids, dev_mask)
-    inputs = ExportInputs(model=model, candidate=cand, example_ids=ex_ids, example_mask=ex_mask, loaded=loaded)
+    exporters = _checked_exporters(formats, cand, trial_number)
+    weights = _obtain_weights(src, study, trial_number, retrain_steps)
+    prepared = _prepare(src, weights, study, trial_number)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir()
-        written: list[ExportedFile] = []
-        for e in exporters:
-            log.info("exporting %s", e.name)
-            written += e.export(inputs, tmp)
-        parity = tuple(check_parity(reference, f, parts) for f in written)
-        bad = [p for p in parity if not p.passed]
-        if bad:
-            worst = min(bad, key=lambda p: p.agreement)
-            raise ExportError(
-                f"parity check failed: {worst.path} agrees with PyTorch on {100 * worst.agreement:.2f}% of "
-                f"{worst.n_examples} held-out examples (needs {100 * MIN_AGREEMENT:.0f}%; max |logit diff| "
-                f"{worst.max_abs_logit_diff:.3g})", field="--format", value=worst.format,
-                fix="export another format, and report the failure")
+        written, parity = _export_checked(exporters, prepared, tmp)
         (tmp / "candidate.json").write_text(cand.model_dump_json(indent=2) + "\n")
         files = [str(f.path) for f in written] + ["candidate.json", "metrics.json", "README.md"]
         search = src.view.result
         assert search is not None  # open_trial returns COMPLETE trials with a result
-        card = CardInputs(study=src.study, trial=trial_number, task=search.task, search=search, final=final,
-                          retrain_steps=retrain_steps, readings=src.readings, parity=parity, files=files,
-                          command=_command(study, trial_number, fmt, out, db, retrain_steps),
-                          weights_source=weights_source, labels=labels)
+        card = CardInputs(study=src.study, trial=trial_number, task=search.task, search=search,
+                          final=weights.final, retrain_steps=retrain_steps, readings=src.readings,
+                          parity=parity, files=files, command=_command(study, trial_number, fmt, out, db, retrain_steps),
+                          weights_source=weights.source, labels=prepared.labels)
         (tmp / "metrics.json").write_text(metrics_json(card))
         (tmp / "README.md").write_text(render_card(card))
         _move_into_place(tmp, out)
@@ -268,8 +361,8 @@ def export_trial(
         raise
     report = ExportReport(
         study=study, trial=trial_number, out_dir=out, formats=formats, files=tuple(files), parity=parity,
-        card_path=out / "README.md", metrics_path=out / "metrics.json", search=search, final=final,
-        retrain_steps=retrain_steps, weights_source=weights_source, command=card.command,
+        card_path=out / "README.md", metrics_path=out / "metrics.json", search=search, final=weights.final,
+        retrain_steps=retrain_steps, weights_source=weights.source, command=card.command,
         elapsed_s=time.perf_counter() - t0,
     )
     log.info("export done: %s", out)
