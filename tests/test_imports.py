@@ -3,7 +3,7 @@
 Function-level (lazy) imports hide a module's dependencies and can hide import circles. They are allowed
 only for
 
-* optional extras (``OPTIONAL``: a missing extra becomes a one-line fix-it error, not an ImportError at
+* optional extras (``OPTIONAL``, the extras of ``pyproject.toml``: a missing extra becomes a one-line fix-it error, not an ImportError at
   ``import nas``);
 * CLI commands (``nas/cli/``), so that ``nas --help`` stays fast and each command pays for what it uses;
 * the public facade ``nas/__init__.py`` (``nas.search``, ``nas.pareto``, ``nas.load``), so that
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("nas", "search_spaces", "evaluators", "storage", "dashboards")
 OPTIONAL = frozenset({
     "ray", "codecarbon", "onnx", "onnxruntime", "onnxscript", "fastapi", "starlette", "uvicorn", "plotly",
-    "httpx", "psycopg", "playwright",
+    "httpx", "psycopg", "playwright", "pynvml",
 })
 
 

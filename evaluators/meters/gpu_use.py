@@ -16,9 +16,7 @@ import os
 import time
 from typing import Any
 
-import pynvml as _pynvml
-
-from evaluators.meters.nvml import resolve_nvml_device
+from evaluators.meters.nvml import load_pynvml, resolve_nvml_device
 from nas.errors import MeterUnavailableError
 
 __all__ = ["GpuUseWatch"]
@@ -37,7 +35,7 @@ class GpuUseWatch:
 
     def __init__(self, device: str, pynvml: Any | None = None, own_pids: tuple[int, ...] | None = None) -> None:
         if pynvml is None:
-            pynvml = _pynvml
+            pynvml = load_pynvml("gpu-use")
         self._nvml = pynvml
         self._own = set(own_pids or (os.getpid(),))
         self._since_us = 0
