@@ -28,6 +28,7 @@ __all__ = [
     "above_majority",
     "requires_above_majority",
     "TrialCost",
+    "StudyCosts",
     "StudyInfo",
     "TrialView",
     "FrontEntry",
@@ -162,6 +163,22 @@ class TrialCost:
         """The cost of a trial known only from its last rung report (stopped there, or its worker died)."""
         return cls(train_energy_j=rung.train_energy_j, co2eq_g=rung.co2eq_g, wall_s=wall_s, gpu_s=gpu_s,
                    meter=rung.meter, is_estimate=rung.is_estimate)
+
+
+@dataclass(frozen=True)
+class StudyCosts:
+    """A study's search cost and trial counts, derived from its trials (see :class:`StudyInfo`)."""
+
+    train_energy_j: float | None
+    measure_energy_j: float | None
+    co2eq_g: float | None
+    wall_s: float
+    gpu_s: float
+    cost_includes_estimate: bool
+    n_trials_unmetered: int
+    n_trials_complete: int
+    n_trials_failed: int
+    n_trials_pruned: int
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, Table, create_engine, inspect, select, text, update
 
+import storage.schema as schema_module
 import storage.store as store_module
 from nas.config import Candidate
 from nas.errors import ConfigError, StorageError
@@ -450,8 +451,8 @@ class StorageContract:
     ) -> None:
         store.close()
         current = store_module.head_revision()
-        monkeypatch.setattr(store_module, "head_revision", lambda: "0999")  # as if this build were newer
-        monkeypatch.setattr(store_module.Store, "_raise_if_unknown_revision", staticmethod(lambda c, u: None))
+        monkeypatch.setattr(schema_module, "head_revision", lambda: "0999")  # as if this build were newer
+        monkeypatch.setattr(schema_module, "raise_if_unknown_revision", lambda c, u: None)
         with pytest.raises(StorageError) as err:
             Store.open(db_url)
         msg = str(err.value)
