@@ -20,7 +20,7 @@ from evaluators.measure import measure_inference
 from evaluators.meters import EnergyMeter
 from nas.config import Candidate, MeasureConfig
 from nas.errors import MeterUnavailableError, TrialFailedError
-from nas.records import InferenceEnergy
+from nas.records import FailKind, InferenceEnergy
 
 __all__ = ["serving_copy", "measure_serving", "device_key", "MEASURE_ATTEMPTS"]
 
@@ -112,7 +112,7 @@ def measure_serving(model: Any, candidate: Candidate, cfg: MeasureConfig, *, voc
     raise TrialFailedError(
         f"other work ran on {device} during all {MEASURE_ATTEMPTS} measurement attempts "
         f"(last: {use.get('observed_by')}, other processes {use.get('other_pids')})",
-        retryable=True, fix="keep other jobs off the device during a search, or lower max_concurrent",
+        kind=FailKind.DEVICE, fix="keep other jobs off the device during a search, or lower max_concurrent",
     )
 
 

@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 from nas.config import Candidate
-from nas.records import TrialResult
+from nas.records import FailKind, TrialResult
 from storage.views import ArtefactView, FrontEntry, ReadingView, StudyInfo, TrialCost, TrialView
 
 __all__ = ["BaseStorage"]
@@ -102,11 +102,11 @@ class BaseStorage(abc.ABC):
 
     @abc.abstractmethod
     def finish_trial(self, study: str, trial_number: int, result: TrialResult, *, cost: TrialCost,
-                     retryable: bool = False, optuna_trial_id: int | None = None) -> None:
+                     fail_kind: FailKind = FailKind.CANDIDATE, optuna_trial_id: int | None = None) -> None:
         """Store a trial's result, its readings and cost, and refresh the persisted front, atomically.
 
         The state comes from ``result.status``. A ``FAIL`` result keeps what the trial did and spent
-        before failing; ``retryable`` says the candidate was not to blame. A result with weights records
+        before failing; ``fail_kind`` says why it failed (ignored for other results). A result with weights records
         a ``weights`` artefact. A trial never started is recorded in one go.
 
         Raises:
@@ -116,7 +116,7 @@ class BaseStorage(abc.ABC):
 
     @abc.abstractmethod
     def fail_trial(self, study: str, trial_number: int, reason: str, *, candidate: Candidate | None = None,
-                   cost: TrialCost | None = None, retryable: bool = False,
+                   cost: TrialCost | None = None, kind: FailKind = FailKind.CANDIDATE,
                    optuna_trial_id: int | None = None) -> None:
         """Mark a trial FAIL with a reason (creating it if it was never started).
 
@@ -124,8 +124,8 @@ class BaseStorage(abc.ABC):
             reason: Why, for humans (``"CUDA out of memory"``, ``"NaN loss at step 40"``).
             candidate: The candidate, if the trial was never started.
             cost: What the trial cost before it failed.
-            retryable: True when the candidate is not to blame (an interruption): it may be sampled
-                again. Otherwise its hash joins :meth:`failed_candidate_hashes`.
+            kind: Why, for the search. Only ``FailKind.CANDIDATE`` (the default) spends budget and puts
+                the candidate's hash in :meth:`failed_candidate_hashes`; the other kinds do neither.
         """
 
     @abc.abstractmethod
@@ -141,7 +141,8 @@ class BaseStorage(abc.ABC):
 
     @abc.abstractmethod
     def mark_unfinished_failed(self, study: str, reason: str) -> list[int]:
-        """On resume: every RUNNING trial becomes FAIL (retryable) with ``reason``; its joules are unknown.
+        """On resume: every RUNNING trial becomes FAIL (``FailKind.INTERRUPTED``) with ``reason``; its
+        joules are unknown.
 
         Returns:
             The trial numbers that were marked, ascending, so the driver can re-queue their budget.
@@ -171,7 +172,8 @@ class BaseStorage(abc.ABC):
 
     @abc.abstractmethod
     def failed_candidate_hashes(self, study: str) -> set[str]:
-        """Hashes of candidates that failed by their own fault (never sample them again)."""
+        """Hashes of candidates that failed by their own fault, ``FailKind.CANDIDATE`` (never sample them
+        again)."""
 
     @abc.abstractmethod
     def complete_candidate_hashes(self, study: str) -> dict[str, int]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from nas.config import Candidate
 from nas.errors import ConfigError, StorageError
-from nas.records import TrainSummary, TrialResult
+from nas.records import FailKind, TrainSummary, TrialResult
 from storage.models import ArtefactRow, EnergyReadingRow, ParetoFrontRow, StudyRow, TrialRow, utc_now
 from storage.views import (
     FILTER_NAMES,
@@ -154,7 +154,7 @@ def trial_view(study: str, row: TrialRow) -> TrialView:
         ) from e
     return TrialView(
         study=study, number=row.trial_number, state=row.state, fail_reason=row.fail_reason,
-        retryable=row.retryable, optuna_trial_id=row.optuna_trial_id,
+        fail_kind=FailKind(row.fail_kind) if row.fail_kind else None, optuna_trial_id=row.optuna_trial_id,
         candidate=candidate, candidate_hash=row.candidate_hash, result=result,
         hardware_fingerprint=row.hardware_fingerprint, meter=row.meter, is_estimate=row.is_estimate,
         cost=_trial_cost(row), started_utc=row.started_utc, finished_utc=row.finished_utc,

@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nas.errors import ConfigError, StorageError
+from nas.records import FailKind
 from storage.convert import artefact_view, reading_view, trial_view
 from storage.models import TRIAL_STATES, ArtefactRow, StudyRow, TrialRow
 from storage.studies import read_study
@@ -72,7 +73,7 @@ def trial(s: Session, st: StudyRow, number: int) -> TrialView:
 def failed_candidate_hashes(s: Session, st: StudyRow) -> set[str]:
     """Hashes of candidates that failed by their own fault (never sample them again)."""
     found = s.scalars(select(TrialRow.candidate_hash).where(
-        TrialRow.study_id == st.id, TrialRow.state == "FAIL", TrialRow.retryable.is_(False),
+        TrialRow.study_id == st.id, TrialRow.fail_kind == FailKind.CANDIDATE.value,
         TrialRow.candidate_hash.is_not(None))).all()
     return {h for h in found if h is not None}
 

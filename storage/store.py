@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from nas.config import Candidate
 from nas.errors import StorageError
-from nas.records import TrialResult
+from nas.records import FailKind, TrialResult
 from storage import fronts, queries, schema, studies, trials
 from storage.base import BaseStorage
 from storage.engine import SQLITE_BUSY_TIMEOUT_MS, database_error, make_engine, normalize_url, shown
@@ -236,17 +236,17 @@ class Store(BaseStorage):
             trials.start_trial(s, study_row(s, study), trial_number, candidate, optuna_trial_id)
 
     def finish_trial(self, study: str, trial_number: int, result: TrialResult, *, cost: TrialCost,
-                     retryable: bool = False, optuna_trial_id: int | None = None) -> None:
+                     fail_kind: FailKind = FailKind.CANDIDATE, optuna_trial_id: int | None = None) -> None:
         with self.session(write=True) as s:
-            trials.finish_trial(s, study_row(s, study), trial_number, result, cost=cost, retryable=retryable,
+            trials.finish_trial(s, study_row(s, study), trial_number, result, cost=cost, fail_kind=fail_kind,
                                 optuna_trial_id=optuna_trial_id)
 
     def fail_trial(self, study: str, trial_number: int, reason: str, *, candidate: Candidate | None = None,
-                   cost: TrialCost | None = None, retryable: bool = False,
+                   cost: TrialCost | None = None, kind: FailKind = FailKind.CANDIDATE,
                    optuna_trial_id: int | None = None) -> None:
         with self.session(write=True) as s:
             trials.fail_trial(s, study_row(s, study), trial_number, reason, candidate=candidate, cost=cost,
-                              retryable=retryable, optuna_trial_id=optuna_trial_id)
+                              kind=kind, optuna_trial_id=optuna_trial_id)
 
     def prune_trial(self, study: str, trial_number: int, reason: str, *, cost: TrialCost | None = None,
                     wall_s: float | None = None, optuna_trial_id: int | None = None) -> None:

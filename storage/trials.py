@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from nas.config import Candidate
 from nas.errors import StorageError
-from nas.records import TrialResult
+from nas.records import FailKind, TrialResult
 from storage.convert import reading_rows, set_candidate, set_cost, set_result
 from storage.fronts import rewrite_front
 from storage.models import ArtefactRow, StudyRow, TrialRow, utc_now
@@ -51,7 +51,7 @@ def start_trial(s: Session, st: StudyRow, number: int, candidate: Candidate, opt
     if trial_row(s, st, number) is not None:
         raise StorageError(f"trial {number} of study {st.name!r} is already recorded", fix="use the next trial number")
     row = TrialRow(study_id=st.id, trial_number=number, optuna_trial_id=optuna_trial_id, state="RUNNING",
-                   retryable=False, started_utc=utc_now())
+                   started_utc=utc_now())
     set_candidate(row, candidate)
     s.add(row)
 
@@ -61,7 +61,7 @@ def _running_row(s: Session, st: StudyRow, number: int, candidate: Candidate | N
     """The RUNNING row of a trial, created on the spot if the trial was never started."""
     row = trial_row(s, st, number)
     if row is None:
-        row = TrialRow(study_id=st.id, trial_number=number, state="RUNNING", retryable=False)
+        row = TrialRow(study_id=st.id, trial_number=number, state="RUNNING")
         if candidate is not None:
             set_candidate(row, candidate)
         s.add(row)
@@ -78,12 +78,13 @@ def _running_row(s: Session, st: StudyRow, number: int, candidate: Candidate | N
     return row
 
 
-def _close_trial(st: StudyRow, row: TrialRow, state: str, reason: str | None, *, retryable: bool = False,
+def _close_trial(st: StudyRow, row: TrialRow, state: str, reason: str | None, *, kind: FailKind | None = None,
                  cost: TrialCost | None) -> None:
-    """End a RUNNING trial: its state, reason, finish time and cost, and the study's last change."""
+    """End a RUNNING trial: its state, reason (and kind, for a FAIL), finish time and cost, and the
+    study's last change."""
     row.state = state
     row.fail_reason = reason
-    row.retryable = retryable and state == "FAIL"
+    row.fail_kind = (kind or FailKind.CANDIDATE).value if state == "FAIL" else None
     row.finished_utc = utc_now()
     if row.started_utc is None:
         row.started_utc = row.finished_utc
@@ -112,14 +113,14 @@ def _check_result(number: int, result: TrialResult) -> str:
 
 
 def finish_trial(s: Session, st: StudyRow, number: int, result: TrialResult, *, cost: TrialCost,
-                 retryable: bool, optuna_trial_id: int | None) -> None:
+                 fail_kind: FailKind, optuna_trial_id: int | None) -> None:
     """Store a trial's result, readings, cost and weights, and refresh its persisted front
     (see :meth:`storage.base.BaseStorage.finish_trial`)."""
     state = _check_result(number, result)
     row = _running_row(s, st, number, result.candidate, optuna_trial_id)
     reason = (result.error or "failed without a reason") if state == "FAIL" else None
     set_result(row, result)
-    _close_trial(st, row, state, reason, retryable=retryable, cost=cost)
+    _close_trial(st, row, state, reason, kind=fail_kind, cost=cost)
     row.readings.extend(reading_rows(result))
     s.flush()
     if result.weights_path:
@@ -131,10 +132,10 @@ def finish_trial(s: Session, st: StudyRow, number: int, result: TrialResult, *, 
 
 
 def fail_trial(s: Session, st: StudyRow, number: int, reason: str, *, candidate: Candidate | None,
-               cost: TrialCost | None, retryable: bool, optuna_trial_id: int | None) -> None:
-    """Mark a trial FAIL with a reason, creating it if it was never started."""
+               cost: TrialCost | None, kind: FailKind, optuna_trial_id: int | None) -> None:
+    """Mark a trial FAIL with a reason and its kind, creating it if it was never started."""
     row = _running_row(s, st, number, candidate, optuna_trial_id)
-    _close_trial(st, row, "FAIL", reason, retryable=retryable, cost=cost)
+    _close_trial(st, row, "FAIL", reason, kind=kind, cost=cost)
 
 
 def prune_trial(s: Session, st: StudyRow, number: int, reason: str, *, cost: TrialCost | None,
@@ -145,12 +146,12 @@ def prune_trial(s: Session, st: StudyRow, number: int, reason: str, *, cost: Tri
 
 
 def mark_unfinished_failed(s: Session, st: StudyRow, reason: str) -> list[int]:
-    """Every RUNNING trial becomes FAIL (retryable) with ``reason``; returns their numbers, ascending."""
+    """Every RUNNING trial becomes FAIL (``INTERRUPTED``) with ``reason``; returns their numbers, ascending."""
     rows = s.scalars(select(TrialRow).where(TrialRow.study_id == st.id, TrialRow.state == "RUNNING")
                      .order_by(TrialRow.trial_number)).all()
     for row in rows:
         # it ran, but its worker's readings went with the driver: its joules are unknown
-        _close_trial(st, row, "FAIL", reason, retryable=True, cost=TrialCost(meter="unknown"))
+        _close_trial(st, row, "FAIL", reason, kind=FailKind.INTERRUPTED, cost=TrialCost(meter="unknown"))
     return [r.trial_number for r in rows]
 
 

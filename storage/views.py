@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from nas.config import Candidate
-from nas.records import RungReport, TrialResult, sum_known
+from nas.records import FailKind, RungReport, TrialResult, spends_budget, sum_known
 
 __all__ = [
     "NO_HARDWARE",
@@ -254,8 +254,9 @@ class TrialView:
         study: The study name.
         number: The trial number (Optuna's ``trial.number``).
         state: ``RUNNING``, ``COMPLETE``, ``FAIL`` or ``PRUNED``.
-        fail_reason: Why it failed (``FAIL``) or was stopped early (``PRUNED``).
-        retryable: True when the failure was an interruption, not the candidate's fault.
+        fail_reason: Why it failed (``FAIL``) or was stopped early (``PRUNED``), for humans.
+        fail_kind: What kind of failure (``FAIL`` only), which decides whether it spent budget and
+            whether its candidate may be sampled again (:class:`~nas.records.FailKind`).
         candidate: The candidate, when known (a trial can fail before it has one).
         candidate_hash: :func:`candidate_hash` of the candidate.
         result: The full result, once finished.
@@ -268,7 +269,7 @@ class TrialView:
     number: int
     state: str
     fail_reason: str | None
-    retryable: bool
+    fail_kind: FailKind | None
     optuna_trial_id: int | None
     candidate: Candidate | None
     candidate_hash: str | None
@@ -280,6 +281,16 @@ class TrialView:
     started_utc: datetime | None
     finished_utc: datetime | None
     flat: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def retryable(self) -> bool:
+        """A failure that is not the candidate's fault: it may be sampled again."""
+        return self.fail_kind is not None and self.fail_kind.retryable
+
+    @property
+    def spends_budget(self) -> bool:
+        """Whether this trial counts against the study's trial budget (:func:`nas.records.spends_budget`)."""
+        return spends_budget(self.state, self.fail_kind)
 
     def values(self) -> dict[str, Any]:
         """A flat copy of every value a filter may use (the names in :data:`FILTER_NAMES`).

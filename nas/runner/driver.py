@@ -29,14 +29,6 @@ from storage import Store
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: the driver stopped before this trial finished"
-NOT_BUDGETED_PREFIXES = ("interrupted", "not evaluated", "invalid candidate")
-
-
-def counts_against_budget(state: str, fail_reason: str | None, retryable: bool = False) -> bool:
-    """Whether a stored trial spent budget: interrupted and never-evaluated trials did not."""
-    if state == "RUNNING" or (state == "FAIL" and retryable):
-        return False
-    return not (state == "FAIL" and fail_reason and fail_reason.startswith(NOT_BUDGETED_PREFIXES))
 
 
 def artefacts_dir(spec: StudySpec, db_url: str) -> str:
@@ -207,7 +199,7 @@ def _nas_error_in(e: BaseException) -> NASError | None:
 
 
 def _close_out(store: Store, ot_storage: Any, name: str, status: str | None) -> None:
-    """Trials left running become FAIL (retryable) in both our tables and Optuna's, and a failed search
+    """Trials left running become FAIL (interrupted) in both our tables and Optuna's, and a failed search
     is marked so. After a failed write this may fail too: the first error is the one that counts."""
     try:
         store.mark_unfinished_failed(name, INTERRUPTED)
@@ -221,7 +213,8 @@ def _close_out(store: Store, ot_storage: Any, name: str, status: str | None) -> 
 
 
 def _spent(store: Store, name: str) -> int:
-    return sum(counts_against_budget(v.state, v.fail_reason, v.retryable) for v in store.trials(name))
+    """How many of the study's trials spent budget (:attr:`storage.TrialView.spends_budget`)."""
+    return sum(v.spends_budget for v in store.trials(name))
 
 
 def _tuner(spec: StudySpec, searcher: NASOptunaSearch, writer: StoreWriter, stopper: SearchStopper,

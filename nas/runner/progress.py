@@ -37,8 +37,6 @@ class SearchProgress:
             self._live.stop()
 
     def refresh(self) -> None:
-        from nas.runner.driver import counts_against_budget
-
         with self._lock:
             try:
                 views = self.store.trials(self.spec.name)
@@ -46,7 +44,7 @@ class SearchProgress:
                 info = self.store.get_study(self.spec.name)
             except Exception:  # the display must never break the search
                 return
-            done = sum(counts_against_budget(v.state, v.fail_reason, v.retryable) for v in views)
+            done = sum(v.spends_budget for v in views)
             fails = sum(v.state == "FAIL" for v in views)
             best = ""
             if front:

@@ -16,7 +16,7 @@ from typing import Any
 
 from nas.config import Candidate
 from nas.errors import NASError, TrialFailedError
-from nas.records import RungReport, TrialResult
+from nas.records import FailKind, RungReport, TrialResult
 from nas.runner.protocol import TrialConfig, TrialReport
 from nas.spec import StudySpec
 
@@ -93,7 +93,7 @@ def run_one(config: dict[str, Any], spec: StudySpec, report: Callable[[dict[str,
         reason = partial.error if partial is not None and partial.error else f"{type(e).__name__}: {e}"
         log.info("trial %d failed: %s", trial.number, reason)
         final = TrialReport(status="FAIL", step=step, result=partial, error=reason[:2000],
-                            retryable=bool(getattr(e, "retryable", False)),
+                            fail_kind=(e.kind if isinstance(e, TrialFailedError) else None) or FailKind.CANDIDATE,
                             traceback=traceback.format_exc()[-4000:])
     report(final.to_tune())
     return final
@@ -108,14 +108,16 @@ def staging_name(number: int) -> str:
 def _final(result: TrialResult, spec: StudySpec) -> TrialReport:
     """The final report of a trial that ran to the end: COMPLETE only with every objective known."""
     if result.status != "COMPLETE":
-        return TrialReport(status=result.status, step=spec.fidelity.max_steps, result=result, error=result.error)
+        return TrialReport(status=result.status, step=spec.fidelity.max_steps, result=result, error=result.error,
+                           fail_kind=FailKind.CANDIDATE if result.status == "FAIL" else None)
     values = result.objectives()
     missing = [m for m in spec.objective_names if values.get(m) is None]
     if missing:
         reason = (f"objective(s) {', '.join(missing)} could not be computed for this candidate "
                   f"(meter {result.inference.meter if result.inference else 'none'})")
         failed = dataclasses.replace(result, status="FAIL", error=reason)
-        return TrialReport(status="FAIL", step=spec.fidelity.max_steps, result=failed, error=reason)
+        return TrialReport(status="FAIL", step=spec.fidelity.max_steps, result=failed, error=reason,
+                           fail_kind=FailKind.CANDIDATE)
     return TrialReport(status="COMPLETE", step=spec.fidelity.max_steps, result=result,
                        objectives={m: float(values[m]) for m in spec.objective_names})  # type: ignore[arg-type]
 
