@@ -1,13 +1,15 @@
 """Pareto fronts: computed from the stored trials, and persisted in ``nas_pareto_front``.
 
 There is one rule for which COMPLETE trials may stand on a study's front, :class:`FrontRule`, read from
-the study's spec, and every front applies it: :func:`front` (``nas pareto``, the dashboard and its
-plots), :func:`trivial_trials` and the persisted table (:func:`rewrite_front`). Fronts are computed per
-hardware fingerprint.
+the study's spec: its ``constraints`` and its ``front.require_above_majority``. Every front applies it:
+:func:`front` (``nas pareto``, ``nas.pareto()``, the dashboard's API and plots), :func:`trivial_trials`
+and the persisted table (:func:`rewrite_front`), so they always agree. A user's ``where`` narrows
+further. Fronts are computed per hardware fingerprint.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from nas.dominance import non_dominated
+from nas.spec import StudySpec
 from nas.where import compile_where
 from storage.convert import (
     front_entry,
@@ -42,6 +45,7 @@ __all__ = [
     "front_rule",
     "rewrite_front",
     "rebuild_fronts",
+    "rebuild_all_fronts",
     "front",
     "trivial_trials",
     "persisted_front",
@@ -59,14 +63,32 @@ class FrontRule:
     Attributes:
         require_above_majority: ``front.require_above_majority``: dev accuracy strictly above the dev
             majority-class rate (:func:`storage.views.above_majority`).
+        constraints: The study's ``constraints``: filters over :data:`storage.FILTER_NAMES` that every
+            front member satisfies.
     """
 
     require_above_majority: bool = True
+    constraints: tuple[str, ...] = ()
+
+    def admits(self, where: str | None = None) -> Predicate:
+        """A predicate over a trial's flat values: it satisfies the constraints and ``where``.
+
+        Raises:
+            ConfigError: A bad ``where`` (or a stored constraint this build cannot parse).
+        """
+        checks = [compile_where(c, FILTER_NAMES) for c in (*self.constraints, where or "") if c.strip()]
+        return lambda values: all(check(values) for check in checks)
 
 
+@functools.lru_cache(maxsize=128)
 def front_rule(spec_json: str) -> FrontRule:
-    """The front rule of a study spec (JSON text)."""
-    return FrontRule(require_above_majority=requires_above_majority(spec_json))
+    """The front rule of a study spec (JSON text). A spec that is not a :class:`~nas.spec.StudySpec`
+    (a study created through the Python API) has no constraints and the default majority rule."""
+    try:
+        constraints = tuple(StudySpec.model_validate_json(spec_json).constraints)
+    except ValueError:
+        constraints = ()
+    return FrontRule(require_above_majority=requires_above_majority(spec_json), constraints=constraints)
 
 
 def _front_of(items: Sequence[tuple[int, Values]], objectives: Sequence[tuple[str, str]]) -> list[int]:
@@ -102,11 +124,13 @@ def rewrite_front(s: Session, st: StudyRow, hardware: str, new_row: TrialRow | N
     """
     objectives = objectives_of(st)
     rule = front_rule(st.spec_json)
-    rows = sorted(_stored_members(s, st, hardware, new_row), key=lambda r: r.trial_number)
-    items = [(r.trial_number, row_values(r)) for r in rows]
-    if rule.require_above_majority:
-        kept = [i for i, (_, v) in enumerate(items) if above_majority(v)]
-        rows, items = [rows[i] for i in kept], [items[i] for i in kept]
+    admits = rule.admits()
+    rows, items = [], []
+    for r in sorted(_stored_members(s, st, hardware, new_row), key=lambda r: r.trial_number):
+        values = row_values(r)
+        if admits(values) and (not rule.require_above_majority or above_majority(values)):
+            rows.append(r)
+            items.append((r.trial_number, values))
     order = _front_of(items, objectives)
     if new_row is not None and new_row not in (rows[i] for i in order):
         return  # the new trial is dominated (or lacks an objective): the stored front stands
@@ -130,16 +154,23 @@ def rebuild_fronts(s: Session, st: StudyRow) -> None:
         rewrite_front(s, st, hardware)
 
 
+def rebuild_all_fronts(s: Session) -> None:
+    """Recompute the persisted fronts of every study (after an upgrade: the front rule may have changed)."""
+    for st in s.scalars(select(StudyRow).order_by(StudyRow.id)).all():
+        rebuild_fronts(s, st)
+
+
 def _candidates(s: Session, st: StudyRow, where: str | None, hardware: str | None) -> list[tuple[TrialRow, Values]]:
-    """The study's COMPLETE trials (with their flat values) that satisfy ``where``, by number."""
-    predicate = compile_where(where, FILTER_NAMES) if where else None
+    """The study's COMPLETE trials (with their flat values) that satisfy its constraints and ``where``,
+    by number."""
+    admits = front_rule(st.spec_json).admits(where)
     q = select(TrialRow).where(TrialRow.study_id == st.id, TrialRow.state == "COMPLETE")
     if hardware is not None:
         q = q.where(TrialRow.hardware_fingerprint == hardware)
     members = []
     for r in s.scalars(q.order_by(TrialRow.trial_number)).all():
         values = row_values(r)
-        if predicate is None or predicate(values):
+        if admits(values):
             members.append((r, values))
     return members
 
@@ -163,8 +194,8 @@ def front(s: Session, st: StudyRow, *, where: str | None, hardware: str | None,
 
 
 def trivial_trials(s: Session, st: StudyRow, *, where: str | None, hardware: str | None) -> list[TrialView]:
-    """The COMPLETE trials (matching ``where``) kept off the front for being at or below the dev
-    majority-class rate; empty when the study turns that rule off. In number order."""
+    """The COMPLETE trials (within the study's constraints and ``where``) kept off the front for being at
+    or below the dev majority-class rate; empty when the study turns that rule off. In number order."""
     if not front_rule(st.spec_json).require_above_majority:
         return []
     return [trial_view(st.name, r) for r, v in _candidates(s, st, where, hardware) if not above_majority(v)]

@@ -114,13 +114,21 @@ class Store(BaseStorage):
     def upgrade(cls, url: str | os.PathLike[str] | URL, revision: str = "head") -> str:
         """Migrate the database to ``revision`` (default: newest), creating our tables if needed.
 
+        At the newest revision, every study's persisted fronts are then rebuilt from its trials, so
+        that they follow this build's front rule (e.g. study constraints, applied since revision 0003).
+
         Returns:
             The revision the database is at afterwards.
 
         Raises:
             StorageError: On a database error or an unknown revision.
         """
-        return schema.upgrade(normalize_url(url), revision)
+        parsed = normalize_url(url)
+        after = schema.upgrade(parsed, revision)
+        if after == head_revision():
+            with cls.open(parsed, create=False, read_only=False) as store, store.session(write=True) as s:
+                fronts.rebuild_all_fronts(s)
+        return after
 
     @property
     def url(self) -> str:
