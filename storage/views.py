@@ -201,7 +201,8 @@ class StudyInfo:
         n_trials_unmetered: Trials that ran but whose training joules are unknown (no meter, a worker
             killed before its first rung report, a driver that died): the totals are a lower bound.
 
-    The totals are derived from the trials' stored costs whenever the study is read.
+    The totals and the trial counts are derived from the trials' stored costs and states whenever the
+    study is read.
     """
 
     name: str
