@@ -24,7 +24,7 @@ from evaluators.meters.gpu_use import GpuUseWatch
 from nas.compress import applied_compression, convert_int8_for_cpu, materialize_
 from nas.config import Candidate, MeasureConfig
 from nas.errors import MeterUnavailableError, TrialFailedError
-from nas.records import InferenceEnergy
+from nas.records import FailKind, InferenceEnergy
 
 __all__ = ["serving_copy", "measure_serving", "device_key", "MEASURE_ATTEMPTS"]
 
@@ -118,7 +118,7 @@ def measure_serving(model: Any, candidate: Candidate, cfg: MeasureConfig, *, voc
     raise TrialFailedError(
         f"other work ran on {device} during all {MEASURE_ATTEMPTS} measurement attempts "
         f"(last: {use.get('observed_by')}, other processes {use.get('other_pids')})",
-        retryable=True, fix="keep other jobs off the device during a search, or lower max_concurrent",
+        kind=FailKind.DEVICE, fix="keep other jobs off the device during a search, or lower max_concurrent",
     )
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from nas.records import TrialResult
+if TYPE_CHECKING:  # nas.records imports nas.config, which imports this module
+    from nas.records import FailKind, TrialResult
 
 __all__ = [
     "NASError",
@@ -83,14 +83,20 @@ class TrialFailedError(NASError):
     """A candidate failed while training or measuring (NaN loss, OOM, invalid shapes).
 
     Args:
-        retryable: The candidate is not to blame (e.g. the device was shared during every measurement
-            attempt): the trial spends no budget and the candidate may be sampled again.
+        kind: Why, as a :class:`nas.records.FailKind`; ``None`` (the default) is the candidate's own
+            fault. ``FailKind.DEVICE`` (the device was shared during every measurement attempt) spends
+            no budget and the candidate may be sampled again.
         partial: The :class:`nas.records.TrialResult` (status ``FAIL``) of what the trial did before it
             failed, so that the joules it spent are stored and counted; set by the trial pipeline.
     """
 
-    def __init__(self, message: str, *, retryable: bool = False, partial: TrialResult | None = None,
+    def __init__(self, message: str, *, kind: FailKind | None = None, partial: TrialResult | None = None,
                  **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
-        self.retryable = retryable
+        self.kind = kind
         self.partial = partial
+
+    @property
+    def retryable(self) -> bool:
+        """The candidate is not to blame: the trial spends no budget and it may be sampled again."""
+        return self.kind is not None and self.kind.retryable

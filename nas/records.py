@@ -8,6 +8,7 @@ produced it and ``is_estimate``; an estimate is never presented as a measurement
 from __future__ import annotations
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,6 +18,8 @@ from nas.vocab import METER_READING
 __all__ = [
     "METERS",
     "ESTIMATE_METERS",
+    "FailKind",
+    "spends_budget",
     "Provenance",
     "EnergyReading",
     "InferenceEnergy",
@@ -31,6 +34,46 @@ __all__ = [
 METERS: tuple[str, ...] = METER_READING.names
 #: Meters whose numbers are estimates, not measurements.
 ESTIMATE_METERS: frozenset[str] = frozenset(METER_READING.where(lambda t: t.always_estimate))
+
+
+class FailKind(str, enum.Enum):
+    """Why a trial failed, which decides what its failure costs the search.
+
+    * ``CANDIDATE``: the candidate's own fault (NaN loss, out of memory, a worker that died on it, an
+      objective it cannot have). It spends budget and the candidate is never sampled again.
+    * ``INTERRUPTED``: the driver or the search stopped before the trial finished. No budget; the
+      candidate may be sampled again.
+    * ``DEVICE``: other work shared the device during every measurement attempt. No budget; the
+      candidate may be sampled again.
+    * ``INVALID``: the sampled configuration is not a valid candidate; it never reached a worker.
+    * ``NOT_EVALUATED``: the candidate repeats one that failed or was already evaluated; skipped.
+    """
+
+    CANDIDATE = "candidate"
+    INTERRUPTED = "interrupted"
+    DEVICE = "device"
+    INVALID = "invalid"
+    NOT_EVALUATED = "not_evaluated"
+
+    @property
+    def retryable(self) -> bool:
+        """The candidate is not to blame and may be sampled (and evaluated) again."""
+        return self in (FailKind.INTERRUPTED, FailKind.DEVICE)
+
+    @property
+    def spends_budget(self) -> bool:
+        """The failure counts against the study's trial budget."""
+        return self is FailKind.CANDIDATE
+
+
+def spends_budget(state: str, fail_kind: FailKind | None) -> bool:
+    """Whether a trial in ``state`` spent budget: every finished trial does, except a failure whose kind
+    says otherwise; a RUNNING trial has not yet. A FAIL without a kind is taken as the candidate's."""
+    if state == "RUNNING":
+        return False
+    if state == "FAIL":
+        return fail_kind is None or fail_kind.spends_budget
+    return True
 
 
 @dataclass(frozen=True)

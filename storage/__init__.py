@@ -12,10 +12,14 @@ Usage::
     store.start_trial("default", 0, candidate)
     store.finish_trial("default", 0, result, cost=TrialCost(train_energy_j=12.5, wall_s=30.0))
     store.front("default", where="weight_bits <= 8")
+
+The contract is :class:`BaseStorage` (:mod:`storage.base`); :class:`Store` implements it, delegating to
+:mod:`storage.studies`, :mod:`storage.trials`, :mod:`storage.fronts` and :mod:`storage.queries`.
 """
 
 from __future__ import annotations
 
+from storage.base import BaseStorage
 from storage.store import ALLOWED_OBJECTIVES, Store, normalize_url
 from storage.views import (
     FILTER_NAMES,
@@ -30,6 +34,7 @@ from storage.views import (
 )
 
 __all__ = [
+    "BaseStorage",
     "Store",
     "normalize_url",
     "ALLOWED_OBJECTIVES",

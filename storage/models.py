@@ -106,7 +106,8 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 
 class StudyRow(Base):
-    """One search. Totals are the study's search cost, updated with each finished or failed trial."""
+    """One search. Its search cost and trial counts are not stored here: they are derived from its
+    trials whenever it is read (see :func:`storage.studies.study_costs`)."""
 
     __tablename__ = "nas_studies"
     __table_args__ = (CheckConstraint(_in("status", STUDY_STATUSES), name="status"),)
@@ -122,15 +123,6 @@ class StudyRow(Base):
     budget_energy_j: Mapped[float | None] = mapped_column(Float)
     budget_trials: Mapped[int | None] = mapped_column(Integer)
     budget_wall_s: Mapped[float | None] = mapped_column(Float)
-    train_energy_j: Mapped[float] = mapped_column(Float, default=0.0)
-    measure_energy_j: Mapped[float] = mapped_column(Float, default=0.0)
-    co2eq_g: Mapped[float] = mapped_column(Float, default=0.0)
-    wall_s: Mapped[float] = mapped_column(Float, default=0.0)
-    gpu_s: Mapped[float] = mapped_column(Float, default=0.0)
-    cost_includes_estimate: Mapped[bool] = mapped_column(Boolean, default=False)
-    n_trials_complete: Mapped[int] = mapped_column(Integer, default=0)
-    n_trials_failed: Mapped[int] = mapped_column(Integer, default=0)
-    n_trials_pruned: Mapped[int] = mapped_column(Integer, default=0)
 
     trials: Mapped[list[TrialRow]] = relationship(back_populates="study", passive_deletes=True)
 
@@ -143,8 +135,9 @@ class TrialRow(Base):
     rate that a front member must beat (``StudySpec.front.require_above_majority``).
 
     ``hardware_fingerprint`` is the device model the inference energy was measured on; fronts are
-    compared per fingerprint. ``retryable`` failures (interrupted trials) do not block the candidate from
-    being sampled again; other failures do, through ``candidate_hash``.
+    compared per fingerprint. ``fail_kind`` (a :class:`nas.records.FailKind` value, FAIL trials only)
+    says whether a failure spent budget and whether it blocks its candidate (through ``candidate_hash``)
+    from being sampled again: only the candidate's own failures (``candidate``) do either.
     """
 
     __tablename__ = "nas_trials"
@@ -161,7 +154,7 @@ class TrialRow(Base):
     optuna_trial_id: Mapped[int | None] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))
     fail_reason: Mapped[str | None] = mapped_column(Text)
-    retryable: Mapped[bool] = mapped_column(Boolean, default=False)
+    fail_kind: Mapped[str | None] = mapped_column(String(16))
     candidate_json: Mapped[str | None] = mapped_column(Text)
     candidate_hash: Mapped[str | None] = mapped_column(String(64))
     candidate_flat_json: Mapped[str | None] = mapped_column(Text)

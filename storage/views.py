@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from nas.config import Candidate
-from nas.records import RungReport, TrialResult, sum_known
+from nas.records import FailKind, RungReport, TrialResult, spends_budget, sum_known
 from nas.vocab import OBJECTIVE
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "above_majority",
     "requires_above_majority",
     "TrialCost",
+    "StudyCosts",
     "StudyInfo",
     "TrialView",
     "FrontEntry",
@@ -165,6 +166,22 @@ class TrialCost:
 
 
 @dataclass(frozen=True)
+class StudyCosts:
+    """A study's search cost and trial counts, derived from its trials (see :class:`StudyInfo`)."""
+
+    train_energy_j: float | None
+    measure_energy_j: float | None
+    co2eq_g: float | None
+    wall_s: float
+    gpu_s: float
+    cost_includes_estimate: bool
+    n_trials_unmetered: int
+    n_trials_complete: int
+    n_trials_failed: int
+    n_trials_pruned: int
+
+
+@dataclass(frozen=True)
 class StudyInfo:
     """One study and its running search cost.
 
@@ -184,7 +201,8 @@ class StudyInfo:
         n_trials_unmetered: Trials that ran but whose training joules are unknown (no meter, a worker
             killed before its first rung report, a driver that died): the totals are a lower bound.
 
-    The totals are derived from the trials' stored costs whenever the study is read.
+    The totals and the trial counts are derived from the trials' stored costs and states whenever the
+    study is read.
     """
 
     name: str
@@ -237,8 +255,9 @@ class TrialView:
         study: The study name.
         number: The trial number (Optuna's ``trial.number``).
         state: ``RUNNING``, ``COMPLETE``, ``FAIL`` or ``PRUNED``.
-        fail_reason: Why it failed (``FAIL``) or was stopped early (``PRUNED``).
-        retryable: True when the failure was an interruption, not the candidate's fault.
+        fail_reason: Why it failed (``FAIL``) or was stopped early (``PRUNED``), for humans.
+        fail_kind: What kind of failure (``FAIL`` only), which decides whether it spent budget and
+            whether its candidate may be sampled again (:class:`~nas.records.FailKind`).
         candidate: The candidate, when known (a trial can fail before it has one).
         candidate_hash: :func:`candidate_hash` of the candidate.
         result: The full result, once finished.
@@ -251,7 +270,7 @@ class TrialView:
     number: int
     state: str
     fail_reason: str | None
-    retryable: bool
+    fail_kind: FailKind | None
     optuna_trial_id: int | None
     candidate: Candidate | None
     candidate_hash: str | None
@@ -263,6 +282,16 @@ class TrialView:
     started_utc: datetime | None
     finished_utc: datetime | None
     flat: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def retryable(self) -> bool:
+        """A failure that is not the candidate's fault: it may be sampled again."""
+        return self.fail_kind is not None and self.fail_kind.retryable
+
+    @property
+    def spends_budget(self) -> bool:
+        """Whether this trial counts against the study's trial budget (:func:`nas.records.spends_budget`)."""
+        return spends_budget(self.state, self.fail_kind)
 
     def values(self) -> dict[str, Any]:
         """A flat copy of every value a filter may use (the names in :data:`FILTER_NAMES`).

@@ -27,10 +27,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import MetaData, Table, create_engine, inspect, select, text, update
 
+import storage.schema as schema_module
 import storage.store as store_module
 from nas.config import Candidate
 from nas.errors import ConfigError, StorageError
-from nas.records import TrialResult
+from nas.records import FailKind, TrialResult
 from storage import FILTER_NAMES, Store, TrialCost, candidate_hash
 from storage.models import VERSION_TABLE, Base, StudyRow
 
@@ -205,20 +206,30 @@ class StorageContract:
                                                                       is_estimate=True))
         store.fail_trial("s", 1, "invalid shapes", candidate=c1)  # never started
         store.start_trial("s", 2, c2)
-        store.fail_trial("s", 2, "preempted", retryable=True)
+        store.fail_trial("s", 2, "preempted", kind=FailKind.INTERRUPTED)
         store.finish_trial("s", 3, make_result(candidate=c3, status="FAIL", error="NaN loss at step 4"),
                            cost=COST)
         store.fail_trial("s", 4, "no candidate at all")
+        store.fail_trial("s", 5, "invalid candidate: heads", kind=FailKind.INVALID)
+        store.fail_trial("s", 6, "not evaluated: a repeat", kind=FailKind.NOT_EVALUATED)
+        store.start_trial("s", 7, make_candidate(7))
+        store.finish_trial("s", 7, make_result(candidate=make_candidate(7), status="FAIL", error="shared device"),
+                           cost=COST, fail_kind=FailKind.DEVICE)
 
         assert store.failed_candidate_hashes("s") == {candidate_hash(c) for c in (c0, c1, c3)}
         failed = store.trials("s", states=["FAIL"])
-        assert [t.number for t in failed] == [0, 1, 2, 3, 4]
+        assert [t.number for t in failed] == [0, 1, 2, 3, 4, 5, 6, 7]
         assert failed[0].fail_reason == "CUDA out of memory" and not failed[0].retryable
         assert failed[2].retryable and failed[3].fail_reason == "NaN loss at step 4"
         assert failed[4].candidate is None
+        assert [t.fail_kind for t in failed] == [FailKind.CANDIDATE, FailKind.CANDIDATE, FailKind.INTERRUPTED,
+                                                 FailKind.CANDIDATE, FailKind.CANDIDATE, FailKind.INVALID,
+                                                 FailKind.NOT_EVALUATED, FailKind.DEVICE]
+        assert [t.number for t in failed if t.spends_budget] == [0, 1, 3, 4]
+        assert failed[7].retryable and not failed[5].retryable
         info = store.get_study("s")
-        assert info.n_trials_failed == 5 and info.cost_includes_estimate
-        assert info.train_energy_j == pytest.approx(11.0)
+        assert info.n_trials_failed == 8 and info.cost_includes_estimate
+        assert info.train_energy_j == pytest.approx(21.0)
         assert store.persisted_front("s") == [] and store.front("s") == []
         with pytest.raises(ConfigError, match="unknown trial state"):
             store.trials("s", states=["DONE"])
@@ -232,6 +243,7 @@ class StorageContract:
         assert store.mark_unfinished_failed("s", "again") == []
         t = store.trial("s", 2)
         assert t.state == "FAIL" and t.fail_reason == "driver restarted" and t.retryable
+        assert t.fail_kind is FailKind.INTERRUPTED and not t.spends_budget
         assert store.failed_candidate_hashes("s") == set()  # interrupted, not the candidate's fault
         assert store.get_study("s").n_trials_failed == 3
 
@@ -450,8 +462,8 @@ class StorageContract:
     ) -> None:
         store.close()
         current = store_module.head_revision()
-        monkeypatch.setattr(store_module, "head_revision", lambda: "0999")  # as if this build were newer
-        monkeypatch.setattr(store_module.Store, "_raise_if_unknown_revision", staticmethod(lambda c, u: None))
+        monkeypatch.setattr(schema_module, "head_revision", lambda: "0999")  # as if this build were newer
+        monkeypatch.setattr(schema_module, "raise_if_unknown_revision", lambda c, u: None)
         with pytest.raises(StorageError) as err:
             Store.open(db_url)
         msg = str(err.value)
@@ -487,7 +499,8 @@ class StorageContract:
                     study_id=sid, hardware_fingerprint="NVIDIA H100 80GB HBM3",
                     objectives_key="accuracy:maximize,energy_per_sample_j:minimize", trial_id=tid, trial_number=0,
                     position=0, values_json='{"accuracy":0.8,"energy_per_sample_j":0.001}', updated_utc=now))
-            assert Store.upgrade(db_url) == store_module.head_revision() == "0002"
+            assert Store.upgrade(db_url, "0002") == "0002"
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0003"
             with Store.open(db_url, create=False) as store:
                 view = store.trial("old", 0)
                 assert view.result is not None and view.result.metrics is not None
@@ -505,6 +518,55 @@ class StorageContract:
                     c["name"] for c in inspect(conn).get_columns("nas_trials")}
                 assert conn.execute(select(Table("nas_trials", MetaData(), autoload_with=conn).c.accuracy)).scalar() == 0.8
                 assert conn.execute(text("SELECT COUNT(*) FROM nas_pareto_front")).scalar() == 1
+        finally:
+            engine.dispose()
+
+    def test_migration_0003_backfills_fail_kinds_and_derives_study_totals(self, db_url: str) -> None:
+        assert Store.upgrade(db_url, "0002") == "0002"
+        engine = create_engine(store_module.normalize_url(db_url))
+        now = datetime.now(timezone.utc)
+        # (state, fail_reason, retryable, candidate hash, train joules) as revision 0002 stored them
+        rows = [("COMPLETE", None, False, "h0", 5.0), ("FAIL", "NaN loss at step 3", False, "h1", 2.0),
+                ("FAIL", "interrupted: the driver stopped before this trial finished", True, "h2", None),
+                ("FAIL", "other work ran on cpu during all 3 measurement attempts", True, "h3", 1.0),
+                ("FAIL", "not evaluated: identical to trial 0", False, None, None),
+                ("FAIL", "invalid candidate: n_heads", False, None, None), ("PRUNED", "stopped by ASHA", False, "h6", 0.5),
+                ("RUNNING", None, False, "h7", None)]
+        try:
+            with engine.begin() as conn:
+                meta = MetaData()
+                studies, trials = (Table(n, meta, autoload_with=conn) for n in ("nas_studies", "nas_trials"))
+                sid = conn.execute(studies.insert().values(
+                    name="old", spec_json="{}", objectives_json=json.dumps([list(o) for o in OBJ2]), status="STOPPED",
+                    created_utc=now, updated_utc=now, cost_includes_estimate=False, n_trials_complete=1,
+                    n_trials_failed=5, n_trials_pruned=1, train_energy_j=8.5, measure_energy_j=0.0, co2eq_g=0.0,
+                    wall_s=0.0, gpu_s=0.0)).inserted_primary_key[0]
+                for i, (state, reason, retryable, h, joules) in enumerate(rows):
+                    conn.execute(trials.insert().values(
+                        study_id=sid, trial_number=i, state=state, fail_reason=reason, retryable=retryable,
+                        candidate_hash=h, cost_train_energy_j=joules, cost_meter=None if joules is None else "estimate",
+                        cost_is_estimate=joules is not None, started_utc=now))
+            assert Store.upgrade(db_url) == "0003"
+            with Store.open(db_url, create=False) as store:
+                views = store.trials("old")
+                assert [v.fail_kind for v in views] == [None, FailKind.CANDIDATE, FailKind.INTERRUPTED, FailKind.DEVICE,
+                                                        FailKind.NOT_EVALUATED, FailKind.INVALID, None, None]
+                assert [v.number for v in views if v.spends_budget] == [0, 1, 6]
+                assert store.failed_candidate_hashes("old") == {"h1"}
+                info = store.get_study("old")
+                assert (info.n_trials_complete, info.n_trials_failed, info.n_trials_pruned) == (1, 5, 1)
+                assert info.train_energy_j == pytest.approx(8.5) and info.cost_includes_estimate
+            with engine.connect() as conn:
+                assert "retryable" not in {c["name"] for c in inspect(conn).get_columns("nas_trials")}
+                assert "n_trials_failed" not in {c["name"] for c in inspect(conn).get_columns("nas_studies")}
+            with engine.begin() as conn:  # and back: retryable and the study columns come from the trials
+                command.downgrade(store_module.alembic_config(conn), "0002")
+            with engine.connect() as conn:
+                got = conn.execute(text("SELECT retryable FROM nas_trials ORDER BY trial_number")).scalars().all()
+                assert [bool(r) for r in got] == [False, False, True, True, False, False, False, False]
+                study = conn.execute(text("SELECT n_trials_complete, n_trials_failed, n_trials_pruned, train_energy_j, "
+                                          "cost_includes_estimate FROM nas_studies")).one()
+                assert tuple(study[:3]) == (1, 5, 1) and study[3] == pytest.approx(8.5) and bool(study[4])
         finally:
             engine.dispose()
 

@@ -19,7 +19,7 @@ def _searcher(storage: optuna.storages.BaseStorage, seed: int, evaluated: dict[s
               rejected: list[str] | None = None) -> NASOptunaSearch:
     return NASOptunaSearch(
         load_space("tiny", OVERRIDES), failed_hashes=set(), evaluated=evaluated,
-        on_invalid=(lambda n, p, reason: rejected.append(reason)) if rejected is not None else None,
+        on_invalid=(lambda n, p, reason, kind: rejected.append(reason)) if rejected is not None else None,
         metric=["accuracy"], mode=["max"], sampler=make_sampler("random", seed, 2), study_name="s",
         storage=storage)
 

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text, update
 
 import storage.engine as engine_module
+import storage.schema as schema_module
 import storage.store as store_module
 from nas.errors import StorageError
 from storage import Store, TrialCost, normalize_url
@@ -62,8 +63,8 @@ def test_wal_busy_timeout_and_foreign_keys(tmp_path: Path) -> None:
 def test_behind_error_gives_the_exact_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "nas.db"
     Store.open(db).close()
-    monkeypatch.setattr(store_module, "head_revision", lambda: "0999")
-    monkeypatch.setattr(store_module.Store, "_raise_if_unknown_revision", staticmethod(lambda c, u: None))
+    monkeypatch.setattr(schema_module, "head_revision", lambda: "0999")
+    monkeypatch.setattr(schema_module, "raise_if_unknown_revision", lambda c, u: None)
     with pytest.raises(StorageError) as err:
         Store.open(db)
     assert f"run `nas storage upgrade --db sqlite:///{db}`" in str(err.value)

@@ -12,7 +12,7 @@ import pytest
 
 from nas.config import Candidate, DistillConfig, MeasureConfig, TrainConfig
 from nas.errors import TrialFailedError
-from nas.records import RungReport, TrialResult
+from nas.records import FailKind, RungReport, TrialResult
 from nas.runner.protocol import TrialConfig, TrialReport
 from nas.runner.writer import StoreHandle, StoreWriter
 from storage import Store, TrialCost, candidate_hash
@@ -214,6 +214,17 @@ def test_trial_report_round_trips_through_tune(make_result: Any) -> None:
     rung = TrialReport.from_tune(TrialReport(status="RUNNING", step=2, rung=_rung(2, 1.0)).to_tune())
     assert rung is not None and rung.rung == _rung(2, 1.0) and rung.spent == _rung(2, 1.0)
     assert TrialReport.from_tune({}) is None and TrialReport.from_tune(None) is None
+    assert back.fail_kind is None
+
+
+@pytest.mark.parametrize("kind", list(FailKind))
+def test_fail_kind_round_trips_through_tune(kind: FailKind) -> None:
+    d = TrialReport(status="FAIL", step=3, error="boom", fail_kind=kind).to_tune()
+    json.dumps(d)
+    back = TrialReport.from_tune(d)
+    assert back is not None and back.fail_kind is kind and back.error == "boom"
+    assert kind.retryable == (kind in (FailKind.INTERRUPTED, FailKind.DEVICE))
+    assert kind.spends_budget == (kind is FailKind.CANDIDATE)
 
 
 def test_a_complete_trial_missing_an_objective_is_a_failure_everywhere(make_result: Any) -> None:

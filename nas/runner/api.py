@@ -7,9 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from nas._optional import try_import
+from nas.config import validate
 from nas.errors import ConfigError, SearchError
-from nas.runner.checks import check_constraints
+from nas.runner.checks import check_constraints, check_search_inputs
+from nas.runner.progress import SearchProgress
 from nas.spec import StudySpec, default_spec, load_spec
+from storage import NO_HARDWARE, Store, TrialView
 
 __all__ = ["SearchSummary", "Front", "search", "pareto", "open_store", "resolve_spec", "resolve_db", "DEFAULT_DB",
            "check_constraints"]
@@ -26,9 +32,9 @@ class Front:
 
     study: str
     objectives: list[tuple[str, str]]
-    trials: list[Any]
-    by_hardware: dict[str, list[Any]] = field(default_factory=dict)
-    kept_out: list[Any] = field(default_factory=list)
+    trials: list[TrialView]
+    by_hardware: dict[str, list[TrialView]] = field(default_factory=dict)
+    kept_out: list[TrialView] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class SearchSummary:
     study: str
     db: str
     objectives: list[tuple[str, str]]
-    front: list[Any]
+    front: list[TrialView]
     n_complete: int
     n_failed: int
     n_pruned: int
@@ -64,7 +70,7 @@ class SearchSummary:
 DEFAULT_DB = "nas.db"
 
 
-def open_store(db: str, *, create: bool = True, read_only: bool = False) -> Any:
+def open_store(db: str, *, create: bool = True, read_only: bool = False) -> Store:
     """Open the study database.
 
     Args:
@@ -74,8 +80,6 @@ def open_store(db: str, *, create: bool = True, read_only: bool = False) -> Any:
         read_only: Never write (read commands): SQLite opens with ``mode=ro``, or ``immutable=1`` in a
             read-only folder, so a database on a read-only share can still be read.
     """
-    from storage import Store
-
     return Store.open(db, create=create, read_only=True if read_only else None)
 
 
@@ -97,16 +101,12 @@ def resolve_db(db: str | None, spec: StudySpec | None) -> str:
     return DEFAULT_DB
 
 
-def stored_spec(store: Any, name: str) -> StudySpec:
+def stored_spec(store: Store, name: str) -> StudySpec:
     """The spec a study was started with, read from the database.
 
     Raises:
         ConfigError: It no longer validates (e.g. written by another version), naming the field.
     """
-    from pydantic import ValidationError
-
-    from nas.config import validate
-
     text = store.get_study(name).spec_json
     try:
         data = json.loads(text)
@@ -130,7 +130,7 @@ def _new_spec(spec: StudySpec | str | Path | None, trials: int | None, name: str
     return the_spec.with_overrides(**overrides) if overrides else the_spec
 
 
-def _start_or_continue(store: Any, the_spec: StudySpec, db_url: str, trials: int | None) -> tuple[StudySpec, bool]:
+def _start_or_continue(store: Store, the_spec: StudySpec, db_url: str, trials: int | None) -> tuple[StudySpec, bool]:
     """Create the study (only now, after every check passed), or continue it when the same spec exists."""
     existing = {s.name for s in store.list_studies()}
     if the_spec.name not in existing:
@@ -177,10 +177,11 @@ def search(
         ConfigError: A bad spec, constraint, space value, teacher, task or Ray address.
         StorageError: The database cannot be opened.
         SearchError: The study exists with another spec, or the search cannot start.
+        MissingExtraError: Ray (the ``ray`` extra) is not installed.
     """
-    from nas.runner.checks import check_search_inputs
-    from nas.runner.driver import run_study
-
+    with try_import("ray", needed_by="`nas search`") as ray_extra:
+        from nas.runner.driver import run_study  # the driver runs on Ray Tune
+    ray_extra.check()
     if resume:
         if spec is not None or name is not None:
             raise ConfigError("a resumed study keeps its stored spec and name, so SPEC and --name cannot be "
@@ -202,11 +203,7 @@ def search(
     if trials is not None or resume:
         store.update_study_spec(the_spec.name, the_spec.model_dump_json(), budget_trials=the_spec.budget.trials)
 
-    display = None
-    if progress:
-        from nas.runner.progress import SearchProgress
-
-        display = SearchProgress(store, the_spec)
+    display = SearchProgress(store, the_spec) if progress else None
     try:
         if display:
             display.start()
@@ -218,25 +215,20 @@ def search(
     return summarize(store, the_spec, db_url, outcome.stopped_reason, outcome.wall_s)
 
 
-def combine_where(constraints: list[str], where: str | None) -> str | None:
-    """The study's constraints and a user filter, as one filter expression (each parenthesised)."""
-    parts = [c for c in [*constraints, where or ""] if c.strip()]
-    return " and ".join(f"({p})" for p in parts) or None
-
-
-def summarize(store: Any, spec: StudySpec, db: str, stopped_reason: str, wall_s: float) -> SearchSummary:
+def summarize(store: Store, spec: StudySpec, db: str, stopped_reason: str, wall_s: float) -> SearchSummary:
+    """The summary of a study after a search: counts, search cost and its Pareto front."""
     info = store.get_study(spec.name)
     views = store.trials(spec.name)
-    front = store.front(spec.name, where=combine_where(spec.constraints, None))
-    meters = tuple(sorted({v.meter for v in views if getattr(v, "meter", None)}))
+    front = store.front(spec.name)  # the study's constraints apply, as on every front
+    meters = tuple(sorted({v.meter for v in views if v.meter}))
     return SearchSummary(
         study=spec.name, db=db, objectives=[(o.metric, o.resolved_direction) for o in spec.objectives],
         front=front,
-        n_complete=sum(v.state == "COMPLETE" for v in views),
-        n_failed=sum(v.state == "FAIL" for v in views),
-        n_pruned=sum(v.state == "PRUNED" for v in views),
+        n_complete=info.n_trials_complete,
+        n_failed=info.n_trials_failed,
+        n_pruned=info.n_trials_pruned,
         total_energy_j=info.total_energy_j, energy_meters=meters,
-        energy_is_estimate=info.cost_includes_estimate or any(getattr(v, "is_estimate", False) for v in views),
+        energy_is_estimate=info.cost_includes_estimate or any(bool(v.is_estimate) for v in views),
         co2eq_g=info.co2eq_g, wall_s=wall_s, stopped_reason=stopped_reason,
         n_trials_unmetered=info.n_trials_unmetered,
     )
@@ -246,21 +238,17 @@ def pareto(study: str, *, db: str = DEFAULT_DB, where: str | None = None, hardwa
            include_trivial: bool = False) -> Front:
     """The Pareto front of a stored study, derived from its complete trials, per hardware fingerprint.
 
-    The study's ``constraints`` always apply; ``where`` narrows further (both are parsed, never
-    evaluated as Python). Under the study's ``front.require_above_majority`` (default) trials whose dev
-    accuracy is not above the dev majority-class rate are kept out (listed in ``Front.kept_out``);
-    ``include_trivial=True`` lets them take part. The database is opened read-only."""
+    The study's ``constraints`` always apply (in :meth:`storage.Store.front`, as on every front);
+    ``where`` narrows further (both are parsed, never evaluated as Python). Under the study's
+    ``front.require_above_majority`` (default) trials whose dev accuracy is not above the dev
+    majority-class rate are kept out (listed in ``Front.kept_out``); ``include_trivial=True`` lets them
+    take part. The database is opened read-only."""
     store = open_store(db, create=False, read_only=True)
     info = store.get_study(study)
-    try:
-        constraints = StudySpec.model_validate_json(info.spec_json).constraints
-    except ValueError:  # a study created outside `nas search` may hold no spec
-        constraints = []
-    combined = combine_where(constraints, where)
-    trials = store.front(study, where=combined, hardware=hardware, include_trivial=include_trivial)
-    kept_out = [] if include_trivial else store.trivial_trials(study, where=combined, hardware=hardware)
-    by_hw: dict[str, list[Any]] = {}
+    trials = store.front(study, where=where, hardware=hardware, include_trivial=include_trivial)
+    kept_out = [] if include_trivial else store.trivial_trials(study, where=where, hardware=hardware)
+    by_hw: dict[str, list[TrialView]] = {}
     for t in trials:
-        by_hw.setdefault(t.hardware_fingerprint or "unknown", []).append(t)
+        by_hw.setdefault(t.hardware_fingerprint or NO_HARDWARE, []).append(t)
     return Front(study=study, objectives=list(info.objectives), trials=trials, by_hardware=by_hw,
                  kept_out=kept_out)

@@ -14,13 +14,19 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
+from evaluators.tasks import BUILTIN_TASKS, load_task
+from nas.config import AttentionConfig, Candidate, DistillConfig, PruneConfig, QuantConfig
 from nas.errors import ConfigError, DataError, NASError, SearchError
 from nas.spec import StudySpec
 from nas.vocab import SPARSITY_KIND
+from nas.where import compile_where
+from search_spaces import ReplayTrial, load_space, suggest
+from storage import FILTER_NAMES, normalize_url
+from storage.engine import check_writable
 
 __all__ = ["check_search_inputs", "check_trial_inputs", "check_constraints", "check_space", "check_teacher",
            "check_ray_address", "check_task", "check_artefacts_dir", "check_writable_folder"]
@@ -32,9 +38,6 @@ _AMOUNT_KINDS = SPARSITY_KIND.where(lambda t: t.takes_amount)
 
 def check_search_inputs(spec: StudySpec, *, db: str, ray_address: str | None = None) -> None:
     """Run every check of a search that can fail; raise the first failure, having written nothing."""
-    from storage import normalize_url
-    from storage.engine import check_writable
-
     check_writable(normalize_url(db))
     check_constraints(spec)
     space = check_space(spec)
@@ -63,8 +66,6 @@ def check_trial_inputs(candidate: Any, *, task: str, teacher: str | None, weight
     if weights_out is not None:
         check_writable_folder(weights_out, field="--save-weights")
     if task.startswith("builtin:"):
-        from evaluators.tasks import BUILTIN_TASKS
-
         if task.split(":", 1)[1] not in BUILTIN_TASKS:
             raise ConfigError("unknown built-in task", field="--task", value=task,
                               fix=f"use one of {', '.join('builtin:' + b for b in BUILTIN_TASKS)} or a "
@@ -74,16 +75,11 @@ def check_trial_inputs(candidate: Any, *, task: str, teacher: str | None, weight
         raise ConfigError("task file or folder not found", field="--task", value=task,
                           fix="pass builtin:NAME (see `nas tasks`), a .tsv/.csv/.jsonl file, or a folder with "
                           "train.* and dev.*")
-    from evaluators.tasks import load_task
-
     load_task(task, seed=seed, max_len=candidate.max_len)
 
 
 def check_constraints(spec: StudySpec) -> None:
     """Parse every constraint, so a typo fails at once, naming the constraint."""
-    from nas.where import compile_where
-    from storage import FILTER_NAMES
-
     for i, c in enumerate(spec.constraints):
         try:
             compile_where(c, FILTER_NAMES)
@@ -105,8 +101,6 @@ def _one_line(err: ValidationError) -> str:
 
 def _field_of(knob: str) -> tuple[Any, str] | None:
     """The candidate field a space knob's values land in: (model class, field name)."""
-    from nas.config import AttentionConfig, Candidate, DistillConfig, PruneConfig, QuantConfig
-
     table: dict[str, tuple[Any, str]] = {
         "n_layers": (Candidate, "n_layers"), "d_model": (Candidate, "d_model"), "n_heads": (Candidate, "n_heads"),
         "dropout": (Candidate, "dropout"), "pooling": (Candidate, "pooling"), "max_len": (Candidate, "max_len"),
@@ -127,10 +121,6 @@ def _where(spec: StudySpec, knob: str) -> str:
 
 def _check_values(spec: StudySpec, space: Any) -> None:
     """Each value of each knob, alone, against the candidate field it becomes (range, allowed names)."""
-    from typing import Annotated
-
-    from pydantic import TypeAdapter
-
     for knob, values in space.model_dump().items():
         target = _field_of(knob)
         if target is None:
@@ -169,8 +159,6 @@ def check_space(spec: StudySpec) -> Any:
     """The validated :class:`~search_spaces.SearchSpace`. Every value of every knob must be a valid
     candidate value, and must build a valid candidate with the others (a local window wider than
     ``max_len``, a dropout of 1.5, a pooling that does not exist... fail here, not in every trial)."""
-    from search_spaces import ReplayTrial, load_space, suggest
-
     space = load_space(spec.space.preset, spec.space.overrides)
     _check_values(spec, space)
     base: dict[str, Any] = {name: value[0] for name, value in space.model_dump().items() if isinstance(value, list)}
@@ -278,8 +266,6 @@ def check_task(spec: StudySpec, max_len: int) -> int:
     Returns:
         The task's number of labels.
     """
-    from evaluators.tasks import load_task
-
     few = 2 if spec.task.startswith("builtin:") else None  # a built-in's rows cannot be malformed
     try:
         task = load_task(spec.task, seed=spec.train.seed, max_len=max_len, n_train=few, n_dev=few)

@@ -10,12 +10,21 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
+import ray
+from optuna.storages import BaseStorage as OptunaStorage
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.stopper import Stopper
 
 from nas.errors import NASError, SearchError
@@ -24,19 +33,12 @@ from nas.runner.searcher import NASOptunaSearch, make_sampler, sampler_seed
 from nas.runner.trainable import tune_trainable
 from nas.runner.writer import StoreHandle, StoreWriter
 from nas.spec import StudySpec
+from search_spaces import load_space
 from storage import Store
 
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: the driver stopped before this trial finished"
-NOT_BUDGETED_PREFIXES = ("interrupted", "not evaluated", "invalid candidate")
-
-
-def counts_against_budget(state: str, fail_reason: str | None, retryable: bool = False) -> bool:
-    """Whether a stored trial spent budget: interrupted and never-evaluated trials did not."""
-    if state == "RUNNING" or (state == "FAIL" and retryable):
-        return False
-    return not (state == "FAIL" and fail_reason and fail_reason.startswith(NOT_BUDGETED_PREFIXES))
 
 
 def artefacts_dir(spec: StudySpec, db_url: str) -> str:
@@ -62,8 +64,6 @@ class RunOutcome:
 def _init_ray(ray_address: str | None, spec: StudySpec) -> bool:
     """Start local Ray or join ``ray_address``; returns whether this call started a local Ray (which
     the search then owns and stops). A Ray the caller initialised is left to the caller."""
-    import ray
-
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -85,8 +85,6 @@ def _init_ray(ray_address: str | None, spec: StudySpec) -> bool:
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Fail in seconds, not minutes, when nothing listens at a ``host:port`` Ray address."""
-    import socket
-
     if address in ("auto", "local") or address.startswith("ray://"):
         return
     host, _, port = address.rpartition(":")
@@ -101,18 +99,13 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
                           fix="start one with `ray start --head` or omit --ray-address for local Ray") from e
 
 
-def _make_searcher(spec: StudySpec, store: Store, handle: StoreHandle, ot_storage: Any,
+def _make_searcher(spec: StudySpec, store: Store, handle: StoreHandle, ot_storage: OptunaStorage,
                    failed: set[str]) -> NASOptunaSearch:
     """The study's searcher: its sampler seeded from the study and how many trials Optuna was told,
     and every candidate already COMPLETE in the study blocked from evaluation."""
-    import optuna
-
-    from search_spaces import load_space
-
     try:
         told = len(ot_storage.get_all_trials(ot_storage.get_study_id_from_name(spec.name), deepcopy=False,
-                                             states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
-                                                     optuna.trial.TrialState.PRUNED)))
+                                             states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
     except KeyError:
         told = 0
     seed = sampler_seed(spec.sampler.seed, spec.name, told)
@@ -137,8 +130,6 @@ def _clean_staging(folder: str) -> None:
 def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str | None = None,
               on_change: Callable[[], None] | None = None) -> RunOutcome:
     """Run (or continue) ``spec`` until its budget is spent. The caller owns ``store``."""
-    import optuna
-
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = spec.name
@@ -146,7 +137,7 @@ def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str |
         lost = store.mark_unfinished_failed(name, INTERRUPTED)
         if lost:
             log.info("resume: %d unfinished trial(s) marked FAIL and re-queued: %s", len(lost), lost)
-    ot_storage = optuna.storages.RDBStorage(store.url, engine_kwargs=store.optuna_engine_kwargs())
+    ot_storage = RDBStorage(store.url, engine_kwargs=store.optuna_engine_kwargs())
     _fail_running_optuna_trials(ot_storage, name)
 
     done = _spent(store, name)
@@ -206,8 +197,8 @@ def _nas_error_in(e: BaseException) -> NASError | None:
     return None
 
 
-def _close_out(store: Store, ot_storage: Any, name: str, status: str | None) -> None:
-    """Trials left running become FAIL (retryable) in both our tables and Optuna's, and a failed search
+def _close_out(store: Store, ot_storage: OptunaStorage, name: str, status: str | None) -> None:
+    """Trials left running become FAIL (interrupted) in both our tables and Optuna's, and a failed search
     is marked so. After a failed write this may fail too: the first error is the one that counts."""
     try:
         store.mark_unfinished_failed(name, INTERRUPTED)
@@ -221,18 +212,15 @@ def _close_out(store: Store, ot_storage: Any, name: str, status: str | None) -> 
 
 
 def _spent(store: Store, name: str) -> int:
-    return sum(counts_against_budget(v.state, v.fail_reason, v.retryable) for v in store.trials(name))
+    """How many of the study's trials spent budget (:attr:`storage.TrialView.spends_budget`)."""
+    return sum(v.spends_budget for v in store.trials(name))
 
 
 def _tuner(spec: StudySpec, searcher: NASOptunaSearch, writer: StoreWriter, stopper: SearchStopper,
-           art_dir: str, results_dir: str, remaining: int) -> Any:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-
+           art_dir: str, results_dir: str, remaining: int) -> tune.Tuner:
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.resources.max_concurrent)
     if spec.fidelity.enabled and len(spec.fidelity.rungs) > 1:
-        scheduler: Any = ASHAScheduler(time_attr="step", metric="rung_accuracy", mode="max",
+        scheduler: TrialScheduler = ASHAScheduler(time_attr="step", metric="rung_accuracy", mode="max",
                                        max_t=spec.fidelity.max_steps, grace_period=spec.fidelity.rungs[0],
                                        reduction_factor=spec.fidelity.reduction_factor)
     else:
@@ -278,15 +266,13 @@ class SearchStopper(Stopper):  # type: ignore[misc]
         return False
 
 
-def _fail_running_optuna_trials(ot_storage: Any, name: str) -> None:
+def _fail_running_optuna_trials(ot_storage: OptunaStorage, name: str) -> None:
     """Optuna trials left RUNNING (a dead driver, an abandoned trial) become FAIL, so samplers that
     condition on running trials (constant liar) are not skewed and history stays consistent."""
-    import optuna
-
     try:
         study_id = ot_storage.get_study_id_from_name(name)
     except KeyError:
         return
-    for t in ot_storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    for t in ot_storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
         ot_storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
-        ot_storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        ot_storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

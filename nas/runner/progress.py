@@ -4,17 +4,17 @@ point, and the joules spent (with the meter, and 'estimate' where it is one)."""
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nas.spec import StudySpec
+from storage import Store
 
 
 class SearchProgress:
-    def __init__(self, store: Any, spec: StudySpec, console: Console | None = None) -> None:
+    def __init__(self, store: Store, spec: StudySpec, console: Console | None = None) -> None:
         self.store = store
         self.spec = spec
         self.console = console or Console(stderr=True)
@@ -37,8 +37,6 @@ class SearchProgress:
             self._live.stop()
 
     def refresh(self) -> None:
-        from nas.runner.driver import counts_against_budget
-
         with self._lock:
             try:
                 views = self.store.trials(self.spec.name)
@@ -46,7 +44,7 @@ class SearchProgress:
                 info = self.store.get_study(self.spec.name)
             except Exception:  # the display must never break the search
                 return
-            done = sum(counts_against_budget(v.state, v.fail_reason, v.retryable) for v in views)
+            done = sum(v.spends_budget for v in views)
             fails = sum(v.state == "FAIL" for v in views)
             best = ""
             if front:
@@ -59,7 +57,7 @@ class SearchProgress:
                 if e is not None:
                     best += f", {e:.3g} J/sample"
             j = info.total_energy_j
-            est = " est." if any(getattr(v, "is_estimate", False) for v in views) else ""
+            est = " est." if any(v.is_estimate for v in views) else ""
             spent = f"{j:.0f} J{est}" if j is not None else "no meter"
             self.bar.update(self.task, completed=min(done, self.spec.budget.trials),
                             info=f"front {len(front)} | {best or 'no complete trial yet'} | {spent} | {fails} failed")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from nas.config import Candidate
-from nas.records import RungReport, TrialResult
+from nas.records import FailKind, RungReport, TrialResult
 
 __all__ = ["TrialConfig", "TrialReport", "ReportStatus"]
 
@@ -55,7 +55,8 @@ class TrialReport:
         result: The trial's record at the end; for ``FAIL``, what it did before failing (may be None
             when it failed before any work).
         error: Why it failed.
-        retryable: The candidate is not to blame: no budget is spent and it may be sampled again.
+        fail_kind: What kind of failure (``FAIL`` only): whether it spends budget and whether the
+            candidate may be sampled again (:class:`~nas.records.FailKind`).
         traceback: The worker's traceback of a failure, for the logs.
         objectives: The study's objective values of a ``COMPLETE`` trial (all present).
     """
@@ -65,12 +66,14 @@ class TrialReport:
     rung: RungReport | None = None
     result: TrialResult | None = None
     error: str | None = None
-    retryable: bool = False
+    fail_kind: FailKind | None = None
     traceback: str | None = None
     objectives: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def to_tune(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"status": self.status, "step": self.step, "retryable": self.retryable}
+        d: dict[str, Any] = {"status": self.status, "step": self.step}
+        if self.fail_kind is not None:
+            d["fail_kind"] = self.fail_kind.value
         if self.rung is not None:
             d["rung_accuracy"] = self.rung.accuracy
             d["rung_json"] = json.dumps(dataclasses.asdict(self.rung))
@@ -96,7 +99,7 @@ class TrialReport:
         result = TrialResult.from_dict(json.loads(d["trial_result_json"])) if d.get("trial_result_json") else None
         objectives = {str(k): float(v) for k, v in json.loads(d.get("objectives_json") or "{}").items()}
         return cls(status=d["status"], step=int(d.get("step") or 0), rung=rung, result=result,
-                   error=d.get("error"), retryable=bool(d.get("retryable", False)),
+                   error=d.get("error"), fail_kind=FailKind(d["fail_kind"]) if d.get("fail_kind") else None,
                    traceback=d.get("traceback"), objectives=objectives)
 
     @property

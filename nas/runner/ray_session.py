@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 import psutil
+import ray
 
 __all__ = ["RaySession", "reap_orphans", "registry_dir"]
 
@@ -149,8 +150,6 @@ class RaySession:
         self._file.unlink(missing_ok=True)
 
     def _stop_ray(self) -> None:
-        import ray
-
         self.record()
         try:
             if ray.is_initialized():

@@ -22,6 +22,7 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from nas.errors import NASError
+from nas.records import FailKind
 from nas.runner.protocol import TrialConfig, TrialReport
 from nas.runner.samplers import make_sampler
 from search_spaces import SearchSpace, suggest
@@ -59,7 +60,7 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         *,
         failed_hashes: set[str],
         evaluated: dict[str, int] | None = None,
-        on_invalid: Callable[[int, dict[str, Any], str], None] | None = None,
+        on_invalid: Callable[[int, dict[str, Any], str, FailKind], None] | None = None,
         **kwargs: Any,
     ) -> None:
         self._nas_space = space
@@ -79,17 +80,19 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
                 suggested: dict[str, Any] | None = super().suggest(trial_id)
             except NASError as e:  # invalid candidate: record, tell FAIL, sample again
                 ot_trial = self._ot_trials.pop(trial_id)
-                self._reject(ot_trial, f"invalid candidate: {e}")
+                self._reject(ot_trial, f"invalid candidate: {e}", FailKind.INVALID)
                 continue
             if suggested is None:
                 return None
             h = TrialConfig.from_tune(suggested).candidate_hash
             if h in self._failed_hashes:
-                self._reject(self._ot_trials.pop(trial_id), "not evaluated: identical to a candidate that failed before")
+                self._reject(self._ot_trials.pop(trial_id), "not evaluated: identical to a candidate that failed before",
+                             FailKind.NOT_EVALUATED)
                 continue
             if h in self._evaluated:
                 self._reject(self._ot_trials.pop(trial_id),
-                             f"not evaluated: identical to trial {self._evaluated[h]}, already evaluated in this study")
+                             f"not evaluated: identical to trial {self._evaluated[h]}, already evaluated in this study",
+                             FailKind.NOT_EVALUATED)
                 continue
             self._evaluated[h] = int(suggested["optuna_number"])
             return suggested
@@ -101,12 +104,12 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
     def _study(self) -> Any:
         return self._ot_study
 
-    def _reject(self, ot_trial: optuna.Trial, reason: str) -> None:
+    def _reject(self, ot_trial: optuna.Trial, reason: str, kind: FailKind) -> None:
         ot_trial.set_user_attr("fail_reason", reason)
         self._study.tell(ot_trial, None, state=optuna.trial.TrialState.FAIL)
         log.info("trial %d rejected: %s", ot_trial.number, reason)
         if self._on_invalid is not None:
-            self._on_invalid(ot_trial.number, dict(ot_trial.params), reason)
+            self._on_invalid(ot_trial.number, dict(ot_trial.params), reason, kind)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         """Tune's notice that a trial ended. The tell waits for :meth:`settle`: the driver stores the

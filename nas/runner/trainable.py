@@ -9,16 +9,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import traceback
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import torch
+from ray import tune
+
+from evaluators.pipeline import run_trial
 from nas.config import Candidate
 from nas.errors import NASError, TrialFailedError
-from nas.records import RungReport, TrialResult
+from nas.records import FailKind, RungReport, TrialResult
 from nas.runner.protocol import TrialConfig, TrialReport
 from nas.spec import StudySpec
+from nas.where import compile_where
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +43,6 @@ def _matches(env: str, candidate: Candidate) -> bool:
     expr = os.environ.get(env)
     if not expr:
         return False
-    from nas.where import compile_where
-
     flat = candidate.flat()
     return bool(compile_where(expr, list(flat))(flat))
 
@@ -51,8 +55,6 @@ def fault_hook(candidate: Candidate) -> Callable[[str], None]:
 
     def hook(phase: str) -> None:
         if phase == kill_at:
-            import signal
-
             os.kill(os.getpid(), signal.SIGKILL)
         if phase == fail_at:
             raise TrialFailedError(f"injected fault ({FAIL_IF_ENV}={os.environ[FAIL_IF_ENV]!r})")
@@ -64,10 +66,6 @@ def run_one(config: dict[str, Any], spec: StudySpec, report: Callable[[dict[str,
             artefacts_dir: str | None = None) -> TrialReport:
     """Evaluate one candidate. ``report(metrics)`` sends a Tune dict to the driver; the final report
     is also returned."""
-    import torch
-
-    from evaluators.pipeline import run_trial
-
     torch.set_num_threads(spec.resources.torch_threads)
     trial = TrialConfig.from_tune(config)
 
@@ -93,7 +91,7 @@ def run_one(config: dict[str, Any], spec: StudySpec, report: Callable[[dict[str,
         reason = partial.error if partial is not None and partial.error else f"{type(e).__name__}: {e}"
         log.info("trial %d failed: %s", trial.number, reason)
         final = TrialReport(status="FAIL", step=step, result=partial, error=reason[:2000],
-                            retryable=bool(getattr(e, "retryable", False)),
+                            fail_kind=(e.kind if isinstance(e, TrialFailedError) else None) or FailKind.CANDIDATE,
                             traceback=traceback.format_exc()[-4000:])
     report(final.to_tune())
     return final
@@ -108,21 +106,21 @@ def staging_name(number: int) -> str:
 def _final(result: TrialResult, spec: StudySpec) -> TrialReport:
     """The final report of a trial that ran to the end: COMPLETE only with every objective known."""
     if result.status != "COMPLETE":
-        return TrialReport(status=result.status, step=spec.fidelity.max_steps, result=result, error=result.error)
+        return TrialReport(status=result.status, step=spec.fidelity.max_steps, result=result, error=result.error,
+                           fail_kind=FailKind.CANDIDATE if result.status == "FAIL" else None)
     values = result.objectives()
     missing = [m for m in spec.objective_names if values.get(m) is None]
     if missing:
         reason = (f"objective(s) {', '.join(missing)} could not be computed for this candidate "
                   f"(meter {result.inference.meter if result.inference else 'none'})")
         failed = dataclasses.replace(result, status="FAIL", error=reason)
-        return TrialReport(status="FAIL", step=spec.fidelity.max_steps, result=failed, error=reason)
+        return TrialReport(status="FAIL", step=spec.fidelity.max_steps, result=failed, error=reason,
+                           fail_kind=FailKind.CANDIDATE)
     return TrialReport(status="COMPLETE", step=spec.fidelity.max_steps, result=result,
                        objectives={m: float(values[m]) for m in spec.objective_names})  # type: ignore[arg-type]
 
 
 def tune_trainable(config: dict[str, Any], spec_json: str, artefacts_dir: str | None = None) -> None:
     """The Ray Tune function trainable (wrapped with ``tune.with_parameters``)."""
-    from ray import tune
-
     spec = StudySpec.model_validate_json(spec_json)
     run_one(config, spec, tune.report, artefacts_dir)

@@ -17,7 +17,7 @@ from typing import Any
 from ray.tune import Callback
 
 from nas.errors import NASError, StorageError
-from nas.records import RungReport, TrialResult
+from nas.records import FailKind, RungReport, TrialResult
 from nas.runner.protocol import TrialConfig, TrialReport
 from storage import Store, TrialCost, candidate_hash
 
@@ -42,9 +42,9 @@ class StoreHandle:
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url, "study": self.study, "_store": None}
 
-    def record_invalid(self, number: int, params: dict[str, Any], reason: str) -> None:
-        """The searcher rejected a sampled configuration (invalid, or a repeat of a failure)."""
-        self.store.fail_trial(self.study, number, reason, candidate=None)
+    def record_invalid(self, number: int, params: dict[str, Any], reason: str, kind: FailKind) -> None:
+        """The searcher rejected a sampled configuration (invalid, or a repeat); it never ran."""
+        self.store.fail_trial(self.study, number, reason, candidate=None, kind=kind)
 
 
 class StoreWriter(Callback):  # type: ignore[misc]
@@ -148,7 +148,8 @@ class StoreWriter(Callback):  # type: ignore[misc]
                 self._apply_retention()
         elif report is not None and report.status == "FAIL":
             self._drop_weights(report.result)
-            self._fail(cfg, report.error or "failed without a message", cost, report.retryable, report.result)
+            self._fail(cfg, report.error or "failed without a message", cost,
+                       report.fail_kind or FailKind.CANDIDATE, report.result)
         else:
             self._drop_weights(report.result if report else None)
             rung = report.rung if report is not None else None
@@ -162,7 +163,8 @@ class StoreWriter(Callback):  # type: ignore[misc]
         lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
         reason = f"worker error: {lines[-1] if lines else err}"
         report = TrialReport.from_tune(trial.last_result)
-        self._fail(TrialConfig.from_tune(trial.config), reason[:2000], self._cost(trial, report), False, None)
+        self._fail(TrialConfig.from_tune(trial.config), reason[:2000], self._cost(trial, report), FailKind.CANDIDATE,
+                   None)
         self._done(trial)
 
     def _place_weights(self, number: int, result: TrialResult) -> TrialResult:
@@ -193,19 +195,18 @@ class StoreWriter(Callback):  # type: ignore[misc]
                 for path in self.store.remove_artefacts(self.study, art.trial_number, "weights"):
                     shutil.rmtree(path, ignore_errors=True)
 
-    def _fail(self, cfg: TrialConfig, reason: str, cost: TrialCost, retryable: bool,
+    def _fail(self, cfg: TrialConfig, reason: str, cost: TrialCost, kind: FailKind,
               result: TrialResult | None) -> None:
-        if not retryable:
+        if kind is FailKind.CANDIDATE:  # the store's failed_candidate_hashes() agrees
             self.failed_hashes.add(candidate_hash(cfg.candidate))
         if self._finished(cfg.number):  # e.g. Tune reporting an error after completion: keep the first verdict
             log.warning("trial %d is already stored as finished; not recording: %s", cfg.number, reason)
             return
         if result is not None:
             failed = dataclasses.replace(result, status="FAIL", error=reason, weights_path=None)
-            self.store.finish_trial(self.study, cfg.number, failed, cost=cost, retryable=retryable)
+            self.store.finish_trial(self.study, cfg.number, failed, cost=cost, fail_kind=kind)
         else:
-            self.store.fail_trial(self.study, cfg.number, reason, candidate=cfg.candidate, cost=cost,
-                                  retryable=retryable)
+            self.store.fail_trial(self.study, cfg.number, reason, candidate=cfg.candidate, cost=cost, kind=kind)
         log.info("trial %d FAIL: %s", cfg.number, reason)
 
     def _finished(self, number: int) -> bool:

@@ -1,0 +1,217 @@
+"""Pareto fronts: computed from the stored trials, and persisted in ``nas_pareto_front``.
+
+There is one rule for which COMPLETE trials may stand on a study's front, :class:`FrontRule`, read from
+the study's spec: its ``constraints`` and its ``front.require_above_majority``. Every front applies it:
+:func:`front` (``nas pareto``, ``nas.pareto()``, the dashboard's API and plots), :func:`trivial_trials`
+and the persisted table (:func:`rewrite_front`), so they always agree. A user's ``where`` narrows
+further. Fronts are computed per hardware fingerprint.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from nas.dominance import non_dominated
+from nas.spec import StudySpec
+from nas.where import compile_where
+from storage.convert import (
+    front_entry,
+    json_dumps,
+    nan_if_none,
+    objectives_key,
+    objectives_of,
+    row_values,
+    trial_view,
+)
+from storage.models import ParetoFrontRow, StudyRow, TrialRow, utc_now
+from storage.views import (
+    FILTER_NAMES,
+    NO_HARDWARE,
+    FrontEntry,
+    TrialView,
+    above_majority,
+    requires_above_majority,
+)
+
+__all__ = [
+    "FrontRule",
+    "front_rule",
+    "rewrite_front",
+    "rebuild_fronts",
+    "rebuild_all_fronts",
+    "front",
+    "trivial_trials",
+    "persisted_front",
+    "hardware_fingerprints",
+]
+
+Values = dict[str, Any]
+Predicate = Callable[[Mapping[str, Any]], bool]
+
+
+@dataclass(frozen=True)
+class FrontRule:
+    """Which COMPLETE trials of a study may stand on its front.
+
+    Attributes:
+        require_above_majority: ``front.require_above_majority``: dev accuracy strictly above the dev
+            majority-class rate (:func:`storage.views.above_majority`).
+        constraints: The study's ``constraints``: filters over :data:`storage.FILTER_NAMES` that every
+            front member satisfies.
+    """
+
+    require_above_majority: bool = True
+    constraints: tuple[str, ...] = ()
+
+    def admits(self, where: str | None = None) -> Predicate:
+        """A predicate over a trial's flat values: it satisfies the constraints and ``where``.
+
+        Raises:
+            ConfigError: A bad ``where`` (or a stored constraint this build cannot parse).
+        """
+        checks = [compile_where(c, FILTER_NAMES) for c in (*self.constraints, where or "") if c.strip()]
+        return lambda values: all(check(values) for check in checks)
+
+
+@functools.lru_cache(maxsize=128)
+def front_rule(spec_json: str) -> FrontRule:
+    """The front rule of a study spec (JSON text). A spec that is not a :class:`~nas.spec.StudySpec`
+    (a study created through the Python API) has no constraints and the default majority rule."""
+    try:
+        constraints = tuple(StudySpec.model_validate_json(spec_json).constraints)
+    except ValueError:
+        constraints = ()
+    return FrontRule(require_above_majority=requires_above_majority(spec_json), constraints=constraints)
+
+
+def _front_of(items: Sequence[tuple[int, Values]], objectives: Sequence[tuple[str, str]]) -> list[int]:
+    """Indices into ``items`` on the front, ordered by the first objective (best first), then number."""
+    if not items:
+        return []
+    pts = np.array([[nan_if_none(v[m]) for m, _ in objectives] for _, v in items], dtype=np.float64)
+    idx = non_dominated(pts, [d for _, d in objectives])
+    first_sign = -1.0 if objectives[0][1] == "maximize" else 1.0
+    return sorted((int(i) for i in idx), key=lambda i: (first_sign * pts[i, 0], items[i][0]))
+
+
+def _stored_members(s: Session, st: StudyRow, hardware: str, new_row: TrialRow | None) -> list[TrialRow]:
+    """The rows a front rewrite compares: with ``new_row``, the stored front plus it; else every
+    COMPLETE trial of that hardware."""
+    if new_row is None:
+        return list(s.scalars(select(TrialRow).where(
+            TrialRow.study_id == st.id, TrialRow.state == "COMPLETE", TrialRow.hardware_fingerprint == hardware)).all())
+    members = select(ParetoFrontRow.trial_id).where(
+        ParetoFrontRow.study_id == st.id, ParetoFrontRow.hardware_fingerprint == hardware)
+    rows = [r for r in s.scalars(select(TrialRow).where(TrialRow.id.in_(members))).all() if r.id != new_row.id]
+    rows.append(new_row)
+    return rows
+
+
+def rewrite_front(s: Session, st: StudyRow, hardware: str, new_row: TrialRow | None = None) -> None:
+    """Recompute and store the front of one study and hardware fingerprint.
+
+    With ``new_row`` (the trial just completed) only the stored front plus that trial are compared:
+    COMPLETE trials never change, and a trial dominated once stays dominated, so this equals the
+    front over all trials (a test checks it). Without it, every COMPLETE trial is read. Trials the
+    study's :class:`FrontRule` keeps out take no part, exactly as in :func:`front`.
+    """
+    objectives = objectives_of(st)
+    rule = front_rule(st.spec_json)
+    admits = rule.admits()
+    rows, items = [], []
+    for r in sorted(_stored_members(s, st, hardware, new_row), key=lambda r: r.trial_number):
+        values = row_values(r)
+        if admits(values) and (not rule.require_above_majority or above_majority(values)):
+            rows.append(r)
+            items.append((r.trial_number, values))
+    order = _front_of(items, objectives)
+    if new_row is not None and new_row not in (rows[i] for i in order):
+        return  # the new trial is dominated (or lacks an objective): the stored front stands
+    s.execute(delete(ParetoFrontRow).where(
+        ParetoFrontRow.study_id == st.id, ParetoFrontRow.hardware_fingerprint == hardware))
+    now = utc_now()
+    key = objectives_key(objectives)
+    for position, i in enumerate(order):
+        r = rows[i]
+        s.add(ParetoFrontRow(
+            study_id=st.id, hardware_fingerprint=hardware, objectives_key=key, trial_id=r.id,
+            trial_number=r.trial_number, position=position,
+            values_json=json_dumps({m: items[i][1][m] for m, _ in objectives}), updated_utc=now,
+        ))
+
+
+def rebuild_fronts(s: Session, st: StudyRow) -> None:
+    """Recompute every persisted front of a study from all its COMPLETE trials."""
+    s.execute(delete(ParetoFrontRow).where(ParetoFrontRow.study_id == st.id))
+    for hardware in hardware_fingerprints(s, st):
+        rewrite_front(s, st, hardware)
+
+
+def rebuild_all_fronts(s: Session) -> None:
+    """Recompute the persisted fronts of every study (after an upgrade: the front rule may have changed)."""
+    for st in s.scalars(select(StudyRow).order_by(StudyRow.id)).all():
+        rebuild_fronts(s, st)
+
+
+def _candidates(s: Session, st: StudyRow, where: str | None, hardware: str | None) -> list[tuple[TrialRow, Values]]:
+    """The study's COMPLETE trials (with their flat values) that satisfy its constraints and ``where``,
+    by number."""
+    admits = front_rule(st.spec_json).admits(where)
+    q = select(TrialRow).where(TrialRow.study_id == st.id, TrialRow.state == "COMPLETE")
+    if hardware is not None:
+        q = q.where(TrialRow.hardware_fingerprint == hardware)
+    members = []
+    for r in s.scalars(q.order_by(TrialRow.trial_number)).all():
+        values = row_values(r)
+        if admits(values):
+            members.append((r, values))
+    return members
+
+
+def front(s: Session, st: StudyRow, *, where: str | None, hardware: str | None,
+          include_trivial: bool) -> list[TrialView]:
+    """The Pareto-optimal COMPLETE trials (see :meth:`storage.base.BaseStorage.front`)."""
+    rule = front_rule(st.spec_json)
+    majority = rule.require_above_majority and not include_trivial
+    groups: dict[str, list[tuple[TrialRow, Values]]] = {}
+    for r, values in _candidates(s, st, where, hardware):
+        if not majority or above_majority(values):
+            groups.setdefault(r.hardware_fingerprint or NO_HARDWARE, []).append((r, values))
+    objectives = objectives_of(st)
+    out: list[TrialView] = []
+    for hw in sorted(groups):
+        group = groups[hw]
+        order = _front_of([(r.trial_number, v) for r, v in group], objectives)
+        out.extend(trial_view(st.name, group[i][0]) for i in order)
+    return out
+
+
+def trivial_trials(s: Session, st: StudyRow, *, where: str | None, hardware: str | None) -> list[TrialView]:
+    """The COMPLETE trials (within the study's constraints and ``where``) kept off the front for being at
+    or below the dev majority-class rate; empty when the study turns that rule off. In number order."""
+    if not front_rule(st.spec_json).require_above_majority:
+        return []
+    return [trial_view(st.name, r) for r, v in _candidates(s, st, where, hardware) if not above_majority(v)]
+
+
+def persisted_front(s: Session, st: StudyRow, *, hardware: str | None) -> list[FrontEntry]:
+    """The front as stored in ``nas_pareto_front``, ordered by hardware fingerprint and position."""
+    q = select(ParetoFrontRow).where(ParetoFrontRow.study_id == st.id)
+    if hardware is not None:
+        q = q.where(ParetoFrontRow.hardware_fingerprint == hardware)
+    rows = s.scalars(q.order_by(ParetoFrontRow.hardware_fingerprint, ParetoFrontRow.position)).all()
+    return [front_entry(r) for r in rows]
+
+
+def hardware_fingerprints(s: Session, st: StudyRow) -> list[str]:
+    """The hardware fingerprints of a study's COMPLETE trials, sorted."""
+    found = s.scalars(select(TrialRow.hardware_fingerprint).where(
+        TrialRow.study_id == st.id, TrialRow.state == "COMPLETE").distinct()).all()
+    return sorted({h or NO_HARDWARE for h in found})

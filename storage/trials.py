@@ -1,0 +1,177 @@
+"""The trial state machine, inside a caller's session: RUNNING, then once COMPLETE, FAIL or PRUNED.
+
+:func:`start_trial` records a RUNNING trial. :func:`finish_trial`, :func:`fail_trial`,
+:func:`prune_trial` and :func:`mark_unfinished_failed` end one, all through :func:`_close_trial`, which
+sets the state, the reason, the times and the cost in one place. A trial that was never started is
+created on the spot when it ends. A COMPLETE trial refreshes its study's persisted front in the same
+transaction.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from nas.config import Candidate
+from nas.errors import StorageError
+from nas.records import FailKind, TrialResult
+from storage.convert import reading_rows, set_candidate, set_cost, set_result
+from storage.fronts import rewrite_front
+from storage.models import ArtefactRow, StudyRow, TrialRow, utc_now
+from storage.views import NO_HARDWARE, TrialCost, candidate_hash
+
+__all__ = [
+    "trial_row",
+    "start_trial",
+    "finish_trial",
+    "fail_trial",
+    "prune_trial",
+    "mark_unfinished_failed",
+    "add_artefact",
+    "remove_artefacts",
+]
+
+_RESULT_STATES = {"COMPLETE": "COMPLETE", "FAIL": "FAIL", "PRUNED": "PRUNED"}
+
+
+def trial_row(s: Session, st: StudyRow, number: int) -> TrialRow | None:
+    """Trial ``number`` of a study, if it is recorded."""
+    return s.scalar(select(TrialRow).where(TrialRow.study_id == st.id, TrialRow.trial_number == number))
+
+
+def start_trial(s: Session, st: StudyRow, number: int, candidate: Candidate, optuna_trial_id: int | None) -> None:
+    """Record a trial as RUNNING with its candidate.
+
+    Raises:
+        StorageError: The trial number is already recorded.
+    """
+    if trial_row(s, st, number) is not None:
+        raise StorageError(f"trial {number} of study {st.name!r} is already recorded", fix="use the next trial number")
+    row = TrialRow(study_id=st.id, trial_number=number, optuna_trial_id=optuna_trial_id, state="RUNNING",
+                   started_utc=utc_now())
+    set_candidate(row, candidate)
+    s.add(row)
+
+
+def _running_row(s: Session, st: StudyRow, number: int, candidate: Candidate | None,
+                 optuna_trial_id: int | None) -> TrialRow:
+    """The RUNNING row of a trial, created on the spot if the trial was never started."""
+    row = trial_row(s, st, number)
+    if row is None:
+        row = TrialRow(study_id=st.id, trial_number=number, state="RUNNING")
+        if candidate is not None:
+            set_candidate(row, candidate)
+        s.add(row)
+    elif row.state != "RUNNING":
+        raise StorageError(f"trial {number} of study {st.name!r} is already {row.state}; a trial finishes once")
+    elif candidate is not None:
+        if row.candidate_hash is None:
+            set_candidate(row, candidate)
+        elif row.candidate_hash != candidate_hash(candidate):
+            raise StorageError(f"trial {number} of study {st.name!r} was started with another candidate",
+                               fix="finish a trial with the result of the candidate it started with")
+    if optuna_trial_id is not None:
+        row.optuna_trial_id = optuna_trial_id
+    return row
+
+
+def _close_trial(st: StudyRow, row: TrialRow, state: str, reason: str | None, *, kind: FailKind | None = None,
+                 cost: TrialCost | None) -> None:
+    """End a RUNNING trial: its state, reason (and kind, for a FAIL), finish time and cost, and the
+    study's last change."""
+    row.state = state
+    row.fail_reason = reason
+    row.fail_kind = (kind or FailKind.CANDIDATE).value if state == "FAIL" else None
+    row.finished_utc = utc_now()
+    if row.started_utc is None:
+        row.started_utc = row.finished_utc
+    if cost is not None:
+        set_cost(row, cost)
+    st.updated_utc = row.finished_utc
+
+
+def _check_result(number: int, result: TrialResult) -> str:
+    """The trial state a result ends in.
+
+    Raises:
+        StorageError: An unknown status, or inference energy read on a shared device (decision 5).
+    """
+    inf = result.inference
+    if result.status == "COMPLETE" and inf is not None and not inf.exclusive and inf.energy_per_sample_j is not None:
+        raise StorageError(
+            f"trial {number}: the inference energy was read while the device was shared "
+            "(exclusive=False), so it is not the candidate's energy",
+            fix="measure on the exclusive measurement lane, or store the energy as None",
+        )
+    state = _RESULT_STATES.get(result.status)
+    if state is None:
+        raise StorageError(f"trial {number}: unknown result status {result.status!r}")
+    return state
+
+
+def finish_trial(s: Session, st: StudyRow, number: int, result: TrialResult, *, cost: TrialCost,
+                 fail_kind: FailKind, optuna_trial_id: int | None) -> None:
+    """Store a trial's result, readings, cost and weights, and refresh its persisted front
+    (see :meth:`storage.base.BaseStorage.finish_trial`)."""
+    state = _check_result(number, result)
+    row = _running_row(s, st, number, result.candidate, optuna_trial_id)
+    reason = (result.error or "failed without a reason") if state == "FAIL" else None
+    set_result(row, result)
+    _close_trial(st, row, state, reason, kind=fail_kind, cost=cost)
+    row.readings.extend(reading_rows(result))
+    s.flush()
+    if result.weights_path:
+        p = Path(result.weights_path)
+        s.add(ArtefactRow(trial_id=row.id, kind="weights", path=str(p), sha256=None,
+                          size_bytes=p.stat().st_size if p.is_file() else None, created_utc=row.finished_utc))
+    if state == "COMPLETE":
+        rewrite_front(s, st, row.hardware_fingerprint or NO_HARDWARE, new_row=row)
+
+
+def fail_trial(s: Session, st: StudyRow, number: int, reason: str, *, candidate: Candidate | None,
+               cost: TrialCost | None, kind: FailKind, optuna_trial_id: int | None) -> None:
+    """Mark a trial FAIL with a reason and its kind, creating it if it was never started."""
+    row = _running_row(s, st, number, candidate, optuna_trial_id)
+    _close_trial(st, row, "FAIL", reason, kind=kind, cost=cost)
+
+
+def prune_trial(s: Session, st: StudyRow, number: int, reason: str, *, cost: TrialCost | None,
+                optuna_trial_id: int | None) -> None:
+    """Mark a RUNNING trial PRUNED (stopped early by the scheduler) without a result."""
+    row = _running_row(s, st, number, None, optuna_trial_id)
+    _close_trial(st, row, "PRUNED", reason, cost=cost)
+
+
+def mark_unfinished_failed(s: Session, st: StudyRow, reason: str) -> list[int]:
+    """Every RUNNING trial becomes FAIL (``INTERRUPTED``) with ``reason``; returns their numbers, ascending."""
+    rows = s.scalars(select(TrialRow).where(TrialRow.study_id == st.id, TrialRow.state == "RUNNING")
+                     .order_by(TrialRow.trial_number)).all()
+    for row in rows:
+        # it ran, but its worker's readings went with the driver: its joules are unknown
+        _close_trial(st, row, "FAIL", reason, kind=FailKind.INTERRUPTED, cost=TrialCost(meter="unknown"))
+    return [r.trial_number for r in rows]
+
+
+def add_artefact(s: Session, st: StudyRow, number: int, kind: str, path: str | os.PathLike[str], *,
+                 sha256: str | None, size_bytes: int | None) -> None:
+    """Record a file a trial produced."""
+    row = trial_row(s, st, number)
+    if row is None:
+        raise StorageError(f"unknown trial {number} of study {st.name!r}")
+    s.add(ArtefactRow(trial_id=row.id, kind=kind, path=os.fspath(path), sha256=sha256, size_bytes=size_bytes,
+                      created_utc=utc_now()))
+
+
+def remove_artefacts(s: Session, st: StudyRow, number: int, kind: str) -> list[str]:
+    """Forget a trial's artefacts of ``kind``; returns their paths for the caller to delete."""
+    row = trial_row(s, st, number)
+    if row is None:
+        return []
+    rows = s.scalars(select(ArtefactRow).where(ArtefactRow.trial_id == row.id, ArtefactRow.kind == kind)).all()
+    paths = [a.path for a in rows]
+    for a in rows:
+        s.delete(a)
+    return paths
