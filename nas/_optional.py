@@ -27,6 +27,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "export": ("onnx", "onnxruntime", "onnxscript"),
     "dashboard": ("fastapi", "uvicorn", "plotly", "httpx"),
     "postgres": ("psycopg",),
+    "gpu": ("pynvml",),
 }
 
 

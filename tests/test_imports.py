@@ -3,8 +3,8 @@
 Function-level (lazy) imports hide a module's dependencies and can hide import circles. They are allowed
 only for
 
-* optional extras (``OPTIONAL``, the extras of ``pyproject.toml``: a missing extra becomes a one-line fix-it error, not an ImportError at
-  ``import nas``);
+* optional extras (``OPTIONAL``, the extras of ``pyproject.toml``), and any import inside a
+  ``with try_import(extra):`` block, where a missing extra becomes a one-line fix-it error;
 * CLI commands (``nas/cli/``), so that ``nas --help`` stays fast and each command pays for what it uses;
 * the public facade ``nas/__init__.py`` (``nas.search``, ``nas.pareto``, ``nas.load``), so that
   ``import nas`` stays light (``tests/test_layers.py``).
@@ -19,12 +19,12 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
+from nas._optional import EXTRA_MODULES
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("nas", "search_spaces", "evaluators", "storage", "dashboards")
-OPTIONAL = frozenset({
-    "ray", "codecarbon", "onnx", "onnxruntime", "onnxscript", "fastapi", "starlette", "uvicorn", "plotly",
-    "httpx", "psycopg", "playwright", "pynvml",
-})
+#: The extras' modules (one list: ``nas._optional.EXTRA_MODULES``), and the frameworks under them.
+OPTIONAL = frozenset({m for mods in EXTRA_MODULES.values() for m in mods} | {"starlette"})
 
 
 def _files() -> Iterator[Path]:
@@ -132,13 +132,28 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def _gated(fn: ast.AST) -> set[int]:
+    """Ids of the import nodes inside ``with try_import(...):`` blocks of ``fn``."""
+    ids = set()
+    for w in ast.walk(fn):
+        if isinstance(w, ast.With) and any("try_import" in ast.unparse(i.context_expr) for i in w.items):
+            ids |= {id(n) for n in ast.walk(w) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return ids
+
+
 def _lazy_imports(path: Path) -> Iterator[tuple[int, str, str]]:
-    """(line, enclosing function, imported top-level name) for every import inside a function."""
+    """(line, enclosing function, imported top-level name) for every import inside a function.
+
+    Imports inside ``with try_import(extra):`` are the optional-extra pattern and are not listed.
+    """
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for fn in ast.walk(tree):
         if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
+        gated = _gated(fn)
         for node in ast.walk(fn):
+            if id(node) in gated:
+                continue
             if isinstance(node, ast.Import):
                 for a in node.names:
                     yield node.lineno, fn.name, a.name.split(".")[0]
@@ -169,3 +184,11 @@ def test_the_graph_sees_real_edges() -> None:
     graph = _graph()
     assert "nas.records" in graph["storage.views"] or any(t.startswith("nas") for t in graph["storage.views"])
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_extra_is_known_to_try_import() -> None:
+    """``nas._optional.EXTRA_MODULES`` names exactly the extras of ``pyproject.toml`` (bar all and dev)."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    assert set(EXTRA_MODULES) == set(extras) - {"all", "dev"}
