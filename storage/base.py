@@ -173,7 +173,8 @@ class BaseStorage(abc.ABC):
     @abc.abstractmethod
     def failed_candidate_hashes(self, study: str) -> set[str]:
         """Hashes of candidates that failed by their own fault, ``FailKind.CANDIDATE`` (never sample them
-        again)."""
+        again).
+        """
 
     @abc.abstractmethod
     def complete_candidate_hashes(self, study: str) -> dict[str, int]:

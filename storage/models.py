@@ -107,7 +107,8 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 class StudyRow(Base):
     """One search. Its search cost and trial counts are not stored here: they are derived from its
-    trials whenever it is read (see :func:`storage.studies.study_costs`)."""
+    trials whenever it is read (see :func:`storage.studies.study_costs`).
+    """
 
     __tablename__ = "nas_studies"
     __table_args__ = (CheckConstraint(_in("status", STUDY_STATUSES), name="status"),)
