@@ -67,8 +67,11 @@ class FailKind(str, enum.Enum):
 
 
 def spends_budget(state: str, fail_kind: FailKind | None) -> bool:
-    """Whether a trial in ``state`` spent budget: every finished trial does, except a failure whose kind
-    says otherwise; a RUNNING trial has not yet. A FAIL without a kind is taken as the candidate's."""
+    """Whether a trial in ``state`` spent budget.
+
+    Every finished trial does, except a failure whose kind says otherwise; a RUNNING trial has not yet. A
+    FAIL without a kind is taken as the candidate's.
+    """
     if state == "RUNNING":
         return False
     if state == "FAIL":

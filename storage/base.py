@@ -121,11 +121,14 @@ class BaseStorage(abc.ABC):
         """Mark a trial FAIL with a reason (creating it if it was never started).
 
         Args:
+            study: The study's name.
+            trial_number: The trial's number in the study (Optuna's trial number).
             reason: Why, for humans (``"CUDA out of memory"``, ``"NaN loss at step 40"``).
             candidate: The candidate, if the trial was never started.
             cost: What the trial cost before it failed.
             kind: Why, for the search. Only ``FailKind.CANDIDATE`` (the default) spends budget and puts
                 the candidate's hash in :meth:`failed_candidate_hashes`; the other kinds do neither.
+            optuna_trial_id: Optuna's id of the trial, recorded if given.
         """
 
     @abc.abstractmethod
@@ -134,15 +137,19 @@ class BaseStorage(abc.ABC):
         """Mark a RUNNING trial PRUNED (stopped early by the scheduler) without a result.
 
         Args:
+            study: The study's name.
+            trial_number: The trial's number in the study.
             reason: Why it was stopped, kept in ``fail_reason``.
             cost: What it cost.
             wall_s: Shorthand for ``cost=TrialCost(wall_s=wall_s)`` when no joules are known.
+            optuna_trial_id: Optuna's id of the trial, recorded if given.
         """
 
     @abc.abstractmethod
     def mark_unfinished_failed(self, study: str, reason: str) -> list[int]:
-        """On resume: every RUNNING trial becomes FAIL (``FailKind.INTERRUPTED``) with ``reason``; its
-        joules are unknown.
+        """On resume: every RUNNING trial becomes FAIL (``FailKind.INTERRUPTED``) with ``reason``.
+
+        Their joules are unknown.
 
         Returns:
             The trial numbers that were marked, ascending, so the driver can re-queue their budget.
@@ -172,8 +179,7 @@ class BaseStorage(abc.ABC):
 
     @abc.abstractmethod
     def failed_candidate_hashes(self, study: str) -> set[str]:
-        """Hashes of candidates that failed by their own fault, ``FailKind.CANDIDATE`` (never sample them
-        again)."""
+        """Hashes of candidates that failed by their own fault (``FailKind.CANDIDATE``): never resample."""
 
     @abc.abstractmethod
     def complete_candidate_hashes(self, study: str) -> dict[str, int]:
@@ -199,6 +205,7 @@ class BaseStorage(abc.ABC):
         majority-class rate take no part (see :meth:`trivial_trials`).
 
         Args:
+            study: The study's name.
             where: A filter over :data:`storage.FILTER_NAMES`, e.g. ``"weight_bits <= 8"`` (see
                 :mod:`nas.where`).
             hardware: Only this hardware fingerprint.
@@ -214,10 +221,11 @@ class BaseStorage(abc.ABC):
     @abc.abstractmethod
     def trivial_trials(self, study: str, *, where: str | None = None,
                        hardware: str | None = None) -> list[TrialView]:
-        """The COMPLETE trials (within the study's rule and ``where``) that :meth:`front` keeps out
-        under ``front.require_above_majority``: dev accuracy at or below the dev majority-class rate.
+        """The COMPLETE trials that :meth:`front` keeps out as trivial.
 
-        Empty when the study turns that rule off. In trial-number order.
+        Those within the study's rule and ``where`` whose dev accuracy is at or below the dev majority-class
+        rate, under ``front.require_above_majority``. Empty when the study turns that rule off. In
+        trial-number order.
         """
 
     @abc.abstractmethod

@@ -244,8 +244,10 @@ def _train_reading(tr: TrainSummary, kind: str) -> EnergyReadingRow:
 
 
 def reading_rows(result: TrialResult) -> list[EnergyReadingRow]:
-    """One row per energy reading of a result: its inference reading, then its training (and any
-    teacher training behind it)."""
+    """One row per energy reading of a result.
+
+    Its inference reading, then its training (and any teacher training behind it).
+    """
     out: list[EnergyReadingRow] = []
     inf = result.inference
     if inf is not None:

@@ -89,8 +89,9 @@ def sqlite_file(url: URL) -> Path | None:
 
 
 def sqlite_read_mode(path: Path, read_only: bool | None) -> str | None:
-    """How to open an existing SQLite file: ``None`` (read-write), ``"query_only"``, ``"ro"`` or
-    ``"immutable"``.
+    """How to open an existing SQLite file.
+
+    ``None`` (read-write), ``"query_only"``, ``"ro"`` or ``"immutable"``.
 
     Args:
         path: The database file.

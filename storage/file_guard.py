@@ -40,8 +40,9 @@ class FileIdentity:
         return None if (st.st_dev, st.st_ino) == self._id else "replaced"
 
     def verify(self, dbapi_connection: Any) -> None:
-        """Raise when the file changed, after rescuing what ``dbapi_connection`` (an open
-        ``sqlite3.Connection`` on the old file) still holds.
+        """Raise when the file changed, after rescuing what the connection still holds.
+
+        ``dbapi_connection`` is an open ``sqlite3.Connection`` on the old file.
 
         Raises:
             StorageError: naming the file, what happened and where the rescued copy is.

@@ -82,8 +82,11 @@ class FrontRule:
 
 @functools.lru_cache(maxsize=128)
 def front_rule(spec_json: str) -> FrontRule:
-    """The front rule of a study spec (JSON text). A spec that is not a :class:`~nas.spec.StudySpec`
-    (a study created through the Python API) has no constraints and the default majority rule."""
+    """The front rule of a study spec (JSON text).
+
+    A spec that is not a :class:`~nas.spec.StudySpec` (a study created through the Python API) has no
+    constraints and the default majority rule.
+    """
     try:
         constraints = tuple(StudySpec.model_validate_json(spec_json).constraints)
     except ValueError:
@@ -102,8 +105,10 @@ def _front_of(items: Sequence[tuple[int, Values]], objectives: Sequence[tuple[st
 
 
 def _stored_members(s: Session, st: StudyRow, hardware: str, new_row: TrialRow | None) -> list[TrialRow]:
-    """The rows a front rewrite compares: with ``new_row``, the stored front plus it; else every
-    COMPLETE trial of that hardware."""
+    """The rows a front rewrite compares.
+
+    With ``new_row``, the stored front plus it; else every COMPLETE trial of that hardware.
+    """
     if new_row is None:
         return list(s.scalars(select(TrialRow).where(
             TrialRow.study_id == st.id, TrialRow.state == "COMPLETE", TrialRow.hardware_fingerprint == hardware)).all())
@@ -161,8 +166,10 @@ def rebuild_all_fronts(s: Session) -> None:
 
 
 def _candidates(s: Session, st: StudyRow, where: str | None, hardware: str | None) -> list[tuple[TrialRow, Values]]:
-    """The study's COMPLETE trials (with their flat values) that satisfy its constraints and ``where``,
-    by number."""
+    """The study's COMPLETE trials that satisfy its constraints and ``where``.
+
+    Each with its flat values, in trial-number order.
+    """
     admits = front_rule(st.spec_json).admits(where)
     q = select(TrialRow).where(TrialRow.study_id == st.id, TrialRow.state == "COMPLETE")
     if hardware is not None:
@@ -194,8 +201,11 @@ def front(s: Session, st: StudyRow, *, where: str | None, hardware: str | None,
 
 
 def trivial_trials(s: Session, st: StudyRow, *, where: str | None, hardware: str | None) -> list[TrialView]:
-    """The COMPLETE trials (within the study's constraints and ``where``) kept off the front for being at
-    or below the dev majority-class rate; empty when the study turns that rule off. In number order."""
+    """The COMPLETE trials kept off the front as trivial (:meth:`storage.base.BaseStorage.trivial_trials`).
+
+    Those within the study's constraints and ``where`` at or below the dev majority-class rate; empty when
+    the study turns that rule off. In number order.
+    """
     if not front_rule(st.spec_json).require_above_majority:
         return []
     return [trial_view(st.name, r) for r, v in _candidates(s, st, where, hardware) if not above_majority(v)]

@@ -80,6 +80,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """The value to write, in UTC; a naive datetime is refused (ValueError)."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -87,6 +88,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(timezone.utc)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """The value read, as an aware UTC datetime (a naive one, from SQLite, is taken as UTC)."""
         if value is None:
             return None
         assert isinstance(value, datetime)  # the driver's contract, not user input
@@ -106,8 +108,11 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 
 class StudyRow(Base):
-    """One search. Its search cost and trial counts are not stored here: they are derived from its
-    trials whenever it is read (see :func:`storage.studies.study_costs`)."""
+    """One search.
+
+    Its search cost and trial counts are not stored here: they are derived from its trials whenever it is
+    read (see :func:`storage.studies.study_costs`).
+    """
 
     __tablename__ = "nas_studies"
     __table_args__ = (CheckConstraint(_in("status", STUDY_STATUSES), name="status"),)

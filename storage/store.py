@@ -210,41 +210,49 @@ class Store(BaseStorage):
                      optuna_study_id: int | None = None, budget_energy_j: float | None = None,
                      budget_trials: int | None = None, budget_wall_s: float | None = None,
                      exist_ok: bool = False) -> StudyInfo:
+        """Record a new study in one write; see :meth:`BaseStorage.create_study`."""
         with self.session(write=True) as s:
             return studies.create_study(s, name, spec_json, objectives, optuna_study_id=optuna_study_id,
                                         budget_energy_j=budget_energy_j, budget_trials=budget_trials,
                                         budget_wall_s=budget_wall_s, exist_ok=exist_ok)
 
     def get_study(self, name: str) -> StudyInfo:
+        """The study called ``name``, with its cost and trial counts derived from its trials."""
         with self.session() as s:
             return studies.read_study(s, study_row(s, name))
 
     def list_studies(self) -> list[StudyInfo]:
+        """Every study, oldest first."""
         with self.session() as s:
             return queries.list_studies(s)
 
     def set_study_status(self, name: str, status: str) -> None:
+        """Set a study's status (``RUNNING``, ``COMPLETE``, ``FAILED`` or ``STOPPED``)."""
         with self.session(write=True) as s:
             studies.set_study_status(study_row(s, name), status)
 
     def update_study_spec(self, name: str, spec_json: str, *, budget_energy_j: float | None = None,
                           budget_trials: int | None = None, budget_wall_s: float | None = None) -> StudyInfo:
+        """Replace a study's spec and the budgets given; see :meth:`BaseStorage.update_study_spec`."""
         with self.session(write=True) as s:
             return studies.update_study_spec(s, study_row(s, name), spec_json, budget_energy_j=budget_energy_j,
                                              budget_trials=budget_trials, budget_wall_s=budget_wall_s)
 
     def link_optuna_study(self, name: str, optuna_study_id: int) -> None:
+        """Record Optuna's study id for an existing study."""
         with self.session(write=True) as s:
             studies.link_optuna_study(study_row(s, name), optuna_study_id)
 
     # --- trials: writing ---------------------------------------------------------------------------
     def start_trial(self, study: str, trial_number: int, candidate: Candidate, *,
                     optuna_trial_id: int | None = None) -> None:
+        """Record a trial as RUNNING with its candidate; see :meth:`BaseStorage.start_trial`."""
         with self.session(write=True) as s:
             trials.start_trial(s, study_row(s, study), trial_number, candidate, optuna_trial_id)
 
     def finish_trial(self, study: str, trial_number: int, result: TrialResult, *, cost: TrialCost,
                      fail_kind: FailKind = FailKind.CANDIDATE, optuna_trial_id: int | None = None) -> None:
+        """Store a trial's result, readings and cost, and its front; see :meth:`BaseStorage.finish_trial`."""
         with self.session(write=True) as s:
             trials.finish_trial(s, study_row(s, study), trial_number, result, cost=cost, fail_kind=fail_kind,
                                 optuna_trial_id=optuna_trial_id)
@@ -252,12 +260,14 @@ class Store(BaseStorage):
     def fail_trial(self, study: str, trial_number: int, reason: str, *, candidate: Candidate | None = None,
                    cost: TrialCost | None = None, kind: FailKind = FailKind.CANDIDATE,
                    optuna_trial_id: int | None = None) -> None:
+        """Mark a trial FAIL, creating it if it never started; see :meth:`BaseStorage.fail_trial`."""
         with self.session(write=True) as s:
             trials.fail_trial(s, study_row(s, study), trial_number, reason, candidate=candidate, cost=cost,
                               kind=kind, optuna_trial_id=optuna_trial_id)
 
     def prune_trial(self, study: str, trial_number: int, reason: str, *, cost: TrialCost | None = None,
                     wall_s: float | None = None, optuna_trial_id: int | None = None) -> None:
+        """Mark a RUNNING trial PRUNED with its cost; see :meth:`BaseStorage.prune_trial`."""
         if cost is None and wall_s is not None:
             cost = TrialCost(wall_s=wall_s)
         with self.session(write=True) as s:
@@ -265,65 +275,79 @@ class Store(BaseStorage):
                                optuna_trial_id=optuna_trial_id)
 
     def mark_unfinished_failed(self, study: str, reason: str) -> list[int]:
+        """Mark every RUNNING trial FAIL (interrupted); returns their numbers, ascending."""
         with self.session(write=True) as s:
             return trials.mark_unfinished_failed(s, study_row(s, study), reason)
 
     def add_artefact(self, study: str, trial_number: int, kind: str, path: str | os.PathLike[str], *,
                      sha256: str | None = None, size_bytes: int | None = None) -> None:
+        """Record a file a trial produced (``kind`` e.g. ``"weights"``)."""
         with self.session(write=True) as s:
             trials.add_artefact(s, study_row(s, study), trial_number, kind, path, sha256=sha256,
                                 size_bytes=size_bytes)
 
     def remove_artefacts(self, study: str, trial_number: int, kind: str) -> list[str]:
+        """Forget a trial's artefacts of ``kind``; returns their paths for the caller to delete."""
         with self.session(write=True) as s:
             return trials.remove_artefacts(s, study_row(s, study), trial_number, kind)
 
     # --- trials: reading ---------------------------------------------------------------------------
     def trials(self, study: str, *, states: Iterable[str] | None = None) -> list[TrialView]:
+        """A study's trials in number order, optionally only those in ``states``."""
         wanted = queries.check_states(states)
         with self.session() as s:
             return queries.trials(s, study_row(s, study), wanted)
 
     def trial(self, study: str, number: int) -> TrialView:
+        """One trial of a study, by number."""
         with self.session() as s:
             return queries.trial(s, study_row(s, study), number)
 
     def failed_candidate_hashes(self, study: str) -> set[str]:
+        """Hashes of the candidates that failed by their own fault (never resampled)."""
         with self.session() as s:
             return queries.failed_candidate_hashes(s, study_row(s, study))
 
     def complete_candidate_hashes(self, study: str) -> dict[str, int]:
+        """``candidate hash -> trial number`` of the study's COMPLETE trials."""
         with self.session() as s:
             return queries.complete_candidate_hashes(s, study_row(s, study))
 
     def artefacts(self, study: str, trial_number: int | None = None) -> list[ArtefactView]:
+        """Files recorded for a study, or for one of its trials, oldest first."""
         with self.session() as s:
             return queries.artefacts(s, study_row(s, study), trial_number)
 
     def readings(self, study: str, trial_number: int) -> list[ReadingView]:
+        """The energy readings of one trial."""
         with self.session() as s:
             return queries.readings(s, study_row(s, study), trial_number)
 
     # --- fronts ------------------------------------------------------------------------------------
     def front(self, study: str, *, where: str | None = None, hardware: str | None = None,
               include_trivial: bool = False) -> list[TrialView]:
+        """The Pareto-optimal COMPLETE trials, recomputed; see :meth:`BaseStorage.front`."""
         with self.session() as s:
             return fronts.front(s, study_row(s, study), where=where, hardware=hardware,
                                 include_trivial=include_trivial)
 
     def trivial_trials(self, study: str, *, where: str | None = None,
                        hardware: str | None = None) -> list[TrialView]:
+        """The COMPLETE trials :meth:`front` keeps out as at or below the majority-class rate."""
         with self.session() as s:
             return fronts.trivial_trials(s, study_row(s, study), where=where, hardware=hardware)
 
     def persisted_front(self, study: str, *, hardware: str | None = None) -> list[FrontEntry]:
+        """The front as stored in ``nas_pareto_front``, by hardware fingerprint and position."""
         with self.session() as s:
             return fronts.persisted_front(s, study_row(s, study), hardware=hardware)
 
     def rebuild_front(self, study: str) -> None:
+        """Recompute the study's persisted fronts from all its COMPLETE trials (a repair tool)."""
         with self.session(write=True) as s:
             fronts.rebuild_fronts(s, study_row(s, study))
 
     def hardware_fingerprints(self, study: str) -> list[str]:
+        """The hardware fingerprints of the study's COMPLETE trials, sorted."""
         with self.session() as s:
             return fronts.hardware_fingerprints(s, study_row(s, study))

@@ -162,8 +162,11 @@ def create_study(s: Session, name: str, spec_json: str, objectives: Sequence[tup
 
 def update_study_spec(s: Session, row: StudyRow, spec_json: str, *, budget_energy_j: float | None,
                       budget_trials: int | None, budget_wall_s: float | None) -> StudyInfo:
-    """Replace a study's spec and the budgets given; rebuild its persisted fronts when the spec
-    changes which trials may stand on them (see :func:`storage.fronts.front_rule`)."""
+    """Replace a study's spec and the budgets given.
+
+    Its persisted fronts are rebuilt when the spec changes which trials may stand on them (see
+    :func:`storage.fronts.front_rule`).
+    """
     check_spec_json(spec_json)
     rule_changed = front_rule(row.spec_json) != front_rule(spec_json)
     row.spec_json = spec_json

@@ -80,8 +80,10 @@ def _running_row(s: Session, st: StudyRow, number: int, candidate: Candidate | N
 
 def _close_trial(st: StudyRow, row: TrialRow, state: str, reason: str | None, *, kind: FailKind | None = None,
                  cost: TrialCost | None) -> None:
-    """End a RUNNING trial: its state, reason (and kind, for a FAIL), finish time and cost, and the
-    study's last change."""
+    """End a RUNNING trial.
+
+    Sets its state, reason (and kind, for a FAIL), finish time and cost, and the study's last change.
+    """
     row.state = state
     row.fail_reason = reason
     row.fail_kind = (kind or FailKind.CANDIDATE).value if state == "FAIL" else None
@@ -114,8 +116,10 @@ def _check_result(number: int, result: TrialResult) -> str:
 
 def finish_trial(s: Session, st: StudyRow, number: int, result: TrialResult, *, cost: TrialCost,
                  fail_kind: FailKind, optuna_trial_id: int | None) -> None:
-    """Store a trial's result, readings, cost and weights, and refresh its persisted front
-    (see :meth:`storage.base.BaseStorage.finish_trial`)."""
+    """Store a trial's result, readings, cost and weights, and refresh its persisted front.
+
+    See :meth:`storage.base.BaseStorage.finish_trial`.
+    """
     state = _check_result(number, result)
     row = _running_row(s, st, number, result.candidate, optuna_trial_id)
     reason = (result.error or "failed without a reason") if state == "FAIL" else None

@@ -125,13 +125,16 @@ class TrialCost:
 
     @property
     def total_energy_j(self) -> float | None:
+        """Training plus measurement joules (known parts); ``None`` when neither is known."""
         parts = [p for p in (self.train_energy_j, self.measure_energy_j) if p is not None]
         return sum(parts) if parts else None
 
     @classmethod
     def from_result(cls, result: TrialResult, *, wall_s: float = 0.0, gpu_s: float = 0.0) -> TrialCost:
-        """The cost recorded in a result, whatever its status: training joules (a teacher trained for
-        this trial included) plus the joules of the whole measurement protocol.
+        """The cost recorded in a result, whatever its status.
+
+        Training joules (a teacher trained for this trial included) plus the joules of the whole measurement
+        protocol.
 
         A phase that ran but whose meter gave no number leaves its part ``None``: unknown stays unknown.
         ``measure_energy_j`` is the protocol's metered energy (warm-up, idle baseline, windows, latency
@@ -239,6 +242,7 @@ class StudyInfo:
 
     @property
     def spec(self) -> Any:
+        """The study spec, parsed from ``spec_json``."""
         return json.loads(self.spec_json)
 
     @property

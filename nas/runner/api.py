@@ -39,6 +39,8 @@ class Front:
 
 @dataclass(frozen=True)
 class SearchSummary:
+    """What a finished search returns: its front, trial counts by end, energy spent and why it stopped."""
+
     study: str
     db: str
     objectives: list[tuple[str, str]]
@@ -55,6 +57,7 @@ class SearchSummary:
     n_trials_unmetered: int = 0
 
     def describe(self) -> str:
+        """The summary as text for the terminal, with the commands that query the study."""
         label = " (ESTIMATE)" if self.energy_is_estimate else ""
         j = f"{self.total_energy_j:.1f} J{label}, meter {', '.join(self.energy_meters) or 'none'}" \
             if self.total_energy_j is not None else "not metered"
@@ -84,6 +87,7 @@ def open_store(db: str, *, create: bool = True, read_only: bool = False) -> Stor
 
 
 def resolve_spec(spec: StudySpec | str | Path | None) -> StudySpec:
+    """The spec given, loaded from its file when it is a path, or the default spec when it is None."""
     if spec is None:
         return default_spec()
     if isinstance(spec, StudySpec):
@@ -92,8 +96,10 @@ def resolve_spec(spec: StudySpec | str | Path | None) -> StudySpec:
 
 
 def resolve_db(db: str | None, spec: StudySpec | None) -> str:
-    """Which database a search uses: ``db`` (``--db`` or ``NAS_DB``), else the spec's ``storage.url``,
-    else ``nas.db``."""
+    """Which database a search uses.
+
+    ``db`` (``--db`` or ``NAS_DB``), else the spec's ``storage.url``, else ``nas.db``.
+    """
     if db:
         return db
     if spec is not None and spec.storage.url:
@@ -242,7 +248,8 @@ def pareto(study: str, *, db: str = DEFAULT_DB, where: str | None = None, hardwa
     ``where`` narrows further (both are parsed, never evaluated as Python). Under the study's
     ``front.require_above_majority`` (default) trials whose dev accuracy is not above the dev
     majority-class rate are kept out (listed in ``Front.kept_out``); ``include_trivial=True`` lets them
-    take part. The database is opened read-only."""
+    take part. The database is opened read-only.
+    """
     store = open_store(db, create=False, read_only=True)
     info = store.get_study(study)
     trials = store.front(study, where=where, hardware=hardware, include_trivial=include_trivial)

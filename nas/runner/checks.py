@@ -55,9 +55,11 @@ def check_search_inputs(spec: StudySpec, *, db: str, ray_address: str | None = N
 
 def check_trial_inputs(candidate: Any, *, task: str, teacher: str | None, weights_out: str | Path | None,
                        seed: int = 0, measure_seq: int | None = None) -> None:
-    """What ``nas trial`` checks before it starts: the measured sequence length, the teacher, that the
-    weights folder can be written, and the task (a built-in's name; a file is parsed, and its tokenizer
-    cached for the trial)."""
+    """What ``nas trial`` checks before it starts.
+
+    The measured sequence length, the teacher, that the weights folder can be written, and the task (a
+    built-in's name; a file is parsed, and its tokenizer cached for the trial).
+    """
     if measure_seq is not None and measure_seq > candidate.max_len:
         raise ConfigError(f"longer than the candidate's max_len {candidate.max_len}", field="--measure-seq",
                           value=measure_seq, fix=f"pass --measure-seq {candidate.max_len} or less, or raise the "
@@ -156,9 +158,12 @@ def _variants(space: Any) -> list[tuple[str, Any, dict[str, Any]]]:
 
 
 def check_space(spec: StudySpec) -> Any:
-    """The validated :class:`~search_spaces.SearchSpace`. Every value of every knob must be a valid
-    candidate value, and must build a valid candidate with the others (a local window wider than
-    ``max_len``, a dropout of 1.5, a pooling that does not exist... fail here, not in every trial)."""
+    """The validated :class:`~search_spaces.SearchSpace`.
+
+    Every value of every knob must be a valid candidate value, and must build a valid candidate with the
+    others (a local window wider than ``max_len``, a dropout of 1.5, a pooling that does not exist... fail
+    here, not in every trial).
+    """
     space = load_space(spec.space.preset, spec.space.overrides)
     _check_values(spec, space)
     base: dict[str, Any] = {name: value[0] for name, value in space.model_dump().items() if isinstance(value, list)}
@@ -179,8 +184,10 @@ def check_space(spec: StudySpec) -> Any:
 
 
 def check_teacher(teacher: str | None, *, distills: bool, field: str = "teacher") -> None:
-    """``teacher`` is absent, ``auto``, or a local Hugging Face folder; a distilling space or candidate
-    (``distills``) needs one."""
+    """``teacher`` is absent, ``auto``, or a local Hugging Face folder.
+
+    A distilling space or candidate (``distills``) needs one.
+    """
     name = (teacher or "").strip()
     if name.lower() in ("", "none"):
         if distills:
@@ -260,8 +267,10 @@ def check_ray_address(address: str) -> None:
 
 
 def check_task(spec: StudySpec, max_len: int) -> int:
-    """The task exists and parses, loaded once here in the driver: a built-in (a few rows suffice to
-    check it), or a file or folder (its tokenizer is cached, so the trials reuse this work).
+    """The task exists and parses, loaded once here in the driver.
+
+    A built-in (a few rows suffice to check it), or a file or folder (its tokenizer is cached, so the trials
+    reuse this work).
 
     Returns:
         The task's number of labels.

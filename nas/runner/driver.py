@@ -55,6 +55,8 @@ def artefacts_dir(spec: StudySpec, db_url: str) -> str:
 
 @dataclass(frozen=True)
 class RunOutcome:
+    """How a search run ended: the study, how many trials it evaluated, why it stopped, its wall time."""
+
     study: str
     evaluated: int
     stopped_reason: str
@@ -62,8 +64,11 @@ class RunOutcome:
 
 
 def _init_ray(ray_address: str | None, spec: StudySpec) -> bool:
-    """Start local Ray or join ``ray_address``; returns whether this call started a local Ray (which
-    the search then owns and stops). A Ray the caller initialised is left to the caller."""
+    """Start local Ray or join ``ray_address``.
+
+    Returns whether this call started a local Ray (which the search then owns and stops). A Ray the caller
+    initialised is left to the caller.
+    """
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -101,8 +106,11 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 def _make_searcher(spec: StudySpec, store: Store, handle: StoreHandle, ot_storage: OptunaStorage,
                    failed: set[str]) -> NASOptunaSearch:
-    """The study's searcher: its sampler seeded from the study and how many trials Optuna was told,
-    and every candidate already COMPLETE in the study blocked from evaluation."""
+    """The study's searcher.
+
+    Its sampler is seeded from the study and how many trials Optuna was told, and every candidate already
+    COMPLETE in the study blocked from evaluation.
+    """
     try:
         told = len(ot_storage.get_all_trials(ot_storage.get_study_id_from_name(spec.name), deepcopy=False,
                                              states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
@@ -198,8 +206,11 @@ def _nas_error_in(e: BaseException) -> NASError | None:
 
 
 def _close_out(store: Store, ot_storage: OptunaStorage, name: str, status: str | None) -> None:
-    """Trials left running become FAIL (interrupted) in both our tables and Optuna's, and a failed search
-    is marked so. After a failed write this may fail too: the first error is the one that counts."""
+    """Trials left running become FAIL (interrupted) in both our tables and Optuna's.
+
+    A failed search is marked so. After a failed write this may fail too: the first error is the one that
+    counts.
+    """
     try:
         store.mark_unfinished_failed(name, INTERRUPTED)
         _fail_running_optuna_trials(ot_storage, name)
@@ -241,8 +252,11 @@ def _tuner(spec: StudySpec, searcher: NASOptunaSearch, writer: StoreWriter, stop
 
 
 class SearchStopper(Stopper):  # type: ignore[misc]
-    """Ends the whole search cleanly once the study's stored search energy (training + measurement
-    joules) reaches the budget, or at once when the writer could not store a trial (``writer.fatal``)."""
+    """Ends the whole search cleanly at the joule budget or after a failed write.
+
+    It stops once the study's stored search energy (training + measurement joules) reaches the budget,
+    or at once when the writer could not store a trial (``writer.fatal``).
+    """
 
     def __init__(self, handle: StoreHandle, budget_j: float | None, writer: StoreWriter | None = None) -> None:
         self.handle = handle
@@ -251,9 +265,11 @@ class SearchStopper(Stopper):  # type: ignore[misc]
         self.reason = ""
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        """Never stops a single trial (ASHA does that); returns False."""
         return False
 
     def stop_all(self) -> bool:
+        """Whether to end the search now (a failed write, or the joule budget spent); sets ``reason``."""
         if self.writer is not None and self.writer.fatal is not None:
             self.reason = f"stopped: {self.writer.fatal}"
             return True
@@ -267,8 +283,11 @@ class SearchStopper(Stopper):  # type: ignore[misc]
 
 
 def _fail_running_optuna_trials(ot_storage: OptunaStorage, name: str) -> None:
-    """Optuna trials left RUNNING (a dead driver, an abandoned trial) become FAIL, so samplers that
-    condition on running trials (constant liar) are not skewed and history stays consistent."""
+    """Optuna trials left RUNNING (a dead driver, an abandoned trial) become FAIL.
+
+    Samplers that condition on running trials (constant liar) are then not skewed, and history stays
+    consistent.
+    """
     try:
         study_id = ot_storage.get_study_id_from_name(name)
     except KeyError:

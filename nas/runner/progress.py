@@ -1,5 +1,8 @@
-"""A rich live display for a running search: trials done out of the budget, front size, the best
-point, and the joules spent (with the meter, and 'estimate' where it is one)."""
+"""A rich live display for a running search.
+
+It shows trials done out of the budget, front size, the best point, and the joules spent (with the meter, and
+'estimate' where it is one).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from storage import Store
 
 
 class SearchProgress:
+    """The live progress bar of ``nas search``, refreshed from the store after each stored trial."""
+
     def __init__(self, store: Store, spec: StudySpec, console: Console | None = None) -> None:
         self.store = store
         self.spec = spec
@@ -27,16 +32,19 @@ class SearchProgress:
         self._lock = threading.Lock()
 
     def start(self) -> None:
+        """Start the live display and draw it once."""
         self._live = Live(self.bar, console=self.console, refresh_per_second=4)
         self._live.start()
         self.refresh()
 
     def stop(self) -> None:
+        """Draw the final state and end the live display."""
         self.refresh()
         if self._live:
             self._live.stop()
 
     def refresh(self) -> None:
+        """Re-read trials, front and joules spent from the store and redraw; a failed read is skipped."""
         with self._lock:
             try:
                 views = self.store.trials(self.spec.name)
@@ -84,4 +92,5 @@ class TrialProgress:
         self.bar.stop()
 
     def __call__(self, phase: str, done: int, total: int) -> None:
+        """Show the pipeline's current ``phase`` with ``done`` out of ``total``."""
         self.bar.update(self.task, description=phase, completed=done, total=total)

@@ -35,11 +35,13 @@ class TrialConfig:
     candidate_hash: str
 
     def to_tune(self) -> dict[str, Any]:
+        """The Tune ``config`` dict that carries this record to a worker."""
         return {"candidate_json": self.candidate.model_dump_json(), "optuna_number": self.number,
                 "candidate_hash": self.candidate_hash}
 
     @classmethod
     def from_tune(cls, config: Mapping[str, Any]) -> TrialConfig:
+        """The record a worker reads back from its Tune ``config``."""
         return cls(candidate=Candidate.model_validate_json(config["candidate_json"]),
                    number=int(config["optuna_number"]), candidate_hash=str(config.get("candidate_hash", "")))
 
@@ -71,6 +73,7 @@ class TrialReport:
     objectives: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def to_tune(self) -> dict[str, Any]:
+        """The Tune report dict: the reserved keys above, plus the objective values flat."""
         d: dict[str, Any] = {"status": self.status, "step": self.step}
         if self.fail_kind is not None:
             d["fail_kind"] = self.fail_kind.value

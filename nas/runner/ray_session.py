@@ -33,6 +33,10 @@ _Proc = tuple[int, float]  # (pid, create_time)
 
 
 def registry_dir() -> Path:
+    """The folder where running searches register their Ray processes, created if missing.
+
+    ``NAS_RAY_REGISTRY``, else ``energy-nas-ray`` in the temp folder.
+    """
     d = Path(os.environ.get("NAS_RAY_REGISTRY") or Path(tempfile.gettempdir()) / "energy-nas-ray")
     d.mkdir(parents=True, exist_ok=True)
     return d
@@ -61,8 +65,10 @@ def _kill(procs: list[psutil.Process], grace_s: float = 3.0) -> int:
 
 
 def _is_ray(p: psutil.Process) -> bool:
-    """Whether ``p`` is one of Ray's processes (a search's driver may have other children: a test's
-    database server, a progress pager)."""
+    """Whether ``p`` is one of Ray's processes.
+
+    A search's driver may have other children: a test's database server, a progress pager.
+    """
     try:
         name = p.name()
         if name.startswith("ray::") or name in ("raylet", "gcs_server"):

@@ -36,8 +36,11 @@ MAX_RESAMPLE = 50
 
 
 def sampler_seed(seed: int, study: str, n_told: int) -> int:
-    """The sampler's seed for a (re)start: from the spec's seed, the study and how many trials Optuna
-    was told so far, so that a resumed or re-run study draws new candidates instead of replaying."""
+    """The sampler's seed for a (re)start.
+
+    It comes from the spec's seed, the study and how many trials Optuna was told so far, so that a resumed or
+    re-run study draws new candidates instead of replaying.
+    """
     digest = hashlib.sha256(f"{seed}:{study}:{n_told}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
@@ -75,6 +78,11 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         return TrialConfig(candidate=cand, number=trial.number, candidate_hash=candidate_hash(cand)).to_tune()
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """The next trial's Tune config, or None when the sampler gives up.
+
+        Invalid candidates, and candidates that failed before or were already evaluated, are recorded as
+        rejected and sampled again, up to ``MAX_RESAMPLE`` times.
+        """
         for _ in range(MAX_RESAMPLE):
             try:
                 suggested: dict[str, Any] | None = super().suggest(trial_id)
@@ -112,9 +120,11 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
             self._on_invalid(ot_trial.number, dict(ot_trial.params), reason, kind)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        """Tune's notice that a trial ended. The tell waits for :meth:`settle`: the driver stores the
-        trial first, so that a failed write (a full disk) never leaves Optuna saying COMPLETE about a
-        trial our tables do not hold."""
+        """Tune's notice that a trial ended.
+
+        The tell waits for :meth:`settle`: the driver stores the trial first, so that a failed write (a full
+        disk) never leaves Optuna saying COMPLETE about a trial our tables do not hold.
+        """
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         self._pending[trial_id] = (result, error)

@@ -1,7 +1,8 @@
-"""What a Ray worker runs for one trial: train (with accuracy rungs reported to Tune), compress,
-measure, and report one final record. Workers never touch the database: the result travels back to
-the driver as a :class:`~nas.runner.protocol.TrialReport`. Weights go to a staging folder that only the
-driver moves into place.
+"""What a Ray worker runs for one trial.
+
+Train (with accuracy rungs reported to Tune), compress, measure, and report one final record. Workers never
+touch the database: the result travels back to the driver as a :class:`~nas.runner.protocol.TrialReport`.
+Weights go to a staging folder that only the driver moves into place.
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ def fault_hook(candidate: Candidate) -> Callable[[str], None]:
 
 def run_one(config: dict[str, Any], spec: StudySpec, report: Callable[[dict[str, Any]], None],
             artefacts_dir: str | None = None) -> TrialReport:
-    """Evaluate one candidate. ``report(metrics)`` sends a Tune dict to the driver; the final report
-    is also returned."""
+    """Evaluate one candidate.
+
+    ``report(metrics)`` sends a Tune dict to the driver; the final report
+    is also returned.
+    """
     torch.set_num_threads(spec.resources.torch_threads)
     trial = TrialConfig.from_tune(config)
 
@@ -98,8 +102,11 @@ def run_one(config: dict[str, Any], spec: StudySpec, report: Callable[[dict[str,
 
 
 def staging_name(number: int) -> str:
-    """The folder a worker writes a trial's weights to; the driver moves it into place when it stores
-    the trial, so a worker that outlived its trial cannot put files where a closed trial's would be."""
+    """The folder a worker writes a trial's weights to.
+
+    The driver moves it into place when it stores the trial, so a worker that outlived its trial cannot put
+    files where a closed trial's would be.
+    """
     return f".staging/trial_{number:05d}-{uuid.uuid4().hex[:8]}"
 
 

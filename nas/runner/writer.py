@@ -25,8 +25,11 @@ log = logging.getLogger(__name__)
 
 
 class StoreHandle:
-    """A picklable reference to the driver's store: Ray Tune pickles its callbacks and searcher for
-    experiment snapshots, and an open SQLAlchemy engine cannot be pickled. The store reopens lazily."""
+    """A picklable reference to the driver's store.
+
+    Ray Tune pickles its callbacks and searcher for experiment snapshots, and an open SQLAlchemy engine
+    cannot be pickled. The store reopens lazily.
+    """
 
     def __init__(self, store: Store, study: str) -> None:
         self.url = store.url
@@ -35,6 +38,7 @@ class StoreHandle:
 
     @property
     def store(self) -> Store:
+        """The study's store, reopened from ``url`` on first use after unpickling."""
         if self._store is None:
             self._store = Store.open(self.url, create=False)
         return self._store
@@ -83,6 +87,7 @@ class StoreWriter(Callback):  # type: ignore[misc]
 
     @property
     def store(self) -> Store:
+        """The handle's store."""
         return self.handle.store
 
     def __getstate__(self) -> dict[str, Any]:
@@ -99,18 +104,24 @@ class StoreWriter(Callback):  # type: ignore[misc]
 
     # --- Tune's callbacks: a failed write stops the search (see ``fatal``), never a silent loss -------
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Record that a trial started (Tune's callback)."""
         self._guard(self._record_start, trial)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Store a trial that ended with a final report (Tune's callback)."""
         self._guard(self._record_complete, trial)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Store a trial whose worker died or raised (Tune's callback)."""
         self._guard(self._record_error, trial)
 
     def _guard(self, record: Callable[[Any], None], trial: Any) -> None:
-        """Run ``record(trial)`` unless a write already failed. A failed write is kept in ``fatal``:
-        Tune would log and swallow it, so the driver's stopper ends the search and re-raises it, and
-        Optuna is not told about the trial (both sides then mark it FAIL on the way out)."""
+        """Run ``record(trial)`` unless a write already failed.
+
+        A failed write is kept in ``fatal``: Tune would log and swallow it, so the driver's stopper ends the
+        search and re-raises it, and Optuna is not told about the trial (both sides then mark it FAIL on the
+        way out).
+        """
         if self.fatal is not None:
             return
         try:
