@@ -35,7 +35,7 @@ from evaluators.meters import EnergyMeter, make_meter, synchronize
 from evaluators.provenance import collect_provenance, device_snapshot
 from nas.config import MeasureConfig
 from nas.errors import ConfigError, TrialFailedError
-from nas.records import EnergyReading, InferenceEnergy
+from nas.records import EnergyReading, InferenceEnergy, joules_per_sample
 
 __all__ = ["measure_inference", "trimmed_mean", "coefficient_of_variation", "percentile", "make_inputs"]
 
@@ -203,6 +203,7 @@ class _WindowFigures:
     Attributes:
         durations_s: Length of each window, seconds.
         samples: Samples run in each window.
+        joules: Joules the meter read in each window, or None when it gave no energy.
         gross: Gross J/sample of each window, or None when the meter gave no energy.
         net: Net J/sample (idle power removed) of each window, or None without energy or idle baseline.
         co2_per_sample: Grams CO2eq per sample over all windows, or None when a window has none.
@@ -211,6 +212,7 @@ class _WindowFigures:
 
     durations_s: list[float]
     samples: list[int]
+    joules: list[float] | None
     gross: list[float] | None
     net: list[float] | None
     co2_per_sample: float | None
@@ -317,18 +319,21 @@ def _window_figures(readings: list[tuple[EnergyReading, int]], batch_size: int,
     """
     durations = [r.duration_s for r, _ in readings]
     samples = [n * batch_size for _, n in readings]
+    energies = [r.energy_j for r, _ in readings]
+    joules: list[float] | None = None
     gross: list[float] | None = None
     net: list[float] | None = None
-    if all(r.energy_j is not None for r, _ in readings):
-        gross = [float(r.energy_j) / s for (r, _), s in zip(readings, samples, strict=True)]  # type: ignore[arg-type]
+    if all(e is not None for e in energies):
+        joules = [float(e) for e in energies if e is not None]
+        gross = [joules_per_sample(j, n) for j, n in zip(joules, samples, strict=True)]
         if idle_w is not None:
-            net = [(float(r.energy_j) - idle_w * r.duration_s) / s  # type: ignore[arg-type]
-                   for (r, _), s in zip(readings, samples, strict=True)]
+            net = [joules_per_sample(j, n, idle_w=idle_w, duration_s=d)
+                   for j, n, d in zip(joules, samples, durations, strict=True)]
     co2 = [r.co2eq_g for r, _ in readings]
     co2_per_sample = (sum(c for c in co2 if c is not None) / sum(samples)
                       if co2 and all(c is not None for c in co2) else None)
     throughput = sum(samples) / sum(durations) if sum(durations) > 0 else 0.0
-    return _WindowFigures(durations_s=durations, samples=samples, gross=gross, net=net,
+    return _WindowFigures(durations_s=durations, samples=samples, joules=joules, gross=gross, net=net,
                           co2_per_sample=co2_per_sample, throughput_samples_s=throughput)
 
 
@@ -420,6 +425,9 @@ def _measure(
         co2eq_g_per_sample=figs.co2_per_sample,
         protocol_energy_j=protocol.energy_j,
         protocol_co2eq_g=protocol.co2eq_g,
+        windows_energy_j=tuple(figs.joules) if figs.joules else (),
+        windows_samples=tuple(figs.samples),
+        windows_duration_s=tuple(figs.durations_s),
     )
     logger.info(
         "inference energy (%s%s): %s J/sample gross, %s net, idle %s W, cv %s, p50 %.2f ms, %d windows of %.2f s",

@@ -23,6 +23,7 @@ __all__ = [
     "Provenance",
     "EnergyReading",
     "InferenceEnergy",
+    "joules_per_sample",
     "TrainSummary",
     "RungReport",
     "sum_known",
@@ -176,10 +177,14 @@ class EnergyReading:
 class InferenceEnergy:
     """The result of the inference protocol at a declared batch size and sequence length.
 
-    ``energy_per_sample_j`` is gross (what the machine drew); ``energy_per_sample_net_j`` subtracts the
-    idle baseline ``idle_w`` measured just before the windows. ``cv`` is the coefficient of variation of
-    per-window J/sample. ``protocol_energy_j`` is what the whole protocol cost (warm-up, calibration,
-    idle baseline, windows, latency pass): the measurement's share of the search cost.
+    The measured quantities are joules and sample counts: ``windows_energy_j`` (what the meter read in
+    each kept window), ``windows_samples`` and ``windows_duration_s``. Every J/sample figure is derived
+    from them by :func:`joules_per_sample`: ``windows_j_per_sample`` per window, ``energy_per_sample_j``
+    their trimmed mean (gross: what the machine drew) and ``energy_per_sample_net_j`` the same with the
+    idle baseline ``idle_w``, measured just before the windows, subtracted. ``cv`` is the coefficient of
+    variation of per-window J/sample. ``protocol_energy_j`` is what the whole protocol cost (warm-up,
+    calibration, idle baseline, windows, latency pass): the measurement's share of the search cost.
+    Records written before the windows' joules were kept have empty ``windows_*`` tuples.
     """
 
     meter: str
@@ -204,20 +209,46 @@ class InferenceEnergy:
     co2eq_g_per_sample: float | None = None
     protocol_energy_j: float | None = None
     protocol_co2eq_g: float | None = None
+    windows_energy_j: tuple[float, ...] = ()
+    windows_samples: tuple[int, ...] = ()
+    windows_duration_s: tuple[float, ...] = ()
+
+    @property
+    def windows_total_energy_j(self) -> float | None:
+        """Joules the meter read over all kept windows; ``None`` when they were not kept."""
+        return float(sum(self.windows_energy_j)) if self.windows_energy_j else None
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict, provenance nested and windows as a list."""
+        """The fields as a JSON-ready dict, provenance nested and windows as lists."""
         d = dataclasses.asdict(self)
-        d["windows_j_per_sample"] = list(self.windows_j_per_sample)
+        for key in _WINDOW_FIELDS:
+            d[key] = list(getattr(self, key))
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InferenceEnergy:
-        """Rebuild from :meth:`to_dict` output."""
+        """Rebuild from :meth:`to_dict` output (older records lack the ``windows_*`` joules)."""
         d = dict(d)
         d["provenance"] = Provenance.from_dict(d["provenance"])
-        d["windows_j_per_sample"] = tuple(d.get("windows_j_per_sample", ()))
+        for key in _WINDOW_FIELDS:
+            d[key] = tuple(d.get(key, ()))
         return cls(**d)
+
+
+_WINDOW_FIELDS = ("windows_j_per_sample", "windows_energy_j", "windows_samples", "windows_duration_s")
+
+
+def joules_per_sample(energy_j: float, samples: int, *, idle_w: float | None = None,
+                      duration_s: float = 0.0) -> float:
+    """J/sample of one window: its joules over its samples (the one place J/sample is made from joules).
+
+    With ``idle_w``, the idle baseline ``idle_w * duration_s`` is subtracted first (net J/sample).
+    ``samples`` (iterations x batch size) must be positive, else ``ValueError``.
+    """
+    if samples <= 0:
+        raise ValueError(f"a window must run at least one sample, not {samples}")
+    net = energy_j - idle_w * duration_s if idle_w is not None else energy_j
+    return net / samples
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from nas.config import Candidate
-from nas.records import FailKind, RungReport, TrialResult, spends_budget, sum_known
+from nas.records import FailKind, InferenceEnergy, RungReport, TrialResult, spends_budget, sum_known
 from nas.vocab import OBJECTIVE
 
 __all__ = [
@@ -101,6 +101,28 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
+def _measured_protocol_cost(inf: InferenceEnergy) -> tuple[float | None, float | None]:
+    """Joules and grams CO2eq the inference protocol cost, from what was measured.
+
+    The protocol's own meter reading (``protocol_energy_j``) when the record has it; else, for records
+    written before it was metered, the joules read over the kept windows (``windows_energy_j``, a lower
+    bound: warm-up and idle baseline are missing); else, for the oldest records, which kept only
+    J/sample, J/sample times the windows' samples (the same lower bound, rebuilt).
+    """
+    samples = sum(inf.windows_samples) if inf.windows_samples else (
+        inf.throughput_samples_s * inf.n_windows * inf.window_s)
+    co2 = inf.protocol_co2eq_g
+    if co2 is None and inf.co2eq_g_per_sample is not None and math.isfinite(samples):
+        co2 = inf.co2eq_g_per_sample * samples
+    if inf.protocol_energy_j is not None:
+        return inf.protocol_energy_j, co2
+    if inf.windows_total_energy_j is not None:
+        return inf.windows_total_energy_j, co2
+    if inf.energy_per_sample_j is not None and math.isfinite(samples):
+        return inf.energy_per_sample_j * samples, co2
+    return None, co2
+
+
 @dataclass(frozen=True)
 class TrialCost:
     """What a trial cost the search (decision 11: search cost is a first-class number).
@@ -138,17 +160,12 @@ class TrialCost:
 
         A phase that ran but whose meter gave no number leaves its part ``None``: unknown stays unknown.
         ``measure_energy_j`` is the protocol's metered energy (warm-up, idle baseline, windows, latency
-        pass); results written before it was metered fall back to J/sample times the windows' samples.
+        pass); see :func:`_measured_protocol_cost` for records written before it was metered.
         """
         train, inf = result.train, result.inference
         measure_j = co2_inf = None
         if inf is not None:
-            measure_j, co2_inf = inf.protocol_energy_j, inf.protocol_co2eq_g
-            samples = inf.throughput_samples_s * inf.n_windows * inf.window_s
-            if measure_j is None and inf.energy_per_sample_j is not None and math.isfinite(samples):
-                measure_j = inf.energy_per_sample_j * samples
-            if co2_inf is None and inf.co2eq_g_per_sample is not None and math.isfinite(samples):
-                co2_inf = inf.co2eq_g_per_sample * samples
+            measure_j, co2_inf = _measured_protocol_cost(inf)
         co2_parts = ([train.total_co2eq_g] if train else []) + ([co2_inf] if inf else [])
         meters = [m.meter for m in (train, inf) if m is not None and m.meter != "none"]
         return cls(
