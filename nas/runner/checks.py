@@ -24,7 +24,7 @@ from nas.errors import ConfigError, DataError, NASError, SearchError
 from nas.spec import StudySpec
 from nas.vocab import SPARSITY_KIND
 from nas.where import compile_where
-from search_spaces import ReplayTrial, load_space, suggest
+from search_spaces import ReplayTrial, SearchSpace, load_space, suggest
 from storage import FILTER_NAMES, normalize_url
 from storage.engine import check_writable
 
@@ -53,7 +53,7 @@ def check_search_inputs(spec: StudySpec, *, db: str, ray_address: str | None = N
     _check_teacher_labels(spec, check_task(spec, space.max_len))
 
 
-def check_trial_inputs(candidate: Any, *, task: str, teacher: str | None, weights_out: str | Path | None,
+def check_trial_inputs(candidate: Candidate, *, task: str, teacher: str | None, weights_out: str | Path | None,
                        seed: int = 0, measure_seq: int | None = None) -> None:
     """What ``nas trial`` checks before it starts.
 
@@ -121,7 +121,7 @@ def _where(spec: StudySpec, knob: str) -> str:
     return f"space.overrides.{knob}" if knob in spec.space.overrides else f"space.{knob} (preset {spec.space.preset!r})"
 
 
-def _check_values(spec: StudySpec, space: Any) -> None:
+def _check_values(spec: StudySpec, space: SearchSpace) -> None:
     """Each value of each knob, alone, against the candidate field it becomes (range, allowed names)."""
     for knob, values in space.model_dump().items():
         target = _field_of(knob)
@@ -138,7 +138,7 @@ def _check_values(spec: StudySpec, space: Any) -> None:
                                   f"({_one_line(e)})", fix=f"remove {value!r} from {knob}") from e
 
 
-def _variants(space: Any) -> list[tuple[str, Any, dict[str, Any]]]:
+def _variants(space: SearchSpace) -> list[tuple[str, Any, dict[str, Any]]]:
     """(knob, value, params) for each knob and value, in a context where the knob is used."""
     context = {"window": {"attention": "local"}, "k": {"attention": "lowrank"},
                "feature_map": {"attention": "linear"}}
@@ -157,7 +157,7 @@ def _variants(space: Any) -> list[tuple[str, Any, dict[str, Any]]]:
     return variants
 
 
-def check_space(spec: StudySpec) -> Any:
+def check_space(spec: StudySpec) -> SearchSpace:
     """The validated :class:`~search_spaces.SearchSpace`.
 
     Every value of every knob must be a valid candidate value, and must build a valid candidate with the

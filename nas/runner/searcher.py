@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -73,7 +73,7 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         self._pending: dict[str, tuple[dict[str, Any] | None, bool]] = {}
         super().__init__(space=self._define_by_run, **kwargs)
 
-    def _define_by_run(self, trial: Any) -> dict[str, Any]:
+    def _define_by_run(self, trial: optuna.Trial) -> dict[str, Any]:
         cand = suggest(trial, self._nas_space)
         return TrialConfig(candidate=cand, number=trial.number, candidate_hash=candidate_hash(cand)).to_tune()
 
@@ -109,8 +109,8 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         return None
 
     @property
-    def _study(self) -> Any:
-        return self._ot_study
+    def _study(self) -> optuna.Study:
+        return cast(optuna.Study, self._ot_study)  # set by OptunaSearch._setup_study before any suggest
 
     def _reject(self, ot_trial: optuna.Trial, reason: str, kind: FailKind) -> None:
         ot_trial.set_user_attr("fail_reason", reason)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.experiment import Trial
 
 from nas.errors import NASError, StorageError
 from nas.records import FailKind, RungReport, TrialResult
@@ -96,26 +97,26 @@ class StoreWriter(Callback):  # type: ignore[misc]
             state[hook] = None
         return state
 
-    def _done(self, trial: Any) -> None:
+    def _done(self, trial: Trial) -> None:
         if self.settle is not None:
             self.settle(trial.trial_id)
         if self.on_change is not None:
             self.on_change()
 
     # --- Tune's callbacks: a failed write stops the search (see ``fatal``), never a silent loss -------
-    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         """Record that a trial started (Tune's callback)."""
         self._guard(self._record_start, trial)
 
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         """Store a trial that ended with a final report (Tune's callback)."""
         self._guard(self._record_complete, trial)
 
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         """Store a trial whose worker died or raised (Tune's callback)."""
         self._guard(self._record_error, trial)
 
-    def _guard(self, record: Callable[[Any], None], trial: Any) -> None:
+    def _guard(self, record: Callable[[Any], None], trial: Trial) -> None:
         """Run ``record(trial)`` unless a write already failed.
 
         A failed write is kept in ``fatal``: Tune would log and swallow it, so the driver's stopper ends the
@@ -130,14 +131,14 @@ class StoreWriter(Callback):  # type: ignore[misc]
             self.fatal = e
             log.error("stopping the search: %s", e)
 
-    def _record_start(self, trial: Any) -> None:
+    def _record_start(self, trial: Trial) -> None:
         self._started[trial.trial_id] = time.time()
         cfg = TrialConfig.from_tune(trial.config)
         self.store.start_trial(self.study, cfg.number, cfg.candidate)
         if self.on_start is not None:
             self.on_start()
 
-    def _cost(self, trial: Any, report: TrialReport | None) -> TrialCost:
+    def _cost(self, trial: Trial, report: TrialReport | None) -> TrialCost:
         wall_s = time.time() - self._started.pop(trial.trial_id, time.time())
         pgf = getattr(trial, "placement_group_factory", None)
         gpus = float(pgf.required_resources.get("GPU", 0.0)) if pgf is not None else 0.0
@@ -148,7 +149,7 @@ class StoreWriter(Callback):  # type: ignore[misc]
             return TrialCost.from_rung(spent, wall_s=wall_s, gpu_s=wall_s * gpus)
         return TrialCost(wall_s=wall_s, gpu_s=wall_s * gpus, meter="unknown")
 
-    def _record_complete(self, trial: Any) -> None:
+    def _record_complete(self, trial: Trial) -> None:
         cfg = TrialConfig.from_tune(trial.config)
         report = TrialReport.from_tune(trial.last_result)
         cost = self._cost(trial, report)
@@ -169,7 +170,7 @@ class StoreWriter(Callback):  # type: ignore[misc]
             self.store.prune_trial(self.study, cfg.number, reason, cost=cost)
         self._done(trial)
 
-    def _record_error(self, trial: Any) -> None:
+    def _record_error(self, trial: Trial) -> None:
         err = getattr(trial, "error_msg", None) or "the trial's worker died"
         lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
         reason = f"worker error: {lines[-1] if lines else err}"
