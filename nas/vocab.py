@@ -191,6 +191,17 @@ class Registry(Mapping[str, T]):
 
         return deco
 
+    def register_class(self, name: str, attr: str) -> Callable[[T], T]:
+        """Like :meth:`register`, for a class, which also gets ``name`` as its attribute ``attr``."""
+        add = self.register(name)
+
+        def deco(cls: T) -> T:
+            add(cls)
+            setattr(cls, attr, name)
+            return cls
+
+        return deco
+
     def missing(self) -> tuple[str, ...]:
         """Names of the vocabulary that have no implementation yet."""
         return tuple(n for n in self.vocabulary.names if n not in self._impl)

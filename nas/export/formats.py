@@ -7,7 +7,7 @@ One :class:`~nas.export.base.Exporter` per name of :data:`nas.vocab.EXPORT_FORMA
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from nas.vocab import EXPORT_CHOICE, EXPORT_FORMAT, Registry
 
@@ -29,11 +29,4 @@ def register_exporter(name: str) -> Callable[[X], X]:
     Raises:
         ConfigError: ``name`` is not in :data:`nas.vocab.EXPORT_FORMAT`, or already has an exporter.
     """
-    add = EXPORTERS.register(name)
-
-    def deco(cls: X) -> X:
-        add(cls)
-        cls.name = name
-        return cls
-
-    return deco
+    return cast("Callable[[X], X]", EXPORTERS.register_class(name, "name"))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -62,14 +62,7 @@ def register_attention(kind: str) -> Callable[[A], A]:
     Raises:
         ConfigError: If ``kind`` is not in the vocabulary or is already registered.
     """
-    add = ATTENTION_REGISTRY.register(kind)
-
-    def deco(cls: A) -> A:
-        add(cls)
-        cls.kind = kind
-        return cls
-
-    return deco
+    return cast("Callable[[A], A]", ATTENTION_REGISTRY.register_class(kind, "kind"))
 
 
 class Attention(nn.Module):
