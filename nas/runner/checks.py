@@ -10,7 +10,6 @@ failing every trial. Each error is one :class:`~nas.errors.ConfigError` naming t
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from evaluators.hf_teacher import check_hf_folder, check_teacher_head
 from evaluators.tasks import BUILTIN_TASKS, load_task
 from nas.config import AttentionConfig, Candidate, DistillConfig, PruneConfig, QuantConfig
 from nas.errors import ConfigError, DataError, NASError, SearchError
@@ -184,9 +184,11 @@ def check_space(spec: StudySpec) -> SearchSpace:
 
 
 def check_teacher(teacher: str | None, *, distills: bool, field: str = "teacher") -> None:
-    """``teacher`` is absent, ``auto``, or a local Hugging Face folder.
+    """``teacher`` is absent, ``auto``, or a local Hugging Face folder that converts.
 
-    A distilling space or candidate (``distills``) needs one.
+    A distilling space or candidate (``distills``) needs one. A folder gets the cheap checks of
+    :func:`evaluators.hf_teacher.check_hf_folder` (config, a model type transformers knows and that
+    converts, readable safetensors headers, a tokenizer); no weights are loaded.
     """
     name = (teacher or "").strip()
     if name.lower() in ("", "none"):
@@ -198,32 +200,14 @@ def check_teacher(teacher: str | None, *, distills: bool, field: str = "teacher"
         return
     if name.lower() == "auto":
         return
-    folder = Path(name).expanduser()
-    if not folder.is_dir():
-        raise ConfigError("teacher folder not found", field=field, value=name,
-                          fix="pass a local Hugging Face folder (model.save_pretrained) or 'auto'")
-    if not (folder / "config.json").is_file():
-        raise ConfigError("teacher folder has no config.json, so it is not a Hugging Face model folder",
-                          field=field, value=name, fix="pass a folder written by model.save_pretrained(...), or 'auto'")
+    check_hf_folder(name, field=field)
 
 
 def _check_teacher_labels(spec: StudySpec, num_labels: int) -> None:
     teacher = (spec.teacher or "").strip()
     if teacher.lower() in ("", "none", "auto"):
         return
-    path = Path(teacher).expanduser() / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is not readable JSON ({e})", field="teacher", value=teacher,
-                          fix="pass a folder written by model.save_pretrained(...), or 'auto'") from e
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path} is not a JSON object", field="teacher", value=teacher,
-                          fix="pass a folder written by model.save_pretrained(...), or 'auto'")
-    labels = config.get("id2label")
-    if isinstance(labels, dict) and len(labels) != num_labels:
-        raise ConfigError(f"the teacher has {len(labels)} labels but the task has {num_labels}", field="teacher",
-                          value=teacher, fix="use a teacher fine-tuned on this task's labels, or 'auto'")
+    check_teacher_head(check_hf_folder(teacher), num_labels, value=teacher)
 
 
 def check_writable_folder(folder: str | Path, *, field: str) -> None:
