@@ -17,10 +17,9 @@ from evaluators.teacher import load_hf_teacher, load_teacher
 from evaluators.tokenize import train_wordpiece, word_level
 from nas.errors import ConfigError
 from nas.teacher_shape import TeacherShape
+from tests.hf_folders import HIDDEN, LAYERS, save_tiny_hf
 
 transformers = pytest.importorskip("transformers")
-
-HIDDEN, LAYERS, FFN, POSITIONS = 32, 2, 48, 40
 
 
 @pytest.fixture(scope="module")
@@ -28,49 +27,11 @@ def task() -> TaskData:
     return load_task("builtin:sentiment", n_train=64, n_dev=16, max_len=16)
 
 
-def _hf_tokenizer(backend: Any) -> Any:
-    return transformers.BertTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
-                                          cls_token="[CLS]", sep_token="[SEP]", mask_token="[UNK]")
-
-
-def _randomise(model: torch.nn.Module) -> None:
-    """Weights far from the defaults (LayerNorms included), so a wrong mapping cannot pass by accident."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-
-
-def _hf_model(family: str, vocab: int, num_labels: int = 2) -> Any:
-    kw: dict[str, Any] = {"vocab_size": vocab, "hidden_size": HIDDEN, "num_hidden_layers": LAYERS,
-                          "intermediate_size": FFN, "max_position_embeddings": POSITIONS, "num_labels": num_labels,
-                          "pad_token_id": 0}
-    if family == "bert":
-        return transformers.BertForSequenceClassification(transformers.BertConfig(num_attention_heads=4, **kw))
-    if family == "bare":
-        return transformers.BertModel(transformers.BertConfig(num_attention_heads=4, **kw))
-    if family == "roberta":
-        cfg = transformers.RobertaConfig(num_attention_heads=2, type_vocab_size=1, layer_norm_eps=1e-5, **kw)
-        return transformers.RobertaForSequenceClassification(cfg)
-    return transformers.DistilBertForSequenceClassification(transformers.DistilBertConfig(
-        vocab_size=vocab, dim=HIDDEN, n_layers=LAYERS, n_heads=4, hidden_dim=FFN,
-        max_position_embeddings=POSITIONS, num_labels=num_labels, pad_token_id=0))
-
-
-def _save(family: str, folder: Path, backend: Any, num_labels: int = 2) -> Any:
-    tok = _hf_tokenizer(backend)
-    model = _hf_model(family, len(tok), num_labels)
-    _randomise(model)
-    model.save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def folders(task: TaskData, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Any]]:
     root = tmp_path_factory.mktemp("hf")
     backend = train_wordpiece(task.train_texts, vocab_size=200).backend
-    return {f: (root / f, _save(f, root / f, backend)) for f in ("bert", "roberta", "distilbert", "bare")}
+    return {f: (root / f, save_tiny_hf(f, root / f, backend)) for f in ("bert", "roberta", "distilbert", "bare")}
 
 
 def _padded_batch(task: TaskData, teacher_tok: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +129,7 @@ def test_a_tokenizer_that_misses_the_task_words_warns(task: TaskData, tmp_path: 
         warnings.simplefilter("error")  # the task's own word pieces: no warning
         adapted = good.adapt_task(task)
     assert unknown_token_share(adapted) < 0.2
-    _save("bert", tmp_path / "unk", word_level(["zebra", "quartz"]).backend)
+    save_tiny_hf("bert", tmp_path / "unk", word_level(["zebra", "quartz"]).backend)
     bad = load_teacher(str(tmp_path / "unk"), task)
     assert bad is not None
     with pytest.warns(UserWarning, match=r"maps \d+% of .* unknown token") as record:

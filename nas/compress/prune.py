@@ -6,10 +6,10 @@
   (NVIDIA's semi-structured sparsity pattern; Mishra et al., 2021). A trailing group of fewer than 4
   inputs (when ``in_features % 4 != 0``) is left dense and reported.
 - ``heads``: per layer, the ``round(n_heads * amount)`` heads with the smallest L2 norm over their q/k/v
-  rows and out_proj columns are removed (cf. Michel et al., 2019, "Are Sixteen Heads Really Better than
-  One?"); q/k/v lose rows, out_proj loses columns, ``n_heads`` shrinks.
+  rows and out_proj columns (:func:`head_importance`) are removed (cf. Michel et al., 2019, "Are Sixteen
+  Heads Really Better than One?"); q/k/v lose rows, out_proj loses columns, ``n_heads`` shrinks.
 - ``ffn``: per layer, the ``round(d_ffn * amount)`` hidden neurons with the smallest L2 norm over their
-  fc1 row and fc2 column are removed (at least one neuron always stays).
+  fc1 row and fc2 column (:func:`neuron_importance`) are removed (at least one neuron always stays).
 
 Masks are parametrizations (``weight = original * mask``) kept for good: the zeros persist through
 further training (the masked entries get zero gradient through the product), compose with fake-quant,
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +36,11 @@ from nas.vocab import SPARSITY_KIND, Registry
 from ._util import layer_groups, num_params, qualified_names
 from .report import CompressionReport
 
-__all__ = ["WeightMask", "prune_", "magnitude_mask", "two_four_mask", "PRUNERS", "Pruner"]
+if TYPE_CHECKING:  # annotations only: nas.compress works on any model with this structure
+    from nas.models import Attention, FeedForward
+
+__all__ = ["WeightMask", "prune_", "magnitude_mask", "two_four_mask", "PRUNERS", "Pruner", "head_importance",
+           "neuron_importance", "top_indices", "head_channels"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,37 @@ def two_four_mask(w: Tensor) -> Tensor:
         keep.scatter_(-1, groups.topk(2, dim=-1).indices, True)
         mask[:, :full] = keep.reshape(out_f, full)
     return mask
+
+
+def head_importance(attn: Attention) -> Tensor:
+    """(n_heads,) importance of each head: the squared L2 norm of its q/k/v rows and out_proj columns.
+
+    A weight-magnitude proxy (cf. Michel et al., 2019): a head whose projections are small contributes
+    little. Structured head pruning removes the least important heads; inheritance keeps the most important.
+    """
+    q, k, v, o = attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj
+    nh, hs = int(attn.n_heads), int(attn.head_dim)
+    score = torch.zeros(nh, device=q.weight.device)
+    for lin in (q, k, v):
+        score += lin.weight.detach().float().view(nh, hs, -1).pow(2).sum(dim=(1, 2))
+    score += o.weight.detach().float().view(o.out_features, nh, hs).pow(2).sum(dim=(0, 2))
+    return score
+
+
+def neuron_importance(ffn: FeedForward) -> Tensor:
+    """(d_ffn,) importance of each FFN hidden neuron: the squared L2 norm of its fc1 row and fc2 column."""
+    fc1, fc2 = ffn.fc1, ffn.fc2
+    return fc1.weight.detach().float().pow(2).sum(dim=1) + fc2.weight.detach().float().pow(2).sum(dim=0)
+
+
+def top_indices(score: Tensor, k: int) -> Tensor:
+    """The indices of the ``k`` highest scores, in increasing index order (so kept units keep their order)."""
+    return torch.sort(torch.argsort(score, descending=True)[:k]).values
+
+
+def head_channels(heads: Tensor, head_dim: int) -> Tensor:
+    """The q/k/v output rows (and out_proj input columns) of ``heads``: ``head * head_dim + [0, head_dim)``."""
+    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).reshape(-1)
 
 
 def _check_plain(module: nn.Module, fqn: str) -> None:
@@ -115,13 +151,8 @@ def _prune_heads(model: nn.Module, amount: float) -> dict[str, object]:
         removed.append(n_remove)
         if n_remove == 0:
             continue
-        q, k, v, o = attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj
-        score = torch.zeros(nh, device=q.weight.device)
-        for lin in (q, k, v):
-            score += lin.weight.detach().view(nh, hs, -1).pow(2).sum(dim=(1, 2))
-        score += o.weight.detach().view(o.out_features, nh, hs).pow(2).sum(dim=(0, 2))
-        keep_heads = torch.sort(torch.argsort(score, descending=True)[: nh - n_remove]).values
-        idx = (keep_heads[:, None] * hs + torch.arange(hs, device=keep_heads.device)).reshape(-1)
+        o = attn.out_proj
+        idx = head_channels(top_indices(head_importance(attn), nh - n_remove), hs)
         for name in ("q_proj", "k_proj", "v_proj"):
             lin = getattr(attn, name)
             setattr(attn, name, _linear_like(lin, lin.weight.detach()[idx],
@@ -144,8 +175,7 @@ def _prune_ffn(model: nn.Module, amount: float) -> dict[str, object]:
         removed.append(n_remove)
         if n_remove == 0:
             continue
-        score = fc1.weight.detach().pow(2).sum(dim=1) + fc2.weight.detach().pow(2).sum(dim=0)  # (d_ffn,)
-        idx = torch.sort(torch.argsort(score, descending=True)[: width - n_remove]).values
+        idx = top_indices(neuron_importance(ffn), width - n_remove)
         ffn.fc1 = _linear_like(fc1, fc1.weight.detach()[idx], None if fc1.bias is None else fc1.bias.detach()[idx])
         ffn.fc2 = _linear_like(fc2, fc2.weight.detach()[:, idx], None if fc2.bias is None else fc2.bias.detach())
     return {"neurons_removed_per_layer": removed}
