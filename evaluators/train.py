@@ -214,15 +214,9 @@ def train(
     device = resolve_device(cfg.device)
     model.to(device)
     use_teacher, dcfg = _distill_setup(model, task, teacher, distill)
-    outputs = teacher_outputs if use_teacher else None
-    loss_fn = _distill_loss(model, teacher, dcfg, device, move_teacher=outputs is None) if use_teacher else None
-    n_rows = _check_outputs(outputs, task, loss_fn) if outputs is not None else task.n_train
+    loop = _make_loop(model, task, cfg, device, teacher if use_teacher else None, dcfg, schedule,
+                      teacher_outputs if use_teacher else None)
     ckpt_on, ckpt_prev = _enable_checkpointing(model, cfg, device)
-    params, opt = _optimizer(model, loss_fn, cfg)
-    loop = TrainLoop(model=model, task=task, cfg=cfg, device=device, opt=opt, params=params,
-                 batches=_batches(n_rows, cfg.batch_size, torch.Generator().manual_seed(cfg.seed)),
-                 loss_fn=loss_fn, teacher=teacher if loss_fn is not None else None, schedule=schedule,
-                 teacher_outputs=outputs)
     _, amp_dtype = autocast_for(device, cfg.amp)
     rung_set = sorted({int(r) for r in rungs if 0 < int(r) <= cfg.steps})
     prog = TrainProgress()
@@ -253,6 +247,35 @@ def train(
         distill_kind=dcfg.kind if use_teacher and dcfg is not None else "none", amp_dtype=amp_dtype,
         gradient_checkpointing=ckpt_on, losses=tuple(prog.losses), energy=reading,
     )
+
+
+def _make_loop(model: nn.Module, task: TaskData, cfg: TrainConfig, device: torch.device,
+               teacher: Teacher | None, dcfg: DistillConfig | None, schedule: Literal["steps", "budget"],
+               outputs: TeacherOutputs | None) -> TrainLoop:
+    """The run's fixed state: distillation loss, optimizer and batch order.
+
+    Args:
+        model: The student, on ``device``.
+        task: The task.
+        cfg: The training configuration.
+        device: Where training runs.
+        teacher: The teacher when distilling, else None.
+        dcfg: The distillation terms (used with ``teacher``).
+        schedule: ``"steps"`` or ``"budget"``.
+        outputs: The teacher's cached outputs, or None to call the teacher (used with ``teacher``).
+
+    Returns:
+        The :class:`TrainLoop`; batches come from the first ``K`` rows when the loss reads hidden states
+        or attention maps from ``outputs``.
+    """
+    loss_fn = (_distill_loss(model, teacher, dcfg, device, move_teacher=outputs is None)
+               if teacher is not None else None)
+    n_rows = _check_outputs(outputs, task, loss_fn) if outputs is not None else task.n_train
+    params, opt = _optimizer(model, loss_fn, cfg)
+    return TrainLoop(model=model, task=task, cfg=cfg, device=device, opt=opt, params=params,
+                     batches=_batches(n_rows, cfg.batch_size, torch.Generator().manual_seed(cfg.seed)),
+                     loss_fn=loss_fn, teacher=teacher if loss_fn is not None else None, schedule=schedule,
+                     teacher_outputs=outputs)
 
 
 def _enable_checkpointing(model: nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:

@@ -260,9 +260,8 @@ class TrainSummary:
     (batch size, sequence length, segments as windows), so both share one hardware fingerprint.
     ``teacher_training`` is the cost of training the teacher, when this trial trained it (a cached
     teacher costs nothing here: its joules were counted where it was trained). ``teacher_cache`` is the
-    cost of computing the teacher's outputs for distillation (:mod:`evaluators.teacher_cache`), when this
-    trial computed them; it is charged once, like the teacher's training. Both count in
-    :attr:`total_energy_j` and :attr:`total_co2eq_g`.
+    cost of computing the teacher's outputs (``evaluators.teacher_cache``) when this trial computed them,
+    charged once too. Both count in :attr:`total_energy_j` and :attr:`total_co2eq_g`.
     """
 
     steps: int
@@ -288,20 +287,14 @@ class TrainSummary:
     @property
     def total_energy_j(self) -> float | None:
         """Joules of this training plus the teacher's training and outputs it paid for; None if any part is unknown."""
-        parts = [self.energy_j]
-        for extra in (self.teacher_training, self.teacher_cache):
-            if extra is not None:
-                parts.append(extra.total_energy_j)
-        return sum_known(parts)
+        extras = (self.teacher_training, self.teacher_cache)
+        return sum_known([self.energy_j, *(x.total_energy_j for x in extras if x is not None)])
 
     @property
     def total_co2eq_g(self) -> float | None:
         """CO2eq of this training plus the teacher's training and outputs it paid for; None if any part is unknown."""
-        parts = [self.co2eq_g]
-        for extra in (self.teacher_training, self.teacher_cache):
-            if extra is not None:
-                parts.append(extra.total_co2eq_g)
-        return sum_known(parts)
+        extras = (self.teacher_training, self.teacher_cache)
+        return sum_known([self.co2eq_g, *(x.total_co2eq_g for x in extras if x is not None)])
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict, the teacher's training and outputs nested."""

@@ -30,6 +30,8 @@ def task() -> TaskData:
 
 def _teacher(task: TaskData, seed: int = 1) -> Teacher:
     model = build_for_task(TEACHER, task, seed=seed)
+    with torch.no_grad():  # confident, example-dependent logits (a fresh head gives near-constant ones)
+        model.head.weight.mul_(30.0)
     return Teacher(f"tiny-{seed}", model, task.tokenizer, TEACHER.n_layers, TEACHER.d_model, TEACHER.n_heads,
                    kind="auto")
 
@@ -134,3 +136,20 @@ def test_hidden_distillation_draws_only_the_first_k_examples(task: TaskData, tmp
     assert max(drawn) < 12 and len(set(drawn)) > 8  # more than one batch of the K rows, none past them
     with pytest.raises(ConfigError, match="attention maps"):
         _train(task, teacher, "attention", outputs)  # the entry has no maps
+
+
+def test_train_summary_counts_the_cache_once_and_old_rows_still_read() -> None:
+    cache = TrainSummary(steps=3, wall_s=1.0, final_loss=float("nan"), energy_j=2.0, meter="estimate",
+                         is_estimate=True, co2eq_g=0.5)
+    s = TrainSummary(steps=4, wall_s=2.0, final_loss=0.3, energy_j=5.0, meter="estimate", is_estimate=True,
+                     co2eq_g=1.0, teacher_cache=cache)
+    assert s.total_energy_j == 7.0 and s.total_co2eq_g == 1.5
+    back = TrainSummary.from_dict(s.to_dict())
+    assert back.teacher_cache is not None and back.teacher_cache.energy_j == 2.0 and back.total_energy_j == 7.0
+    old = s.to_dict()
+    del old["teacher_cache"]  # a row stored before the field existed
+    assert TrainSummary.from_dict(old).teacher_cache is None
+    unknown = TrainSummary(steps=1, wall_s=1.0, final_loss=0.1, energy_j=5.0, meter="m", is_estimate=False,
+                           teacher_cache=TrainSummary(steps=1, wall_s=1.0, final_loss=0.1, energy_j=None,
+                                                      meter="none", is_estimate=False))
+    assert unknown.total_energy_j is None  # unknown stays unknown
