@@ -21,6 +21,10 @@ rung (:class:`evaluators.train_meter.TrainingMeter`), so a rung report carries t
 that fails after training raises :class:`~nas.errors.TrialFailedError` whose ``partial`` result holds
 what it spent; a self-trained teacher's training is metered and charged once, to the trial that
 trained it.
+
+A distilling trial reads the teacher's outputs from :mod:`evaluators.teacher_cache` (computed once per
+teacher, task and length, and shared by every trial and worker) instead of running the teacher on every
+batch; the cost of computing them is metered and charged once too (``TrainSummary.teacher_cache``).
 """
 
 from __future__ import annotations
@@ -43,11 +47,13 @@ from evaluators.metrics import evaluate
 from evaluators.serving import device_key, measure_serving
 from evaluators.tasks import load_task as _load
 from evaluators.teacher import load_teacher
+from evaluators.teacher_cache import TeacherOutputs, build_or_load
+from evaluators.tokenize import cache_dir
 from evaluators.train import build_for_task, resolve_device, train
 from evaluators.train_meter import TrainingMeter
 from evaluators.weights import save_trial_weights
 from nas.compress import applied_compression, apply_candidate_compression, model_size_bytes
-from nas.config import Candidate, MeasureConfig, TrainConfig
+from nas.config import Candidate, DistillConfig, MeasureConfig, TrainConfig
 from nas.errors import ConfigError, TrialFailedError
 from nas.models import EncoderClassifier
 from nas.models.flops import count_flops
@@ -60,13 +66,14 @@ if TYPE_CHECKING:
     from evaluators.teacher import Teacher
 
 __all__ = ["run_trial", "train_candidate", "assess", "TrialContext", "Trained", "DENSE_FRACTION",
-           "Progress", "cached_task"]
+           "Progress", "cached_task", "load_teacher_for", "teacher_outputs_for"]
 
 log = logging.getLogger(__name__)
 
 #: Share of the step budget trained dense before a compressed candidate is pruned/quantized.
 DENSE_FRACTION = 0.5
-#: ``progress(phase, done, total)``: ``train`` per step, then ``evaluate``, ``measure``, ``save``.
+#: ``progress(phase, done, total)``: ``teacher-cache`` per teacher batch (when the teacher's outputs are
+#: computed), ``train`` per step, then ``evaluate``, ``measure``, ``save``.
 Progress = Callable[[str, int, int], None]
 #: ``on_rung(report)``: a rung was reached; returning True stops training.
 OnRung = Callable[[RungReport], "bool | None"]
@@ -79,6 +86,7 @@ def cached_task(spec: str, seed: int, max_len: int) -> TaskData:
 
 
 _teachers: dict[tuple[str, str, int], Teacher | None] = {}
+_teacher_outputs: dict[tuple[str, str, str, bool, bool], TeacherOutputs | None] = {}
 
 
 @dataclass
@@ -138,6 +146,37 @@ def load_teacher_for(spec: str, task: TaskData, seed: int, ctx: TrialContext) ->
     return _teachers[key]
 
 
+def teacher_outputs_for(teacher: Teacher, task: TaskData, distill: DistillConfig, ctx: TrialContext, *,
+                        batch_size: int = 64) -> TeacherOutputs | None:
+    """The teacher's cached outputs for ``distill``, built (metered in ``ctx``) or loaded once per process.
+
+    Args:
+        teacher: The trial's teacher.
+        task: The task (in the teacher's tokenizer).
+        distill: The candidate's distillation terms (say whether hidden states and maps are needed).
+        ctx: The trial's device, meter and lane (a build takes a step boundary per teacher batch).
+        batch_size: Teacher batch size on a build.
+
+    Returns:
+        The entry, or ``None`` when ``distill`` uses no teacher, or when the entry could not be written
+        (e.g. a full disk: the trial then runs the teacher live, and a warning says so).
+    """
+    if not distill.uses_logits:
+        return None
+    need_h, need_a = distill.uses_hidden, distill.uses_attention
+    key = (str(cache_dir()), teacher.fingerprint, task.fingerprint, need_h, need_a)
+    if key not in _teacher_outputs:
+        try:
+            _teacher_outputs[key] = build_or_load(
+                teacher, task, needs_hidden=need_h, needs_attention=need_a, batch_size=batch_size,
+                device=ctx.device, meter=ctx.meter, progress=lambda d, t: ctx.step("teacher-cache", d, t))
+        except OSError as e:
+            log.warning("could not cache the teacher's outputs (%s); running the teacher live. Fix: free disk "
+                        "space under %s or point NAS_CACHE_DIR at a larger disk", e, cache_dir())
+            _teacher_outputs[key] = None
+    return _teacher_outputs[key]
+
+
 def _phases(total: int, compress: bool) -> list[tuple[int, int, bool]]:
     """``(start, end, compress_first)`` step ranges: dense, then compressed, for a compressed candidate."""
     dense = max(1, int(total * DENSE_FRACTION)) if compress and total > 1 else total
@@ -150,20 +189,25 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
     """Train ``model`` (built from its candidate) for ``train_cfg.steps`` steps, metered.
 
     A candidate that compresses trains dense first and is compressed at ``DENSE_FRACTION``; a model
-    that is compressed already (continued training) fine-tunes for every step.
+    that is compressed already (continued training) fine-tunes for every step. A distilling candidate
+    reads the teacher's outputs from the cache (:func:`teacher_outputs_for`); a build's cost is charged
+    to this trial when it happened here.
 
     Raises:
         TrialFailedError: training failed; ``partial`` holds the cost of what ran.
     """
     candidate: Candidate = model.candidate  # type: ignore[assignment]
     teacher_training = teacher.take_training() if teacher is not None else None
+    outputs = teacher_outputs_for(teacher, task, candidate.distill, ctx) if teacher is not None else None
+    teacher_cache = outputs.take_build_cost() if outputs is not None else None
     book = TrainingMeter(ctx.meter, ctx.device, batch_size=train_cfg.batch_size, seq_len=task.max_len)
     rung_acc: list[tuple[int, float]] = []
     steps, losses = 0, [float("nan")]
 
     def summary() -> TrainSummary:
         return book.summary(steps=steps, final_loss=losses[-1], teacher=getattr(teacher, "name", None),
-                            rung_accuracies=tuple(rung_acc), teacher_training=teacher_training)
+                            rung_accuracies=tuple(rung_acc), teacher_training=teacher_training,
+                            teacher_cache=teacher_cache)
 
     compressed = applied_compression(model) is not None
     compress = not (candidate.quant.is_noop and candidate.sparsity.is_noop) and not compressed
@@ -176,7 +220,7 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
 
             def report(step: int, acc: float, _o: int = start) -> bool | None:
                 rung_acc.append((step + _o, acc))
-                return on_rung(book.rung(step + _o, acc, teacher_training)) if on_rung else None
+                return on_rung(book.rung(step + _o, acc, teacher_training, teacher_cache)) if on_rung else None
 
             secs = train_cfg.max_seconds * (end - start) / total if train_cfg.max_seconds is not None else None
             cfg = train_cfg.model_copy(update={"steps": end - start, "max_seconds": secs,
@@ -185,7 +229,8 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
                 ctx.step("train", s + _o, total)
 
             res = train(model, task, cfg, teacher=teacher, distill=candidate.distill if teacher else None,
-                        rungs=[r - start for r in rungs if start < r <= end], report=report, callback=step)
+                        rungs=[r - start for r in rungs if start < r <= end], report=report, callback=step,
+                        teacher_outputs=outputs)
             steps += res.steps
             losses.append(res.final_loss)
             if res.stopped_early:

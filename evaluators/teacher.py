@@ -18,8 +18,6 @@ Nothing is downloaded: every load is local.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -27,7 +25,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from evaluators.hf_teacher import check_hf_folder, check_teacher_head, load_hf_encoder, warn_unknown_tokens
+from evaluators.locks import file_lock
 from evaluators.metrics import evaluate
 from evaluators.tasks import TaskData
 from evaluators.tokenize import TextTokenizer, cache_dir
@@ -108,6 +107,25 @@ class Teacher:
         """Put the model in eval mode; returns the teacher itself."""
         self.model.eval()
         return self
+
+    _fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the weights, computed once (the weights are frozen).
+
+        sha1 over every ``state_dict`` entry, in sorted key order: its name, shape, dtype and bytes.
+        The key of anything computed from this teacher (:mod:`evaluators.teacher_cache`).
+        """
+        if self._fingerprint is None:
+            h = hashlib.sha1()
+            state = self.model.state_dict()
+            for name in sorted(state):
+                t = state[name].detach().to("cpu").contiguous()
+                h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:20]
+        return self._fingerprint
 
     def take_training(self) -> TrainSummary | None:
         """The cost of training this teacher, the first time it is asked for; ``None`` afterwards."""
@@ -193,23 +211,12 @@ def self_trained_teacher(task: TaskData, *, seed: int = 0, steps: int = 1500,
     name = f"auto:{slug}-{key}"
     locks = folder.parent.parent / "teacher-locks"
     locks.mkdir(parents=True, exist_ok=True)
-    with _file_lock(locks / f"{folder.name}.lock"):
+    with file_lock(locks / f"{folder.name}.lock"):
         cached = _load_cached_teacher(folder, name, cand, task, seed)
         if cached is not None:
             return cached
         cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
         return _train_teacher(folder, name, cand, task, cfg, meter, step_callback)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _load_cached_teacher(folder: Path, name: str, cand: Candidate, task: TaskData, seed: int) -> Teacher | None:

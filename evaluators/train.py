@@ -20,6 +20,12 @@ Multi-fidelity: at each step in ``rungs`` the dev accuracy is evaluated, recorde
 search's ASHA-style pruner uses this). ``callback(step, model)`` is called after every optimizer step
 (keep it cheap); a ``True`` return also stops training.
 
+Teacher outputs: with ``teacher_outputs`` (an :mod:`evaluators.teacher_cache` entry for this teacher and
+task) the distillation loss reads the teacher's logits, hidden states and attention maps from the cache
+instead of calling the teacher on every batch. When the loss needs hidden states or attention maps and
+the entry holds them for the first ``K`` training examples only, batches are drawn from those ``K``
+examples (the logit-only kind still draws from the whole split).
+
 Energy: pass an :class:`evaluators.meters` meter (anything with ``begin(key)`` and
 ``end(key) -> EnergyReading``) and the whole training window, rung evaluations included, is metered.
 Without one, ``energy_j`` is ``None`` and ``meter`` is ``"none"``.
@@ -46,6 +52,7 @@ from nas.records import EnergyReading, TrainSummary
 if TYPE_CHECKING:
     from evaluators.tasks import TaskData
     from evaluators.teacher import Teacher
+    from evaluators.teacher_cache import TeacherOutputs
 
 __all__ = ["TrainResult", "train", "lr_multiplier", "resolve_device", "build_for_task", "Meter"]
 
@@ -172,6 +179,7 @@ def train(
     callback: Callable[[int, nn.Module], bool | None] | None = None,
     meter: Meter | None = None,
     schedule: Literal["steps", "budget"] = "steps",
+    teacher_outputs: TeacherOutputs | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``task`` in place (optionally distilling from ``teacher``).
 
@@ -190,23 +198,25 @@ def train(
         schedule: ``"steps"`` spreads warmup and cosine over ``cfg.steps`` (deterministic);
             ``"budget"`` uses the larger of step progress and ``elapsed / cfg.max_seconds``, so a
             time-bounded run still finishes its decay.
+        teacher_outputs: ``teacher``'s cached outputs on ``task``
+            (:func:`evaluators.teacher_cache.build_or_load`), read instead of running the teacher. When
+            the loss needs hidden states or attention maps, batches come from the entry's first
+            ``hidden_examples`` training examples only. Ignored when not distilling.
 
     Returns:
         A :class:`TrainResult`; ``.to_summary()`` gives the stored :class:`~nas.records.TrainSummary`.
 
     Raises:
         TrialFailedError: The loss or the gradient norm became NaN/inf (the message names the step).
-        ConfigError: Distillation was asked for without a teacher, or teacher and task tokenizers differ.
+        ConfigError: Distillation was asked for without a teacher, teacher and task tokenizers differ,
+            or ``teacher_outputs`` belongs to another task or lacks what the loss needs.
     """
     device = resolve_device(cfg.device)
     model.to(device)
     use_teacher, dcfg = _distill_setup(model, task, teacher, distill)
-    loss_fn = _distill_loss(model, teacher, dcfg, device) if use_teacher else None
+    loop = _make_loop(model, task, cfg, device, teacher if use_teacher else None, dcfg, schedule,
+                      teacher_outputs if use_teacher else None)
     ckpt_on, ckpt_prev = _enable_checkpointing(model, cfg, device)
-    params, opt = _optimizer(model, loss_fn, cfg)
-    loop = TrainLoop(model=model, task=task, cfg=cfg, device=device, opt=opt, params=params,
-                 batches=_batches(task.n_train, cfg.batch_size, torch.Generator().manual_seed(cfg.seed)),
-                 loss_fn=loss_fn, teacher=teacher if loss_fn is not None else None, schedule=schedule)
     _, amp_dtype = autocast_for(device, cfg.amp)
     rung_set = sorted({int(r) for r in rungs if 0 < int(r) <= cfg.steps})
     prog = TrainProgress()
@@ -239,6 +249,35 @@ def train(
     )
 
 
+def _make_loop(model: nn.Module, task: TaskData, cfg: TrainConfig, device: torch.device,
+               teacher: Teacher | None, dcfg: DistillConfig | None, schedule: Literal["steps", "budget"],
+               outputs: TeacherOutputs | None) -> TrainLoop:
+    """The run's fixed state: distillation loss, optimizer and batch order.
+
+    Args:
+        model: The student, on ``device``.
+        task: The task.
+        cfg: The training configuration.
+        device: Where training runs.
+        teacher: The teacher when distilling, else None.
+        dcfg: The distillation terms (used with ``teacher``).
+        schedule: ``"steps"`` or ``"budget"``.
+        outputs: The teacher's cached outputs, or None to call the teacher (used with ``teacher``).
+
+    Returns:
+        The :class:`TrainLoop`; batches come from the first ``K`` rows when the loss reads hidden states
+        or attention maps from ``outputs``.
+    """
+    loss_fn = (_distill_loss(model, teacher, dcfg, device, move_teacher=outputs is None)
+               if teacher is not None else None)
+    n_rows = _check_outputs(outputs, task, loss_fn) if outputs is not None else task.n_train
+    params, opt = _optimizer(model, loss_fn, cfg)
+    return TrainLoop(model=model, task=task, cfg=cfg, device=device, opt=opt, params=params,
+                     batches=_batches(n_rows, cfg.batch_size, torch.Generator().manual_seed(cfg.seed)),
+                     loss_fn=loss_fn, teacher=teacher if loss_fn is not None else None, schedule=schedule,
+                     teacher_outputs=outputs)
+
+
 def _enable_checkpointing(model: nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
     """Turn gradient checkpointing on for the run when asked for and useful (CUDA only).
 
@@ -259,26 +298,57 @@ def _enable_checkpointing(model: nn.Module, cfg: TrainConfig, device: torch.devi
 
 
 def _distill_loss(model: nn.Module, teacher: Teacher | None, dcfg: DistillConfig | None,
-                  device: torch.device) -> DistillLoss:
-    """Build the distillation loss for ``model`` and move it and the teacher to ``device``.
+                  device: torch.device, *, move_teacher: bool = True) -> DistillLoss:
+    """Build the distillation loss for ``model`` and move it (and the teacher) to ``device``.
 
     Args:
         model: The student; its ``candidate`` (or its ``blocks``) gives its depth and width.
         teacher: The teacher (required here).
         dcfg: The distillation terms to use (required here).
         device: Where training runs.
+        move_teacher: Move the teacher to ``device``; False when its outputs come from the cache.
 
     Returns:
-        The loss module, on ``device``; the teacher is on ``device`` in eval mode.
+        The loss module, on ``device``; the teacher is in eval mode (on ``device`` when moved).
     """
     assert teacher is not None and dcfg is not None
     cand = getattr(model, "candidate", None)
     s_layers = cand.n_layers if cand is not None else len(getattr(model, "blocks", [])) or 1
     s_width = cand.d_model if cand is not None else teacher.d_model
     loss_fn = DistillLoss(dcfg, s_layers, s_width, teacher.n_layers, teacher.d_model).to(device)
-    teacher.to(device)
+    if move_teacher:
+        teacher.to(device)
     teacher.eval()
     return loss_fn
+
+
+def _check_outputs(outputs: TeacherOutputs, task: TaskData, loss_fn: DistillLoss | None) -> int:
+    """Check that the cached teacher outputs fit the task and the loss.
+
+    Args:
+        outputs: The cache entry.
+        task: The task being trained on.
+        loss_fn: The distillation loss (says whether hidden states and attention maps are needed).
+
+    Returns:
+        How many training rows batches are drawn from: ``K`` when the loss needs hidden states or
+        attention maps, else the whole split.
+
+    Raises:
+        ConfigError: The entry was computed on another task, or lacks what the loss needs.
+    """
+    if outputs.task_fingerprint != task.fingerprint or outputs.n_examples != task.n_train:
+        raise ConfigError("the teacher outputs were computed on another task (or another encoding of it)",
+                          field="teacher_outputs", value=outputs.key,
+                          fix="build them for this task: build_or_load(teacher, task, ...)")
+    need_h = loss_fn is not None and loss_fn.needs_hidden
+    need_a = loss_fn is not None and loss_fn.needs_attention
+    if (need_h and outputs.hidden is None) or (need_a and outputs.attentions is None):
+        missing = "attention maps" if need_a and outputs.attentions is None else "hidden states"
+        raise ConfigError(f"the distillation loss needs the teacher's {missing} but the cache holds none",
+                          field="teacher_outputs", value=outputs.key,
+                          fix=f"build_or_load(teacher, task, needs_hidden={need_h}, needs_attention={need_a})")
+    return outputs.hidden_examples if need_h or need_a else task.n_train
 
 
 def _optimizer(model: nn.Module, loss_fn: DistillLoss | None,

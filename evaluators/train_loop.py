@@ -26,6 +26,7 @@ from nas.errors import TrialFailedError
 if TYPE_CHECKING:
     from evaluators.tasks import TaskData
     from evaluators.teacher import Teacher
+    from evaluators.teacher_cache import TeacherOutputs
 
 __all__ = ["StopReason", "TrainLoop", "TrainProgress", "autocast_for", "lr_multiplier", "run_steps"]
 
@@ -84,6 +85,8 @@ class TrainLoop:
         loss_fn: The distillation loss, or None to train on labels alone.
         teacher: The teacher (only when ``loss_fn`` is set).
         schedule: ``"steps"`` or ``"budget"`` (see :func:`train`).
+        teacher_outputs: The teacher's cached outputs, read instead of calling ``teacher`` (only when
+            ``loss_fn`` is set); None calls the teacher on every batch.
     """
 
     model: nn.Module
@@ -96,6 +99,7 @@ class TrainLoop:
     loss_fn: DistillLoss | None
     teacher: Teacher | None
     schedule: Literal["steps", "budget"]
+    teacher_outputs: TeacherOutputs | None = None
 
 
 @dataclass
@@ -184,7 +188,7 @@ def _train_step(loop: TrainLoop, step: int) -> float:
     ids, mask, y = ids.to(device), mask.to(device), task.train_y[idx].to(device)
     ctx, _ = autocast_for(device, loop.cfg.amp)
     with ctx:
-        loss = _forward_loss(loop, ids, mask, y)
+        loss = _forward_loss(loop, idx, ids, mask, y)
     loss_v = float(loss.detach())
     if not math.isfinite(loss_v):
         raise TrialFailedError(f"training loss became {loss_v} at step {step + 1}",
@@ -202,11 +206,16 @@ def _train_step(loop: TrainLoop, step: int) -> float:
     return loss_v
 
 
-def _forward_loss(loop: TrainLoop, ids: torch.Tensor, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _forward_loss(loop: TrainLoop, idx: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                  y: torch.Tensor) -> torch.Tensor:
     """The batch's loss: cross-entropy on labels, or the distillation loss against the teacher.
+
+    The teacher's side comes from ``loop.teacher_outputs`` (rows ``idx``, cut to ``T``) when there is a
+    cache, else from calling the teacher on the batch.
 
     Args:
         loop: The run's fixed state (model, and teacher and loss when distilling).
+        idx: ``(B,)`` training-split rows of the batch.
         ids: ``(B, T)`` token ids, on the device.
         mask: ``(B, T)`` attention mask, on the device.
         y: ``(B,)`` labels, on the device.
@@ -220,8 +229,11 @@ def _forward_loss(loop: TrainLoop, ids: torch.Tensor, mask: torch.Tensor, y: tor
         return F.cross_entropy(out.logits.float(), y)
     assert loop.teacher is not None
     need_h, need_a = loss_fn.needs_hidden, loss_fn.needs_attention
-    with torch.no_grad():
-        t_out = loop.teacher(ids, attention_mask=mask, output_hidden_states=need_h, output_attentions=need_a)
+    if loop.teacher_outputs is not None:
+        t_out = loop.teacher_outputs.batch(idx, ids.shape[1], ids.device, hidden=need_h, attention=need_a)
+    else:
+        with torch.no_grad():
+            t_out = loop.teacher(ids, attention_mask=mask, output_hidden_states=need_h, output_attentions=need_a)
     out = model(ids, attention_mask=mask, output_hidden_states=need_h, output_attentions=need_a)
     terms: DistillTerms = loss_fn(out, t_out, y, mask)
     return terms.total

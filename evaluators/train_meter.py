@@ -88,19 +88,26 @@ class TrainingMeter:
         """Whether the meter or any closed segment gives an estimate, not a measurement."""
         return bool(self.meter.is_estimate or any(r.is_estimate for r in self._segments))
 
-    def rung(self, step: int, accuracy: float, teacher_training: TrainSummary | None = None) -> RungReport:
-        """Split the window and report the rung with the cost so far (a teacher trained here included)."""
+    def rung(self, step: int, accuracy: float, teacher_training: TrainSummary | None = None,
+             teacher_cache: TrainSummary | None = None) -> RungReport:
+        """Split the window and report the rung with the cost so far.
+
+        A teacher trained here (``teacher_training``) and teacher outputs computed here
+        (``teacher_cache``) are included.
+        """
         self.split()
         energy, co2 = self.energy_j, self.co2eq_g
-        if teacher_training is not None:
-            energy = sum_known([energy, teacher_training.total_energy_j])
-            co2 = sum_known([co2, teacher_training.total_co2eq_g])
+        for extra in (teacher_training, teacher_cache):
+            if extra is not None:
+                energy = sum_known([energy, extra.total_energy_j])
+                co2 = sum_known([co2, extra.total_co2eq_g])
         return RungReport(step=step, accuracy=accuracy, train_energy_j=energy, co2eq_g=co2,
                           wall_s=self.wall_s, meter=self.meter.name, is_estimate=self.is_estimate)
 
     def summary(self, *, steps: int, final_loss: float, teacher: str | None = None,
                 rung_accuracies: tuple[tuple[int, float], ...] = (),
-                teacher_training: TrainSummary | None = None, dtype: str | None = None) -> TrainSummary:
+                teacher_training: TrainSummary | None = None, dtype: str | None = None,
+                teacher_cache: TrainSummary | None = None) -> TrainSummary:
         """The stored record of this training (call after :meth:`stop`)."""
         self.stop()
         before = self._before or device_snapshot(self.device)
@@ -114,5 +121,5 @@ class TrainingMeter:
             steps=steps, wall_s=self.wall_s, final_loss=final_loss, energy_j=self.energy_j,
             meter=self.meter.name, is_estimate=self.is_estimate, co2eq_g=self.co2eq_g, device=self.device,
             teacher=teacher, rung_accuracies=rung_accuracies, provenance=prov,
-            teacher_training=teacher_training,
+            teacher_training=teacher_training, teacher_cache=teacher_cache,
         )

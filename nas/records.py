@@ -259,7 +259,9 @@ class TrainSummary:
     meter gave no number. ``provenance`` describes the device and the run like an inference reading's
     (batch size, sequence length, segments as windows), so both share one hardware fingerprint.
     ``teacher_training`` is the cost of training the teacher, when this trial trained it (a cached
-    teacher costs nothing here: its joules were counted where it was trained).
+    teacher costs nothing here: its joules were counted where it was trained). ``teacher_cache`` is the
+    cost of computing the teacher's outputs (``evaluators.teacher_cache``) when this trial computed them,
+    charged once too. Both count in :attr:`total_energy_j` and :attr:`total_co2eq_g`.
     """
 
     steps: int
@@ -275,6 +277,7 @@ class TrainSummary:
     measurement_overhead_s: float = 0.0
     provenance: Provenance | None = None
     teacher_training: TrainSummary | None = None
+    teacher_cache: TrainSummary | None = None
 
     @property
     def hardware_fingerprint(self) -> str:
@@ -283,36 +286,34 @@ class TrainSummary:
 
     @property
     def total_energy_j(self) -> float | None:
-        """Joules of this training plus the teacher's training it paid for; None if any part is unknown."""
-        parts = [self.energy_j]
-        if self.teacher_training is not None:
-            parts.append(self.teacher_training.total_energy_j)
-        return sum_known(parts)
+        """Joules of this training plus the teacher's training and outputs it paid for; None if any part is unknown."""
+        extras = (self.teacher_training, self.teacher_cache)
+        return sum_known([self.energy_j, *(x.total_energy_j for x in extras if x is not None)])
 
     @property
     def total_co2eq_g(self) -> float | None:
-        """CO2eq of this training plus the teacher's training it paid for; None if any part is unknown."""
-        parts = [self.co2eq_g]
-        if self.teacher_training is not None:
-            parts.append(self.teacher_training.total_co2eq_g)
-        return sum_known(parts)
+        """CO2eq of this training plus the teacher's training and outputs it paid for; None if any part is unknown."""
+        extras = (self.teacher_training, self.teacher_cache)
+        return sum_known([self.co2eq_g, *(x.total_co2eq_g for x in extras if x is not None)])
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-ready dict, the teacher's training nested."""
+        """The fields as a JSON-ready dict, the teacher's training and outputs nested."""
         d = dataclasses.asdict(self)
         d["rung_accuracies"] = [list(r) for r in self.rung_accuracies]
         d["teacher_training"] = self.teacher_training.to_dict() if self.teacher_training else None
+        d["teacher_cache"] = self.teacher_cache.to_dict() if self.teacher_cache else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainSummary:
-        """Rebuild from :meth:`to_dict` output."""
+        """Rebuild from :meth:`to_dict` output (a row written before ``teacher_cache`` existed reads too)."""
         d = dict(d)
         d["rung_accuracies"] = tuple(tuple(r) for r in d.get("rung_accuracies", ()))
         if d.get("provenance") is not None:
             d["provenance"] = Provenance.from_dict(d["provenance"])
-        if d.get("teacher_training") is not None:
-            d["teacher_training"] = TrainSummary.from_dict(d["teacher_training"])
+        for nested in ("teacher_training", "teacher_cache"):
+            if d.get(nested) is not None:
+                d[nested] = TrainSummary.from_dict(d[nested])
         return cls(**d)
 
 

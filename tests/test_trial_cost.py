@@ -3,6 +3,7 @@ teacher's training is charged once, unknown stays unknown, and training readings
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from evaluators.tasks import load_task
 from nas.config import Candidate, DistillConfig, MeasureConfig, TrainConfig
 from nas.errors import TrialFailedError
 from nas.records import FailKind, RungReport, TrialResult
@@ -85,6 +87,9 @@ def test_teacher_training_is_metered_and_charged_once(tmp_path: Path, monkeypatc
 
     monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(pipeline, "_teachers", {})
+    monkeypatch.setattr(pipeline, "_teacher_outputs", {})
+    small = functools.partial(load_task, n_train=256, n_dev=64, n_test=64)  # the outputs cache runs all train rows
+    monkeypatch.setattr(pipeline, "cached_task", lambda spec, seed, max_len: small(spec, seed=seed, max_len=max_len))
     real = pipeline.load_teacher
     monkeypatch.setattr(pipeline, "load_teacher", lambda *a, **k: real(*a, **{**k, "steps": 5}))
     cand = TINY.model_copy(update={"distill": DistillConfig(kind="logit")})
@@ -94,8 +99,11 @@ def test_teacher_training_is_metered_and_charged_once(tmp_path: Path, monkeypatc
     assert tt is not None and tt.steps == 5 and tt.energy_j is not None and tt.energy_j > 0
     assert tt.provenance is not None and tt.provenance.meter == "estimate"
     assert second.train is not None and second.train.teacher_training is None  # charged once
+    tc = first.train.teacher_cache  # the teacher's outputs, computed once for both trials
+    assert tc is not None and tc.energy_j is not None and tc.energy_j > 0 and tc.teacher == first.train.teacher
+    assert second.train.teacher_cache is None  # charged once
     cost = TrialCost.from_result(first)
-    assert cost.train_energy_j == pytest.approx(first.train.energy_j + tt.energy_j)
+    assert cost.train_energy_j == pytest.approx(first.train.energy_j + tt.energy_j + tc.energy_j)
 
 
 # --- the driver's writer ---------------------------------------------------------------------------
