@@ -25,7 +25,7 @@ import nas.export
 from dashboards.context import AppContext
 from dashboards.launch import LaunchLimitError, check_http_spec, inside, path_under
 from dashboards.plots import figures_for
-from dashboards.serialize import study_summary, trial_detail, trial_row
+from dashboards.serialize import clean_dict, study_summary, teacher_json, trial_detail, trial_row
 from nas.errors import ConfigError, NASError, StorageError
 from nas.spec import StudySpec, study_name_problem
 from nas.vocab import EXPORT_CHOICE
@@ -116,7 +116,7 @@ def list_trials(
     predicate = _predicate(where)
     bundle = ctx.bundle(check_study_name(study))
     front = bundle.front_numbers
-    return [trial_row(t, on_front=t.number in front) for t in bundle.trials
+    return [trial_row(t, on_front=t.number in front, teacher=bundle.teacher) for t in bundle.trials
             if (state is None or t.state == state) and (predicate is None or predicate(t.values()))]
 
 
@@ -129,23 +129,45 @@ def pareto(
 ) -> dict[str, Any]:
     """The front among the COMPLETE trials that satisfy ``where``.
 
-    These are the same trials as ``nas pareto STUDY --where ... --json``.
+    These are the same trials as ``nas pareto STUDY --where ... --json``. With a measured teacher,
+    ``teacher`` is its point and each trial's ``teacher_ratios`` its ratios to it (else both ``null``).
     """
     ctx = _ctx(request)
     check_study_name(study)
     info = ctx.info(study)
     _predicate(where)  # a clean 400 for a bad expression before touching the database
+    store = ctx.require_store()
     try:
-        front = ctx.require_store().front(study, where=where, hardware=hardware)
+        front = store.front(study, where=where, hardware=hardware)
     except ConfigError as e:
         raise HTTPException(400, f"where: {e}") from e
+    teacher = store.teacher_reference(study)
     return {
         "study": study,
         "objectives": [{"metric": m, "direction": d} for m, d in info.objectives],
         "where": where,
         "hardware": hardware,
         "count": len(front),
-        "trials": [trial_row(t, on_front=True) for t in front],
+        "teacher": teacher_json(teacher),
+        "trials": [trial_row(t, on_front=True, teacher=teacher) for t in front],
+    }
+
+
+@router.get("/studies/{study}/teacher", summary="The study's measured teacher: the reference point")
+def get_teacher(request: Request, study: StudyPath) -> dict[str, Any]:
+    """The teacher assessed like a trial (same protocol, meter, batch and sequence length), or ``null``.
+
+    ``teacher`` is its point and cost (every energy with its meter and ``is_estimate``); ``record`` the
+    full stored record; ``front`` each front member's dev-accuracy and J/sample ratios to it.
+    """
+    ctx = _ctx(request)
+    bundle = ctx.bundle(check_study_name(study))
+    ref = bundle.teacher
+    return {
+        "study": study,
+        "teacher": teacher_json(ref),
+        "record": clean_dict(ref.to_dict()) if ref is not None else None,
+        "front": [{"number": t.number, **t.ratios_to(ref).to_dict()} for t in bundle.front] if ref is not None else [],
     }
 
 
@@ -164,15 +186,16 @@ def get_trial(request: Request, study: StudyPath, trial: TrialPath) -> dict[str,
         artefacts = store.artefacts(study, trial)
     except StorageError as e:
         raise HTTPException(404, f"study {study!r} has no trial {trial}") from e
-    return trial_detail(view, readings, artefacts, on_front=trial in bundle.front_numbers)
+    return trial_detail(view, readings, artefacts, on_front=trial in bundle.front_numbers, teacher=bundle.teacher)
 
 
 @router.get("/studies/{study}/dashboard", summary="Everything the study page draws (polled while a search runs)")
 def study_dashboard(request: Request, study: StudyPath) -> dict[str, Any]:
     """Summary, Plotly figures and the trial table of one study.
 
-    The figures are the front, hypervolume against trials and joules, and the cost breakdown.
-    ``version`` changes whenever any of it changes.
+    The figures are the front (with the teacher's point), hypervolume against trials and joules, and the
+    cost breakdown. ``teacher`` is the study's measured teacher (``null`` without one); each trial row
+    then has its ratios to it. ``version`` changes whenever any of it changes.
     """
     ctx = _ctx(request)
     bundle = ctx.bundle(check_study_name(study))
@@ -180,9 +203,10 @@ def study_dashboard(request: Request, study: StudyPath) -> dict[str, Any]:
     return {
         "version": bundle.version,
         "summary": study_summary(bundle.info, bundle.trials, ctx.launcher.status(study)),
-        "figures": figures_for(bundle.trials, front, bundle.info.objectives),
+        "figures": figures_for(bundle.trials, front, bundle.info.objectives, bundle.teacher),
         "front": sorted(front),
-        "trials": [trial_row(t, on_front=t.number in front) for t in bundle.trials],
+        "teacher": teacher_json(bundle.teacher),
+        "trials": [trial_row(t, on_front=t.number in front, teacher=bundle.teacher) for t in bundle.trials],
     }
 
 

@@ -15,6 +15,7 @@ from fastapi import HTTPException
 from dashboards.launch import SearchLauncher
 from dashboards.limits import LaunchLimits
 from nas.errors import StorageError
+from nas.reference import TeacherReference
 from storage import Store, StudyInfo, TrialView, normalize_url
 
 __all__ = ["AppContext", "StudyBundle"]
@@ -22,11 +23,12 @@ __all__ = ["AppContext", "StudyBundle"]
 
 @dataclass(frozen=True)
 class StudyBundle:
-    """A consistent snapshot of one study: its info, trials and Pareto-front trial numbers."""
+    """A consistent snapshot of one study: its info, trials, Pareto front and teacher reference (if any)."""
 
     info: StudyInfo
     trials: list[TrialView]
     front: list[TrialView]
+    teacher: TeacherReference | None = None
 
     @property
     def front_numbers(self) -> set[int]:
@@ -106,6 +108,7 @@ class AppContext:
         cached = self._cache.get(study)
         if cached is not None and cached[0] == key:
             return cached[1]
-        bundle = StudyBundle(info=info, trials=store.trials(study), front=store.front(study))
+        bundle = StudyBundle(info=info, trials=store.trials(study), front=store.front(study),
+                             teacher=store.teacher_reference(study))
         self._cache[study] = (key, bundle)
         return bundle

@@ -16,12 +16,14 @@ import numpy as np
 
 from dashboards.serialize import clean_dict, describe_candidate
 from nas.dominance import default_reference, hypervolume_curve
+from nas.reference import TeacherReference
 from storage import TrialView
 
 __all__ = [
     "ATTENTION_COLOURS",
     "BIT_SYMBOLS",
     "front_figure",
+    "teacher_trace",
     "hypervolume_figures",
     "cost_figure",
 ]
@@ -217,27 +219,58 @@ def _legend_traces(atts: list[str], bits_seen: set[Any]) -> list[dict[str, Any]]
     return data
 
 
-def front_figure(trials: Sequence[TrialView], front_numbers: set[int]) -> dict[str, Any]:
-    """Accuracy against inference J/sample (log x) for every COMPLETE trial.
+_TEACHER_COLOUR = "#DC2626"
+
+
+def teacher_trace(teacher: TeacherReference | None) -> dict[str, Any] | None:
+    """The teacher's point, a labelled star (``meta.role == "teacher"``); ``None`` without one to draw.
+
+    Open when its energy is an estimate, like the trials' markers; the hover names its meter.
+    """
+    if teacher is None:
+        return None
+    x, y = teacher.energy_per_sample_j, teacher.accuracy
+    if not (_positive(x) and _finite(y)):
+        return None
+    label = f"ESTIMATE ({teacher.meter})" if teacher.is_estimate else f"measured ({teacher.meter})"
+    test = teacher.test_accuracy
+    return {
+        "type": "scatter", "mode": "markers+text", "name": "teacher", "x": [x], "y": [y],
+        "text": ["teacher"], "textposition": "top center", "textfont": {"color": _TEACHER_COLOUR, "size": 12},
+        "marker": {"color": _TEACHER_COLOUR, "symbol": "star-open" if teacher.is_estimate else "star", "size": 18,
+                   "line": {"color": "#111827", "width": 1.2}},
+        "customdata": [[None, teacher.name, label, teacher.hardware_fingerprint or "",
+                        f"{test:.4f}" if _finite(test) else "not measured"]],
+        "hovertemplate": ("<b>teacher</b> · %{customdata[1]}<br>test accuracy %{customdata[4]} · dev accuracy "
+                          "%{y:.4f}<br>%{x:.3e} J/sample, %{customdata[2]}<br>%{customdata[3]}<extra></extra>"),
+        "meta": {"role": "teacher"},
+    }
+
+
+def front_figure(trials: Sequence[TrialView], front_numbers: set[int],
+                 teacher: TeacherReference | None = None) -> dict[str, Any]:
+    """Accuracy against inference J/sample (log x) for every COMPLETE trial, and the teacher's point.
 
     Front members are drawn solid (``meta.role == "front"``), dominated trials faded
     (``"dominated"``). Colour is the attention type, symbol the weight bit-width; open symbols mark
     energy that is an estimate. The y axis is the dev accuracy the front is selected on; hover shows
     the test accuracy beside it (``customdata[5]``) and the candidate; ``customdata[0]`` is the trial
-    number.
+    number. A study's teacher is a labelled star (``meta.role == "teacher"``, see :func:`teacher_trace`).
 
     Args:
         trials: The study's trials (any state; only COMPLETE ones with both values are drawn).
         front_numbers: Trial numbers on the Pareto front (per hardware, as ``Store.front`` gives).
+        teacher: The study's teacher reference, when it has one.
     """
     points = _front_points(trials, front_numbers)
-    if not points.groups:
+    star = teacher_trace(teacher)
+    if not points.groups and star is None:
         return _empty("no complete trial with accuracy and J/sample yet")
     atts = sorted({a for a, _ in points.groups})
     data = (_front_line_traces(points.lines) + _marker_traces(points.groups, atts)
-            + _legend_traces(atts, points.bits_seen))
-    notes = ["solid: Pareto front · faded: off the front"]
-    if points.any_estimate:
+            + _legend_traces(atts, points.bits_seen) + ([star] if star is not None else []))
+    notes = ["solid: Pareto front · faded: off the front"] + (["star: the teacher"] if star is not None else [])
+    if points.any_estimate or (star is not None and teacher is not None and teacher.is_estimate):
         notes.append("open markers: ESTIMATED energy")
     if points.skipped:
         notes.append(f"{points.skipped} complete trial(s) lack accuracy or J/sample and are not drawn")
@@ -351,9 +384,9 @@ def _nan(v: Any) -> float:
     return float(v) if _finite(v) else math.nan
 
 
-def figures_for(trials: Sequence[TrialView], front_numbers: set[int],
-                objectives: Sequence[tuple[str, str]]) -> Mapping[str, dict[str, Any]]:
-    """Every figure of the study page, by element id."""
+def figures_for(trials: Sequence[TrialView], front_numbers: set[int], objectives: Sequence[tuple[str, str]],
+                teacher: TeacherReference | None = None) -> Mapping[str, dict[str, Any]]:
+    """Every figure of the study page, by element id (the front figure with the teacher's point)."""
     hv_trials, hv_joules = hypervolume_figures(trials, objectives)
-    return {"front": front_figure(trials, front_numbers), "hv_trials": hv_trials, "hv_joules": hv_joules,
+    return {"front": front_figure(trials, front_numbers, teacher), "hv_trials": hv_trials, "hv_joules": hv_joules,
             "cost": cost_figure(trials)}

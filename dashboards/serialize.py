@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.config import Candidate
+from nas.reference import TeacherReference
 from storage import ArtefactView, ReadingView, StudyInfo, TrialView
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "energy_label",
     "study_meters",
     "study_summary",
+    "teacher_json",
     "trial_row",
     "trial_detail",
 ]
@@ -130,6 +132,7 @@ def study_summary(
             "wall_s": info.wall_s,
             "gpu_s": info.gpu_s,
             "n_trials_unmetered": info.n_trials_unmetered,
+            "teacher_energy_j": info.teacher_energy_j,
             "meters": meters,
             "is_estimate": is_estimate,
             "label": energy_label(meters, is_estimate),
@@ -154,8 +157,21 @@ def _cost(view: TrialView) -> dict[str, Any] | None:
     }
 
 
-def trial_row(view: TrialView, *, on_front: bool) -> dict[str, Any]:
-    """A trial as one row of the trial table: state, flat values (candidate and metrics) and cost."""
+def teacher_json(ref: TeacherReference | None) -> dict[str, Any] | None:
+    """The study's teacher as JSON (:meth:`TeacherReference.summary` plus its ``energy_label``), or ``None``."""
+    if ref is None:
+        return None
+    out = ref.summary()
+    out["energy_label"] = energy_label([ref.meter or ""], ref.is_estimate) if ref.meter else None
+    return clean_dict(out)
+
+
+def trial_row(view: TrialView, *, on_front: bool, teacher: TeacherReference | None = None) -> dict[str, Any]:
+    """A trial as one row of the trial table: state, flat values (candidate and metrics) and cost.
+
+    With a ``teacher``, ``teacher_ratios`` holds the trial's ratios to it (``accuracy_ratio_to_teacher``,
+    ``energy_ratio_to_teacher``, ``teacher_ratio_note``); ``None`` without one.
+    """
     values = view.values()
     return clean_dict({
         "number": view.number,
@@ -169,6 +185,7 @@ def trial_row(view: TrialView, *, on_front: bool) -> dict[str, Any]:
         "candidate_text": describe_candidate(view.candidate),
         "values": values,
         "cost": _cost(view),
+        "teacher_ratios": view.ratios_to(teacher).to_dict() if teacher is not None else None,
         "started_utc": view.started_utc,
         "finished_utc": view.finished_utc,
     })
@@ -206,9 +223,13 @@ def trial_detail(
     artefacts: Sequence[ArtefactView],
     *,
     on_front: bool,
+    teacher: TeacherReference | None = None,
 ) -> dict[str, Any]:
-    """Everything about one trial: candidate, metrics, every energy reading with its provenance, cost."""
-    out = trial_row(view, on_front=on_front)
+    """Everything about one trial: candidate, metrics, every energy reading with its provenance, cost.
+
+    With a ``teacher``, its point (``teacher``) and the trial's ratios to it (``teacher_ratios``).
+    """
+    out = trial_row(view, on_front=on_front, teacher=teacher)
     out.update(clean_dict({
         "study": view.study,
         "retryable": view.retryable,
@@ -220,4 +241,5 @@ def trial_detail(
         "readings": [_reading(r) for r in readings],
         "artefacts": [_artefact(a) for a in artefacts],
     }))
+    out["teacher"] = teacher_json(teacher)
     return out

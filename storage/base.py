@@ -9,7 +9,8 @@ Rules every implementation keeps:
 * Every operation is atomic: it commits whole or not at all.
 * Operations return frozen records (:mod:`storage.views`), never database rows.
 * A trial is RUNNING, then ends exactly once: COMPLETE, FAIL or PRUNED.
-* A study's search cost and trial counts are derived from its trials whenever it is read.
+* A study's search cost and trial counts are derived from its trials whenever it is read, plus its
+  teacher reference's cost, counted once.
 * The persisted front of a study always equals :meth:`BaseStorage.front` recomputed from its trials
   (without ``where``), and both apply the study's front rule: its ``constraints`` and its
   ``front.require_above_majority`` (see :mod:`storage.fronts`).
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Sequence
 
 from nas.config import Candidate
 from nas.records import FailKind, TrialResult
+from nas.reference import TeacherReference
 from storage.views import ArtefactView, FrontEntry, ReadingView, StudyInfo, TrialCost, TrialView
 
 __all__ = ["BaseStorage"]
@@ -89,6 +91,27 @@ class BaseStorage(abc.ABC):
     @abc.abstractmethod
     def link_optuna_study(self, name: str, optuna_study_id: int) -> None:
         """Record Optuna's study id for an existing study."""
+
+    # --- the teacher reference ------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_teacher_reference(self, study: str, ref: TeacherReference) -> None:
+        """Store the study's teacher, assessed like a trial, replacing any earlier one (one per study).
+
+        Its cost (``ref.train_energy_j``: fine-tuning and the outputs cache when this study caused them;
+        ``ref.measure_energy_j``: its measurement) becomes part of the study's search cost, once: a
+        replaced reference's cost is replaced, never added. The study's ``updated_utc`` moves on.
+
+        Raises:
+            StorageError: Unknown study, or the teacher's J/sample was measured on a shared device.
+        """
+
+    @abc.abstractmethod
+    def teacher_reference(self, study: str) -> TeacherReference | None:
+        """The study's teacher reference, or ``None`` when it has none.
+
+        Raises:
+            StorageError: Unknown study.
+        """
 
     # --- trials: writing ---------------------------------------------------------------------------
     @abc.abstractmethod

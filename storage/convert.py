@@ -124,7 +124,7 @@ def study_info(row: StudyRow, costs: StudyCosts) -> StudyInfo:
         measure_energy_j=costs.measure_energy_j, co2eq_g=costs.co2eq_g, wall_s=costs.wall_s, gpu_s=costs.gpu_s,
         cost_includes_estimate=costs.cost_includes_estimate, n_trials_complete=costs.n_trials_complete,
         n_trials_failed=costs.n_trials_failed, n_trials_pruned=costs.n_trials_pruned,
-        n_trials_unmetered=costs.n_trials_unmetered,
+        n_trials_unmetered=costs.n_trials_unmetered, teacher_energy_j=costs.teacher_energy_j,
     )
 
 

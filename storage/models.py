@@ -47,6 +47,7 @@ __all__ = [
     "EnergyReadingRow",
     "ArtefactRow",
     "ParetoFrontRow",
+    "TeacherReferenceRow",
 ]
 
 #: Our Alembic version table. Optuna uses Alembic's default ``alembic_version``.
@@ -277,3 +278,33 @@ class ParetoFrontRow(Base):
     position: Mapped[int] = mapped_column(Integer)
     values_json: Mapped[str] = mapped_column(Text)
     updated_utc: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class TeacherReferenceRow(Base):
+    """A study's teacher, assessed like a trial: the reference point every front member is compared with.
+
+    One row per study, replaced when the study stores its teacher again. ``payload_json`` holds the full
+    :class:`nas.reference.TeacherReference`; the flat columns copy its point (dev ``accuracy``, like
+    ``nas_trials.accuracy``) and what it cost this study (``cost_*``: fine-tuning and building the
+    outputs cache in ``cost_train_energy_j``, its measurement in ``cost_measure_energy_j``), which the
+    study's search cost adds once (see :func:`storage.studies.study_costs`).
+    """
+
+    __tablename__ = "nas_teacher_references"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("nas_studies.id", ondelete="CASCADE"), unique=True)
+    name: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    test_accuracy: Mapped[float | None] = mapped_column(Float)
+    energy_per_sample_j: Mapped[float | None] = mapped_column(Float)
+    meter: Mapped[str | None] = mapped_column(String(32))
+    is_estimate: Mapped[bool | None] = mapped_column(Boolean)
+    hardware_fingerprint: Mapped[str | None] = mapped_column(String(255))
+    cost_train_energy_j: Mapped[float | None] = mapped_column(Float)
+    cost_measure_energy_j: Mapped[float | None] = mapped_column(Float)
+    cost_co2eq_g: Mapped[float | None] = mapped_column(Float)
+    cost_is_estimate: Mapped[bool] = mapped_column(Boolean)
+    payload_json: Mapped[str] = mapped_column(Text)
+    created_utc: Mapped[datetime] = mapped_column(UTCDateTime)

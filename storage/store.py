@@ -33,7 +33,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from nas.config import Candidate
 from nas.errors import StorageError
 from nas.records import FailKind, TrialResult
-from storage import fronts, queries, schema, studies, trials
+from nas.reference import TeacherReference
+from storage import fronts, queries, references, schema, studies, trials
 from storage.base import BaseStorage
 from storage.engine import SQLITE_BUSY_TIMEOUT_MS, database_error, make_engine, normalize_url, shown
 from storage.file_guard import FileIdentity
@@ -242,6 +243,17 @@ class Store(BaseStorage):
         """Record Optuna's study id for an existing study."""
         with self.session(write=True) as s:
             studies.link_optuna_study(study_row(s, name), optuna_study_id)
+
+    # --- the teacher reference ------------------------------------------------------------------
+    def put_teacher_reference(self, study: str, ref: TeacherReference) -> None:
+        """Store (or replace) the study's measured teacher; see :meth:`BaseStorage.put_teacher_reference`."""
+        with self.session(write=True) as s:
+            references.put_teacher_reference(s, study_row(s, study), ref)
+
+    def teacher_reference(self, study: str) -> TeacherReference | None:
+        """The study's measured teacher, or ``None``; see :meth:`BaseStorage.teacher_reference`."""
+        with self.session() as s:
+            return references.teacher_reference(s, study_row(s, study))
 
     # --- trials: writing ---------------------------------------------------------------------------
     def start_trial(self, study: str, trial_number: int, candidate: Candidate, *,

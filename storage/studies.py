@@ -1,11 +1,13 @@
 """Studies: create, read, re-spec and close them, inside a caller's session.
 
 A study's search cost and trial counts are never stored on the study: :func:`study_costs` derives them
-from the trials' costs and states whenever the study is read, so there is one copy of each number.
+from the trials' costs and states (and its teacher reference's cost, :mod:`storage.references`) whenever
+the study is read, so there is one copy of each number.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +19,7 @@ from nas.errors import ConfigError, StorageError
 from storage.convert import objectives_key, study_info, to_float
 from storage.fronts import front_rule, rebuild_fronts
 from storage.models import STUDY_STATUSES, StudyRow, TrialRow, utc_now
+from storage.references import ReferenceCost, reference_cost
 from storage.views import OBJECTIVE_NAMES, StudyCosts, StudyInfo
 
 __all__ = [
@@ -57,8 +60,35 @@ def _count(condition: ColumnElement[bool]) -> ColumnElement[Any]:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
+def _plus(total: float | None, part: float | None) -> float | None:
+    """``total`` plus ``part`` where either is known (an unknown part adds nothing, as in the trials' sums)."""
+    if part is None:
+        return total
+    return part if total is None else total + part
+
+
+def _with_teacher(costs: StudyCosts, ref: ReferenceCost | None) -> StudyCosts:
+    """The trials' costs plus the teacher reference's, counted once (its row is one per study)."""
+    if ref is None:
+        return costs
+    co2 = costs.co2eq_g
+    if ref.co2eq_g is None and ref.total_energy_j is not None:
+        co2 = None  # the teacher cost joules without a CO2 figure: the study's CO2 is not known whole
+    return dataclasses.replace(
+        costs, train_energy_j=_plus(costs.train_energy_j, ref.train_energy_j),
+        measure_energy_j=_plus(costs.measure_energy_j, ref.measure_energy_j),
+        co2eq_g=_plus(co2, ref.co2eq_g) if co2 is not None else None,
+        cost_includes_estimate=costs.cost_includes_estimate or (ref.is_estimate and ref.total_energy_j is not None),
+        teacher_energy_j=ref.total_energy_j,
+    )
+
+
 def study_costs(s: Session, study_id: int) -> StudyCosts:
-    """The study's search cost and trial counts, derived from its trials (unknown parts stay unknown)."""
+    """The study's search cost and trial counts, derived from its trials and its teacher reference.
+
+    Unknown parts stay unknown. The teacher's cost (fine-tuning and outputs cache when this study caused
+    them, and its measurement) is added once: a study has at most one reference row.
+    """
     t = TrialRow
     ran = t.cost_meter.is_not(None)
     row = s.execute(select(
@@ -70,7 +100,7 @@ def study_costs(s: Session, study_id: int) -> StudyCosts:
     ).where(t.study_id == study_id)).one()
     train, measure, co2, wall, gpu, n_est, n_unmetered, n_no_co2, n_ran, n_complete, n_failed, n_pruned = row
     nothing = 0.0 if not n_ran else None  # no trial ran yet: nothing was spent, which is known
-    return StudyCosts(
+    costs = StudyCosts(
         train_energy_j=to_float(train) if train is not None else nothing,
         measure_energy_j=to_float(measure) if measure is not None else nothing,
         co2eq_g=(to_float(co2) if co2 is not None else nothing) if not n_no_co2 else None,
@@ -78,6 +108,7 @@ def study_costs(s: Session, study_id: int) -> StudyCosts:
         n_trials_unmetered=int(n_unmetered), n_trials_complete=int(n_complete), n_trials_failed=int(n_failed),
         n_trials_pruned=int(n_pruned),
     )
+    return _with_teacher(costs, reference_cost(s, study_id))
 
 
 def read_study(s: Session, row: StudyRow) -> StudyInfo:

@@ -17,6 +17,7 @@ from typing import Any
 
 from nas.config import Candidate
 from nas.records import FailKind, InferenceEnergy, RungReport, TrialResult, spends_budget, sum_known
+from nas.reference import TeacherRatios, TeacherReference, ratios_to_teacher
 from nas.vocab import OBJECTIVE
 
 __all__ = [
@@ -187,7 +188,7 @@ class TrialCost:
 
 @dataclass(frozen=True)
 class StudyCosts:
-    """A study's search cost and trial counts, derived from its trials (see :class:`StudyInfo`)."""
+    """A study's search cost and trial counts, derived from its trials and teacher (see :class:`StudyInfo`)."""
 
     train_energy_j: float | None
     measure_energy_j: float | None
@@ -199,6 +200,7 @@ class StudyCosts:
     n_trials_complete: int
     n_trials_failed: int
     n_trials_pruned: int
+    teacher_energy_j: float | None = None
 
 
 @dataclass(frozen=True)
@@ -220,9 +222,12 @@ class StudyInfo:
         cost_includes_estimate: Whether any of the totals comes from an estimate.
         n_trials_unmetered: Trials that ran but whose training joules are unknown (no meter, a worker
             killed before its first rung report, a driver that died): the totals are a lower bound.
+        teacher_energy_j: The part of the totals the study's teacher reference cost (fine-tuning and the
+            outputs cache, in ``train_energy_j``, when this study caused them; its measurement, in
+            ``measure_energy_j``); ``None`` without a teacher reference or when it was not metered.
 
-    The totals and the trial counts are derived from the trials' stored costs and states whenever the
-    study is read.
+    The totals and the trial counts are derived from the trials' stored costs and states, plus the teacher
+    reference's cost (counted once), whenever the study is read.
     """
 
     name: str
@@ -245,6 +250,7 @@ class StudyInfo:
     n_trials_failed: int
     n_trials_pruned: int
     n_trials_unmetered: int = 0
+    teacher_energy_j: float | None = None
 
     @property
     def total_energy_j(self) -> float | None:
@@ -322,6 +328,17 @@ class TrialView:
         ``is_estimate``, ``hardware``, ``number`` and ``state``. Missing values are ``None``.
         """
         return dict(self.flat)
+
+    def ratios_to(self, teacher: TeacherReference) -> TeacherRatios:
+        """This trial's dev-accuracy and J/sample ratios to ``teacher`` (:func:`nas.reference.ratios_to_teacher`).
+
+        The J/sample ratio needs the same meter, hardware, batch size and sequence length as the teacher's.
+        """
+        inf = self.result.inference if self.result is not None else None
+        values = self.flat
+        return ratios_to_teacher(values.get("accuracy"), values.get("energy_per_sample_j"), self.meter, teacher,
+                                 hardware=self.hardware_fingerprint if inf is not None else None,
+                                 batch_size=inf.batch_size if inf else None, seq_len=inf.seq_len if inf else None)
 
 
 @dataclass(frozen=True)

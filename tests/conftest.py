@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 
 from nas.config import Candidate
 from nas.records import EvalMetrics, InferenceEnergy, Provenance, TrainSummary, TrialResult
+from nas.reference import TeacherReference
 
 
 def fake_trial_result(
@@ -55,6 +57,46 @@ def fake_trial_result(
         metrics=metrics, train=train, inference=inference, params=params, size_bytes=None if params is None
         else params * 4, flops_per_sample=1e6, kernels="fp32 eager", error=error, weights_path=weights_path,
     )
+
+
+def fake_teacher_reference(
+    *,
+    accuracy: float = 0.9,
+    test_accuracy: float | None = 0.88,
+    energy_per_sample_j: float | None = 1e-2,
+    meter: str = "nvml-counter",
+    is_estimate: bool = False,
+    hardware: str | None = "NVIDIA H100 80GB HBM3",
+    protocol_energy_j: float | None = 30.0,
+    fine_tune_j: float | None = 400.0,
+    cache_build_j: float | None = 50.0,
+    name: str = "/models/bert-tiny",
+) -> TeacherReference:
+    """A plausible :class:`TeacherReference` built without torch (the teacher as a fake trial result).
+
+    ``fine_tune_j=None`` or ``cache_build_j=None`` leave that part out (this study did not cause it).
+    """
+    base = fake_trial_result(accuracy=accuracy, energy_per_sample_j=energy_per_sample_j, hardware=hardware,
+                             meter=meter, is_estimate=is_estimate, params=4_000_000)
+    metrics = dataclasses.replace(base.metrics, test_accuracy=test_accuracy) if base.metrics else None
+    inference = dataclasses.replace(base.inference, protocol_energy_j=protocol_energy_j,
+                                    protocol_co2eq_g=None if protocol_energy_j is None else protocol_energy_j * 1e-4) \
+        if base.inference else None
+    result = dataclasses.replace(base, metrics=metrics, inference=inference, train=None)
+
+    def summary(joules: float | None) -> TrainSummary | None:
+        return None if joules is None else TrainSummary(
+            steps=100, wall_s=60.0, final_loss=0.3, energy_j=joules, meter=meter, is_estimate=is_estimate,
+            co2eq_g=joules * 1e-4)
+
+    return TeacherReference(name=name, source="hf folder, fine-tuned on builtin:parity", result=result,
+                            fine_tune=summary(fine_tune_j), cache_build=summary(cache_build_j))
+
+
+@pytest.fixture
+def make_teacher() -> Callable[..., TeacherReference]:
+    """Factory of fake :class:`TeacherReference` records (see :func:`fake_teacher_reference`)."""
+    return fake_teacher_reference
 
 
 @pytest.fixture

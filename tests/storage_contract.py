@@ -32,6 +32,7 @@ import storage.store as store_module
 from nas.config import Candidate
 from nas.errors import ConfigError, StorageError
 from nas.records import FailKind, TrialResult
+from nas.reference import TeacherReference
 from storage import FILTER_NAMES, Store, TrialCost, candidate_hash
 from storage.models import VERSION_TABLE, Base, StudyRow
 
@@ -43,6 +44,7 @@ COST = TrialCost(train_energy_j=10.0, measure_energy_j=2.0, co2eq_g=0.5, wall_s=
 
 MakeResult = Callable[..., TrialResult]
 MakeCandidate = Callable[..., Candidate]
+MakeTeacher = Callable[..., TeacherReference]
 
 
 def _scored(result: TrialResult, *, majority: float | None = None, test_accuracy: float | None = None,
@@ -442,6 +444,89 @@ class StorageContract:
         store.rebuild_front("s")
         assert [(e.trial_number, e.position) for e in store.persisted_front("s")] == before
 
+    # -- the teacher reference -------------------------------------------------------------------
+    def test_teacher_reference_round_trip(self, store: Store, make_teacher: MakeTeacher) -> None:
+        self._study(store, "s")
+        assert store.teacher_reference("s") is None
+        before = store.get_study("s").updated_utc
+        ref = make_teacher()
+        store.put_teacher_reference("s", ref)
+        assert store.teacher_reference("s") == ref
+        assert store.get_study("s").updated_utc > before  # cached readers (the dashboard) see the change
+        with pytest.raises(StorageError, match="unknown study"):
+            store.put_teacher_reference("nope", ref)
+        with pytest.raises(StorageError, match="unknown study"):
+            store.teacher_reference("nope")
+
+    def test_teacher_cost_counts_once_in_the_study_cost(
+        self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate, make_teacher: MakeTeacher
+    ) -> None:
+        self._study(store, "s")
+        store.finish_trial("s", 0, make_result(candidate=make_candidate(0)), cost=COST)
+        trials_only = store.get_study("s")
+        assert trials_only.total_energy_j == pytest.approx(12.0) and trials_only.teacher_energy_j is None
+        ref = make_teacher(fine_tune_j=400.0, cache_build_j=50.0, protocol_energy_j=30.0)
+        assert ref.search_cost_j == pytest.approx(480.0)
+        for _ in range(3):  # a resumed study stores its teacher again: replaced, never added
+            store.put_teacher_reference("s", ref)
+        info = store.get_study("s")
+        assert info.total_energy_j == pytest.approx(12.0 + 480.0)
+        assert info.train_energy_j == pytest.approx(10.0 + 450.0) and info.measure_energy_j == pytest.approx(32.0)
+        assert info.teacher_energy_j == pytest.approx(480.0)
+        assert info.co2eq_g == pytest.approx(0.5 + 480.0 * 1e-4)
+        assert not info.cost_includes_estimate
+        # a cached teacher (fine-tuned by another study) costs this one its measurement only
+        store.put_teacher_reference("s", make_teacher(fine_tune_j=None, cache_build_j=None, is_estimate=True,
+                                                      meter="estimate"))
+        info = store.get_study("s")
+        assert info.total_energy_j == pytest.approx(12.0 + 30.0) and info.cost_includes_estimate
+        assert [i.total_energy_j for i in store.list_studies()] == [pytest.approx(42.0)]
+
+    def test_teacher_measured_on_a_shared_device_is_refused(self, store: Store, make_teacher: MakeTeacher) -> None:
+        self._study(store, "s")
+        ref = make_teacher()
+        assert ref.result.inference is not None
+        shared = dataclasses.replace(ref, result=dataclasses.replace(
+            ref.result, inference=dataclasses.replace(ref.result.inference, exclusive=False)))
+        with pytest.raises(StorageError, match="shared the device"):
+            store.put_teacher_reference("s", shared)
+        assert store.teacher_reference("s") is None
+
+    def test_migration_0004_adds_teacher_references_to_a_0003_database(
+        self, db_url: str, make_result: MakeResult, make_teacher: MakeTeacher
+    ) -> None:
+        assert Store.upgrade(db_url, "0003") == "0003"
+        engine = create_engine(store_module.normalize_url(db_url))
+        now = datetime.now(timezone.utc)
+        try:
+            with engine.begin() as conn:
+                assert "nas_teacher_references" not in inspect(conn).get_table_names()
+                meta = MetaData()
+                studies, trials = (Table(n, meta, autoload_with=conn) for n in ("nas_studies", "nas_trials"))
+                sid = conn.execute(studies.insert().values(
+                    name="old", spec_json="{}", objectives_json=json.dumps([list(o) for o in OBJ2]),
+                    status="COMPLETE", created_utc=now, updated_utc=now)).inserted_primary_key[0]
+                conn.execute(trials.insert().values(
+                    study_id=sid, trial_number=0, state="COMPLETE", cost_train_energy_j=7.0,
+                    cost_measure_energy_j=1.0, cost_meter="nvml-counter", cost_is_estimate=False, started_utc=now))
+            with pytest.raises(StorageError, match="nas storage upgrade"):
+                Store.open(db_url)
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0004"
+            with Store.open(db_url, create=False) as store:
+                assert store.teacher_reference("old") is None
+                assert store.get_study("old").total_energy_j == pytest.approx(8.0)
+            with Store.open(db_url) as store:
+                store.put_teacher_reference("old", make_teacher(fine_tune_j=100.0, cache_build_j=None,
+                                                                protocol_energy_j=None))
+                assert store.get_study("old").total_energy_j == pytest.approx(108.0)
+            with engine.begin() as conn:  # and back: the table goes, every other row stays
+                command.downgrade(store_module.alembic_config(conn), "0003")
+            with engine.connect() as conn:
+                assert "nas_teacher_references" not in inspect(conn).get_table_names()
+                assert conn.execute(text("SELECT COUNT(*) FROM nas_trials")).scalar() == 1
+        finally:
+            engine.dispose()
+
     # -- schema ----------------------------------------------------------------------------------
     def test_schema_is_at_head_and_matches_models(self, store: Store, db_url: str) -> None:
         assert store.schema_revision() == store_module.head_revision()
@@ -500,7 +585,7 @@ class StorageContract:
                     objectives_key="accuracy:maximize,energy_per_sample_j:minimize", trial_id=tid, trial_number=0,
                     position=0, values_json='{"accuracy":0.8,"energy_per_sample_j":0.001}', updated_utc=now))
             assert Store.upgrade(db_url, "0002") == "0002"
-            assert Store.upgrade(db_url) == store_module.head_revision() == "0003"
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0004"
             with Store.open(db_url, create=False) as store:
                 view = store.trial("old", 0)
                 assert view.result is not None and view.result.metrics is not None
@@ -546,7 +631,7 @@ class StorageContract:
                         study_id=sid, trial_number=i, state=state, fail_reason=reason, retryable=retryable,
                         candidate_hash=h, cost_train_energy_j=joules, cost_meter=None if joules is None else "estimate",
                         cost_is_estimate=joules is not None, started_utc=now))
-            assert Store.upgrade(db_url) == "0003"
+            assert Store.upgrade(db_url) == store_module.head_revision()
             with Store.open(db_url, create=False) as store:
                 views = store.trials("old")
                 assert [v.fail_kind for v in views] == [None, FailKind.CANDIDATE, FailKind.INTERRUPTED, FailKind.DEVICE,

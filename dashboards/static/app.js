@@ -42,6 +42,8 @@
     return (v / 3600).toFixed(2) + " h";
   }
   const fmtPct = (v) => isNum(v) ? (100 * v).toFixed(2) + " %" : "–";
+  // a ratio to the teacher, as the CLI prints it: 0.97x (0.034x below 0.1)
+  const fmtRatio = (v) => isNum(v) ? (v >= 0.1 ? v.toFixed(2) : v.toPrecision(2)) + "x" : "–";
   function fmtTime(iso) {
     if (!iso) return "–";
     const d = new Date(iso);
@@ -147,8 +149,27 @@
     ["cost", "Search J", (r) => (r.cost ? r.cost.total_energy_j : null), (r) => (r.cost ? fmtJ(r.cost.total_energy_j) + (r.cost.is_estimate ? ` <span class="badge est">EST</span>` : "") : "–")],
     ["note", "Note", (r) => r.fail_reason || "", (r) => `<span class="muted small">${esc(r.fail_reason || "")}</span>`],
   ];
+  // Shown after the meter column when the study has a measured teacher (its ratios come with each row).
+  const ratio = (r, key) => (r.teacher_ratios ? r.teacher_ratios[key] : null);
+  const TEACHER_COLUMNS = [
+    ["acc_teacher", "acc/teacher", (r) => ratio(r, "accuracy_ratio_to_teacher"), (r) => fmtRatio(ratio(r, "accuracy_ratio_to_teacher"))],
+    ["j_teacher", "J/teacher", (r) => ratio(r, "energy_ratio_to_teacher"),
+      (r) => `<span title="${esc(r.teacher_ratios ? r.teacher_ratios.teacher_ratio_note : "")}">${fmtRatio(ratio(r, "energy_ratio_to_teacher"))}</span>`],
+  ];
+  function columns() {
+    if (!dashboard || !dashboard.teacher) return COLUMNS;
+    const at = COLUMNS.findIndex((c) => c[0] === "meter") + 1;
+    return COLUMNS.slice(0, at).concat(TEACHER_COLUMNS, COLUMNS.slice(at));
+  }
 
-  function renderStats(s, frontCount) {
+  function teacherCard(t) {
+    if (!t) return null;
+    const meter = t.meter ? energyBadge(t.is_estimate, t.meter) : `<span class="muted">not measured</span>`;
+    return ["Teacher (reference)", `${fmtPct(t.accuracy)} · ${fmtSci(t.energy_per_sample_j)} J`,
+      `dev accuracy · J/sample ${meter} · test ${fmtPct(t.test_accuracy)} · <span class="muted">${esc(t.name)}</span>`];
+  }
+
+  function renderStats(s, frontCount, teacher) {
     const c = s.cost, t = s.trials;
     const budget = s.budget.trials === null ? "∞" : s.budget.trials;
     const cards = [
@@ -158,6 +179,8 @@
       ["CO₂eq", isNum(c.co2eq_g) ? fmtNum(c.co2eq_g, 3) + " g" : "unknown", isNum(c.co2eq_g) ? "from the meter's grid intensity" : "not every trial's meter gives CO₂"],
       ["Wall time", fmtS(c.wall_s), `${fmtNum(c.gpu_s, 1)} GPU-seconds`],
     ];
+    const tc = teacherCard(teacher);
+    if (tc) cards.splice(2, 0, tc);
     document.getElementById("study-stats").innerHTML = cards.map(([k, v, sub]) =>
       `<div class="stat"><div class="stat-k">${esc(k)}</div><div class="stat-v">${esc(v)}</div><div class="stat-sub">${sub}</div></div>`).join("");
     const status = document.getElementById("study-status");
@@ -171,13 +194,14 @@
     document.getElementById("cost-table").innerHTML = kvTable([
       ["Training and distillation", fmtJ(c.train_energy_j)],
       ["Energy measurement", fmtJ(c.measure_energy_j)],
+    ].concat(isNum(c.teacher_energy_j) ? [["of which the teacher (fine-tuning, outputs cache, measurement)", fmtJ(c.teacher_energy_j)]] : []).concat([
       ["Total", `<b>${fmtJ(c.total_energy_j)}</b>`],
       ["Meter", label],
       ["CO₂eq", isNum(c.co2eq_g) ? fmtNum(c.co2eq_g, 4) + " g" : "–"],
       ["Wall time (sum over trials)", fmtS(c.wall_s)],
       ["GPU-seconds", fmtNum(c.gpu_s, 1)],
       ["Energy budget", isNum(s.budget.energy_j) ? fmtJ(s.budget.energy_j) : "none"],
-    ]);
+    ]));
   }
 
   function drawFigures(figs) {
@@ -190,7 +214,7 @@
         el.dataset.bound = "1";
         el.on("plotly_click", (ev) => {
           const p = ev.points && ev.points[0];
-          if (p && p.customdata) window.location.href = `/studies/${enc(study)}/trials/${p.customdata[0]}`;
+          if (p && p.customdata && p.customdata[0] !== null) window.location.href = `/studies/${enc(study)}/trials/${p.customdata[0]}`;
         });
       }
     }
@@ -205,7 +229,8 @@
     let rows = dashboard.trials.filter((r) =>
       (!state || r.state === state) && (!frontOnly || r.on_front) && (whereRows === null || whereRows.has(r.number)));
     if (text) rows = rows.filter((r) => (JSON.stringify(r.values) + " " + r.state + " " + (r.fail_reason || "") + " " + r.candidate_text).toLowerCase().includes(text));
-    const col = COLUMNS.find((c) => c[0] === sortKey) || COLUMNS[0];
+    const cols = columns();
+    const col = cols.find((c) => c[0] === sortKey) || cols[0];
     rows.sort((a, b) => {
       const x = col[2](a), y = col[2](b);
       const xm = x === null || x === undefined || (typeof x === "number" && !isFinite(x));
@@ -213,11 +238,11 @@
       if (xm || ym) return xm === ym ? a.number - b.number : (xm ? 1 : -1);  // missing values last
       return (x < y ? -1 : x > y ? 1 : a.number - b.number) * sortDir;
     });
-    table.querySelector("thead").innerHTML = "<tr>" + COLUMNS.map(([key, title]) =>
+    table.querySelector("thead").innerHTML = "<tr>" + cols.map(([key, title]) =>
       `<th data-key="${key}" class="${key === sortKey ? (sortDir > 0 ? "asc" : "desc") : ""}" title="Sort">${esc(title)}</th>`).join("") + "</tr>";
     table.querySelector("tbody").innerHTML = rows.length
-      ? rows.map((r) => `<tr class="${r.on_front ? "on-front" : ""}">${COLUMNS.map((c) => `<td class="${c[0] === "shape" || c[0] === "cost" ? "nowrap" : ""}">${c[3](r)}</td>`).join("")}</tr>`).join("")
-      : `<tr><td colspan="${COLUMNS.length}" class="muted">No trial matches.</td></tr>`;
+      ? rows.map((r) => `<tr class="${r.on_front ? "on-front" : ""}">${cols.map((c) => `<td class="${c[0] === "shape" || c[0] === "cost" ? "nowrap" : ""}">${c[3](r)}</td>`).join("")}</tr>`).join("")
+      : `<tr><td colspan="${cols.length}" class="muted">No trial matches.</td></tr>`;
     document.getElementById("trial-count").textContent = `${rows.length} of ${dashboard.trials.length} trials`;
   }
 
@@ -242,7 +267,7 @@
     if (d.version !== lastVersion) {
       lastVersion = d.version;
       dashboard = d;
-      renderStats(d.summary, d.front.length);
+      renderStats(d.summary, d.front.length, d.teacher);
       drawFigures(d.figures);
       if (document.getElementById("trial-where").value.trim()) await applyWhere(); else renderTrials();
       app.dataset.version = d.version;
@@ -255,7 +280,7 @@
       const th = ev.target.closest("th");
       if (!th) return;
       const key = th.dataset.key;
-      if (key === sortKey) sortDir = -sortDir; else { sortKey = key; sortDir = key === "accuracy" || key === "test" || key === "front" ? -1 : 1; }
+      if (key === sortKey) sortDir = -sortDir; else { sortKey = key; sortDir = key === "accuracy" || key === "test" || key === "front" || key === "acc_teacher" ? -1 : 1; }
       renderTrials();
     });
     document.getElementById("trial-filter").addEventListener("input", renderTrials);
@@ -290,7 +315,11 @@
       ["Measured as", inf ? esc(`${inf.serving_form}, ${inf.dtype}, batch ${inf.batch_size} × seq ${inf.seq_len}, ${inf.n_windows} windows of ${inf.window_s} s, CV ${fmtNum(inf.cv, 3)}`) : "–"],
       ["Kernels", esc((t.result && t.result.kernels) || "–")],
       ["Hardware", esc(t.hardware || "–")],
-    ]);
+    ].concat(t.teacher ? [
+      ["Teacher (reference)", `${esc(t.teacher.name)}: dev ${fmtPct(t.teacher.accuracy)}, ${fmtNum(t.teacher.energy_per_sample_j)} J ${t.teacher.meter ? energyBadge(t.teacher.is_estimate, t.teacher.meter) : ""}`],
+      ["Dev accuracy / teacher's", fmtRatio(t.teacher_ratios.accuracy_ratio_to_teacher)],
+      ["J/sample / teacher's", fmtRatio(t.teacher_ratios.energy_ratio_to_teacher) + (t.teacher_ratios.teacher_ratio_note ? ` <span class="muted small">${esc(t.teacher_ratios.teacher_ratio_note)}</span>` : "")],
+    ] : []));
     const c = t.cost;
     document.getElementById("trial-cost").innerHTML = c ? "<h3>What this trial cost the search</h3>" + kvTable([
       ["Training and distillation", fmtJ(c.train_energy_j)],

@@ -143,9 +143,12 @@ def search(
 
     summary = run_search(spec, resume=resume, db=db, ray_address=ray_address, trials=trials, name=name,
                          progress=not quiet)
-    from nas.cli.render import front_table
+    from nas.cli.render import front_table, teacher_line
 
-    out.print(front_table(summary.front, summary.objectives, title=f"Pareto front of {summary.study!r}"))
+    if summary.teacher is not None:
+        out.print(teacher_line(summary.teacher), highlight=False, markup=False, soft_wrap=True)
+    out.print(front_table(summary.front, summary.objectives, title=f"Pareto front of {summary.study!r}",
+                          teacher=summary.teacher))
     out.print(summary.describe())
 
 
@@ -177,7 +180,10 @@ def pareto(
     include_trivial: Annotated[bool, typer.Option(
         "--include-trivial", help="Let trials at or below the dev majority-class rate onto the front.")] = False,
 ) -> None:
-    """Pareto-optimal trials of a study, per hardware fingerprint (test accuracy beside dev)."""
+    """Pareto-optimal trials of a study, per hardware fingerprint (test accuracy beside dev).
+
+    A study with a measured teacher shows it above the table, and each member's ratios to it.
+    """
     from nas.cli.render import kept_out_note
     from nas.runner.api import pareto as query
 
@@ -186,15 +192,18 @@ def pareto(
     if as_json:
         from nas.cli.render import view_to_dict
 
-        _print_json([view_to_dict(t) for t in front.trials])
+        _print_json([view_to_dict(t, front.teacher) for t in front.trials])
     elif as_csv:
         from nas.cli.render import front_csv
 
-        sys.stdout.write(front_csv(front.trials))
+        sys.stdout.write(front_csv(front.trials, front.teacher))
     else:
-        from nas.cli.render import front_table
+        from nas.cli.render import front_table, teacher_line
 
-        out.print(front_table(front.trials, front.objectives, title=f"Pareto front of {study!r}"))
+        if front.teacher is not None:
+            out.print(teacher_line(front.teacher), highlight=False, markup=False, soft_wrap=True)
+        out.print(front_table(front.trials, front.objectives, title=f"Pareto front of {study!r}",
+                              teacher=front.teacher))
     if note:  # on stderr with --json/--csv, so stdout stays machine-readable
         (err if as_json or as_csv else out).print(note, highlight=False, soft_wrap=True)
 
@@ -206,18 +215,20 @@ def show(
     db: DbOpt = DEFAULT_DB,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """One trial: candidate, metrics, energy readings with meter and provenance."""
+    """One trial: candidate, metrics, energy readings with meter and provenance; the teacher's ratios."""
     from nas.runner.api import open_store
 
-    view = open_store(db, create=False, read_only=True).trial(study, trial_number)
+    store = open_store(db, create=False, read_only=True)
+    view = store.trial(study, trial_number)
+    teacher = store.teacher_reference(study)
     if as_json:
         from nas.cli.render import view_to_dict
 
-        _print_json(view_to_dict(view))
+        _print_json(view_to_dict(view, teacher))
         return
     from nas.cli.render import trial_view
 
-    out.print(trial_view(view))
+    out.print(trial_view(view, teacher))
 
 
 # -------------------------------------------------------------------------------------- export/predict

@@ -1,6 +1,8 @@
 """Rich tables and plain serialisations for the CLI.
 
-Every energy figure shows its meter, and an estimate is marked ``(estimate)``.
+Every energy figure shows its meter, and an estimate is marked ``(estimate)`` or ``ESTIMATE``. A study
+with a measured teacher shows the teacher's point and each trial's ratios to it
+(:func:`nas.reference.ratios_to_teacher`, through :meth:`storage.TrialView.ratios_to`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nas.records import TrialResult
+from nas.reference import TeacherReference, ratio_text
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -52,14 +55,31 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def view_to_dict(view: Any) -> dict[str, Any]:
-    """A stored trial as JSON: the flat values first, then the full record."""
+def view_to_dict(view: Any, teacher: TeacherReference | None = None) -> dict[str, Any]:
+    """A stored trial as JSON: the flat values first, then the full record.
+
+    With a ``teacher``, the ratios to it follow the flat values (``accuracy_ratio_to_teacher``,
+    ``energy_ratio_to_teacher``, ``teacher_ratio_note``) with the teacher's point (``teacher``).
+    """
     d = {"number": view.number, "state": view.state, "fail_reason": view.fail_reason,
          **{k: v for k, v in view.values().items() if k not in ("number", "state")}}
+    if teacher is not None:
+        d.update(view.ratios_to(teacher).to_dict())
+        d["teacher"] = teacher.point()
     d["candidate"] = to_jsonable(view.candidate) if view.candidate is not None else None
     d["result"] = view.result.to_dict() if view.result is not None else None
     d["cost"] = to_jsonable(view.cost) if view.cost is not None else None
     return d
+
+
+def teacher_line(ref: TeacherReference) -> str:
+    """The teacher's point in one line, printed above a front table (meter named, estimates labelled)."""
+    inf = ref.result.inference
+    shape = f", batch {inf.batch_size} x seq {inf.seq_len} on {ref.hardware_fingerprint}" if inf else ""
+    return (f"teacher {ref.name} ({ref.source}): dev acc {_fmt(ref.dev_accuracy)}, test acc "
+            f"{_fmt(ref.test_accuracy)}, J/sample {_energy(ref.energy_per_sample_j, ref.meter, ref.is_estimate)}"
+            f"{shape}; it cost this study {_fmt(ref.search_cost_j)} J"
+            + (" (ESTIMATE)" if ref.cost_is_estimate and ref.search_cost_j is not None else ""))
 
 
 def trial_table(r: TrialResult) -> Table:
@@ -135,11 +155,14 @@ def _short_candidate(c: Any, vals: dict[str, Any]) -> str:
     return f"{c.n_layers}x{c.d_model} h{c.n_heads} ffn{c.d_ffn} {attn} {bits}{sp}"
 
 
-def front_table(views: list[Any], objectives: list[tuple[str, str]] | Any, title: str = "Pareto front") -> Table:
+def front_table(views: list[Any], objectives: list[tuple[str, str]] | Any, title: str = "Pareto front",
+                teacher: TeacherReference | None = None) -> Table:
     """The front, best first objective on top; one compact candidate column, meter per row.
 
     The test accuracy comes first (the number to expect on new data); the objectives follow, with
-    ``accuracy`` shown as the dev accuracy the front was selected on.
+    ``accuracy`` shown as the dev accuracy the front was selected on. With a ``teacher``, the columns
+    ``acc/teacher`` (dev accuracy ratio) and ``J/teacher`` (J/sample ratio, ``-`` where the meters or the
+    protocol differ) follow the objectives.
     """
     objs = [m for m, _ in objectives]
     t = Table(title=title, title_justify="left")
@@ -148,22 +171,43 @@ def front_table(views: list[Any], objectives: list[tuple[str, str]] | Any, title
     for m in objs:
         label = {"accuracy": "dev acc", "macro_f1": "dev macro F1", "energy_per_sample_j": "J/sample"}.get(m, m)
         t.add_column(label.replace("_", " "), justify="right")
+    if teacher is not None:
+        t.add_column("acc/teacher", justify="right")
+        t.add_column("J/teacher", justify="right")
     t.add_column("candidate")
     t.add_column("meter")
     hardware = sorted({str(v.hardware_fingerprint) for v in views})
+    notes: dict[str, None] = {}
     for v in sorted(views, key=lambda v: v.values().get(objs[0]) or 0, reverse=True):
         vals = v.values()
         meter = (vals.get("meter") or "-") + (" (estimate)" if vals.get("is_estimate") else "")
-        t.add_row(str(v.number), _fmt(vals.get("test_accuracy")), *[_fmt(vals.get(m)) for m in objs],
+        ratios = []
+        if teacher is not None:
+            r = v.ratios_to(teacher)
+            ratios = [ratio_text(r.accuracy_ratio), ratio_text(r.energy_ratio)]
+            if r.note:
+                notes[f"#{v.number}: {r.note}"] = None
+        t.add_row(str(v.number), _fmt(vals.get("test_accuracy")), *[_fmt(vals.get(m)) for m in objs], *ratios,
                   _short_candidate(v.candidate, vals), meter)
     t.caption = ("no complete trial matches" if not views else f"hardware: {', '.join(hardware)}")
+    if notes:
+        t.caption += "\nno ratio where " + "; ".join(escape(n) for n in notes)
     return t
 
 
-def front_csv(views: list[Any]) -> str:
-    """The front's trials as CSV, one row per trial (empty text for an empty front)."""
+def front_csv(views: list[Any], teacher: TeacherReference | None = None) -> str:
+    """The front's trials as CSV, one row per trial (empty text for an empty front).
+
+    With a ``teacher``, each row also has the ratios (``accuracy_ratio_to_teacher``,
+    ``energy_ratio_to_teacher``, ``teacher_ratio_note``) and the teacher's point (``teacher_*``).
+    """
     buf = io.StringIO()
     rows = [{"number": v.number, **{k: val for k, val in v.values().items() if k != "number"}} for v in views]
+    if teacher is not None:
+        point = {f"teacher_{k}": val for k, val in teacher.point().items()}
+        for row, v in zip(rows, views, strict=True):
+            row.update(v.ratios_to(teacher).to_dict())
+            row.update(point)
     if not rows:
         return ""
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -200,8 +244,11 @@ def study_energy(i: Any) -> str:
     return cell
 
 
-def trial_view(v: Any) -> Table:
-    """A stored trial as a table: its record (else its candidate), failure reason, cost and provenance."""
+def trial_view(v: Any, teacher: TeacherReference | None = None) -> Table:
+    """A stored trial as a table: its record (else its candidate), failure reason, cost and provenance.
+
+    With a ``teacher``, its point and this trial's ratios to it follow.
+    """
     if v.result is not None and v.state == "COMPLETE":
         t = trial_table(v.result)
         t.title = f"Trial {v.number} of {v.study}: {v.state}"
@@ -221,4 +268,16 @@ def trial_view(v: Any) -> Table:
     if v.result is not None and v.result.inference is not None:
         p = v.result.inference.provenance
         t.add_row("provenance", escape(json.dumps(to_jsonable(p), default=str)[:2000]))
+    if teacher is not None:
+        _teacher_rows(t, v, teacher)
     return t
+
+
+def _teacher_rows(t: Table, v: Any, ref: TeacherReference) -> None:
+    """The teacher section of ``nas show``: the teacher's point, then this trial's ratios to it."""
+    r = v.ratios_to(ref)
+    t.add_row("teacher (reference)", escape(f"{ref.name} ({ref.source})"))
+    t.add_row("teacher dev / test accuracy", f"{_fmt(ref.dev_accuracy)} / {_fmt(ref.test_accuracy)}")
+    t.add_row("teacher energy / sample", _energy(ref.energy_per_sample_j, ref.meter, ref.is_estimate))
+    t.add_row("dev accuracy / teacher's", ratio_text(r.accuracy_ratio))
+    t.add_row("J/sample / teacher's", ratio_text(r.energy_ratio) + (f" ({escape(r.note)})" if r.note else ""))

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from nas.records import InferenceEnergy, TrialResult
+from nas.reference import TeacherReference, ratio_text
 
 from .parity import MIN_AGREEMENT, ParityResult
 
@@ -61,6 +62,7 @@ class CardInputs:
     command: str
     weights_source: str
     labels: Sequence[str]
+    teacher: TeacherReference | None = None
 
 
 def _rows(r: TrialResult) -> list[tuple[str, Any]]:
@@ -130,12 +132,52 @@ def _provenance(inf: InferenceEnergy | None) -> list[str]:
     return lines
 
 
+def _ratios(r: TrialResult, ref: TeacherReference) -> dict[str, Any]:
+    """``r``'s ratios to the teacher (:func:`nas.reference.ratios_to_teacher`, same checks as every display)."""
+    return ref.ratios_of(r).to_dict()
+
+
+def _teacher(c: CardInputs) -> list[str]:
+    """The "Teacher reference" section: the teacher's point, then this model's ratios to it."""
+    ref = c.teacher
+    if ref is None:
+        return []
+    inf = ref.result.inference
+    meter = energy_label(inf)
+    shape = f"batch {fmt(inf.batch_size)} x sequence {fmt(inf.seq_len)} on {fmt(ref.hardware_fingerprint)}" \
+        if inf else "not measured"
+    lines = [
+        "## Teacher reference",
+        "",
+        f"The study's teacher `{ref.name}` ({ref.source}), assessed like every trial: same protocol, meter, "
+        "batch size and sequence length. A ratio below 1 means less than the teacher's.",
+        "",
+        f"- teacher dev accuracy: {fmt(ref.dev_accuracy)}; test accuracy: {fmt(ref.test_accuracy)}",
+        f"- teacher energy per sample: {fmt(ref.energy_per_sample_j)} J (meter {meter})",
+        f"- measured as: {shape}",
+        f"- what the teacher cost this study: {fmt(ref.search_cost_j)} J"
+        + (" (ESTIMATE)" if ref.cost_is_estimate and ref.search_cost_j is not None else "")
+        + f" (fine-tuning and outputs cache {fmt(ref.train_energy_j)} J, measurement {fmt(ref.measure_energy_j)} J;"
+        " part of the study's search cost below)",
+        "",
+        "| this model | dev accuracy / teacher's | J/sample / teacher's | note |",
+        "|---|---|---|---|",
+    ]
+    for label, result in (("search (database)", c.search), ("final (after --retrain)", c.final)):
+        if result is not None:
+            r = _ratios(result, ref)
+            lines.append(f"| {label} | {ratio_text(r['accuracy_ratio_to_teacher'])} | "
+                         f"{ratio_text(r['energy_ratio_to_teacher'])} | {r['teacher_ratio_note'] or '-'} |")
+    return [*lines, ""]
+
+
 def _cost(s: StudyInfo) -> list[str]:
     est = " — includes ESTIMATES" if s.cost_includes_estimate else ""
     bound = (f" — a lower bound: {s.n_trials_unmetered} trial(s) ran unmetered" if s.n_trials_unmetered else "")
     return [
         f"- total energy: {fmt(s.total_energy_j)} J{est}{bound} (training {fmt(s.train_energy_j)} J, "
-        f"measurement {fmt(s.measure_energy_j)} J)",
+        f"measurement {fmt(s.measure_energy_j)} J"
+        + (f"; the teacher's part: {fmt(s.teacher_energy_j)} J" if s.teacher_energy_j is not None else "") + ")",
         f"- CO2-equivalent: {fmt(s.co2eq_g)} g",
         f"- trial wall time: {fmt(s.wall_s)} s; GPU time: {fmt(s.gpu_s)} GPU-s",
         f"- trials: {fmt(s.n_trials_complete)} complete, {fmt(s.n_trials_failed)} failed, "
@@ -177,6 +219,7 @@ def render_card(c: CardInputs) -> str:
         "",
         *_table(c.search, c.final),
         "",
+        *_teacher(c),
         "## Energy provenance (search-time measurement)",
         "",
         *_provenance(c.search.inference),
@@ -224,6 +267,7 @@ def _study_cost(s: StudyInfo) -> dict[str, Any]:
         "total_energy_j": s.total_energy_j, "train_energy_j": s.train_energy_j,
         "measure_energy_j": s.measure_energy_j, "co2eq_g": s.co2eq_g, "wall_s": s.wall_s, "gpu_s": s.gpu_s,
         "includes_estimate": s.cost_includes_estimate, "n_trials_unmetered": s.n_trials_unmetered,
+        "teacher_energy_j": s.teacher_energy_j,
         "n_trials_complete": s.n_trials_complete,
         "n_trials_failed": s.n_trials_failed, "n_trials_pruned": s.n_trials_pruned,
     }
@@ -252,6 +296,10 @@ def metrics_json(c: CardInputs) -> str:
         "final": c.final.to_dict() if c.final else None,
         "readings": [_reading(r) for r in c.readings],
         "study_cost": _study_cost(c.study),
+        "teacher": None if c.teacher is None else {
+            **c.teacher.summary(), "record": c.teacher.to_dict(),
+            "ratios": {"search": _ratios(c.search, c.teacher),
+                       "final": _ratios(c.final, c.teacher) if c.final else None}},
         "parity": [p.to_dict() for p in c.parity],
         "files": list(c.files),
         "command": c.command,

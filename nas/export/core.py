@@ -352,7 +352,7 @@ def export_trial(
         card = CardInputs(study=src.study, trial=trial_number, task=search.task, search=search,
                           final=weights.final, retrain_steps=retrain_steps, readings=src.readings,
                           parity=parity, files=files, command=_command(study, trial_number, fmt, out, db, retrain_steps),
-                          weights_source=weights.source, labels=prepared.labels)
+                          weights_source=weights.source, labels=prepared.labels, teacher=src.teacher)
         (tmp / "metrics.json").write_text(metrics_json(card))
         (tmp / "README.md").write_text(render_card(card))
         _move_into_place(tmp, out)

@@ -17,6 +17,7 @@ from evaluators.tasks import load_task
 from evaluators.weights import load_trial_model
 from nas.config import Candidate
 from nas.errors import ConfigError, DataError, ExportError, StorageError
+from nas.reference import TeacherReference
 from nas.spec import StudySpec
 from storage import Store, normalize_url
 
@@ -51,6 +52,7 @@ class TrialSource:
         readings: The trial's stored energy readings (meter, provenance, CV).
         weights: The folder of the newest ``weights`` artefact, or ``None`` when the trial has none.
         weights_problem: Why no usable weights folder was found (for the error message).
+        teacher: The study's measured teacher, the card's reference point (``None`` without one).
     """
 
     db: str
@@ -60,6 +62,7 @@ class TrialSource:
     readings: tuple[ReadingView, ...]
     weights: Path | None
     weights_problem: str | None
+    teacher: TeacherReference | None = None
 
     @property
     def candidate(self) -> Candidate:
@@ -111,6 +114,7 @@ def open_trial(study: str, trial_number: int, db: str) -> TrialSource:
                               fix=f"pick a COMPLETE trial, e.g. from `nas pareto {study}`")
         readings = tuple(store.readings(study, trial_number))
         folder, problem = _weights_folder(store.artefacts(study, trial_number), db)
+        teacher = store.teacher_reference(study)
     finally:
         store.close()
     try:
@@ -119,7 +123,7 @@ def open_trial(study: str, trial_number: int, db: str) -> TrialSource:
         raise ExportError(f"the stored spec of study {study!r} cannot be read by this build: {e}",
                           field="spec_json", fix="export with the energy-nas version that ran the search") from e
     return TrialSource(db=db, study=info, spec=spec, view=view, readings=readings, weights=folder,
-                       weights_problem=problem)
+                       weights_problem=problem, teacher=teacher)
 
 
 @dataclass(frozen=True)

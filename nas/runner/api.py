@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from nas._optional import try_import
 from nas.config import validate
 from nas.errors import ConfigError, SearchError
+from nas.reference import TeacherRatios, TeacherReference
 from nas.runner.checks import check_constraints, check_search_inputs
 from nas.runner.progress import SearchProgress
 from nas.spec import StudySpec, default_spec, load_spec
@@ -28,6 +30,9 @@ class Front:
     ``kept_out`` are the complete trials (matching the same filters) that the study's
     ``front.require_above_majority`` rule kept off the front: dev accuracy at or below the dev
     majority-class rate. Empty when the rule is off or ``include_trivial`` was asked for.
+
+    ``teacher`` is the study's measured teacher (``None`` without one) and ``ratios`` each front
+    member's dev-accuracy and J/sample ratios to it, by trial number (empty without a teacher).
     """
 
     study: str
@@ -35,6 +40,8 @@ class Front:
     trials: list[TrialView]
     by_hardware: dict[str, list[TrialView]] = field(default_factory=dict)
     kept_out: list[TrialView] = field(default_factory=list)
+    teacher: TeacherReference | None = None
+    ratios: Mapping[int, TeacherRatios] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class SearchSummary:
     wall_s: float
     stopped_reason: str
     n_trials_unmetered: int = 0
+    teacher: TeacherReference | None = None
 
     def describe(self) -> str:
         """The summary as text for the terminal, with the commands that query the study."""
@@ -236,7 +244,7 @@ def summarize(store: Store, spec: StudySpec, db: str, stopped_reason: str, wall_
         total_energy_j=info.total_energy_j, energy_meters=meters,
         energy_is_estimate=info.cost_includes_estimate or any(bool(v.is_estimate) for v in views),
         co2eq_g=info.co2eq_g, wall_s=wall_s, stopped_reason=stopped_reason,
-        n_trials_unmetered=info.n_trials_unmetered,
+        n_trials_unmetered=info.n_trials_unmetered, teacher=store.teacher_reference(spec.name),
     )
 
 
@@ -248,7 +256,8 @@ def pareto(study: str, *, db: str = DEFAULT_DB, where: str | None = None, hardwa
     ``where`` narrows further (both are parsed, never evaluated as Python). Under the study's
     ``front.require_above_majority`` (default) trials whose dev accuracy is not above the dev
     majority-class rate are kept out (listed in ``Front.kept_out``); ``include_trivial=True`` lets them
-    take part. The database is opened read-only.
+    take part. A study with a measured teacher gives it in ``Front.teacher`` and each member's ratios
+    to it in ``Front.ratios``. The database is opened read-only.
     """
     store = open_store(db, create=False, read_only=True)
     info = store.get_study(study)
@@ -257,5 +266,7 @@ def pareto(study: str, *, db: str = DEFAULT_DB, where: str | None = None, hardwa
     by_hw: dict[str, list[TrialView]] = {}
     for t in trials:
         by_hw.setdefault(t.hardware_fingerprint or NO_HARDWARE, []).append(t)
+    teacher = store.teacher_reference(study)
+    ratios = {t.number: t.ratios_to(teacher) for t in trials} if teacher is not None else {}
     return Front(study=study, objectives=list(info.objectives), trials=trials, by_hardware=by_hw,
-                 kept_out=kept_out)
+                 kept_out=kept_out, teacher=teacher, ratios=ratios)
