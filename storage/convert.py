@@ -246,7 +246,7 @@ def _train_reading(tr: TrainSummary, kind: str) -> EnergyReadingRow:
 def reading_rows(result: TrialResult) -> list[EnergyReadingRow]:
     """One row per energy reading of a result.
 
-    Its inference reading, then its training (and any teacher training behind it).
+    Its inference reading, then its training (with the teacher-outputs cache and any teacher training behind it).
     """
     out: list[EnergyReadingRow] = []
     inf = result.inference
@@ -264,6 +264,8 @@ def reading_rows(result: TrialResult) -> list[EnergyReadingRow]:
             created_utc=utc_now(),
         ))
     tr = result.train
+    if tr is not None and tr.teacher_cache is not None:
+        out.append(_train_reading(tr.teacher_cache, "teacher-cache"))
     while tr is not None:
         out.append(_train_reading(tr, "train" if tr is result.train else "teacher-train"))
         tr = tr.teacher_training

@@ -79,7 +79,7 @@ def test_asha_and_a_failing_candidate_every_joule_counted(tmp_path: Path) -> Non
     for v in ran:  # every trial that trained has its training joules metered
         assert v.cost.train_energy_j is not None and v.cost.train_energy_j > 0, (v.number, v.state)
     for v in failed + [v for v in ran if v.state == "COMPLETE"]:
-        readings = [r for r in store.readings("cost", v.number) if r.kind in ("train", "teacher-train")]
+        readings = [r for r in store.readings("cost", v.number) if r.kind in ("train", "teacher-train", "teacher-cache")]
         assert v.cost.train_energy_j == pytest.approx(sum(r.energy_j for r in readings))
         assert readings[0].hardware_fingerprint != "cpu" and readings[0].provenance["host_id"]
     info = store.get_study("cost")
