@@ -42,7 +42,7 @@ from evaluators.meters import EnergyMeter, make_meter
 from evaluators.metrics import evaluate
 from evaluators.serving import device_key, measure_serving
 from evaluators.tasks import load_task as _load
-from evaluators.teacher import load_teacher
+from evaluators.teacher_fit import resolve_teacher
 from evaluators.train import build_for_task, resolve_device, train
 from evaluators.train_meter import TrainingMeter
 from evaluators.weights import save_trial_weights
@@ -52,6 +52,7 @@ from nas.errors import ConfigError, TrialFailedError
 from nas.models import EncoderClassifier
 from nas.models.flops import count_flops
 from nas.records import EvalMetrics, RungReport, TrainSummary, TrialResult
+from nas.spec import TeacherSpec
 
 if TYPE_CHECKING:
     from torch import nn
@@ -66,7 +67,8 @@ log = logging.getLogger(__name__)
 
 #: Share of the step budget trained dense before a compressed candidate is pruned/quantized.
 DENSE_FRACTION = 0.5
-#: ``progress(phase, done, total)``: ``train`` per step, then ``evaluate``, ``measure``, ``save``.
+#: ``progress(phase, done, total)``: ``fine-tune`` per step of a teacher's fine-tuning (when one runs),
+#: ``train`` per step, then ``evaluate``, ``measure``, ``save``.
 Progress = Callable[[str, int, int], None]
 #: ``on_rung(report)``: a rung was reached; returning True stops training.
 OnRung = Callable[[RungReport], "bool | None"]
@@ -78,7 +80,7 @@ def cached_task(spec: str, seed: int, max_len: int) -> TaskData:
     return _load(spec, seed=seed, max_len=max_len)
 
 
-_teachers: dict[tuple[str, str, int], Teacher | None] = {}
+_teachers: dict[tuple[str | TeacherSpec, str, int], Teacher | None] = {}
 
 
 @dataclass
@@ -129,12 +131,19 @@ class Trained:
     stopped: bool
 
 
-def load_teacher_for(spec: str, task: TaskData, seed: int, ctx: TrialContext) -> Teacher | None:
-    """The trial's teacher, loaded (or trained, metered in ``ctx``) once per process and task."""
+def load_teacher_for(spec: str | TeacherSpec, task: TaskData, seed: int, ctx: TrialContext) -> Teacher | None:
+    """The trial's teacher, loaded (or trained, metered in ``ctx``) once per process and task.
+
+    A Hugging Face folder whose head does not fit the task (or a spec with ``fine_tune``) is fine-tuned
+    first, cached (:func:`evaluators.teacher_fit.resolve_teacher`); a fine-tuning done here is charged to
+    this trial, once, like a self-trained teacher's training.
+    """
     key = (spec, task.fingerprint, seed)
     if key not in _teachers:
-        _teachers[key] = load_teacher(spec, task, seed=seed, meter=ctx.meter,
-                                      step_callback=lambda: ctx.lane.step_boundary())
+        resolved = resolve_teacher(spec, task, seed=seed, device=ctx.device, meter=ctx.meter,
+                                   progress=lambda done, total: ctx.step("fine-tune", done, total))
+        _teachers[key] = None if resolved is None else resolved.load(
+            task, seed=seed, meter=ctx.meter, step_callback=lambda: ctx.lane.step_boundary())
     return _teachers[key]
 
 
@@ -263,7 +272,7 @@ def run_trial(
     *,
     train_cfg: TrainConfig,
     measure_cfg: MeasureConfig,
-    teacher: str | None = None,
+    teacher: str | TeacherSpec | None = None,
     rungs: Sequence[int] = (),
     on_rung: OnRung | None = None,
     weights_out: str | Path | None = None,
@@ -276,7 +285,9 @@ def run_trial(
         task: ``builtin:NAME`` or a data file/folder.
         train_cfg: brief-training budget and optimiser settings.
         measure_cfg: energy protocol settings (meter, batch, sequence length, windows).
-        teacher: ``None``, ``auto`` or a local Hugging Face folder. Needed when the candidate distills.
+        teacher: ``None``, ``auto``, a local Hugging Face folder, or a :class:`~nas.spec.TeacherSpec`.
+            Needed when the candidate distills. A folder whose head does not fit the task is fine-tuned
+            on it first (cached; progress phase ``fine-tune``; its cost is charged to this trial).
         rungs: training steps (global) at which dev accuracy is reported through ``on_rung``.
         on_rung: ``on_rung(report)`` with the accuracy and the cost so far; returning True stops training
             (the result is then ``PRUNED``, with its training cost).

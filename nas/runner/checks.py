@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from pydantic import TypeAdapter, ValidationError
 
 from evaluators.tasks import BUILTIN_TASKS, load_task
+from evaluators.teacher import is_saved_teacher
 from nas.config import AttentionConfig, Candidate, DistillConfig, PruneConfig, QuantConfig
 from nas.errors import ConfigError, DataError, NASError, SearchError
 from nas.spec import StudySpec
@@ -46,11 +47,12 @@ def check_search_inputs(spec: StudySpec, *, db: str, ray_address: str | None = N
                           f"max_len {space.max_len}, so every trial would fail", field="measure.seq_len",
                           value=spec.measure.seq_len,
                           fix=f"set measure.seq_len <= {space.max_len}, or raise space.overrides.max_len")
-    check_teacher(spec.teacher, distills=space.uses_teacher)
+    check_teacher(spec.teacher.path if spec.teacher else None, distills=space.uses_teacher)
     check_artefacts_dir(spec)
     if ray_address is not None:
         check_ray_address(ray_address)
-    _check_teacher_labels(spec, check_task(spec, space.max_len))
+    check_task(spec, space.max_len)
+    _check_teacher_config(spec)
 
 
 def check_trial_inputs(candidate: Candidate, *, task: str, teacher: str | None, weights_out: str | Path | None,
@@ -184,7 +186,7 @@ def check_space(spec: StudySpec) -> SearchSpace:
 
 
 def check_teacher(teacher: str | None, *, distills: bool, field: str = "teacher") -> None:
-    """``teacher`` is absent, ``auto``, or a local Hugging Face folder.
+    """``teacher`` is absent, ``auto``, a local Hugging Face folder, or a fine-tuned teacher's folder.
 
     A distilling space or candidate (``distills``) needs one.
     """
@@ -196,7 +198,7 @@ def check_teacher(teacher: str | None, *, distills: bool, field: str = "teacher"
                               field=field, fix=f"pass {how} (a cached self-trained teacher) or a local Hugging "
                               "Face folder, or use distill kind none")
         return
-    if name.lower() == "auto":
+    if name.lower() == "auto" or is_saved_teacher(name):
         return
     folder = Path(name).expanduser()
     if not folder.is_dir():
@@ -207,9 +209,10 @@ def check_teacher(teacher: str | None, *, distills: bool, field: str = "teacher"
                           field=field, value=name, fix="pass a folder written by model.save_pretrained(...), or 'auto'")
 
 
-def _check_teacher_labels(spec: StudySpec, num_labels: int) -> None:
-    teacher = (spec.teacher or "").strip()
-    if teacher.lower() in ("", "none", "auto"):
+def _check_teacher_config(spec: StudySpec) -> None:
+    """The teacher folder's ``config.json`` is a JSON object (a head that does not fit is fine-tuned)."""
+    teacher = spec.teacher.path if spec.teacher is not None else ""
+    if teacher.lower() in ("", "none", "auto") or is_saved_teacher(teacher):
         return
     path = Path(teacher).expanduser() / "config.json"
     try:
@@ -220,10 +223,6 @@ def _check_teacher_labels(spec: StudySpec, num_labels: int) -> None:
     if not isinstance(config, dict):
         raise ConfigError(f"{path} is not a JSON object", field="teacher", value=teacher,
                           fix="pass a folder written by model.save_pretrained(...), or 'auto'")
-    labels = config.get("id2label")
-    if isinstance(labels, dict) and len(labels) != num_labels:
-        raise ConfigError(f"the teacher has {len(labels)} labels but the task has {num_labels}", field="teacher",
-                          value=teacher, fix="use a teacher fine-tuned on this task's labels, or 'auto'")
 
 
 def check_writable_folder(folder: str | Path, *, field: str) -> None:
