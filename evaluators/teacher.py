@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForSequenceClassification
 
+from evaluators.hf_teacher import check_hf_folder, check_teacher_head, load_hf_encoder, warn_unknown_tokens
 from evaluators.metrics import evaluate
 from evaluators.tasks import TaskData
 from evaluators.tokenize import TextTokenizer, cache_dir, load_tokenizer
@@ -46,39 +46,17 @@ from evaluators.train import TrainResult, build_for_task, resolve_device, train
 from evaluators.train_meter import TrainingMeter
 from nas.config import Candidate, TrainConfig
 from nas.errors import ConfigError
-from nas.models import ModelOutput, build
+from nas.models import build
 from nas.records import TrainSummary
+from nas.teacher_shape import TeacherShape
 
 if TYPE_CHECKING:
     from evaluators.meters import EnergyMeter
 
-__all__ = ["Teacher", "HFTeacherModule", "load_teacher", "load_hf_teacher", "self_trained_teacher",
-           "default_teacher_candidate", "load_saved_teacher", "is_saved_teacher", "train_and_evaluate",
-           "save_teacher_folder"]
+__all__ = ["Teacher", "load_teacher", "load_hf_teacher", "self_trained_teacher", "default_teacher_candidate",
+           "load_saved_teacher", "is_saved_teacher", "train_and_evaluate", "save_teacher_folder"]
 
 log = logging.getLogger(__name__)
-
-
-class HFTeacherModule(nn.Module):
-    """Wraps a ``transformers`` sequence classifier so it returns :class:`nas.models.ModelOutput`.
-
-    ``hidden_states`` are ``n_layers + 1`` tensors (embeddings, then each layer) and ``attentions`` one
-    (B, heads, T, T) map per layer, the same layout as our models.
-    """
-
-    def __init__(self, hf_model: nn.Module) -> None:
-        super().__init__()
-        self.hf = hf_model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> Any:
-        """Run the wrapped classifier and repackage its logits, hidden states and attentions."""
-        out = self.hf(input_ids=input_ids, attention_mask=attention_mask,
-                      output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-                      return_dict=True)
-        hs = tuple(out.hidden_states) if output_hidden_states and out.hidden_states is not None else None
-        att = tuple(out.attentions) if output_attentions and out.attentions is not None else None
-        return ModelOutput(logits=out.logits, hidden_states=hs, attentions=att)
 
 
 class Teacher:
@@ -87,7 +65,8 @@ class Teacher:
     Args:
         name: Human-readable identity (the folder path, or ``auto:<cache key>``).
         model: Module called as ``model(ids, attention_mask=..., output_hidden_states=...,
-            output_attentions=...)``.
+            output_attentions=...)``; an :class:`~nas.models.EncoderClassifier` for both kinds (a Hugging
+            Face folder is converted, :func:`evaluators.hf_teacher.load_hf_encoder`).
         tokenizer: The tokenizer whose ids the teacher reads.
         n_layers: Number of blocks.
         d_model: Hidden width.
@@ -96,11 +75,15 @@ class Teacher:
         dev_accuracy: The teacher's dev accuracy on the task, when known.
         training: What training it here cost (a cache miss); ``None`` when it was loaded. Taken once by
             :meth:`take_training`, so its joules are counted once however often the teacher is reused.
+        shape: A Hugging Face teacher's shape (from its ``config.json``); None for a self-trained one.
+        head_fits: Whether the classification head was trained for the task's labels (False: a fresh head,
+            to be fine-tuned).
     """
 
     def __init__(self, name: str, model: nn.Module, tokenizer: TextTokenizer, n_layers: int, d_model: int,
                  n_heads: int, kind: str, dev_accuracy: float | None = None,
-                 training: TrainSummary | None = None) -> None:
+                 training: TrainSummary | None = None, *, shape: TeacherShape | None = None,
+                 head_fits: bool = True) -> None:
         self.name = name
         self.model = model
         self.tokenizer = tokenizer
@@ -110,6 +93,8 @@ class Teacher:
         self.kind = kind
         self.dev_accuracy = dev_accuracy
         self._training = training
+        self.shape = shape
+        self.head_fits = head_fits
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
@@ -136,52 +121,42 @@ class Teacher:
         return training
 
     def adapt_task(self, task: TaskData) -> TaskData:
-        """``task`` re-encoded with the teacher's tokenizer (returned unchanged when it already is)."""
-        if self.tokenizer.fingerprint == task.tokenizer.fingerprint:
-            return task
-        return task.with_tokenizer(self.tokenizer)
+        """``task`` re-encoded with the teacher's tokenizer (returned unchanged when it already is).
+
+        For a Hugging Face teacher, warns when its tokenizer maps more than
+        :data:`evaluators.hf_teacher.UNK_WARN_SHARE` of the task's tokens to the unknown token.
+        """
+        if self.tokenizer.fingerprint != task.tokenizer.fingerprint:
+            task = task.with_tokenizer(self.tokenizer)
+        if self.kind == "hf":
+            warn_unknown_tokens(task, self.name)
+        return task
 
     def __repr__(self) -> str:
         return (f"Teacher(name={self.name!r}, kind={self.kind!r}, n_layers={self.n_layers}, "
                 f"d_model={self.d_model}, n_heads={self.n_heads})")
 
 
-def _cfg_get(config: Any, *names: str) -> int:
-    for n in names:
-        v = getattr(config, n, None)
-        if isinstance(v, int):
-            return v
-    raise ConfigError(f"teacher config has none of {names}", field="teacher",
-                      fix="use a standard encoder (BERT, DistilBERT, RoBERTa, ...) folder")
+def load_hf_teacher(path: str | Path, num_labels: int | None = None, *, fine_tune: bool = False) -> Teacher:
+    """Load a local Hugging Face folder (model and tokenizer), converted into our model, as a teacher.
 
-
-def load_hf_teacher(path: str | Path, num_labels: int | None = None) -> Teacher:
-    """Load a local Hugging Face sequence-classification folder (model and tokenizer) as a teacher.
+    Args:
+        path: The folder (BERT, RoBERTa, DistilBERT or MiniLM; with or without a classification head).
+        num_labels: The task's number of labels; None takes the folder head's.
+        fine_tune: The caller will fine-tune the teacher on the task, so a head that does not fit (another
+            label count, or none) is no error: it comes back freshly initialised (``head_fits`` False).
 
     Raises:
-        ConfigError: Missing folder or ``config.json``, no tokenizer, or a label-count mismatch.
+        ConfigError: A bad folder (:func:`evaluators.hf_teacher.check_hf_folder`), or a head that does not
+            fit the task's labels when ``fine_tune`` is False.
     """
     d = Path(path).expanduser()
-    if not d.is_dir() or not (d / "config.json").exists():
-        raise ConfigError("teacher folder not found or has no config.json", field="teacher", value=str(d),
-                          fix="pass a folder written by model.save_pretrained(...) (and the tokenizer's "
-                          "save_pretrained), or 'auto' for a self-trained teacher")
-    try:
-        tok = load_tokenizer(d)
-    except Exception as e:
-        raise ConfigError("teacher folder has no tokenizer", field="teacher", value=str(d),
-                          fix="save the tokenizer into the same folder with tokenizer.save_pretrained") from e
-    hf = AutoModelForSequenceClassification.from_pretrained(str(d), local_files_only=True,
-                                                            attn_implementation="eager")
-    cfg = hf.config
-    if num_labels is not None and int(cfg.num_labels) != int(num_labels):
-        raise ConfigError(f"teacher has {cfg.num_labels} labels but the task has {num_labels}",
-                          field="teacher", value=str(d), fix="use a teacher fine-tuned on this task's labels")
-    n_layers = _cfg_get(cfg, "num_hidden_layers", "n_layers", "num_layers")
-    d_model = _cfg_get(cfg, "hidden_size", "dim", "d_model")
-    n_heads = _cfg_get(cfg, "num_attention_heads", "n_heads", "num_heads")
-    log.info("loaded Hugging Face teacher %s (%s, %d layers, width %d)", d, cfg.model_type, n_layers, d_model)
-    return Teacher(str(d), HFTeacherModule(hf), tok, n_layers, d_model, n_heads, kind="hf")
+    shape = check_hf_folder(d)
+    if not fine_tune and num_labels is not None:
+        check_teacher_head(shape, num_labels, value=str(d))
+    enc = load_hf_encoder(d, num_labels)
+    return Teacher(str(d), enc.model, enc.tokenizer, shape.n_layers, shape.d_model, shape.n_heads, kind="hf",
+                   shape=shape, head_fits=enc.head_fits)
 
 
 def default_teacher_candidate(task: TaskData) -> Candidate:

@@ -46,6 +46,9 @@ MeterName = Annotated[str, METER]
 FeatureMap = Literal["elu", "relu"]
 Bits = Literal[32, 16, 8, 4, 2]
 Pooling = Literal["cls", "mean"]
+Init = Literal["scratch", "teacher"]
+Norm = Literal["pre", "post"]
+Pooler = Literal["none", "tanh", "relu"]
 
 BIT_WIDTHS: tuple[int, ...] = (32, 16, 8, 4, 2)
 
@@ -172,6 +175,19 @@ class Candidate(_Frozen):
     """One architecture plus its compression and distillation settings.
 
     Holds no torch objects; :func:`nas.models.build` turns it into a module.
+
+    The layout fields default to our own pre-LN encoder; a converted Hugging Face teacher (and a student
+    that inherits from it) sets them to the teacher's layout (see ``docs/teachers.md``):
+
+    - ``init``: ``scratch`` (fresh weights) or ``teacher`` (the student starts from the teacher's weights,
+      :func:`evaluators.inherit.inherit_`).
+    - ``norm``: ``pre`` (LayerNorm before each sublayer, a final ``ln_f``) or ``post`` (BERT: LayerNorm
+      after the embeddings and after each residual sum, no final LayerNorm).
+    - ``layer_norm_eps``: every LayerNorm's epsilon.
+    - ``pooler``: ``none``, or a ``Linear(d_model, d_model)`` with ``tanh`` (BERT, RoBERTa) or ``relu``
+      (DistilBERT) between the pooled ``[CLS]`` vector and the head; needs ``pooling: cls``.
+    - ``head_dim``: the width of one attention head; ``None`` means ``d_model // n_heads`` (then
+      ``n_heads`` must divide ``d_model``). When set, the attention's inner width is ``n_heads * head_dim``.
     """
 
     version: int = CANDIDATE_VERSION
@@ -186,6 +202,11 @@ class Candidate(_Frozen):
     quant: QuantConfig = QuantConfig()
     sparsity: PruneConfig = PruneConfig()
     distill: DistillConfig = DistillConfig()
+    init: Init = "scratch"
+    norm: Norm = "pre"
+    layer_norm_eps: float = Field(default=1e-5, gt=0.0, le=0.1)
+    pooler: Pooler = "none"
+    head_dim: int | None = Field(default=None, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _shapes(self) -> Candidate:
@@ -193,11 +214,16 @@ class Candidate(_Frozen):
             raise ValueError(
                 f"version {self.version} is not supported; this build reads version {CANDIDATE_VERSION}"
             )
-        if self.d_model % self.n_heads != 0:
+        if self.pooler != "none" and self.pooling != "cls":
+            raise ValueError(
+                f"pooler={self.pooler!r} transforms the [CLS] vector, so it needs pooling: cls "
+                f"(got pooling: {self.pooling}); set pooling: cls or pooler: none"
+            )
+        if self.head_dim is None and self.d_model % self.n_heads != 0:
             divisors = [h for h in range(1, min(self.d_model, 64) + 1) if self.d_model % h == 0]
             raise ValueError(
                 f"n_heads={self.n_heads} must divide d_model={self.d_model}; "
-                f"allowed n_heads for this d_model: {divisors}"
+                f"allowed n_heads for this d_model: {divisors} (or set head_dim to choose the head width)"
             )
         if self.attention.kind == "lowrank" and self.attention.k is not None and self.attention.k > self.max_len:
             raise ValueError(f"attention.k={self.attention.k} must be <= max_len={self.max_len}")
@@ -215,9 +241,14 @@ class Candidate(_Frozen):
         return self
 
     @property
-    def head_dim(self) -> int:
-        """Width of one attention head: ``d_model // n_heads``."""
-        return self.d_model // self.n_heads
+    def resolved_head_dim(self) -> int:
+        """Width of one attention head: ``head_dim``, or ``d_model // n_heads`` when unset."""
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def attention_width(self) -> int:
+        """Inner width of the attention (q/k/v outputs, out_proj input): ``n_heads * resolved_head_dim``."""
+        return self.n_heads * self.resolved_head_dim
 
     @property
     def weight_bits(self) -> int:
@@ -260,6 +291,7 @@ class Candidate(_Frozen):
             "sparsity_amount": self.sparsity.amount,
             "distill": self.distill.kind,
             "pooling": self.pooling,
+            "init": self.init,
         }
 
 

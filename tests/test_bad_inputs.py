@@ -112,6 +112,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     (root / "nonempty").mkdir()
     (root / "nonempty" / "keep.txt").write_text("x")
     (root / "not-hf").mkdir()
+    (root / "hf-unknown-type").mkdir()
+    (root / "hf-unknown-type" / "config.json").write_text('{"model_type": "nosuchmodel"}')
+    (root / "hf-corrupt").mkdir()
+    (root / "hf-corrupt" / "config.json").write_text(json.dumps({
+        "model_type": "bert", "architectures": ["BertForSequenceClassification"], "num_hidden_layers": 1,
+        "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 16, "vocab_size": 10,
+        "max_position_embeddings": 16}))
+    (root / "hf-corrupt" / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     return w
 
 
@@ -150,6 +158,10 @@ def _cases(w: World) -> dict[str, Case]:  # noqa: PLR0915 - one table of cases
                                           ["--teacher", "--teacher auto"]),
         "trial teacher folder missing": (["trial", good, "--teacher", str(root / "no-teacher")], ["--teacher", "no-teacher"]),
         "trial teacher not HF": (["trial", good, "--teacher", str(root / "not-hf")], ["--teacher", "config.json"]),
+        "trial teacher unknown model type": (["trial", good, "--teacher", str(root / "hf-unknown-type")],
+                                             ["--teacher", "nosuchmodel", "transformers"]),
+        "trial teacher corrupt weights": (["trial", good, "--teacher", str(root / "hf-corrupt")],
+                                          ["--teacher", "model.safetensors", "corrupted"]),
         # nas trial: options
         "trial unknown builtin task": (["trial", good, "--task", "builtin:nothing"], ["--task", "builtin:nothing"]),
         "trial missing task file": (["trial", good, "--task", str(root / "none.tsv")], ["--task", "none.tsv"]),
@@ -201,6 +213,10 @@ def _cases(w: World) -> dict[str, Case]:  # noqa: PLR0915 - one table of cases
                                         ["storage.artefacts_dir", "afile"]),
         "spec teacher missing": (["search", w.spec("t1", teacher=str(root / "no-teacher"))], ["teacher", "no-teacher"]),
         "spec teacher not HF": (["search", w.spec("t2", teacher=str(root / "not-hf"))], ["teacher", "config.json"]),
+        "spec teacher unknown model type": (["search", w.spec("t4", teacher=str(root / "hf-unknown-type"))],
+                                            ["teacher", "nosuchmodel"]),
+        "spec teacher corrupt weights": (["search", w.spec("t5", teacher=str(root / "hf-corrupt"))],
+                                         ["teacher", "model.safetensors"]),
         "spec distill without teacher": (["search", w.spec("t3", **{"space.overrides.distill": ["logit"]})],
                                          ["teacher", "distill"]),
         "spec unknown builtin task": (["search", w.spec("task1", task="builtin:nothing")], ["task", "builtin:nothing"]),

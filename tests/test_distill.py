@@ -151,5 +151,5 @@ def test_hf_teacher_loads_and_distils_a_student(task: TaskData, tmp_path: Path) 
 
 
 def test_hf_teacher_label_mismatch_and_missing_folder(task: TaskData, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="config.json"):
+    with pytest.raises(ConfigError, match="teacher folder not found"):
         load_teacher(str(tmp_path / "nope"), task)

@@ -15,6 +15,7 @@ RULES = {
     "nas.errors": ["torch", "optuna", "sqlalchemy", "ray", "transformers", "evaluators", "storage", "search_spaces", "dashboards"],
     "nas.config": ["torch", "optuna", "sqlalchemy", "ray", "transformers", "evaluators", "storage", "search_spaces", "dashboards"],
     "nas.records": ["torch", "optuna", "sqlalchemy", "ray", "transformers", "evaluators", "storage", "search_spaces", "dashboards"],
+    "nas.teacher_shape": ["torch", "optuna", "sqlalchemy", "ray", "transformers", "evaluators", "storage", "search_spaces", "dashboards"],
     "nas.where": ["torch", "optuna", "sqlalchemy", "ray", "numpy", "evaluators", "storage"],
     "nas.dominance": ["torch", "optuna", "sqlalchemy", "ray", "evaluators", "storage"],
     "search_spaces": ["torch", "sqlalchemy", "ray", "transformers", "evaluators", "storage", "nas.models", "nas.compress", "nas.runner", "dashboards"],

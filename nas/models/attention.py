@@ -6,7 +6,7 @@ Every attention module is built from a :class:`~nas.config.Candidate` alone and 
 
     x                 (B, T, C)   block input, C = candidate.d_model
     key_padding_mask  (B, T) bool True = padding (ignored as a key), or None = every token is real
-    y                 (B, T, C)
+    y                 (B, T, C)   (the heads' inner width nh * hs may differ from C: ``candidate.head_dim``)
     weights           (B, nh, T, T) attention probabilities, or None when ``need_weights`` is False or
                       the variant never forms a T x T map (``linear``, ``lowrank``)
 
@@ -86,8 +86,8 @@ class Attention(nn.Module):
         super().__init__()
         self.d_model = config.d_model
         self.n_heads = config.n_heads
-        self.head_dim = config.head_dim
-        inner = self.n_heads * self.head_dim
+        self.head_dim = config.resolved_head_dim
+        inner = config.attention_width  # n_heads * head_dim; equals d_model unless candidate.head_dim is set
         self.q_proj = nn.Linear(self.d_model, inner)
         self.k_proj = nn.Linear(self.d_model, inner)
         self.v_proj = nn.Linear(self.d_model, inner)

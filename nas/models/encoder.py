@@ -1,13 +1,22 @@
-"""Pre-LN Transformer encoder classifier built only from a :class:`~nas.config.Candidate`.
+"""Transformer encoder classifier built only from a :class:`~nas.config.Candidate`.
 
-Layout (pre-LN as in GPT-2 / Xiong et al., 2020 "On Layer Normalization in the Transformer
-Architecture", which trains without a warmup-sensitive post-LN)::
+Two layouts, chosen by ``candidate.norm``. ``pre`` (the default; GPT-2 / Xiong et al., 2020 "On Layer
+Normalization in the Transformer Architecture", which trains without a warmup-sensitive post-LN)::
 
     tok_emb + pos_emb -> dropout -> [x + attn(ln_1(x)); x + ffn(ln_2(x))] * n_layers -> ln_f -> pool -> head
 
+``post`` (BERT, RoBERTa, DistilBERT: what a converted Hugging Face teacher uses)::
+
+    emb_ln(tok_emb + pos_emb) -> dropout -> [ln_1(x + attn(x)); ln_2(x + ffn(x))] * n_layers -> pool -> head
+
+``emb_ln`` is ``nn.Identity`` in the pre layout and ``ln_f`` is ``nn.Identity`` in the post layout. With
+``pooling: cls`` an optional ``pooler`` (``Linear(d_model, d_model)`` then tanh or relu, as BERT's pooler
+and DistilBERT's pre-classifier) sits between the pooled vector and the head. Every LayerNorm uses
+``candidate.layer_norm_eps``.
+
 Layer groups used by :mod:`nas.compress` (see :meth:`EncoderClassifier.layer_groups`):
 ``embedding`` (token and position tables), ``attention`` (q/k/v/out projections and Linformer E/F),
-``ffn`` (``fc1``/``fc2``). The classifier ``head`` and LayerNorms are never compressed.
+``ffn`` (``fc1``/``fc2``). The classifier ``head``, the ``pooler`` and the LayerNorms are never compressed.
 """
 
 from __future__ import annotations
@@ -40,8 +49,9 @@ class ModelOutput:
 
     Attributes:
         logits: (B, num_labels) unnormalised class scores.
-        hidden_states: ``n_layers + 1`` tensors of shape (B, T, d_model): the embedding output, then the
-            output of each block (before the final LayerNorm); None unless requested.
+        hidden_states: ``n_layers + 1`` tensors of shape (B, T, d_model): the embedding output (after
+            ``emb_ln``), then the output of each block (before ``ln_f``); None unless requested. This is
+            the layout of Hugging Face's ``hidden_states``.
         attentions: One entry per layer: (B, nh, T, T) probabilities for ``softmax``/``local``, None for
             ``linear``/``lowrank`` (no T x T map exists); the whole field is None unless requested.
     """
@@ -72,21 +82,27 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-LN encoder block."""
+    """One encoder block, pre-LN or post-LN (``candidate.norm``)."""
 
     def __init__(self, config: Candidate) -> None:
         super().__init__()
         attention_class = ATTENTION_REGISTRY.lookup(config.attention.kind)
-        self.ln_1 = nn.LayerNorm(config.d_model)
+        self.post_norm = config.norm == "post"
+        self.ln_1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.attn: Attention = attention_class(config)
-        self.ln_2 = nn.LayerNorm(config.d_model)
+        self.ln_2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
         self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
-        """Pre-LN attention then MLP, each with a residual; returns the output and (if asked) the weights."""
+        """Attention then MLP, each with a residual; returns the output and (if asked) the weights."""
+        if self.post_norm:  # BERT: LayerNorm after each residual sum
+            a, w = self.attn(x, key_padding_mask, need_weights)  # (B, T, C)
+            x = self.ln_1(x + self.resid_dropout(a))
+            x = self.ln_2(x + self.resid_dropout(self.ffn(x)))  # (B, T, C)
+            return x, w
         a, w = self.attn(self.ln_1(x), key_padding_mask, need_weights)  # (B, T, C)
         x = x + self.resid_dropout(a)
         x = x + self.resid_dropout(self.ffn(self.ln_2(x)))  # (B, T, C)
@@ -94,7 +110,7 @@ class Block(nn.Module):
 
 
 class EncoderClassifier(nn.Module):
-    """Sequence classifier: embeddings, ``n_layers`` pre-LN blocks, final LayerNorm, pooling, linear head.
+    """Sequence classifier: embeddings, ``n_layers`` blocks, final LayerNorm (pre-LN), pooling, pooler, head.
 
     Args:
         candidate: The frozen architecture (kept as ``self.candidate``).
@@ -109,12 +125,17 @@ class EncoderClassifier(nn.Module):
         self.num_labels = num_labels
         self.max_len = candidate.max_len
         self.pooling = candidate.pooling
-        self.tok_emb = nn.Embedding(vocab_size, candidate.d_model)
-        self.pos_emb = nn.Embedding(candidate.max_len, candidate.d_model)
+        d, eps, post = candidate.d_model, candidate.layer_norm_eps, candidate.norm == "post"
+        self.tok_emb = nn.Embedding(vocab_size, d)
+        self.pos_emb = nn.Embedding(candidate.max_len, d)
+        self.emb_ln: nn.Module = nn.LayerNorm(d, eps=eps) if post else nn.Identity()
         self.emb_dropout = nn.Dropout(candidate.dropout)
         self.blocks = nn.ModuleList([Block(candidate) for _ in range(candidate.n_layers)])
-        self.ln_f = nn.LayerNorm(candidate.d_model)
-        self.head = nn.Linear(candidate.d_model, num_labels)
+        self.ln_f: nn.Module = nn.Identity() if post else nn.LayerNorm(d, eps=eps)
+        self.pooler = nn.Linear(d, d) if candidate.pooler != "none" else None
+        self.pooler_act: nn.Module = nn.ReLU() if candidate.pooler == "relu" else nn.Tanh()
+        self.pool_dropout = nn.Dropout(candidate.dropout)
+        self.head = nn.Linear(d, num_labels)
         self.gradient_checkpointing = False
         self.apply(self._init_weights)
 
@@ -217,7 +238,7 @@ class EncoderClassifier(nn.Module):
             key_padding_mask = attention_mask == 0  # (B, T) True = pad
 
         pos = torch.arange(T, device=input_ids.device)
-        x = self.emb_dropout(self.tok_emb(input_ids) + self.pos_emb(pos)[None])  # (B, T, C)
+        x = self.emb_dropout(self.emb_ln(self.tok_emb(input_ids) + self.pos_emb(pos)[None]))  # (B, T, C)
 
         hidden: list[Tensor] = [x]
         maps: list[Tensor | None] = []
@@ -230,21 +251,24 @@ class EncoderClassifier(nn.Module):
             hidden.append(x)
             maps.append(w)
 
-        h = self.ln_f(x)  # (B, T, C)
-        if self.pooling == "cls":
-            pooled = h[:, 0]  # (B, C)
-        else:
-            if key_padding_mask is None:
-                pooled = h.mean(dim=1)
-            else:
-                keep = (~key_padding_mask)[..., None].to(h.dtype)  # (B, T, 1)
-                pooled = (h * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)  # (B, C)
-        logits = self.head(pooled)  # (B, num_labels)
+        logits = self.head(self._pool(self.ln_f(x), key_padding_mask))  # (B, num_labels)
         return ModelOutput(
             logits=logits,
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attentions=tuple(maps) if output_attentions else None,
         )
+
+    def _pool(self, h: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        """(B, T, C) final states -> (B, C): the [CLS] state (through the pooler, if any) or a masked mean."""
+        if self.pooling == "cls":
+            pooled = h[:, 0]  # (B, C)
+            if self.pooler is not None:
+                pooled = self.pool_dropout(self.pooler_act(self.pooler(pooled)))  # (B, C)
+            return pooled
+        if key_padding_mask is None:
+            return h.mean(dim=1)
+        keep = (~key_padding_mask)[..., None].to(h.dtype)  # (B, T, 1)
+        return (h * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)  # (B, C)
 
 
 class LogitsOnly(nn.Module):

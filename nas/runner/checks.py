@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from evaluators.hf_teacher import check_hf_folder
 from evaluators.tasks import BUILTIN_TASKS, load_task
 from evaluators.teacher import is_saved_teacher
 from nas.config import AttentionConfig, Candidate, DistillConfig, PruneConfig, QuantConfig
@@ -51,8 +52,7 @@ def check_search_inputs(spec: StudySpec, *, db: str, ray_address: str | None = N
     check_artefacts_dir(spec)
     if ray_address is not None:
         check_ray_address(ray_address)
-    check_task(spec, space.max_len)
-    _check_teacher_config(spec)
+    _check_teacher_labels(spec, check_task(spec, space.max_len))
 
 
 def check_trial_inputs(candidate: Candidate, *, task: str, teacher: str | None, weights_out: str | Path | None,
@@ -186,9 +186,11 @@ def check_space(spec: StudySpec) -> SearchSpace:
 
 
 def check_teacher(teacher: str | None, *, distills: bool, field: str = "teacher") -> None:
-    """``teacher`` is absent, ``auto``, a local Hugging Face folder, or a fine-tuned teacher's folder.
+    """``teacher`` is absent, ``auto``, a fine-tuned teacher's folder, or a local Hugging Face folder that converts.
 
-    A distilling space or candidate (``distills``) needs one.
+    A distilling space or candidate (``distills``) needs one. A folder gets the cheap checks of
+    :func:`evaluators.hf_teacher.check_hf_folder` (config, a model type transformers knows and that
+    converts, readable safetensors headers, a tokenizer); no weights are loaded.
     """
     name = (teacher or "").strip()
     if name.lower() in ("", "none"):
@@ -200,29 +202,23 @@ def check_teacher(teacher: str | None, *, distills: bool, field: str = "teacher"
         return
     if name.lower() == "auto" or is_saved_teacher(name):
         return
-    folder = Path(name).expanduser()
-    if not folder.is_dir():
-        raise ConfigError("teacher folder not found", field=field, value=name,
-                          fix="pass a local Hugging Face folder (model.save_pretrained) or 'auto'")
-    if not (folder / "config.json").is_file():
-        raise ConfigError("teacher folder has no config.json, so it is not a Hugging Face model folder",
-                          field=field, value=name, fix="pass a folder written by model.save_pretrained(...), or 'auto'")
+    check_hf_folder(name, field=field)
 
 
-def _check_teacher_config(spec: StudySpec) -> None:
-    """The teacher folder's ``config.json`` is a JSON object (a head that does not fit is fine-tuned)."""
+def _check_teacher_labels(spec: StudySpec, num_labels: int) -> None:
+    """A fine-tuned teacher's folder fits the task's labels (a Hugging Face head that does not is fine-tuned)."""
     teacher = spec.teacher.path if spec.teacher is not None else ""
-    if teacher.lower() in ("", "none", "auto") or is_saved_teacher(teacher):
+    if not teacher or teacher.lower() == "auto" or not is_saved_teacher(teacher):
         return
-    path = Path(teacher).expanduser() / "config.json"
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path} is not readable JSON ({e})", field="teacher", value=teacher,
-                          fix="pass a folder written by model.save_pretrained(...), or 'auto'") from e
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path} is not a JSON object", field="teacher", value=teacher,
-                          fix="pass a folder written by model.save_pretrained(...), or 'auto'")
+        saved = int(json.loads((Path(teacher).expanduser() / "meta.json").read_text(encoding="utf-8"))["num_labels"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"the fine-tuned teacher's meta.json is unreadable ({e})", field="teacher.path",
+                          value=teacher, fix="fit it again with `nas teacher fit DIR --task T`") from e
+    if saved != num_labels:
+        raise ConfigError(f"the fine-tuned teacher has {saved} labels but the task has {num_labels}",
+                          field="teacher.path", value=teacher,
+                          fix="give the Hugging Face folder it came from, which is fine-tuned on this task")
 
 
 def check_writable_folder(folder: str | Path, *, field: str) -> None:
