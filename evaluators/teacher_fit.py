@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import safe_open
 
-from evaluators.hf_teacher import load_hf_encoder
+from evaluators.hf_teacher import check_hf_folder, load_hf_encoder
 from evaluators.tasks import TaskData, load_task, replace
 from evaluators.teacher import (
     Teacher,
@@ -168,20 +167,17 @@ def head_fits(path: str | Path, num_labels: int) -> bool:
 
     It does when ``config.json`` names a sequence-classification architecture with that label count and
     the weights hold the head. A saved (fine-tuned) teacher's folder is checked against its ``meta.json``.
+
+    Raises:
+        ConfigError: Not a teacher folder (see :func:`evaluators.hf_teacher.check_hf_folder`).
     """
     d = Path(path).expanduser()
-    try:
-        if is_saved_teacher(d):
+    if is_saved_teacher(d):
+        try:
             return int(json.loads((d / "meta.json").read_text())["num_labels"]) == int(num_labels)
-        cfg = json.loads((d / "config.json").read_text())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    archs = cfg.get("architectures") or []
-    if not any(str(a).endswith("ForSequenceClassification") for a in archs):
-        return False
-    labels = cfg.get("id2label")
-    n = len(labels) if isinstance(labels, dict) else cfg.get("num_labels", 2)
-    return int(n) == int(num_labels) and _head_weights_present(d)
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+    return check_hf_folder(d).num_labels == int(num_labels) and _head_weights_present(d)
 
 
 def _first_rows(task: TaskData, n: int | None) -> TaskData:
@@ -216,7 +212,7 @@ def fit_teacher(path: str | Path, task: TaskData, settings: FineTuneSpec | None 
         task: The task, in any tokenizer: it is re-encoded with the teacher's.
         settings: Steps, learning rate, batch size, warmup and ``max_examples`` (the first N training
             rows); default :class:`nas.spec.FineTuneSpec`.
-        seed: Seed of the fresh head and of the batch order.
+        seed: Seed of the batch order (and part of the cache key).
         device: Where to fine-tune on a cache miss.
         meter: Meters the fine-tuning (window ``teacher-fit``); without one the cost has no joules.
         progress: ``progress(done, total)`` after every step.
@@ -245,15 +241,14 @@ def fit_teacher(path: str | Path, task: TaskData, settings: FineTuneSpec | None 
 def _fit(path: Path, source: str, key: str, folder: Path, task: TaskData, settings: FineTuneSpec, *, seed: int,
          device: str, meter: EnergyMeter | None, progress: FitProgress | None) -> FittedTeacher:
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # the fresh head's weights
-        enc = load_hf_encoder(path, task.num_labels)
+    enc = load_hf_encoder(path, task.num_labels)  # a head that does not fit comes back fresh
     model, cand = enc.model, enc.model.candidate
     if task.max_len > cand.max_len:
         raise ConfigError(f"task rows have {task.max_len} tokens but the teacher has {cand.max_len} positions",
                           field="max_len", value=task.max_len, fix=f"load the task with max_len <= {cand.max_len}")
-    data = task if task.tokenizer.fingerprint == enc.tokenizer.fingerprint else task.with_tokenizer(enc.tokenizer)
-    data = _first_rows(data, settings.max_examples)
+    data = _first_rows(task, settings.max_examples)  # cut first: only the rows used are re-encoded
+    if data.tokenizer.fingerprint != enc.tokenizer.fingerprint:
+        data = data.with_tokenizer(enc.tokenizer)
     cfg = TrainConfig(steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size,
                       warmup_fraction=settings.warmup_fraction, seed=seed, device=device)
     total = settings.steps
@@ -271,6 +266,7 @@ def _fit(path: Path, source: str, key: str, folder: Path, task: TaskData, settin
             "task": task.name, "task_identity": _data_identity(task), "max_len": task.max_len,
             "label_names": list(task.label_names), "num_labels": task.num_labels,
             "vocab_size": int(model.tok_emb.num_embeddings), "head_was_fresh": not enc.head_fits,
+            "shape": enc.shape.to_json(),
             "settings": settings.model_dump(mode="json"), "seed": seed, "n_train_used": data.n_train,
             "dev_accuracy": acc, "steps": res.steps, "final_loss": res.final_loss, "wall_s": summary.wall_s,
             "energy_j": summary.energy_j, "meter": summary.meter, "is_estimate": summary.is_estimate,

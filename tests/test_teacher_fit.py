@@ -26,9 +26,34 @@ from nas.spec import FineTuneSpec, StudySpec, TeacherSpec
 FAST = FineTuneSpec(steps=3, batch_size=8, lr=1e-3)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Any:
+    # Tiny models run fastest on one thread, and a busy CI box oversubscribes badly otherwise.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _write_task(folder: Path) -> Path:
+    """A small file task (train/dev/test TSVs) drawn from builtin:sentiment: quick to load and re-encode."""
+    src = load_task("builtin:sentiment", n_train=48, n_dev=16, n_test=16, max_len=16)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "dev", "test"):
+        rows = zip(getattr(src, f"{split}_texts"), getattr(src, f"{split}_labels"), strict=True)
+        (folder / f"{split}.tsv").write_text("text\tlabel\n" + "".join(
+            f"{t}\t{src.label_names[y]}\n" for t, y in rows))
+    return folder
+
+
 @pytest.fixture(scope="module")
-def task() -> TaskData:
-    return load_task("builtin:sentiment", n_train=48, n_dev=16, n_test=16, max_len=16)
+def task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_task(tmp_path_factory.mktemp("task") / "sentiment")
+
+
+@pytest.fixture(scope="module")
+def task(task_dir: Path) -> TaskData:
+    return load_task(str(task_dir), max_len=16, vocab_size=200)
 
 
 def _tiny_bert(task: TaskData, folder: Path, num_labels: int | None) -> Path:
@@ -111,7 +136,7 @@ def test_key_follows_settings_seed_task_and_model_bytes_not_the_path(
     assert fit_key(headless, task, FAST.model_copy(update={"lr": 2e-3}), 0) != base
     assert fit_key(headless, task, FAST.model_copy(update={"max_examples": 10}), 0) != base
     assert fit_key(headless, task, FAST, 1) != base
-    other = load_task("builtin:sentiment", n_train=48, n_dev=16, n_test=16, max_len=24)
+    other = load_task(task.name, max_len=24, vocab_size=200)
     assert fit_key(headless, other, FAST, 0) != base
     copy = tmp_path / "copy"
     shutil.copytree(headless, copy)
@@ -128,6 +153,33 @@ def test_key_follows_settings_seed_task_and_model_bytes_not_the_path(
 def test_max_examples_trains_on_the_first_rows(task: TaskData, headless: Path, tmp_path: Path) -> None:
     fitted = fit_teacher(headless, task, FAST.model_copy(update={"max_examples": 16}), device="cpu", root=tmp_path)
     assert fitted.meta["n_train_used"] == 16 and task.n_train == 48
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert"])
+def test_other_families_with_a_head_for_other_labels_are_refitted(family: str, task: TaskData, tmp_path: Path) -> None:
+    import transformers
+
+    tok = transformers.BertTokenizerFast(tokenizer_object=train_wordpiece(task.train_texts, vocab_size=200).backend,
+                                         unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+                                         mask_token="[UNK]")
+    torch.manual_seed(0)
+    if family == "roberta":
+        model: Any = transformers.RobertaForSequenceClassification(transformers.RobertaConfig(
+            vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=40, type_vocab_size=1, num_labels=3, pad_token_id=0))
+    else:
+        model = transformers.DistilBertForSequenceClassification(transformers.DistilBertConfig(
+            vocab_size=len(tok), dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=32,
+            num_labels=3, pad_token_id=0))
+    folder = tmp_path / family
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    resolved = resolve_teacher(TeacherSpec(path=str(folder), fine_tune=FAST), task, device="cpu", root=tmp_path)
+    assert resolved is not None and resolved.fitted is not None and not head_fits(folder, task.num_labels)
+    assert resolved.fitted.meta["head_was_fresh"] and resolved.fitted.meta["shape"]["model_type"] == family
+    teacher = resolved.load(task)
+    assert teacher is not None and teacher.take_training() is resolved.fitted.training  # charged to its loader
+    assert evaluate(teacher.model, teacher.adapt_task(task), 64).accuracy == pytest.approx(resolved.fitted.dev_accuracy)
 
 
 # --- resolving a study's teacher ------------------------------------------------------------------------
@@ -157,7 +209,7 @@ def test_resolve_fine_tunes_only_when_the_head_does_not_fit(
 
 
 def test_a_trial_with_a_headless_teacher_fine_tunes_it_first_and_charges_it_once(
-        headless: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        headless: Path, task_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from evaluators.pipeline import run_trial
 
     monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path))
@@ -168,7 +220,7 @@ def test_a_trial_with_a_headless_teacher_fine_tunes_it_first_and_charges_it_once
                             batch_size=4, seq_len=16)
     phases: list[str] = []
     teacher = TeacherSpec(path=str(headless), fine_tune=FAST)
-    first = run_trial(cand, "builtin:sentiment", train_cfg=train_cfg, measure_cfg=measure, teacher=teacher,
+    first = run_trial(cand, str(task_dir), train_cfg=train_cfg, measure_cfg=measure, teacher=teacher,
                       progress=lambda phase, _d, _t: phases.append(phase))
     assert phases.index("fine-tune") < phases.index("train") and phases.count("fine-tune") == 3
     assert first.status == "COMPLETE" and first.train is not None
@@ -176,7 +228,7 @@ def test_a_trial_with_a_headless_teacher_fine_tunes_it_first_and_charges_it_once
     assert fit_cost is not None and fit_cost.steps == 3 and fit_cost.meter == "estimate" and fit_cost.is_estimate
     assert first.train.teacher is not None and "fine-tuned ft-" in first.train.teacher
     assert [p.name for p in (tmp_path / "teachers").iterdir() if p.name.startswith("ft-")]
-    second = run_trial(cand, "builtin:sentiment", train_cfg=train_cfg, measure_cfg=measure, teacher=teacher)
+    second = run_trial(cand, str(task_dir), train_cfg=train_cfg, measure_cfg=measure, teacher=teacher)
     assert second.train is not None and second.train.teacher_training is None  # counted once
 
 
@@ -193,10 +245,10 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return code, cap.out, cap.err
 
 
-def test_cli_fit_runs_then_reuses_the_cache(headless: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_fit_runs_then_reuses_the_cache(headless: Path, task_dir: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path))
-    argv = ["teacher", "fit", str(headless), "--task", "builtin:sentiment", "--steps", "3", "--batch-size", "8",
+    argv = ["teacher", "fit", str(headless), "--task", str(task_dir), "--steps", "3", "--batch-size", "8",
             "--max-examples", "32", "--max-len", "16", "--meter", "estimate", "--device", "cpu"]
     code, out, err = _cli(argv, capsys)
     assert code == 0, err
@@ -213,8 +265,10 @@ def test_cli_fit_bad_input_is_one_line_exit_2(tmp_path: Path, monkeypatch: pytes
                                               capsys: pytest.CaptureFixture[str], headless: Path) -> None:
     monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
     for argv, needle in [(["teacher", "fit", str(tmp_path / "nope"), "--task", "builtin:sentiment"], "nope"),
-                         (["teacher", "fit", str(headless), "--task", "builtin:nosuch"], "nosuch"),
-                         (["teacher", "fit", str(headless), "--task", "builtin:sentiment", "--steps", "0"], "--steps")]:
+                         (["teacher", "fit", str(headless), "--task", "builtin:nosuch", "--max-len", "16"], "nosuch"),
+                         (["teacher", "fit", str(headless), "--task", "builtin:sentiment", "--steps", "0"], "--steps"),
+                         (["teacher", "fit", str(headless), "--task", "builtin:sentiment", "--max-len", "64"],
+                          "--max-len")]:
         code, _out, err = _cli(argv, capsys)
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and needle in lines[0], (argv, err)

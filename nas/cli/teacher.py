@@ -57,7 +57,7 @@ def fit(
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size.")] = 32,
     max_examples: Annotated[int | None, typer.Option(min=1, help="Use only the first N training rows.")] = None,
     max_len: Annotated[int, typer.Option(min=2, help="Tokens per row (the students' max_len).")] = 64,
-    seed: Annotated[int, typer.Option(help="Seed of the task, the fresh head and the batch order.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the task and the batch order.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     meter: Annotated[MeterName, typer.Option(help="Energy meter of the fine-tuning; only auto falls back quietly.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -68,6 +68,7 @@ def fit(
 
     The cached folder is a teacher: pass it as --teacher, or as a study's teacher.
     """
+    from evaluators.hf_teacher import check_hf_folder
     from evaluators.lane import MeasurementLane
     from evaluators.meters import make_meter
     from evaluators.serving import device_key
@@ -75,12 +76,15 @@ def fit(
     from evaluators.teacher_fit import fit_teacher
     from evaluators.train import resolve_device
     from nas.config import MeasureConfig, validate
-    from nas.runner.checks import check_teacher
+    from nas.errors import ConfigError
     from nas.spec import FineTuneSpec
 
     settings = validate(FineTuneSpec, {"steps": steps, "lr": lr, "batch_size": batch_size,
                                        "max_examples": max_examples}, source="nas teacher fit")
-    check_teacher(str(folder), distills=True, field="DIR")
+    shape = check_hf_folder(folder, field="DIR")
+    if max_len > shape.max_positions:
+        raise ConfigError(f"longer than the teacher's {shape.max_positions} positions", field="--max-len",
+                          value=max_len, fix=f"pass --max-len {shape.max_positions} or less")
     data = load_task(task, seed=seed, max_len=max_len)
     dev = str(resolve_device(device))
     energy = make_meter(meter, MeasureConfig(meter=meter), device=dev)
