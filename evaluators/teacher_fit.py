@@ -189,7 +189,11 @@ def _first_rows(task: TaskData, n: int | None) -> TaskData:
 
 
 def _cached(folder: Path, source: str, key: str) -> FittedTeacher | None:
+    """The cache entry's facts, or None (an incomplete entry is removed, so the refit can take its place)."""
     if not is_saved_teacher(folder):
+        if folder.exists():
+            log.warning("refitting incomplete cached teacher %s", folder)
+            shutil.rmtree(folder, ignore_errors=True)
         return None
     try:
         meta = json.loads((folder / "meta.json").read_text())

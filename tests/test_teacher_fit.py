@@ -150,9 +150,14 @@ def test_key_follows_settings_seed_task_and_model_bytes_not_the_path(
         folder_digest(tmp_path / "missing")
 
 
-def test_max_examples_trains_on_the_first_rows(task: TaskData, headless: Path, tmp_path: Path) -> None:
-    fitted = fit_teacher(headless, task, FAST.model_copy(update={"max_examples": 16}), device="cpu", root=tmp_path)
+def test_max_examples_trains_on_the_first_rows_and_a_broken_entry_is_refitted(
+        task: TaskData, headless: Path, tmp_path: Path) -> None:
+    settings = FAST.model_copy(update={"max_examples": 16})
+    fitted = fit_teacher(headless, task, settings, device="cpu", root=tmp_path)
     assert fitted.meta["n_train_used"] == 16 and task.n_train == 48
+    (fitted.folder / "model.safetensors").unlink()  # a half-deleted cache entry
+    again = fit_teacher(headless, task, settings, device="cpu", root=tmp_path)
+    assert not again.cached and again.folder == fitted.folder and (again.folder / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("family", ["roberta", "distilbert"])
