@@ -80,13 +80,14 @@ def check_http_spec(spec: StudySpec, *, db: str, artefacts: Path,
                               field="task", value=spec.task, fix=f"put the file under {data_dir} and name it relatively"
                               ) from e
         spec = spec.with_overrides(task=str(task_path))
-    if spec.teacher is not None and spec.teacher not in _BUILTIN_TEACHERS:
+    if spec.teacher is not None and spec.teacher.path not in _BUILTIN_TEACHERS:
         try:
-            teacher_path = path_under(data_dir, spec.teacher, field="teacher")
+            teacher_path = path_under(data_dir, spec.teacher.path, field="teacher.path")
         except ConfigError as e:
             raise ConfigError("over HTTP a teacher is 'auto' or a folder relative to the server's data folder",
-                              field="teacher", value=spec.teacher, fix=f"put the folder under {data_dir}") from e
-        spec = spec.with_overrides(teacher=str(teacher_path))
+                              field="teacher.path", value=spec.teacher.path,
+                              fix=f"put the folder under {data_dir}") from e
+        spec = spec.with_overrides(**{"teacher.path": str(teacher_path)})
     default_storage = StudySpec().storage
     if spec.storage.url != default_storage.url:
         raise ConfigError("the server runs searches in its own database", field="storage.url",

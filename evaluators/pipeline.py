@@ -41,13 +41,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from evaluators.inherit import inherit_
 from evaluators.lane import MeasurementLane
 from evaluators.meters import EnergyMeter, make_meter
 from evaluators.metrics import evaluate
 from evaluators.serving import device_key, measure_serving
 from evaluators.tasks import load_task as _load
-from evaluators.teacher import load_teacher
 from evaluators.teacher_cache import TeacherOutputs, build_or_load
+from evaluators.teacher_fit import resolve_teacher
 from evaluators.tokenize import cache_dir
 from evaluators.train import build_for_task, resolve_device, train
 from evaluators.train_meter import TrainingMeter
@@ -58,6 +59,7 @@ from nas.errors import ConfigError, TrialFailedError
 from nas.models import EncoderClassifier
 from nas.models.flops import count_flops
 from nas.records import EvalMetrics, RungReport, TrainSummary, TrialResult
+from nas.spec import TeacherSpec
 
 if TYPE_CHECKING:
     from torch import nn
@@ -72,8 +74,9 @@ log = logging.getLogger(__name__)
 
 #: Share of the step budget trained dense before a compressed candidate is pruned/quantized.
 DENSE_FRACTION = 0.5
-#: ``progress(phase, done, total)``: ``teacher-cache`` per teacher batch (when the teacher's outputs are
-#: computed), ``train`` per step, then ``evaluate``, ``measure``, ``save``.
+#: ``progress(phase, done, total)``: ``fine-tune`` per step of a teacher's fine-tuning (when one runs),
+#: ``teacher-cache`` per teacher batch (when the teacher's outputs are computed), ``train`` per step, then
+#: ``evaluate``, ``measure``, ``save``.
 Progress = Callable[[str, int, int], None]
 #: ``on_rung(report)``: a rung was reached; returning True stops training.
 OnRung = Callable[[RungReport], "bool | None"]
@@ -85,7 +88,7 @@ def cached_task(spec: str, seed: int, max_len: int) -> TaskData:
     return _load(spec, seed=seed, max_len=max_len)
 
 
-_teachers: dict[tuple[str, str, int], Teacher | None] = {}
+_teachers: dict[tuple[str | TeacherSpec, str, int], Teacher | None] = {}
 _teacher_outputs: dict[tuple[str, str, str, bool, bool], TeacherOutputs | None] = {}
 
 
@@ -137,12 +140,19 @@ class Trained:
     stopped: bool
 
 
-def load_teacher_for(spec: str, task: TaskData, seed: int, ctx: TrialContext) -> Teacher | None:
-    """The trial's teacher, loaded (or trained, metered in ``ctx``) once per process and task."""
+def load_teacher_for(spec: str | TeacherSpec, task: TaskData, seed: int, ctx: TrialContext) -> Teacher | None:
+    """The trial's teacher, loaded (or trained, metered in ``ctx``) once per process and task.
+
+    A Hugging Face folder whose head does not fit the task (or a spec with ``fine_tune``) is fine-tuned
+    first, cached (:func:`evaluators.teacher_fit.resolve_teacher`); a fine-tuning done here is charged to
+    this trial, once, like a self-trained teacher's training.
+    """
     key = (spec, task.fingerprint, seed)
     if key not in _teachers:
-        _teachers[key] = load_teacher(spec, task, seed=seed, meter=ctx.meter,
-                                      step_callback=lambda: ctx.lane.step_boundary())
+        resolved = resolve_teacher(spec, task, seed=seed, device=ctx.device, meter=ctx.meter,
+                                   progress=lambda done, total: ctx.step("fine-tune", done, total))
+        _teachers[key] = None if resolved is None else resolved.load(
+            task, seed=seed, meter=ctx.meter, step_callback=lambda: ctx.lane.step_boundary())
     return _teachers[key]
 
 
@@ -308,7 +318,7 @@ def run_trial(
     *,
     train_cfg: TrainConfig,
     measure_cfg: MeasureConfig,
-    teacher: str | None = None,
+    teacher: str | TeacherSpec | None = None,
     rungs: Sequence[int] = (),
     on_rung: OnRung | None = None,
     weights_out: str | Path | None = None,
@@ -321,7 +331,9 @@ def run_trial(
         task: ``builtin:NAME`` or a data file/folder.
         train_cfg: brief-training budget and optimiser settings.
         measure_cfg: energy protocol settings (meter, batch, sequence length, windows).
-        teacher: ``None``, ``auto`` or a local Hugging Face folder. Needed when the candidate distills.
+        teacher: ``None``, ``auto``, a local Hugging Face folder, or a :class:`~nas.spec.TeacherSpec`.
+            Needed when the candidate distills. A folder whose head does not fit the task is fine-tuned
+            on it first (cached; progress phase ``fine-tune``; its cost is charged to this trial).
         rungs: training steps (global) at which dev accuracy is reported through ``on_rung``.
         on_rung: ``on_rung(report)`` with the accuracy and the cost so far; returning True stops training
             (the result is then ``PRUNED``, with its training cost).
@@ -333,21 +345,17 @@ def run_trial(
         TrialFailedError: NaN/inf loss, out-of-memory, or a measurement that could not run; its
             ``partial`` result holds what the trial spent before it failed.
     """
-    if candidate.distill.kind != "none" and not teacher:
-        raise ConfigError(
-            f"the candidate distills ({candidate.distill.kind!r}) but no teacher was given",
-            field="teacher", fix="pass --teacher auto (a cached self-trained teacher) or a local HF folder, "
-            "or set distill.kind: none",
-        )
+    _need_teacher(candidate, teacher)
     t_start = time.time()
     with _context(train_cfg, measure_cfg, progress) as ctx:
         task_data = cached_task(task, train_cfg.seed, candidate.max_len)
-        teach = None
-        if candidate.distill.kind != "none" and teacher:
-            teach = load_teacher_for(teacher, task_data, train_cfg.seed, ctx)
-            if teach is not None and getattr(teach.tokenizer, "is_hf", False):
-                task_data = teach.adapt_task(task_data)
+        teach = load_teacher_for(teacher, task_data, train_cfg.seed, ctx) if teacher else None
+        if teach is not None:
+            task_data = teach.adapt_task(task_data)  # students speak the teacher's tokenizer
         model = build_for_task(candidate, task_data, seed=train_cfg.seed)
+        if candidate.init == "teacher" and teach is not None and isinstance(teach.model, EncoderClassifier):
+            report = inherit_(model, teach.model)
+            log.info("inherited from teacher %s: %s", teach.name, report)
         trained = train_candidate(model, task_data, train_cfg, ctx, teacher=teach, rungs=rungs, on_rung=on_rung)
         if trained.stopped:
             return TrialResult(candidate=candidate, task=task_data.name, status="PRUNED", train=trained.summary,
@@ -357,6 +365,21 @@ def run_trial(
     log.info("trial done in %.1f s: accuracy %.4f, %s", time.time() - t_start, result.accuracy,
              result.inference.meter if result.inference else "no meter")
     return result
+
+
+def _need_teacher(candidate: Candidate, teacher: str | TeacherSpec | None) -> None:
+    """Raise when the candidate distils or inherits but no teacher is given."""
+    if teacher:
+        return
+    if candidate.distill.kind != "none":
+        raise ConfigError(
+            f"the candidate distills ({candidate.distill.kind!r}) but no teacher was given",
+            field="teacher", fix="pass --teacher auto (a cached self-trained teacher) or a local HF folder, "
+            "or set distill.kind: none",
+        )
+    if candidate.init == "teacher":
+        raise ConfigError("the candidate starts from the teacher (init: teacher) but no teacher was given",
+                          field="teacher", fix="pass --teacher DIR (a Hugging Face folder) or auto, or set init: scratch")
 
 
 def _flops(model: Any, seq_len: int, vocab_size: int) -> float | None:

@@ -7,6 +7,9 @@
   with its tokenizer; loaded with ``local_files_only=True`` and ``attn_implementation="eager"`` (the fused
   kernels do not return attention maps). Its ``num_labels`` must equal the task's, in the same label
   order. The student must use the teacher's tokenizer: ``task = teacher.adapt_task(task)``.
+- a fine-tuned teacher's folder (written by :func:`evaluators.teacher_fit.fit_teacher`:
+  ``model.safetensors`` + ``candidate.json`` + ``meta.json`` + the Hugging Face tokenizer files): our own
+  model in the teacher's layout, loaded by :func:`load_saved_teacher`.
 - ``"auto"``: a bigger model of our own family (default 4 layers, ``d_model`` 128, 4 heads, FFN 256,
   softmax), trained on the task and cached on disk under ``<cache>/teachers/<key>/`` as
   ``model.safetensors`` + ``candidate.json`` + ``meta.json``. The key covers the task fingerprint (data,
@@ -37,17 +40,20 @@ from evaluators.hf_teacher import check_hf_folder, check_teacher_head, load_hf_e
 from evaluators.locks import file_lock
 from evaluators.metrics import evaluate
 from evaluators.tasks import TaskData
-from evaluators.tokenize import TextTokenizer, cache_dir
-from evaluators.train import build_for_task, resolve_device, train
+from evaluators.tokenize import TextTokenizer, cache_dir, load_tokenizer
+from evaluators.train import TrainResult, build_for_task, resolve_device, train
 from evaluators.train_meter import TrainingMeter
 from nas.config import Candidate, TrainConfig
+from nas.errors import ConfigError
+from nas.models import build
 from nas.records import TrainSummary
 from nas.teacher_shape import TeacherShape
 
 if TYPE_CHECKING:
     from evaluators.meters import EnergyMeter
 
-__all__ = ["Teacher", "load_teacher", "load_hf_teacher", "self_trained_teacher", "default_teacher_candidate"]
+__all__ = ["Teacher", "load_teacher", "load_hf_teacher", "self_trained_teacher", "default_teacher_candidate",
+           "load_saved_teacher", "is_saved_teacher", "train_and_evaluate", "save_teacher_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -219,13 +225,22 @@ def self_trained_teacher(task: TaskData, *, seed: int = 0, steps: int = 1500,
         return _train_teacher(folder, name, cand, task, cfg, meter, step_callback)
 
 
+def _read_saved(folder: Path, vocab_size: int, num_labels: int) -> tuple[nn.Module, Candidate, dict[str, Any]]:
+    """The model, candidate and meta of a saved teacher folder (``model.safetensors`` + JSON files)."""
+    cand = Candidate.from_json((folder / "candidate.json").read_text())
+    meta = json.loads((folder / "meta.json").read_text())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # every weight is overwritten below; the seed only keeps global RNG untouched
+        model = build(cand, vocab_size=vocab_size, num_labels=num_labels)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model, cand, meta
+
+
 def _load_cached_teacher(folder: Path, name: str, cand: Candidate, task: TaskData, seed: int) -> Teacher | None:
     if not (folder / "model.safetensors").exists():
         return None
-    model = build_for_task(cand, task, seed)
     try:
-        model.load_state_dict(load_file(str(folder / "model.safetensors")))
-        meta = json.loads((folder / "meta.json").read_text())
+        model, _cand, meta = _read_saved(folder, task.vocab_size, task.num_labels)
     except Exception as e:  # a corrupt entry is retrained, not fatal
         log.warning("ignoring unreadable cached teacher %s: %s", folder, e)
         return None
@@ -234,42 +249,114 @@ def _load_cached_teacher(folder: Path, name: str, cand: Candidate, task: TaskDat
                    kind="auto", dev_accuracy=meta.get("dev_accuracy"))
 
 
+def is_saved_teacher(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a saved teacher of ours (a fine-tuned one): weights, candidate and meta."""
+    d = Path(folder).expanduser()
+    return all((d / f).is_file() for f in ("model.safetensors", "candidate.json", "meta.json"))
+
+
+def load_saved_teacher(folder: str | Path, num_labels: int | None = None, *,
+                       training: TrainSummary | None = None) -> Teacher:
+    """Load a fine-tuned teacher's folder (see :func:`evaluators.teacher_fit.fit_teacher`).
+
+    Args:
+        folder: ``model.safetensors``, ``candidate.json``, ``meta.json`` and the tokenizer's files.
+        num_labels: The task's label count, checked against the saved head when given.
+        training: What making the folder cost, when the caller just made it (charged once, see
+            :meth:`Teacher.take_training`).
+
+    Raises:
+        ConfigError: The folder is incomplete or unreadable, or its labels do not fit the task.
+    """
+    d = Path(folder).expanduser()
+    fix = "fit it again with `nas teacher fit DIR --task T` (or delete the folder so the search refits it)"
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+        if num_labels is not None and int(meta["num_labels"]) != int(num_labels):
+            raise ConfigError(f"the fine-tuned teacher has {meta['num_labels']} labels but the task has "
+                              f"{num_labels}", field="teacher", value=str(d),
+                              fix="fine-tune the source model on this task (teacher: {path: DIR, fine_tune: {}})")
+        model, cand, meta = _read_saved(d, int(meta["vocab_size"]), int(meta["num_labels"]))
+        tok = load_tokenizer(d)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"unreadable fine-tuned teacher folder ({type(e).__name__}: {e})", field="teacher",
+                          value=str(d), fix=fix) from e
+    name = str(meta.get("name") or d)
+    log.info("loaded fine-tuned teacher %s from %s (dev accuracy %s)", name, d, meta.get("dev_accuracy"))
+    return Teacher(name, model, tok, cand.n_layers, cand.d_model, cand.n_heads, kind=str(meta.get("kind", "hf")),
+                   dev_accuracy=meta.get("dev_accuracy"), training=training)
+
+
 def _train_teacher(folder: Path, name: str, cand: Candidate, task: TaskData, cfg: TrainConfig,
                    meter: EnergyMeter | None, step_callback: Callable[[], None] | None) -> Teacher:
     t0 = time.perf_counter()
     model = build_for_task(cand, task, cfg.seed)
+    res, acc, training = train_and_evaluate(
+        model, task, cfg, meter, key="teacher",
+        callback=(lambda _s, _m: step_callback()) if step_callback else None)
+    meta = {"task": task.name, "task_fingerprint": task.fingerprint, "seed": cfg.seed, "steps": res.steps,
+            "dev_accuracy": acc, "final_loss": res.final_loss, "train_wall_s": res.wall_s,
+            "vocab_size": task.vocab_size, "num_labels": task.num_labels}
+    save_teacher_folder(folder, model, cand, meta)
+    log.info("trained teacher on %s: %d steps, %.1fs, dev accuracy %.4f", task.name, res.steps,
+             time.perf_counter() - t0, acc)
+    return Teacher(name, model, task.tokenizer, cand.n_layers, cand.d_model, cand.n_heads, kind="auto",
+                   dev_accuracy=acc, training=training)
+
+
+def train_and_evaluate(model: nn.Module, task: TaskData, cfg: TrainConfig, meter: EnergyMeter | None, *,
+                       key: str, callback: Callable[[int, nn.Module], bool | None] | None = None,
+                       ) -> tuple[TrainResult, float, TrainSummary | None]:
+    """Train a teacher on ``task`` and take its dev accuracy, metered as one window named ``key``.
+
+    Returns:
+        ``(result, dev accuracy, cost)``; the cost is ``None`` without a meter. The model is left on the CPU.
+    """
     book = TrainingMeter(meter, str(resolve_device(cfg.device)), batch_size=cfg.batch_size,
-                         seq_len=task.max_len, key="teacher") if meter is not None else None
+                         seq_len=task.max_len, key=key) if meter is not None else None
     if book is not None:
         book.start()
     try:
-        res = train(model, task, cfg, callback=(lambda _s, _m: step_callback()) if step_callback else None)
+        res = train(model, task, cfg, callback=callback)
         acc = evaluate(model, task, cfg.eval_batch_size).accuracy
     finally:
         if book is not None:
             book.stop()
     training = book.summary(steps=res.steps, final_loss=res.final_loss, teacher=None) if book else None
     model.to("cpu")
-    meta = {"task": task.name, "task_fingerprint": task.fingerprint, "seed": cfg.seed, "steps": res.steps,
-            "dev_accuracy": acc, "final_loss": res.final_loss, "train_wall_s": res.wall_s,
-            "vocab_size": task.vocab_size, "num_labels": task.num_labels}
+    return res, acc, training
+
+
+def save_teacher_folder(folder: Path, model: nn.Module, cand: Candidate, meta: dict[str, Any],
+                        tokenizer: TextTokenizer | None = None) -> bool:
+    """Write a teacher's folder atomically: a temporary folder renamed into place.
+
+    ``model.safetensors``, ``candidate.json``, ``meta.json`` and, when given, the tokenizer's files. An
+    existing ``folder`` (another worker's) is kept; a failed write is logged, never fatal.
+
+    Returns:
+        Whether ``folder`` now holds a complete teacher.
+    """
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     try:
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         (tmp / "candidate.json").write_text(cand.to_json())
+        if tokenizer is not None:
+            tokenizer.save(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if folder.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.rename(folder)
     except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
         log.warning("could not cache the teacher in %s: %s", folder, e)
-    log.info("trained teacher on %s: %d steps, %.1fs, dev accuracy %.4f", task.name, res.steps,
-             time.perf_counter() - t0, acc)
-    return Teacher(name, model, task.tokenizer, cand.n_layers, cand.d_model, cand.n_heads, kind="auto",
-                   dev_accuracy=acc, training=training)
+        return False
+    return True
 
 
 def load_teacher(spec: str | None, task: TaskData, *, seed: int = 0, steps: int = 1500,
@@ -279,8 +366,8 @@ def load_teacher(spec: str | None, task: TaskData, *, seed: int = 0, steps: int 
     """Resolve a teacher spec.
 
     Args:
-        spec: ``None``/``"none"`` (no teacher), ``"auto"`` (self-trained, cached), or a local Hugging Face
-            sequence-classification folder.
+        spec: ``None``/``"none"`` (no teacher), ``"auto"`` (self-trained, cached), a fine-tuned teacher's
+            folder (:func:`load_saved_teacher`), or a local Hugging Face sequence-classification folder.
         task: The task the student trains on.
         seed: Self-trained teacher only: its seed.
         steps: Self-trained teacher only: its training steps.
@@ -299,4 +386,6 @@ def load_teacher(spec: str | None, task: TaskData, *, seed: int = 0, steps: int 
     if spec.strip().lower() == "auto":
         return self_trained_teacher(task, seed=seed, steps=steps, candidate=candidate, device=device,
                                     root=root, meter=meter, step_callback=step_callback)
+    if is_saved_teacher(spec):
+        return load_saved_teacher(spec, num_labels=task.num_labels)
     return load_hf_teacher(spec, num_labels=task.num_labels)

@@ -26,6 +26,8 @@ __all__ = [
     "ResourcesSpec",
     "StorageSpec",
     "FrontSpec",
+    "FineTuneSpec",
+    "TeacherSpec",
     "StudySpec",
     "default_spec",
     "load_spec",
@@ -159,12 +161,66 @@ class FrontSpec(_Frozen):
     require_above_majority: bool = True
 
 
+class FineTuneSpec(_Frozen):
+    """How a Hugging Face teacher is fine-tuned on the task (when its head does not fit, or when asked).
+
+    The fine-tuned teacher is cached by content hash (model files, task, these settings, the study's
+    seed), so a second study or ``nas teacher fit`` with the same inputs reuses it.
+    """
+
+    steps: int = Field(default=1000, ge=1)
+    lr: float = Field(default=5e-5, gt=0, le=1.0)
+    batch_size: int = Field(default=32, ge=1)
+    max_examples: int | None = Field(default=None, ge=1, description="use only the first N training rows")
+    warmup_fraction: float = Field(default=0.1, ge=0, le=0.5)
+
+
+class TeacherSpec(_Frozen):
+    """The study's teacher: ``auto`` (self-trained and cached) or a local Hugging Face folder.
+
+    A plain string in the YAML (``teacher: DIR``) is ``{path: DIR}``. A folder whose classification head
+    does not fit the task's labels is fine-tuned on the task first (``fine_tune``, or its defaults); a
+    folder with ``fine_tune`` given is fine-tuned even when its head fits.
+    """
+
+    path: str = Field(min_length=1, description="a local Hugging Face folder, or auto")
+    fine_tune: FineTuneSpec | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _named(cls, v: str) -> str:
+        v = v.strip()
+        if v.lower() in ("", "none"):
+            raise ValueError("a teacher needs a path (a local Hugging Face folder or auto); "
+                             "for no teacher write teacher: null")
+        return v
+
+    @model_validator(mode="after")
+    def _fine_tune_needs_a_folder(self) -> TeacherSpec:
+        if self.is_auto and self.fine_tune is not None:
+            raise ValueError("fine_tune applies to a Hugging Face folder, not to auto (the self-trained "
+                             "teacher is trained on the task already); remove fine_tune or give a folder")
+        return self
+
+    @property
+    def is_auto(self) -> bool:
+        """Whether this is the self-trained teacher (``auto``)."""
+        return self.path.lower() == "auto"
+
+
+def _teacher_from_string(v: Any) -> Any:
+    """``"DIR"`` -> ``{path: DIR}``; ``"none"``, ``""`` -> ``None``; anything else unchanged."""
+    if isinstance(v, str):
+        return None if v.strip().lower() in ("", "none") else {"path": v}
+    return v
+
+
 class StudySpec(_Frozen):
     """Everything a search needs. ``train.steps`` is ignored in favour of ``fidelity.rungs[-1]``."""
 
     name: str = Field(default="default", description="1-100 of A-Z a-z 0-9 _ . -, not starting with a dot")
     task: str = "builtin:longmatch"
-    teacher: str | None = None
+    teacher: TeacherSpec | None = None
     space: SpaceRef = SpaceRef()
     objectives: list[Objective] = Field(
         default_factory=lambda: [Objective(metric="accuracy"), Objective(metric="energy_per_sample_j")]
@@ -178,6 +234,11 @@ class StudySpec(_Frozen):
     measure: MeasureConfig = MeasureConfig()
     resources: ResourcesSpec = ResourcesSpec()
     storage: StorageSpec = StorageSpec()
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_string(cls, v: Any) -> Any:
+        return _teacher_from_string(v)
 
     @field_validator("name")
     @classmethod

@@ -83,6 +83,7 @@ def test_training_reading_has_the_inference_reading_provenance() -> None:
 def test_teacher_training_is_metered_and_charged_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: the auto teacher trained outside the meter window, so its joules were never counted."""
     import evaluators.pipeline as pipeline
+    import evaluators.teacher_fit as teacher_fit
     from evaluators.pipeline import run_trial
 
     monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path))
@@ -90,8 +91,8 @@ def test_teacher_training_is_metered_and_charged_once(tmp_path: Path, monkeypatc
     monkeypatch.setattr(pipeline, "_teacher_outputs", {})
     small = functools.partial(load_task, n_train=256, n_dev=64, n_test=64)  # the outputs cache runs all train rows
     monkeypatch.setattr(pipeline, "cached_task", lambda spec, seed, max_len: small(spec, seed=seed, max_len=max_len))
-    real = pipeline.load_teacher
-    monkeypatch.setattr(pipeline, "load_teacher", lambda *a, **k: real(*a, **{**k, "steps": 5}))
+    real = teacher_fit.load_teacher  # what a resolved teacher loads with
+    monkeypatch.setattr(teacher_fit, "load_teacher", lambda *a, **k: real(*a, **{**k, "steps": 5}))
     cand = TINY.model_copy(update={"distill": DistillConfig(kind="logit")})
     first = run_trial(cand, "builtin:sentiment", train_cfg=_train_cfg(3), measure_cfg=FAST_MEASURE, teacher="auto")
     second = run_trial(cand, "builtin:sentiment", train_cfg=_train_cfg(3), measure_cfg=FAST_MEASURE, teacher="auto")

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from dashboards.limits import LaunchLimits
+from nas.cli.teacher import teacher_app, trial_teacher
 from nas.errors import NASError
 from nas.vocab import EXPORT_CHOICE, METER
 
@@ -29,6 +30,7 @@ app = typer.Typer(
 )
 storage_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 app.add_typer(storage_app, name="storage")
+app.add_typer(teacher_app, name="teacher")
 
 out = Console()
 err = Console(stderr=True)
@@ -74,7 +76,10 @@ def trial(
         metavar="CANDIDATE", help="Candidate YAML (see examples/candidate.yaml). Omit for the default candidate: 2 layers, "
              "d_model 64, 4 heads, FFN 128, softmax, max_len 64, uncompressed.")] = None,
     task: Annotated[str, typer.Option(help="builtin:NAME or a TSV/CSV/JSONL file or folder.")] = "builtin:sentiment",
-    teacher: Annotated[str | None, typer.Option(help="Local HF folder, or 'auto' to train and cache one.")] = None,
+    teacher: Annotated[str | None, typer.Option(help="Local HF folder, or 'auto' to train and cache one. A folder "
+                                                "whose head does not fit the task is fine-tuned first (cached).")] = None,
+    fine_tune_steps: Annotated[int | None, typer.Option(min=1, help="Fine-tune the --teacher folder for this many "
+                                                        "steps first (cached), even when its head fits.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 300,
     seconds: Annotated[float | None, typer.Option(min=0.1, help="Training wall-time budget (s).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 32,
@@ -102,18 +107,19 @@ def trial(
                        measure_seq=measure_seq)
     from evaluators.pipeline import run_trial
 
+    teach = trial_teacher(teacher, fine_tune_steps)
     if not as_json:
         err.print(f"[bold]nas trial[/]: {cand.n_layers}x d{cand.d_model} h{cand.n_heads} "
                   f"{cand.attention.kind}, {cand.weight_bits}-bit, sparsity {cand.sparsity.kind} on {task}",
                   soft_wrap=True)
     if as_json:
-        result = run_trial(cand, task, train_cfg=train_cfg, measure_cfg=measure_cfg, teacher=teacher,
+        result = run_trial(cand, task, train_cfg=train_cfg, measure_cfg=measure_cfg, teacher=teach,
                            weights_out=save_weights)
     else:
         from nas.runner.progress import TrialProgress
 
         with TrialProgress(err) as bar:
-            result = run_trial(cand, task, train_cfg=train_cfg, measure_cfg=measure_cfg, teacher=teacher,
+            result = run_trial(cand, task, train_cfg=train_cfg, measure_cfg=measure_cfg, teacher=teach,
                                weights_out=save_weights, progress=bar)
     if as_json:
         _print_json(result.to_dict())

@@ -108,6 +108,10 @@ def trial_table(r: TrialResult) -> Table:
     if r.train:
         t.add_row("training", f"{r.train.steps} steps in {r.train.wall_s:.1f} s, "
                   + _energy(r.train.energy_j, r.train.meter, r.train.is_estimate))
+        tt = r.train.teacher_training
+        if tt is not None:
+            t.add_row("teacher training (this trial)", f"{tt.steps} steps in {tt.wall_s:.1f} s, "
+                      + _energy(tt.energy_j, tt.meter, tt.is_estimate))
     if r.co2eq_g is not None:
         t.add_row("CO2eq (training)", f"{r.co2eq_g:.4g} g")
     t.add_row("params / size", f"{_fmt(r.params)} / {_fmt(r.size_bytes)} bytes (computed at the weights' bit-widths)")

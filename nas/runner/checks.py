@@ -10,6 +10,7 @@ failing every trial. Each error is one :class:`~nas.errors.ConfigError` naming t
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -17,8 +18,9 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from evaluators.hf_teacher import check_hf_folder, check_teacher_head
+from evaluators.hf_teacher import check_hf_folder
 from evaluators.tasks import BUILTIN_TASKS, load_task
+from evaluators.teacher import is_saved_teacher
 from nas.config import AttentionConfig, Candidate, DistillConfig, PruneConfig, QuantConfig
 from nas.errors import ConfigError, DataError, NASError, SearchError
 from nas.spec import StudySpec
@@ -46,7 +48,7 @@ def check_search_inputs(spec: StudySpec, *, db: str, ray_address: str | None = N
                           f"max_len {space.max_len}, so every trial would fail", field="measure.seq_len",
                           value=spec.measure.seq_len,
                           fix=f"set measure.seq_len <= {space.max_len}, or raise space.overrides.max_len")
-    check_teacher(spec.teacher, distills=space.uses_teacher)
+    check_teacher(spec.teacher.path if spec.teacher else None, distills=space.uses_teacher)
     check_artefacts_dir(spec)
     if ray_address is not None:
         check_ray_address(ray_address)
@@ -184,7 +186,7 @@ def check_space(spec: StudySpec) -> SearchSpace:
 
 
 def check_teacher(teacher: str | None, *, distills: bool, field: str = "teacher") -> None:
-    """``teacher`` is absent, ``auto``, or a local Hugging Face folder that converts.
+    """``teacher`` is absent, ``auto``, a fine-tuned teacher's folder, or a local Hugging Face folder that converts.
 
     A distilling space or candidate (``distills``) needs one. A folder gets the cheap checks of
     :func:`evaluators.hf_teacher.check_hf_folder` (config, a model type transformers knows and that
@@ -198,16 +200,25 @@ def check_teacher(teacher: str | None, *, distills: bool, field: str = "teacher"
                               field=field, fix=f"pass {how} (a cached self-trained teacher) or a local Hugging "
                               "Face folder, or use distill kind none")
         return
-    if name.lower() == "auto":
+    if name.lower() == "auto" or is_saved_teacher(name):
         return
     check_hf_folder(name, field=field)
 
 
 def _check_teacher_labels(spec: StudySpec, num_labels: int) -> None:
-    teacher = (spec.teacher or "").strip()
-    if teacher.lower() in ("", "none", "auto"):
+    """A fine-tuned teacher's folder fits the task's labels (a Hugging Face head that does not is fine-tuned)."""
+    teacher = spec.teacher.path if spec.teacher is not None else ""
+    if not teacher or teacher.lower() == "auto" or not is_saved_teacher(teacher):
         return
-    check_teacher_head(check_hf_folder(teacher), num_labels, value=teacher)
+    try:
+        saved = int(json.loads((Path(teacher).expanduser() / "meta.json").read_text(encoding="utf-8"))["num_labels"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"the fine-tuned teacher's meta.json is unreadable ({e})", field="teacher.path",
+                          value=teacher, fix="fit it again with `nas teacher fit DIR --task T`") from e
+    if saved != num_labels:
+        raise ConfigError(f"the fine-tuned teacher has {saved} labels but the task has {num_labels}",
+                          field="teacher.path", value=teacher,
+                          fix="give the Hugging Face folder it came from, which is fine-tuned on this task")
 
 
 def check_writable_folder(folder: str | Path, *, field: str) -> None:
