@@ -168,6 +168,11 @@ class SearchSpace(BaseModel):
         return any(d != "none" for d in self.distill) or "teacher" in self.init
 
     @property
+    def uses_distillation(self) -> bool:
+        """Whether some candidate distils (a distillation kind other than ``none``)."""
+        return any(d != "none" for d in self.distill)
+
+    @property
     def needs_teacher_hidden(self) -> bool:
         """Whether some candidate distils hidden states (``hidden`` or ``attention`` kinds)."""
         return any("hidden" in DISTILL_KIND[d].losses for d in self.distill)
