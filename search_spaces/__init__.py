@@ -13,6 +13,11 @@ Conditional parameters:
 * Heads must divide ``d_model``: ``n_heads`` is suggested first; if it does not divide the suggested
   ``d_model``, the largest allowed head count that does divide it is used (deterministic, so replay
   gives the same candidate).
+* ``init`` is suggested only when the space offers more than ``scratch``. A candidate with
+  ``init: teacher`` starts from the teacher's weights (:mod:`evaluators.inherit`), so it takes the
+  teacher's layout (post-LN, LayerNorm epsilon, pooler, CLS pooling, head width) and is cut to fit inside
+  the teacher: depth, width, heads and FFN width are capped at the teacher's (the caps are deterministic,
+  so replay gives the same candidate). Heads then keep the teacher's head width, so any head count fits.
 """
 
 from __future__ import annotations
@@ -35,7 +40,11 @@ from nas.config import (
 from nas.errors import ConfigError
 from nas.vocab import ATTENTION_KIND, DISTILL_KIND, SPARSITY_KIND
 
-__all__ = ["SearchSpace", "ReplayTrial", "TrialLike", "suggest", "load_space", "PRESETS", "preset_path"]
+__all__ = ["SearchSpace", "ReplayTrial", "TrialLike", "suggest", "load_space", "PRESETS", "preset_path",
+           "INIT_CHOICES", "fit_to_teacher"]
+
+#: Where a candidate's weights start: fresh (``scratch``) or cut from the teacher (``teacher``).
+INIT_CHOICES: tuple[str, ...] = ("scratch", "teacher")
 
 PRESETS: tuple[str, ...] = ("tiny", "base")
 _PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -87,12 +96,13 @@ class SearchSpace(BaseModel):
     kd_alpha: tuple[float, float] = (0.1, 0.9)
     dropout: list[float] = Field(default=[0.0, 0.1])
     pooling: list[str] = Field(default=["mean"])
+    init: list[str] = Field(default=["scratch"])
     max_len: int = Field(default=64, ge=8, le=8192)
 
     @field_validator(
         "n_layers", "d_model", "n_heads", "ffn_ratio", "attention", "window", "k", "feature_map",
         "attention_bits", "ffn_bits", "embedding_bits", "quant_scheme", "quant_granularity", "sparsity",
-        "distill", "dropout", "pooling",
+        "distill", "dropout", "pooling", "init",
     )
     @classmethod
     def _check_nonempty(cls, v: list[Any], info: Any) -> list[Any]:
@@ -130,6 +140,14 @@ class SearchSpace(BaseModel):
             raise ValueError(f"unknown distill kind(s) {bad}; allowed: {list(DISTILL_KIND.names)}")
         return v
 
+    @field_validator("init")
+    @classmethod
+    def _check_init(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in INIT_CHOICES]
+        if bad:
+            raise ValueError(f"unknown init choice(s) {bad}; allowed: {list(INIT_CHOICES)}")
+        return v
+
     @model_validator(mode="after")
     def _check_heads(self) -> SearchSpace:
         for d in self.d_model:
@@ -146,8 +164,23 @@ class SearchSpace(BaseModel):
 
     @property
     def uses_teacher(self) -> bool:
-        """Whether any distillation choice other than ``none`` is allowed (so a teacher may be needed)."""
+        """Whether a candidate may need a teacher: a distillation kind other than ``none``, or ``init: teacher``."""
+        return any(d != "none" for d in self.distill) or "teacher" in self.init
+
+    @property
+    def uses_distillation(self) -> bool:
+        """Whether some candidate distils (a distillation kind other than ``none``)."""
         return any(d != "none" for d in self.distill)
+
+    @property
+    def needs_teacher_hidden(self) -> bool:
+        """Whether some candidate distils hidden states (``hidden`` or ``attention`` kinds)."""
+        return any("hidden" in DISTILL_KIND[d].losses for d in self.distill)
+
+    @property
+    def needs_teacher_attention(self) -> bool:
+        """Whether some candidate distils attention maps."""
+        return any("attention" in DISTILL_KIND[d].losses for d in self.distill)
 
 
 def preset_path(name: str) -> Path:
@@ -177,8 +210,17 @@ def _float_range(trial: TrialLike, name: str, rng: tuple[float, float]) -> float
     return float(trial.suggest_float(name, lo, hi))
 
 
-def suggest(trial: TrialLike, space: SearchSpace) -> Candidate:
-    """Sample one :class:`Candidate` from ``space`` through ``trial``. Pure: no I/O, no torch."""
+def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = None) -> Candidate:
+    """Sample one :class:`Candidate` from ``space`` through ``trial``. Pure: no I/O, no torch.
+
+    Args:
+        trial: An Optuna trial or a :class:`ReplayTrial`.
+        space: The ranges.
+        teacher: The teacher as a candidate (its layout and shape), needed when ``init: teacher`` is drawn.
+
+    Raises:
+        ConfigError: ``init: teacher`` was drawn but no teacher is given.
+    """
     n_layers = int(trial.suggest_categorical("n_layers", space.n_layers))
     n_heads_req = int(trial.suggest_categorical("n_heads", space.n_heads))
     d_model = int(trial.suggest_categorical("d_model", space.d_model))
@@ -222,7 +264,8 @@ def suggest(trial: TrialLike, space: SearchSpace) -> Candidate:
         distill["temperature"] = round(_float_range(trial, "kd_temperature", space.kd_temperature), 4)
         distill["alpha"] = round(_float_range(trial, "kd_alpha", space.kd_alpha), 4)
 
-    return Candidate(
+    init = str(trial.suggest_categorical("init", space.init)) if space.init != ["scratch"] else "scratch"
+    cand = Candidate(
         n_layers=n_layers,
         d_model=d_model,
         n_heads=n_heads,
@@ -235,6 +278,41 @@ def suggest(trial: TrialLike, space: SearchSpace) -> Candidate:
         sparsity=PruneConfig(kind=sp_kind, amount=amount),
         distill=DistillConfig(**distill),
     )
+    if init == "scratch":
+        return cand
+    if teacher is None:
+        raise ConfigError("init 'teacher' needs a teacher", field="space.init",
+                          fix="set teacher in the study spec, or use init: [scratch]")
+    return fit_to_teacher(cand, teacher)
+
+
+def fit_to_teacher(candidate: Candidate, teacher: Candidate) -> Candidate:
+    """``candidate`` with ``init: teacher``: the teacher's layout, and its shape capped at the teacher's.
+
+    Depth, width, heads and FFN width are capped at the teacher's; heads keep the teacher's head width;
+    the layout (``norm``, ``layer_norm_eps``, ``pooler``, CLS pooling) is the teacher's; ``max_len`` is
+    capped at the teacher's. Candidate-level sparsity of heads is kept below the (capped) head count.
+    """
+    n_heads = min(candidate.n_heads, teacher.n_heads)
+    sparsity = candidate.sparsity
+    if sparsity.kind == "heads" and round(n_heads * sparsity.amount) >= n_heads:
+        sparsity = PruneConfig(kind="heads", amount=round((n_heads - 1) / n_heads, 4)) if n_heads > 1 \
+            else PruneConfig()
+    return Candidate.model_validate({
+        **candidate.model_dump(),
+        "init": "teacher",
+        "n_layers": min(candidate.n_layers, teacher.n_layers),
+        "d_model": min(candidate.d_model, teacher.d_model),
+        "n_heads": n_heads,
+        "head_dim": teacher.head_dim,
+        "d_ffn": min(candidate.d_ffn, teacher.d_ffn),
+        "max_len": min(candidate.max_len, teacher.max_len),
+        "norm": teacher.norm,
+        "layer_norm_eps": teacher.layer_norm_eps,
+        "pooler": teacher.pooler,
+        "pooling": teacher.pooling,
+        "sparsity": sparsity.model_dump(),
+    })
 
 
 class ReplayTrial:

@@ -168,17 +168,21 @@ def check_space(spec: StudySpec) -> SearchSpace:
     """
     space = load_space(spec.space.preset, spec.space.overrides)
     _check_values(spec, space)
-    base: dict[str, Any] = {name: value[0] for name, value in space.model_dump().items() if isinstance(value, list)}
+    if "teacher" in space.init and not spec.teacher:
+        raise ConfigError("space.init offers 'teacher' but the study names no teacher", field="space.init",
+                          fix="set teacher: DIR (a Hugging Face folder) or teacher: auto, or use init: [scratch]")
+    checked = space.model_copy(update={"init": ["scratch"]})  # init: teacher is cut from the teacher in the driver
+    base: dict[str, Any] = {name: value[0] for name, value in checked.model_dump().items() if isinstance(value, list)}
     for name in ("sparsity_amount", "kd_temperature", "kd_alpha"):
-        base[name] = getattr(space, name)[0]
+        base[name] = getattr(checked, name)[0]
     try:
-        suggest(ReplayTrial(base), space)
+        suggest(ReplayTrial(base), checked)
     except ValidationError as e:
         raise ConfigError(f"space: the first value of every knob makes an invalid candidate ({_one_line(e)})",
                           fix="change the values named there in space.overrides") from e
-    for name, value, change in _variants(space):
+    for name, value, change in _variants(checked):
         try:
-            suggest(ReplayTrial({**base, **change}), space)
+            suggest(ReplayTrial({**base, **change}), checked)
         except ValidationError as e:
             raise ConfigError(f"{_where(spec, name)}: value {value!r} makes an invalid candidate ({_one_line(e)})",
                               fix=f"remove {value!r} from {name}, or change max_len or the other knobs so it fits") from e

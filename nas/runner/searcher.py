@@ -21,6 +21,7 @@ from typing import Any, cast
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from nas.config import Candidate
 from nas.errors import NASError
 from nas.records import FailKind
 from nas.runner.protocol import TrialConfig, TrialReport
@@ -55,6 +56,7 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
             the searcher adds what it hands out.
         on_invalid: called in the driver with (optuna trial number, params, reason) when a sampled
             configuration is invalid or repeats a failure, so it can be recorded.
+        teacher: The study's teacher as a candidate, which ``init: teacher`` candidates are cut from.
     """
 
     def __init__(
@@ -64,9 +66,11 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         failed_hashes: set[str],
         evaluated: dict[str, int] | None = None,
         on_invalid: Callable[[int, dict[str, Any], str, FailKind], None] | None = None,
+        teacher: Candidate | None = None,
         **kwargs: Any,
     ) -> None:
         self._nas_space = space
+        self._teacher = teacher
         self._failed_hashes = failed_hashes
         self._evaluated = evaluated if evaluated is not None else {}
         self._on_invalid = on_invalid
@@ -74,7 +78,7 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         super().__init__(space=self._define_by_run, **kwargs)
 
     def _define_by_run(self, trial: optuna.Trial) -> dict[str, Any]:
-        cand = suggest(trial, self._nas_space)
+        cand = suggest(trial, self._nas_space, self._teacher)
         return TrialConfig(candidate=cand, number=trial.number, candidate_hash=candidate_hash(cand)).to_tune()
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
