@@ -219,10 +219,9 @@ def search(
 
     display = SearchProgress(store, the_spec) if progress else None
     try:
-        if display:
-            display.start()
         outcome = run_study(the_spec, store, resume=bool(resume), ray_address=ray_address,
-                            on_change=display.refresh if display else None)
+                            on_change=display.refresh if display else None,
+                            on_ready=display.start if display else None, show_teacher_progress=progress)
     finally:
         if display:
             display.stop()

@@ -32,7 +32,9 @@ from nas.runner.ray_session import RaySession, reap_orphans
 from nas.runner.searcher import NASOptunaSearch, make_sampler, sampler_seed
 from nas.runner.trainable import tune_trainable
 from nas.runner.writer import StoreHandle, StoreWriter
-from nas.spec import StudySpec
+from nas.config import Candidate
+from nas.runner.teacher_prep import prepare_teacher
+from nas.spec import StudySpec, TeacherSpec
 from search_spaces import load_space
 from storage import Store
 
@@ -105,11 +107,12 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 def _make_searcher(spec: StudySpec, store: Store, handle: StoreHandle, ot_storage: OptunaStorage,
-                   failed: set[str]) -> NASOptunaSearch:
+                   failed: set[str], teacher: Candidate | None = None) -> NASOptunaSearch:
     """The study's searcher.
 
     Its sampler is seeded from the study and how many trials Optuna was told, and every candidate already
-    COMPLETE in the study blocked from evaluation.
+    COMPLETE in the study blocked from evaluation. ``teacher`` (the prepared teacher as a candidate) is
+    what ``init: teacher`` candidates are cut from.
     """
     try:
         told = len(ot_storage.get_all_trials(ot_storage.get_study_id_from_name(spec.name), deepcopy=False,
@@ -127,6 +130,7 @@ def _make_searcher(spec: StudySpec, store: Store, handle: StoreHandle, ot_storag
         sampler=make_sampler(spec.sampler.kind, seed, spec.sampler.n_startup_trials),
         study_name=spec.name,
         storage=ot_storage,
+        teacher=teacher,
     )
 
 
@@ -136,8 +140,15 @@ def _clean_staging(folder: str) -> None:
 
 
 def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str | None = None,
-              on_change: Callable[[], None] | None = None) -> RunOutcome:
-    """Run (or continue) ``spec`` until its budget is spent. The caller owns ``store``."""
+              on_change: Callable[[], None] | None = None, on_ready: Callable[[], None] | None = None,
+              show_teacher_progress: bool = False) -> RunOutcome:
+    """Run (or continue) ``spec`` until its budget is spent. The caller owns ``store``.
+
+    The study's teacher is made ready first, once (:func:`nas.runner.teacher_prep.prepare_teacher`:
+    fine-tuned and its outputs cached when needed, measured as the study's reference row);
+    ``show_teacher_progress`` draws its progress bars; ``on_ready`` is called once the teacher is ready
+    (the CLI starts its live search display there).
+    """
     t0 = time.time()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = spec.name
@@ -154,7 +165,13 @@ def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str |
         return RunOutcome(name, 0, "trial budget already spent", time.time() - t0)
     failed = set(store.failed_candidate_hashes(name))
     handle = StoreHandle(store, name)
-    searcher = _make_searcher(spec, store, handle, ot_storage, failed)
+    prepared = prepare_teacher(spec, store, progress=show_teacher_progress)
+    if prepared is not None:  # workers load the resolved (fine-tuned, cached) teacher, never fit it again
+        spec = spec.model_copy(update={"teacher": TeacherSpec(path=prepared.path)})
+    searcher = _make_searcher(spec, store, handle, ot_storage, failed,
+                              teacher=prepared.candidate if prepared is not None else None)
+    if on_ready is not None:
+        on_ready()
     art_dir = artefacts_dir(spec, store.url)
     _clean_staging(art_dir)
     reap_orphans()  # what a search killed with SIGKILL left on this machine

@@ -39,8 +39,8 @@ class SearchProgress:
 
     def stop(self) -> None:
         """Draw the final state and end the live display."""
-        self.refresh()
         if self._live:
+            self.refresh()
             self._live.stop()
 
     def refresh(self) -> None:
