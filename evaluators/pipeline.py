@@ -353,7 +353,8 @@ def run_trial(
         if teach is not None:
             task_data = teach.adapt_task(task_data)  # students speak the teacher's tokenizer
         model = build_for_task(candidate, task_data, seed=train_cfg.seed)
-        if candidate.init == "teacher" and teach is not None and isinstance(teach.model, EncoderClassifier):
+        if candidate.init == "teacher" and teach is not None:
+            assert isinstance(model, EncoderClassifier) and isinstance(teach.model, EncoderClassifier)
             report = inherit_(model, teach.model)
             log.info("inherited from teacher %s: %s", teach.name, report)
         trained = train_candidate(model, task_data, train_cfg, ctx, teacher=teach, rungs=rungs, on_rung=on_rung)

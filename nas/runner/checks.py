@@ -146,8 +146,11 @@ def _variants(space: SearchSpace) -> list[tuple[str, Any, dict[str, Any]]]:
                "feature_map": {"attention": "linear"}}
     variants: list[tuple[str, Any, dict[str, Any]]] = []
     for name, values in space.model_dump().items():
+        needs = context.get(name, {})
+        if needs and needs["attention"] not in space.attention:
+            continue  # e.g. window without local attention: the knob is never used
         if isinstance(values, list):
-            variants += [(name, v, {**context.get(name, {}), name: v}) for v in values]
+            variants += [(name, v, {**needs, name: v}) for v in values]
     amount_kinds = [k for k in space.sparsity if k in _AMOUNT_KINDS]
     if amount_kinds:
         variants += [("sparsity_amount", v, {"sparsity": amount_kinds[0], "sparsity_amount": v})

@@ -27,13 +27,13 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.stopper import Stopper
 
+from nas.config import Candidate
 from nas.errors import NASError, SearchError
 from nas.runner.ray_session import RaySession, reap_orphans
 from nas.runner.searcher import NASOptunaSearch, make_sampler, sampler_seed
+from nas.runner.teacher_prep import prepare_teacher
 from nas.runner.trainable import tune_trainable
 from nas.runner.writer import StoreHandle, StoreWriter
-from nas.config import Candidate
-from nas.runner.teacher_prep import prepare_teacher
 from nas.spec import StudySpec, TeacherSpec
 from search_spaces import load_space
 from storage import Store
