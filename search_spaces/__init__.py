@@ -62,6 +62,18 @@ class TrialLike(Protocol):
         ...
 
 
+#: knob -> (what a bad value is called, the allowed values): one check for every closed list of choices.
+_CHOICES: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "attention": ("unknown attention type(s)", ATTENTION_KIND.names),
+    "attention_bits": ("unsupported bit-width(s)", BIT_WIDTHS),
+    "ffn_bits": ("unsupported bit-width(s)", BIT_WIDTHS),
+    "embedding_bits": ("unsupported bit-width(s)", BIT_WIDTHS),
+    "sparsity": ("unknown sparsity kind(s)", SPARSITY_KIND.names),
+    "distill": ("unknown distill kind(s)", DISTILL_KIND.names),
+    "init": ("unknown init choice(s)", INIT_CHOICES),
+}
+
+
 def _nonempty(name: str, v: list[Any]) -> list[Any]:
     if not v:
         raise ValueError(f"{name} needs at least one choice")
@@ -108,44 +120,13 @@ class SearchSpace(BaseModel):
     def _check_nonempty(cls, v: list[Any], info: Any) -> list[Any]:
         return _nonempty(info.field_name, v)
 
-    @field_validator("attention")
+    @field_validator("attention", "attention_bits", "ffn_bits", "embedding_bits", "sparsity", "distill", "init")
     @classmethod
-    def _check_attention(cls, v: list[str]) -> list[str]:
-        bad = [a for a in v if a not in ATTENTION_KIND]
+    def _check_choices(cls, v: list[Any], info: Any) -> list[Any]:
+        what, allowed = _CHOICES[info.field_name]
+        bad = [x for x in v if x not in allowed]
         if bad:
-            raise ValueError(f"unknown attention type(s) {bad}; allowed: {list(ATTENTION_KIND.names)}")
-        return v
-
-    @field_validator("attention_bits", "ffn_bits", "embedding_bits")
-    @classmethod
-    def _check_bits(cls, v: list[int]) -> list[int]:
-        bad = [b for b in v if b not in BIT_WIDTHS]
-        if bad:
-            raise ValueError(f"unsupported bit-width(s) {bad}; allowed: {list(BIT_WIDTHS)}")
-        return v
-
-    @field_validator("sparsity")
-    @classmethod
-    def _check_sparsity(cls, v: list[str]) -> list[str]:
-        bad = [s for s in v if s not in SPARSITY_KIND]
-        if bad:
-            raise ValueError(f"unknown sparsity kind(s) {bad}; allowed: {list(SPARSITY_KIND.names)}")
-        return v
-
-    @field_validator("distill")
-    @classmethod
-    def _check_distill(cls, v: list[str]) -> list[str]:
-        bad = [s for s in v if s not in DISTILL_KIND]
-        if bad:
-            raise ValueError(f"unknown distill kind(s) {bad}; allowed: {list(DISTILL_KIND.names)}")
-        return v
-
-    @field_validator("init")
-    @classmethod
-    def _check_init(cls, v: list[str]) -> list[str]:
-        bad = [s for s in v if s not in INIT_CHOICES]
-        if bad:
-            raise ValueError(f"unknown init choice(s) {bad}; allowed: {list(INIT_CHOICES)}")
+            raise ValueError(f"{what} {bad}; allowed: {list(allowed)}")
         return v
 
     @model_validator(mode="after")

@@ -47,3 +47,16 @@ def save_tiny_hf(family: str, folder: Path, backend: Any, num_labels: int = 2) -
     model.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return model.eval()
+
+
+def write_small_task(folder: Path) -> Path:
+    """A small file task (train/dev/test TSVs, 48/16/16 rows) drawn from builtin:sentiment: quick to load."""
+    from evaluators.tasks import load_task
+
+    src = load_task("builtin:sentiment", n_train=48, n_dev=16, n_test=16, max_len=16)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "dev", "test"):
+        rows = zip(getattr(src, f"{split}_texts"), getattr(src, f"{split}_labels"), strict=True)
+        (folder / f"{split}.tsv").write_text("text\tlabel\n" + "".join(
+            f"{t}\t{src.label_names[y]}\n" for t, y in rows))
+    return folder

@@ -22,6 +22,7 @@ from evaluators.tokenize import train_wordpiece
 from nas.config import Candidate, DistillConfig, MeasureConfig, TrainConfig, validate
 from nas.errors import ConfigError
 from nas.spec import FineTuneSpec, StudySpec, TeacherSpec
+from tests.hf_folders import write_small_task
 
 FAST = FineTuneSpec(steps=3, batch_size=8, lr=1e-3)
 
@@ -35,20 +36,9 @@ def _one_thread() -> Any:
     torch.set_num_threads(before)
 
 
-def _write_task(folder: Path) -> Path:
-    """A small file task (train/dev/test TSVs) drawn from builtin:sentiment: quick to load and re-encode."""
-    src = load_task("builtin:sentiment", n_train=48, n_dev=16, n_test=16, max_len=16)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "dev", "test"):
-        rows = zip(getattr(src, f"{split}_texts"), getattr(src, f"{split}_labels"), strict=True)
-        (folder / f"{split}.tsv").write_text("text\tlabel\n" + "".join(
-            f"{t}\t{src.label_names[y]}\n" for t, y in rows))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _write_task(tmp_path_factory.mktemp("task") / "sentiment")
+    return write_small_task(tmp_path_factory.mktemp("task") / "sentiment")
 
 
 @pytest.fixture(scope="module")

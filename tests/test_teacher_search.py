@@ -25,7 +25,7 @@ from nas.runner.teacher_prep import prepare_teacher
 from nas.spec import FineTuneSpec, StudySpec
 from search_spaces import ReplayTrial, SearchSpace, fit_to_teacher, suggest
 from storage import Store
-from tests.hf_folders import save_tiny_hf
+from tests.hf_folders import save_tiny_hf, write_small_task
 
 FAST = FineTuneSpec(steps=3, batch_size=8, lr=1e-3)
 MEASURE = {"meter": "estimate", "window_s": 0.05, "n_windows": 2, "idle_s": 0.0, "warmup_iters": 1,
@@ -49,14 +49,7 @@ def _one_thread() -> Any:
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small file task (train/dev/test TSVs) drawn from builtin:sentiment."""
-    src = load_task("builtin:sentiment", n_train=48, n_dev=16, n_test=16, max_len=16)
-    folder = tmp_path_factory.mktemp("task") / "sentiment"
-    folder.mkdir()
-    for split in ("train", "dev", "test"):
-        rows = zip(getattr(src, f"{split}_texts"), getattr(src, f"{split}_labels"), strict=True)
-        (folder / f"{split}.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{src.label_names[y]}\n" for t, y in rows))
-    return folder
+    return write_small_task(tmp_path_factory.mktemp("task") / "sentiment")
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +178,51 @@ def test_no_outputs_cache_is_built_when_no_candidate_distils(
         prepared = prepare_teacher(spec, store)
     assert prepared is not None and prepared.reference.cache_build is None  # no outputs cache is built
     assert not (tmp_path / "cache" / "teacher-outputs").exists()
+
+
+# --- end to end: `nas search` with a head-less teacher (slow: starts local Ray) ---------------------------
+@pytest.mark.slow
+def test_search_with_a_headless_teacher_stores_the_reference_and_ratios(
+        task_dir: Path, headless: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    db = tmp_path / "nas.db"
+    spec = _spec(task_dir, headless, n_layers=[1, 2], d_model=[32], n_heads=[1, 2], ffn_ratio=[1],
+                 attention_bits=[32], ffn_bits=[32], embedding_bits=[32], kd_alpha=[0.5, 0.9])
+    data = spec.model_dump(mode="json")
+    data.update(budget={"trials": 2}, fidelity={"rungs": [4], "enabled": False},
+                resources={"max_concurrent": 1}, storage={"url": str(db), "retention": "none"},
+                sampler={"kind": "random", "seed": 0})
+    path = tmp_path / "teach.yaml"
+    path.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "NAS_CACHE_DIR": str(tmp_path / "cache"), "NAS_LANE_DIR": str(tmp_path / "lanes"),
+           "RAY_AUTH_MODE": "disabled"}
+    root = Path(__file__).resolve().parents[1]
+
+    def nas(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "nas", *args], capture_output=True, text=True, cwd=root,
+                              env=env, timeout=600)
+
+    res = nas("search", str(path), "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    with Store.open(str(db), create=False) as store:
+        ref = store.teacher_reference("teach")
+        assert ref is not None and ref.fine_tune is not None and ref.fine_tune.steps == FAST.steps
+        views = [v for v in store.trials("teach") if v.state == "COMPLETE"]
+        assert views and all(v.candidate is not None and v.candidate.init == "teacher" for v in views)
+        assert all(v.candidate.norm == "post" and v.candidate.head_dim == 8 for v in views if v.candidate)
+        for v in views:  # workers loaded the fitted folder: nobody fine-tuned or cached again
+            assert v.result is not None and v.result.train is not None
+            assert v.result.train.teacher_training is None and v.result.train.teacher_cache is None
+        info = store.get_study("teach")
+        trial_j = sum(v.cost.total_energy_j for v in store.trials("teach") if v.cost and v.cost.total_energy_j)
+        assert info.total_energy_j == pytest.approx(trial_j + (ref.search_cost_j or 0.0))
+    out = nas("pareto", "teach", "--db", str(db), "--json", "--include-trivial")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout)
+    assert rows and all(r["accuracy_ratio_to_teacher"] is not None for r in rows)
+    assert all(r["energy_ratio_to_teacher"] is not None for r in rows)  # same meter, same protocol
