@@ -349,7 +349,8 @@ def run_trial(
     t_start = time.time()
     with _context(train_cfg, measure_cfg, progress) as ctx:
         task_data = cached_task(task, train_cfg.seed, candidate.max_len)
-        teach = load_teacher_for(teacher, task_data, train_cfg.seed, ctx) if teacher else None
+        teach = (load_teacher_for(teacher, task_data, train_cfg.seed, ctx)
+                 if teacher and _needs_teacher(candidate, teacher) else None)
         if teach is not None:
             task_data = teach.adapt_task(task_data)  # students speak the teacher's tokenizer
         model = build_for_task(candidate, task_data, seed=train_cfg.seed)
@@ -366,6 +367,20 @@ def run_trial(
     log.info("trial done in %.1f s: accuracy %.4f, %s", time.time() - t_start, result.accuracy,
              result.inference.meter if result.inference else "no meter")
     return result
+
+
+def _needs_teacher(candidate: Candidate, teacher: str | TeacherSpec | None) -> bool:
+    """Whether the trial loads the teacher: it distils or inherits from it, or speaks its tokenizer.
+
+    A self-trained (``auto``) teacher shares the task's tokenizer, so a student that neither distils nor
+    inherits does not need it (loading it could mean training it).
+    """
+    if not teacher:
+        return False
+    if candidate.distill.kind != "none" or candidate.init == "teacher":
+        return True
+    path = teacher.path if isinstance(teacher, TeacherSpec) else teacher
+    return path.strip().lower() != "auto"
 
 
 def _need_teacher(candidate: Candidate, teacher: str | TeacherSpec | None) -> None:

@@ -226,3 +226,17 @@ def test_search_with_a_headless_teacher_stores_the_reference_and_ratios(
     rows = json.loads(out.stdout)
     assert rows and all(r["accuracy_ratio_to_teacher"] is not None for r in rows)
     assert all(r["energy_ratio_to_teacher"] is not None for r in rows)  # same meter, same protocol
+
+
+def test_a_student_that_neither_distils_nor_inherits_does_not_load_a_self_trained_teacher(
+        task_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import evaluators.pipeline as pipeline
+
+    def refuse(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("the auto teacher was loaded (and maybe trained) for nothing")
+
+    monkeypatch.setattr(pipeline, "load_teacher_for", refuse)
+    cand = Candidate(n_layers=1, d_model=16, n_heads=2, d_ffn=16, max_len=16, dropout=0.0)
+    result = run_trial(cand, str(task_dir), train_cfg=TrainConfig(steps=1, batch_size=8, device="cpu"),
+                       measure_cfg=MeasureConfig(**MEASURE), teacher="auto")
+    assert result.status == "COMPLETE"
