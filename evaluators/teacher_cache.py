@@ -12,7 +12,8 @@ what the distillation kinds need under ``<cache_dir()>/teacher-outputs/<key>/``:
 - ``meta.json``: what the entry holds (written last: an entry without it is incomplete).
 
 Each batch is trimmed to its longest real row (:func:`evaluators.metrics.trim_batch`) and padded back
-to ``max_len`` with zeros. Attention masks padded keys, so a training batch trimmed to a shorter length
+to ``max_len`` with zeros; the rows past the first ``K`` (logits only) run sorted by length, so those
+batches compute almost no padding. Attention masks padded keys, so a training batch trimmed to a shorter length
 reads the same numbers from the slice ``[:T]`` (``[:T, :T]`` for maps) as a live teacher would compute.
 
 The key is a hash of the teacher's weights (:attr:`evaluators.teacher.Teacher.fingerprint`), the task
@@ -34,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 from collections.abc import Callable
@@ -339,21 +339,32 @@ def _publish(tmp: Path, folder: Path) -> None:
 
 def _run_teacher(teacher: Teacher, task: TaskData, writer: _Writer, batch_size: int, dev: torch.device,
                  progress: Callable[[int, int], None] | None) -> int:
-    """Run the teacher over the training split in order; returns the number of batches."""
-    n, k = task.n_train, writer.layout.k
-    total = math.ceil(n / batch_size)
+    """Run the teacher over the training split; returns the number of batches.
+
+    The first ``K`` rows (when hidden states or attention maps are stored) run in file order; the rest
+    need logits only and run sorted by length, so a batch computes almost no padding.
+    """
+    batches = _batch_rows(task, writer.layout, batch_size)
     with torch.no_grad():
-        for b, i in enumerate(range(0, n, batch_size)):
-            j = min(n, i + batch_size)
-            ids, mask = trim_batch(task.train_ids[i:j], task.train_mask[i:j])
-            extra = i < k
+        for b, (rows, extra) in enumerate(batches):
+            ids, mask = trim_batch(task.train_ids[rows], task.train_mask[rows])
             out = teacher(ids.to(dev), attention_mask=mask.to(dev),
                           output_hidden_states=writer.layout.hidden and extra,
                           output_attentions=writer.layout.attention and extra)
-            writer.write(i, j, out)
+            writer.write(rows, out, extra)
             if progress is not None:
-                progress(b + 1, total)
-    return total
+                progress(b + 1, len(batches))
+    return len(batches)
+
+
+def _batch_rows(task: TaskData, layout: _Layout, batch_size: int) -> list[tuple[torch.Tensor, bool]]:
+    """The build's batches: ``(row indices, whether hidden states and maps are stored for them)``."""
+    n = task.n_train
+    k = min(layout.k, n) if (layout.hidden or layout.attention) else 0
+    out = [(torch.arange(i, min(k, i + batch_size)), True) for i in range(0, k, batch_size)]
+    rest = k + torch.argsort(task.train_mask[k:].sum(dim=1), descending=True, stable=True)
+    out += [(rows, False) for rows in torch.split(rest, batch_size)]
+    return out
 
 
 class _Writer:
@@ -374,13 +385,13 @@ class _Writer:
             self.maps[name] = mm
         return self.maps[name]
 
-    def write(self, i: int, j: int, out: Any) -> None:
-        """Store rows ``i..j`` of the split from the teacher's output on the (trimmed) batch."""
+    def write(self, rows: torch.Tensor, out: Any, extra: bool) -> None:
+        """Store the teacher's output on the (trimmed) batch of ``rows``; ``extra`` rows are the first K, in order."""
         logits = out.logits.float().cpu().numpy()
-        self._array("logits", np.float32, (self.n, logits.shape[1]))[i:j] = logits
-        kk = min(j, self.layout.k) - i
-        if kk <= 0:
+        self._array("logits", np.float32, (self.n, logits.shape[1]))[rows.numpy()] = logits
+        if not extra:
             return
+        i, kk = int(rows[0]), len(rows)
         if self.layout.hidden:
             hs = torch.stack(list(out.hidden_states), dim=1)[:kk]  # (kk, L+1, T, d)
             shape = (self.layout.k, hs.shape[1], self.max_len, hs.shape[3])

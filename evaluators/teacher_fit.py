@@ -254,7 +254,8 @@ def _fit(path: Path, source: str, key: str, folder: Path, task: TaskData, settin
     if data.tokenizer.fingerprint != enc.tokenizer.fingerprint:
         data = data.with_tokenizer(enc.tokenizer)
     cfg = TrainConfig(steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size,
-                      warmup_fraction=settings.warmup_fraction, seed=seed, device=device)
+                      warmup_fraction=settings.warmup_fraction, group_by_length=settings.group_by_length,
+                      seed=seed, device=device)
     total = settings.steps
 
     def step(done: int, _m: Any) -> None:

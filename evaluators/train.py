@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from evaluators.teacher import Teacher
     from evaluators.teacher_cache import TeacherOutputs
 
-__all__ = ["TrainResult", "train", "lr_multiplier", "resolve_device", "build_for_task", "Meter"]
+__all__ = ["TrainResult", "train", "lr_multiplier", "resolve_device", "build_for_task", "Meter", "group_by_length"]
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +158,56 @@ def build_for_task(candidate: Candidate, task: TaskData, seed: int = 0) -> nn.Mo
         return build(candidate, vocab_size=task.vocab_size, num_labels=task.num_labels)
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+def _batches(n: int, batch_size: int, generator: torch.Generator,
+             lengths: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """Endless batches of row indices: a fresh shuffle each epoch, grouped by length when ``lengths`` is given.
+
+    Args:
+        n: Rows to draw from (``0..n-1``).
+        batch_size: Rows per batch. A trailing partial batch is dropped when a full one exists.
+        generator: Seeds the shuffles (the order is reproducible).
+        lengths: Real tokens per row; given, each epoch is grouped by length (:func:`group_by_length`).
+    """
     while True:
         perm = torch.randperm(n, generator=generator)
+        if lengths is not None:
+            perm = group_by_length(perm, lengths, batch_size, generator)
         # Drop a trailing partial batch only when at least one full batch exists.
         stop = n - (n % batch_size) if n >= batch_size else n
         for i in range(0, stop, batch_size):
             yield perm[i : i + batch_size]
+
+
+def group_by_length(perm: torch.Tensor, lengths: torch.Tensor, batch_size: int,
+                    generator: torch.Generator, mega: int = 50) -> torch.Tensor:
+    """Reorder a shuffled epoch so each batch holds rows of similar length (Hugging Face's ``group_by_length``).
+
+    The epoch is cut into chunks of ``mega`` batches; each chunk is sorted by length and split into
+    batches, and the full batches are shuffled. Batches are trimmed to their longest row, so on text of
+    mixed lengths far fewer padding tokens are computed; every row is still seen once per epoch.
+
+    Args:
+        perm: One epoch's shuffled row indices.
+        lengths: Real tokens per row (indexed by row).
+        batch_size: Rows per batch.
+        generator: Seeds the shuffle of the batches.
+        mega: Batches per sorted chunk (larger groups tighter, smaller keeps more randomness).
+
+    Returns:
+        The same indices, reordered; a partial batch (if any) stays last.
+    """
+    span = mega * batch_size
+    chunks = [c[torch.argsort(lengths[c], descending=True, stable=True)] for c in torch.split(perm, span)]
+    grouped = torch.cat(chunks)
+    n_full = len(grouped) // batch_size
+    full = grouped[: n_full * batch_size].view(n_full, batch_size)
+    order = torch.randperm(n_full, generator=generator)
+    return torch.cat([full[order].reshape(-1), grouped[n_full * batch_size :]])
+
+
+def _lengths(task: TaskData, n_rows: int) -> torch.Tensor:
+    """Real tokens in each of the first ``n_rows`` training rows."""
+    return task.train_mask[:n_rows].sum(dim=1)
 
 
 def train(
@@ -273,7 +316,8 @@ def _make_loop(model: nn.Module, task: TaskData, cfg: TrainConfig, device: torch
     n_rows = _check_outputs(outputs, task, loss_fn) if outputs is not None else task.n_train
     params, opt = _optimizer(model, loss_fn, cfg)
     return TrainLoop(model=model, task=task, cfg=cfg, device=device, opt=opt, params=params,
-                     batches=_batches(n_rows, cfg.batch_size, torch.Generator().manual_seed(cfg.seed)),
+                     batches=_batches(n_rows, cfg.batch_size, torch.Generator().manual_seed(cfg.seed),
+                                      _lengths(task, n_rows) if cfg.group_by_length else None),
                      loss_fn=loss_fn, teacher=teacher if loss_fn is not None else None, schedule=schedule,
                      teacher_outputs=outputs)
 

@@ -310,6 +310,13 @@ class TrainConfig(_Frozen):
     amp: bool = True
     gradient_checkpointing: bool = False
     eval_batch_size: int = Field(default=128, ge=1)
+    #: Batch rows of similar length together (each batch is trimmed to its longest row), as Hugging Face's
+    #: ``group_by_length``: on real text of mixed lengths a step computes far fewer padding tokens.
+    group_by_length: bool = False
+    #: Keep the token embeddings that an ``init: teacher`` student inherited fixed. On a small student the
+    #: AdamW update of the whole (vocabulary x width) table can cost more than the layers; scratch students
+    #: always train theirs.
+    freeze_inherited_embeddings: bool = False
 
 
 class MeasureConfig(_Frozen):

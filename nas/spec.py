@@ -173,6 +173,8 @@ class FineTuneSpec(_Frozen):
     batch_size: int = Field(default=32, ge=1)
     max_examples: int | None = Field(default=None, ge=1, description="use only the first N training rows")
     warmup_fraction: float = Field(default=0.1, ge=0, le=0.5)
+    group_by_length: bool = Field(default=True, description="batch rows of similar length together (faster "
+                                  "on text of mixed lengths; see train.group_by_length)")
 
 
 class TeacherSpec(_Frozen):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +89,14 @@ def test_cached_outputs_equal_the_live_teacher(task: TaskData, tmp_path: Path) -
     got = out.batch(idx, ids.shape[1])
     torch.testing.assert_close(got.logits, live.logits, atol=1e-5, rtol=1e-5)
     assert got.hidden_states is not None and len(got.hidden_states) == TEACHER.n_layers + 1
+    real = mask[..., None].to(torch.float32)  # padded positions are masked out of every distillation loss
     for g, w in zip(got.hidden_states, live.hidden_states, strict=True):  # float16 storage
-        torch.testing.assert_close(g, w, atol=5e-3, rtol=2e-3)
+        torch.testing.assert_close(g * real, w * real, atol=5e-3, rtol=2e-3)
     assert got.attentions is not None and len(got.attentions) == TEACHER.n_layers
     for g, w in zip(got.attentions, live.attentions, strict=True):
         assert g is not None and g.shape == w.shape
-        torch.testing.assert_close(g, w, atol=1e-3, rtol=2e-3)
+        rows = mask[:, None, :, None].to(torch.float32)  # the maps of real query positions
+        torch.testing.assert_close(g * rows, w * rows, atol=1e-3, rtol=2e-3)
     with pytest.raises(IndexError):
         out.batch(torch.tensor([20]), ids.shape[1])  # past K with hidden states asked for
     assert out.batch(torch.tensor([39]), 4, hidden=False, attention=False).hidden_states is None
@@ -153,3 +156,24 @@ def test_train_summary_counts_the_cache_once_and_old_rows_still_read() -> None:
                            teacher_cache=TrainSummary(steps=1, wall_s=1.0, final_loss=0.1, energy_j=None,
                                                       meter="none", is_estimate=False))
     assert unknown.total_energy_j is None  # unknown stays unknown
+
+
+def test_rows_past_k_run_sorted_by_length_and_land_in_their_own_places(task: TaskData, tmp_path: Path) -> None:
+    teacher = _teacher(task)
+    out = _build(teacher, task, tmp_path, needs_hidden=True, hidden_examples=8)
+    seen: list[int] = []
+    orig = teacher.model.forward
+
+    def spy(ids: torch.Tensor, *a: Any, **kw: Any) -> Any:
+        seen.append(ids.shape[1])
+        return orig(ids, *a, **kw)
+
+    teacher.model.forward = spy  # type: ignore[method-assign]
+    _build(teacher, task, tmp_path / "again", needs_hidden=True, hidden_examples=8)
+    assert len(seen) == 1 + math.ceil((task.n_train - 8) / 16), "one in-order batch of K=8 rows, then the rest"
+    assert seen[1:] == sorted(seen[1:], reverse=True), "past the first K rows, batches run longest first"
+    with torch.no_grad():  # every row's logits, alone (no padding at all), against the stored row
+        for r in range(task.n_train):
+            ids, mask = trim_batch(task.train_ids[r:r + 1], task.train_mask[r:r + 1])
+            stored = torch.from_numpy(np.array(out.logits[r]))
+            torch.testing.assert_close(stored, orig(ids, attention_mask=mask).logits[0], atol=1e-5, rtol=1e-5)

@@ -18,11 +18,13 @@ from evaluators.pipeline import run_trial
 from evaluators.tasks import TaskData, load_task
 from evaluators.teacher import load_teacher
 from evaluators.tokenize import train_wordpiece
+from evaluators.weights import load_trial_model
 from nas.config import Candidate, MeasureConfig, TrainConfig
 from nas.errors import ConfigError
+from nas.runner import teacher_prep
 from nas.runner.checks import check_space
 from nas.runner.teacher_prep import prepare_teacher
-from nas.spec import FineTuneSpec, StudySpec
+from nas.spec import FineTuneSpec, ResourcesSpec, StudySpec
 from search_spaces import ReplayTrial, SearchSpace, fit_to_teacher, suggest
 from storage import Store
 from tests.hf_folders import save_tiny_hf, write_small_task
@@ -147,6 +149,26 @@ def test_prepare_teacher_fine_tunes_caches_and_measures_once(
         assert json.loads((Path(prepared.path) / "meta.json").read_text())["steps"] == FAST.steps
 
 
+def test_the_teacher_is_measured_with_a_trial_workers_threads(
+        task_dir: Path, headless: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
+    spec = _spec(task_dir, headless).model_copy(update={"resources": ResourcesSpec(torch_threads=2)})
+    seen: list[int] = []
+    real = teacher_prep.assess
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(teacher_prep, "assess", spy)
+    torch.set_num_threads(1)  # the driver's own setting (the module fixture pins one thread)
+    with Store.open(str(tmp_path / "nas.db")) as store:
+        store.create_study(spec.name, spec.model_dump_json(), [("accuracy", "maximize")])
+        assert prepare_teacher(spec, store) is not None
+    assert seen == [2], "the reference is measured with resources.torch_threads, like every student"
+    assert torch.get_num_threads() == 1, "the driver's thread count is restored"
+
+
 def test_a_student_of_the_teachers_own_shape_starts_as_the_teacher(
         task_dir: Path, headless: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
@@ -167,6 +189,30 @@ def test_a_student_of_the_teachers_own_shape_starts_as_the_teacher(
     scratch = run_trial(whole.model_copy(update={"init": "scratch"}), str(task_dir), train_cfg=cfg,
                         measure_cfg=MeasureConfig(**MEASURE), teacher=prepared.path)
     assert scratch.status == "COMPLETE"  # a scratch student of a teacher's study speaks its tokenizer too
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_inherited_embeddings_keeps_the_teachers_table(
+        task_dir: Path, headless: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, freeze: bool) -> None:
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
+    spec = _spec(task_dir, headless)
+    with Store.open(str(tmp_path / "nas.db")) as store:
+        store.create_study(spec.name, spec.model_dump_json(), [("accuracy", "maximize")])
+        prepared = prepare_teacher(spec, store)
+    assert prepared is not None
+    teacher = load_teacher(prepared.path, load_task(str(task_dir), max_len=16, vocab_size=200))
+    assert teacher is not None
+    student = fit_to_teacher(prepared.candidate.model_copy(update={"max_len": 16, "n_layers": 1}),
+                             prepared.candidate)
+    cfg = TrainConfig(steps=3, lr=1e-2, batch_size=8, device="cpu", eval_batch_size=64,
+                      freeze_inherited_embeddings=freeze)
+    result = run_trial(student, str(task_dir), train_cfg=cfg, measure_cfg=MeasureConfig(**MEASURE),
+                       teacher=prepared.path, weights_out=tmp_path / "w")
+    assert result.status == "COMPLETE"
+    model = load_trial_model(tmp_path / "w")[0]
+    same = torch.equal(model.tok_emb.weight, teacher.model.tok_emb.weight)
+    assert same is freeze, "frozen: the inherited table is kept; trained: it moves"
+    assert not torch.equal(model.head.weight, teacher.model.head.weight), "the rest of the student still trains"
 
 
 def test_no_outputs_cache_is_built_when_no_candidate_distils(

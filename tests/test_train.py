@@ -11,7 +11,7 @@ import torch
 
 from evaluators.metrics import accuracy_and_macro_f1, evaluate
 from evaluators.tasks import TaskData, load_task
-from evaluators.train import build_for_task, lr_multiplier, train
+from evaluators.train import _batches, build_for_task, lr_multiplier, train
 from nas.config import AttentionConfig, Candidate, TrainConfig
 from nas.errors import ConfigError, TrialFailedError
 from nas.records import EnergyReading, EvalMetrics
@@ -167,3 +167,29 @@ def test_small_model_learns_builtin_above_chance(name: str) -> None:
     model = build_for_task(Candidate(max_len=64), task, seed=0)
     train(model, task, TrainConfig(steps=300, batch_size=32, device="cpu"))
     assert evaluate(model, task).accuracy > 0.65
+
+
+def test_group_by_length_sees_every_row_once_per_epoch_in_batches_of_like_length() -> None:
+    lengths = torch.randint(1, 64, (1000,), generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(0)
+    def epoch(gen: torch.Generator, lengths: torch.Tensor | None) -> list[torch.Tensor]:
+        it = _batches(1000, 32, gen, lengths)
+        return [next(it) for _ in range(31)]  # one epoch: 31 full batches
+
+    batches = epoch(gen, lengths)
+    rows = torch.cat(batches)
+    assert len(set(rows.tolist())) == len(rows) == 31 * 32, "each row at most once per epoch"
+    plain = epoch(torch.Generator().manual_seed(0), None)
+    padded = sum(int(lengths[b].max()) * len(b) for b in batches)
+    padded_plain = sum(int(lengths[b].max()) * len(b) for b in plain)
+    assert padded < 0.7 * padded_plain, "grouped batches compute far fewer padding tokens"
+    again = epoch(torch.Generator().manual_seed(0), lengths)
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True)), "reproducible from the seed"
+    firsts = [int(lengths[b].max()) for b in batches]
+    assert firsts != sorted(firsts, reverse=True), "the batches are shuffled, not served longest first"
+
+
+def test_group_by_length_trains_on_real_text(task: TaskData) -> None:
+    model = build_for_task(TINY, task, seed=0)
+    res = train(model, task, _cfg(steps=6, group_by_length=True))
+    assert res.steps == 6 and all(math.isfinite(x) for x in res.losses)

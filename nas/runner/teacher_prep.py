@@ -7,7 +7,8 @@
    ``auto`` trains (or loads) the service's own teacher;
 2. build (or find) the teacher-outputs cache the trials distil from (:mod:`evaluators.teacher_cache`);
 3. measure the teacher like a student (:func:`evaluators.pipeline.assess`: dev and test accuracy, J/sample
-   under the study's protocol, meter, batch and sequence length) and store it as the study's reference
+   under the study's protocol, meter, batch and sequence length, with a trial worker's
+   ``resources.torch_threads``) and store it as the study's reference
    row (:class:`nas.reference.TeacherReference`), with what the fine-tuning and the cache cost *this*
    study (a cache hit costs nothing), so those joules count once in the study's search cost.
 
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -92,8 +94,9 @@ def prepare_teacher(spec: StudySpec, store: Store, *, progress: bool = False) ->
         if stored is not None:
             log.info("teacher: the study's reference %s is kept (measured before)", stored.name)
             return PreparedTeacher(resolved.path, _candidate(teacher), stored)
-        result = assess(teacher.model, task_t, _no_training(ctx), spec.measure, ctx,
-                        eval_batch_size=spec.train.eval_batch_size)
+        with _threads(spec.resources.torch_threads):  # measured as a trial is: same intra-op threads
+            result = assess(teacher.model, task_t, _no_training(ctx), spec.measure, ctx,
+                            eval_batch_size=spec.train.eval_batch_size)
     fitted = resolved.fitted
     ref = TeacherReference(name=teacher.name, source=resolved.source, result=result,
                            fine_tune=(fitted.training if fitted is not None else None) or teacher.take_training(),
@@ -102,6 +105,17 @@ def prepare_teacher(spec: StudySpec, store: Store, *, progress: bool = False) ->
     log.info("teacher %s: dev accuracy %s, %s J/sample (%s)", ref.name, ref.dev_accuracy,
              ref.energy_per_sample_j, ref.meter)
     return PreparedTeacher(resolved.path, _candidate(teacher), ref)
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (a trial worker's ``resources.torch_threads``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _candidate(teacher: Teacher) -> Candidate:
