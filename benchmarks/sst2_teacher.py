@@ -79,8 +79,8 @@ def distilled_spec(args: argparse.Namespace) -> StudySpec:
         "space": {"preset": "tiny", "overrides": {
             "init": ["teacher"], "n_layers": [1, 2, 3, 4], "d_model": [384], "n_heads": [3, 6, 12],
             "ffn_ratio": [1, 2, 4], "attention": ["softmax"], "attention_bits": [32, 8], "ffn_bits": [32, 8],
-            "embedding_bits": [32], "sparsity": ["none"], "distill": ["logit"], "kd_temperature": [2.0],
-            "kd_alpha": [0.9], "dropout": [0.1], "pooling": ["cls"], "max_len": 64}},
+            "embedding_bits": [32], "sparsity": ["none"], "distill": ["logit"], "kd_temperature": [2.0, 2.0],
+            "kd_alpha": [0.9, 0.9], "dropout": [0.1], "pooling": ["cls"], "max_len": 64}},
         "train": _train(args, lr=2e-4), **_common(args),
     })
 
