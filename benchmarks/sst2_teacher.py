@@ -159,7 +159,7 @@ def main() -> None:
         "benchmark": "sst2_teacher", "command": "python benchmarks/sst2_teacher.py",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
         "teacher": {"name": ref.name, "dev_accuracy_whole": whole_dev(ref.result), "dev_half": ref.dev_accuracy,
-                    "test_half": ref.accuracy, "energy_per_sample_j": ref.energy_per_sample_j, "meter": ref.meter,
+                    "test_half": ref.result.test_accuracy, "energy_per_sample_j": ref.energy_per_sample_j, "meter": ref.meter,
                     "is_estimate": ref.is_estimate, "params": ref.result.params,
                     "fine_tune": ref.fine_tune.to_dict() if ref.fine_tune else None,
                     "search_cost_j": ref.search_cost_j},

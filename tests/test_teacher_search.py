@@ -16,14 +16,14 @@ import torch
 
 from evaluators.pipeline import run_trial
 from evaluators.tasks import TaskData, load_task
-from evaluators.teacher import load_teacher
+from evaluators.teacher import Teacher, load_teacher
 from evaluators.tokenize import train_wordpiece
 from evaluators.weights import load_trial_model
 from nas.config import Candidate, MeasureConfig, TrainConfig
 from nas.errors import ConfigError
 from nas.runner import teacher_prep
 from nas.runner.checks import check_space
-from nas.runner.teacher_prep import prepare_teacher
+from nas.runner.teacher_prep import PreparedTeacher, prepare_teacher
 from nas.spec import FineTuneSpec, ResourcesSpec, StudySpec
 from search_spaces import ReplayTrial, SearchSpace, fit_to_teacher, suggest
 from storage import Store
@@ -169,8 +169,9 @@ def test_the_teacher_is_measured_with_a_trial_workers_threads(
     assert torch.get_num_threads() == 1, "the driver's thread count is restored"
 
 
-def test_a_student_of_the_teachers_own_shape_starts_as_the_teacher(
-        task_dir: Path, headless: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _prepared(task_dir: Path, headless: Path, tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> tuple[PreparedTeacher, Teacher]:
+    """The driver's prepared teacher of the small study, and the teacher a trial loads from it."""
     monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
     spec = _spec(task_dir, headless)
     with Store.open(str(tmp_path / "nas.db")) as store:
@@ -179,6 +180,12 @@ def test_a_student_of_the_teachers_own_shape_starts_as_the_teacher(
     assert prepared is not None
     teacher = load_teacher(prepared.path, load_task(str(task_dir), max_len=16, vocab_size=200))
     assert teacher is not None
+    return prepared, teacher
+
+
+def test_a_student_of_the_teachers_own_shape_starts_as_the_teacher(
+        task_dir: Path, headless: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prepared, teacher = _prepared(task_dir, headless, tmp_path, monkeypatch)
     whole = fit_to_teacher(prepared.candidate.model_copy(update={"max_len": 16}), prepared.candidate)
     # One step at a vanishing learning rate: the student must predict exactly as the teacher does.
     cfg = TrainConfig(steps=1, lr=1e-12, batch_size=8, device="cpu", eval_batch_size=64)
@@ -194,14 +201,7 @@ def test_a_student_of_the_teachers_own_shape_starts_as_the_teacher(
 @pytest.mark.parametrize("freeze", [True, False])
 def test_freeze_inherited_embeddings_keeps_the_teachers_table(
         task_dir: Path, headless: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, freeze: bool) -> None:
-    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
-    spec = _spec(task_dir, headless)
-    with Store.open(str(tmp_path / "nas.db")) as store:
-        store.create_study(spec.name, spec.model_dump_json(), [("accuracy", "maximize")])
-        prepared = prepare_teacher(spec, store)
-    assert prepared is not None
-    teacher = load_teacher(prepared.path, load_task(str(task_dir), max_len=16, vocab_size=200))
-    assert teacher is not None
+    prepared, teacher = _prepared(task_dir, headless, tmp_path, monkeypatch)
     student = fit_to_teacher(prepared.candidate.model_copy(update={"max_len": 16, "n_layers": 1}),
                              prepared.candidate)
     cfg = TrainConfig(steps=3, lr=1e-2, batch_size=8, device="cpu", eval_batch_size=64,
