@@ -51,7 +51,7 @@ def _loadavg() -> float | None:
         return None
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=5)
@@ -60,31 +60,75 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--device", default="cuda:0" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "meter_overhead.json"))
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return ap.parse_args(argv)
 
-    from nas.models import build
 
-    torch.manual_seed(0)
-    device = args.device
-    model = build(Candidate(n_layers=2, d_model=64, n_heads=4, d_ffn=128), vocab_size=1000, num_labels=2).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ids = torch.randint(1, 1000, (args.batch, args.seq_len), device=device)
-    mask = torch.ones_like(ids)
-    labels = torch.randint(0, 2, (args.batch,), device=device)
-    _loop(model, opt, ids, mask, labels, 20)  # warm-up
+class _Bench:
+    """The timed training loop: a 2-layer d64 encoder on one fixed batch."""
 
-    def sync() -> None:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
+    def __init__(self, args: argparse.Namespace) -> None:
+        from nas.models import build
 
-    def bare() -> float:
-        sync()
+        torch.manual_seed(0)
+        self.device, self.steps = args.device, args.steps
+        self.model = build(Candidate(n_layers=2, d_model=64, n_heads=4, d_ffn=128), vocab_size=1000,
+                           num_labels=2).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        self.ids = torch.randint(1, 1000, (args.batch, args.seq_len), device=self.device)
+        self.mask = torch.ones_like(self.ids)
+        self.labels = torch.randint(0, 2, (args.batch,), device=self.device)
+        self.run(20)  # warm-up
+
+    def run(self, steps: int) -> None:
+        _loop(self.model, self.opt, self.ids, self.mask, self.labels, steps)
+
+    def sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+
+    def bare(self) -> float:
+        self.sync()
         t = time.perf_counter()
-        _loop(model, opt, ids, mask, labels, args.steps)
-        sync()
+        self.run(self.steps)
+        self.sync()
         return time.perf_counter() - t
 
+
+def _measure(bench: _Bench, meter: Any, repeats: int) -> dict[str, Any]:
+    """Bare vs metered windows of the loop, and the cost of an empty begin/end pair."""
+    bare_s: list[float] = []
+    metered_s: list[float] = []
+    pair_ms: list[float] = []
+    for _ in range(repeats):
+        bare_s.append(bench.bare())
+        bench.sync()
+        t = time.perf_counter()
+        meter.begin("train")
+        bench.run(bench.steps)
+        meter.end("train")
+        metered_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        meter.begin("empty")
+        meter.end("empty")
+        pair_ms.append((time.perf_counter() - t) * 1000)
+    rel = [(m - b) / b for m, b in zip(metered_s, bare_s, strict=True)]
+    return {
+        "meter": meter.name,
+        "bare_s_median": statistics.median(bare_s),
+        "metered_s_median": statistics.median(metered_s),
+        "overhead_rel_median": statistics.median(rel),
+        "overhead_rel_all": rel,
+        # min/min is the contention-robust estimate: noise only ever adds time.
+        "overhead_rel_min_over_min": min(metered_s) / min(bare_s) - 1,
+        "begin_end_pair_ms_median": statistics.median(pair_ms),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    bench = _Bench(args)
+    device = args.device
     cfg = MeasureConfig()
     results: dict[str, Any] = {}
     for name in [m.strip() for m in args.meters.split(",") if m.strip()]:
@@ -94,33 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results[name] = {"skipped": str(e)}
             logger.info("%s: skipped (%s)", name, e)
             continue
-        bare_s: list[float] = []
-        metered_s: list[float] = []
-        pair_ms: list[float] = []
-        for _ in range(args.repeats):
-            bare_s.append(bare())
-            sync()
-            t = time.perf_counter()
-            meter.begin("train")
-            _loop(model, opt, ids, mask, labels, args.steps)
-            meter.end("train")
-            metered_s.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            meter.begin("empty")
-            meter.end("empty")
-            pair_ms.append((time.perf_counter() - t) * 1000)
+        results[name] = _measure(bench, meter, args.repeats)
         meter.close()
-        rel = [(m - b) / b for m, b in zip(metered_s, bare_s, strict=True)]
-        results[name] = {
-            "meter": meter.name,
-            "bare_s_median": statistics.median(bare_s),
-            "metered_s_median": statistics.median(metered_s),
-            "overhead_rel_median": statistics.median(rel),
-            "overhead_rel_all": rel,
-            # min/min is the contention-robust estimate: noise only ever adds time.
-            "overhead_rel_min_over_min": min(metered_s) / min(bare_s) - 1,
-            "begin_end_pair_ms_median": statistics.median(pair_ms),
-        }
         logger.info("%s: bare %.3f s, metered %.3f s, overhead %+.2f%% (median of %d), %+.2f%% (min/min), "
                     "begin+end %.2f ms",
                     name, results[name]["bare_s_median"], results[name]["metered_s_median"],
