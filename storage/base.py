@@ -124,13 +124,33 @@ class BaseStorage(abc.ABC):
         """
 
     @abc.abstractmethod
+    def record_rung(self, study: str, trial_number: int, step: int, accuracy: float) -> None:
+        """Store a RUNNING trial's dev accuracy at an accuracy rung, as the worker's report arrives.
+
+        Stored at once, so that a trial the scheduler stops, or whose worker dies, keeps every rung it
+        reached (:attr:`TrialView.rung_accuracies`). Recording a step again replaces its accuracy.
+        :meth:`finish_trial` also stores the rungs in ``result.train.rung_accuracies``.
+
+        Args:
+            study: The study's name.
+            trial_number: The trial's number in the study.
+            step: The rung: training steps done (``fidelity.rungs``), positive.
+            accuracy: Dev accuracy there, in [0, 1].
+
+        Raises:
+            StorageError: Unknown study or trial, or a trial that has finished.
+            ConfigError: A step that is not positive, or an accuracy outside [0, 1].
+        """
+
+    @abc.abstractmethod
     def finish_trial(self, study: str, trial_number: int, result: TrialResult, *, cost: TrialCost,
                      fail_kind: FailKind = FailKind.CANDIDATE, optuna_trial_id: int | None = None) -> None:
         """Store a trial's result, its readings and cost, and refresh the persisted front, atomically.
 
         The state comes from ``result.status``. A ``FAIL`` result keeps what the trial did and spent
         before failing; ``fail_kind`` says why it failed (ignored for other results). A result with weights records
-        a ``weights`` artefact. A trial never started is recorded in one go.
+        a ``weights`` artefact. The rungs in ``result.train.rung_accuracies`` are stored as by
+        :meth:`record_rung` (valid ones only). A trial never started is recorded in one go.
 
         Raises:
             StorageError: Unknown study; the trial is already finished; it was started with another

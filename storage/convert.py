@@ -159,6 +159,7 @@ def trial_view(study: str, row: TrialRow) -> TrialView:
         hardware_fingerprint=row.hardware_fingerprint, meter=row.meter, is_estimate=row.is_estimate,
         cost=_trial_cost(row), started_utc=row.started_utc, finished_utc=row.finished_utc,
         flat=MappingProxyType(row_values(row)),
+        rung_accuracies=tuple((r.step, r.accuracy) for r in sorted(row.rungs, key=lambda r: r.step)),
     )
 
 

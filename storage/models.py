@@ -44,6 +44,7 @@ __all__ = [
     "Base",
     "StudyRow",
     "TrialRow",
+    "TrialRungRow",
     "EnergyReadingRow",
     "ArtefactRow",
     "ParetoFrontRow",
@@ -203,6 +204,29 @@ class TrialRow(Base):
     readings: Mapped[list[EnergyReadingRow]] = relationship(
         back_populates="trial", cascade="all, delete-orphan", passive_deletes=True
     )
+    # loaded with the trials (one extra SELECT per batch of trials), ordered by step
+    rungs: Mapped[list[TrialRungRow]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, lazy="selectin", order_by="TrialRungRow.step"
+    )
+
+
+class TrialRungRow(Base):
+    """A trial's dev accuracy at one accuracy rung (``fidelity.rungs``), reached while it trained.
+
+    Written as each rung report arrives (so a trial that ASHA stops, or whose worker dies, keeps every rung
+    it reached), and from a finished result's ``train.rung_accuracies``. The accuracy is measured
+    mid-training, before the final compression; the last rung is not here: it is the trial's final dev
+    ``accuracy`` on ``nas_trials``.
+    """
+
+    __tablename__ = "nas_trial_rungs"
+    __table_args__ = (UniqueConstraint("trial_id", "step", name="uq_nas_trial_rungs_trial_step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_id: Mapped[int] = mapped_column(ForeignKey("nas_trials.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float] = mapped_column(Float)
+    created_utc: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class EnergyReadingRow(Base):

@@ -262,6 +262,11 @@ class Store(BaseStorage):
         with self.session(write=True) as s:
             trials.start_trial(s, study_row(s, study), trial_number, candidate, optuna_trial_id)
 
+    def record_rung(self, study: str, trial_number: int, step: int, accuracy: float) -> None:
+        """Store a RUNNING trial's dev accuracy at a rung; see :meth:`BaseStorage.record_rung`."""
+        with self.session(write=True) as s:
+            trials.record_rung(s, study_row(s, study), trial_number, step, accuracy)
+
     def finish_trial(self, study: str, trial_number: int, result: TrialResult, *, cost: TrialCost,
                      fail_kind: FailKind = FailKind.CANDIDATE, optuna_trial_id: int | None = None) -> None:
         """Store a trial's result, readings and cost, and its front; see :meth:`BaseStorage.finish_trial`."""

@@ -1,6 +1,7 @@
 """The trial state machine, inside a caller's session: RUNNING, then once COMPLETE, FAIL or PRUNED.
 
-:func:`start_trial` records a RUNNING trial. :func:`finish_trial`, :func:`fail_trial`,
+:func:`start_trial` records a RUNNING trial; :func:`record_rung` adds its dev accuracy at a rung as the report
+arrives. :func:`finish_trial`, :func:`fail_trial`,
 :func:`prune_trial` and :func:`mark_unfinished_failed` end one, all through :func:`_close_trial`, which
 sets the state, the reason, the times and the cost in one place. A trial that was never started is
 created on the spot when it ends. A COMPLETE trial refreshes its study's persisted front in the same
@@ -9,23 +10,26 @@ transaction.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nas.config import Candidate
-from nas.errors import StorageError
+from nas.errors import ConfigError, StorageError
 from nas.records import FailKind, TrialResult
 from storage.convert import reading_rows, set_candidate, set_cost, set_result
 from storage.fronts import rewrite_front
-from storage.models import ArtefactRow, StudyRow, TrialRow, utc_now
+from storage.models import ArtefactRow, StudyRow, TrialRow, TrialRungRow, utc_now
 from storage.views import NO_HARDWARE, TrialCost, candidate_hash
 
 __all__ = [
     "trial_row",
     "start_trial",
+    "record_rung",
     "finish_trial",
     "fail_trial",
     "prune_trial",
@@ -54,6 +58,54 @@ def start_trial(s: Session, st: StudyRow, number: int, candidate: Candidate, opt
                    started_utc=utc_now())
     set_candidate(row, candidate)
     s.add(row)
+
+
+def _step_ok(step: object) -> bool:
+    return isinstance(step, int) and not isinstance(step, bool) and step > 0
+
+
+def _accuracy_ok(accuracy: object) -> bool:
+    return isinstance(accuracy, (int, float)) and math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0
+
+
+def _check_rung(step: int, accuracy: float) -> tuple[int, float]:
+    """``(step, accuracy)`` as stored.
+
+    Raises:
+        ConfigError: A step that is not a positive integer, or an accuracy outside [0, 1] (NaN included).
+    """
+    if not _step_ok(step):
+        raise ConfigError("a rung is a positive number of training steps", field="step", value=step)
+    if not _accuracy_ok(accuracy):
+        raise ConfigError("a rung's dev accuracy is a fraction between 0 and 1", field="accuracy", value=accuracy)
+    return step, float(accuracy)
+
+
+def _put_rungs(row: TrialRow, rungs: Iterable[tuple[int, float]]) -> None:
+    """Add ``(step, accuracy)`` rungs to a trial row; a step already stored takes the new accuracy."""
+    by_step = {r.step: r for r in row.rungs}
+    for step, acc in (_check_rung(st, a) for st, a in rungs):
+        if step in by_step:
+            by_step[step].accuracy = acc
+        else:
+            by_step[step] = TrialRungRow(step=step, accuracy=acc, created_utc=utc_now())
+            row.rungs.append(by_step[step])
+
+
+def record_rung(s: Session, st: StudyRow, number: int, step: int, accuracy: float) -> None:
+    """Store a RUNNING trial's dev accuracy at a rung (see :meth:`storage.base.BaseStorage.record_rung`).
+
+    Raises:
+        StorageError: Unknown trial, or one that has finished.
+        ConfigError: A bad step or accuracy.
+    """
+    row = trial_row(s, st, number)
+    if row is None:
+        raise StorageError(f"study {st.name!r} has no trial {number}", fix="start the trial before its rungs")
+    if row.state != "RUNNING":
+        raise StorageError(f"trial {number} of study {st.name!r} is already {row.state}; only a RUNNING trial "
+                           "reports rungs")
+    _put_rungs(row, [(step, accuracy)])
 
 
 def _running_row(s: Session, st: StudyRow, number: int, candidate: Candidate | None,
@@ -124,6 +176,8 @@ def finish_trial(s: Session, st: StudyRow, number: int, result: TrialResult, *, 
     row = _running_row(s, st, number, result.candidate, optuna_trial_id)
     reason = (result.error or "failed without a reason") if state == "FAIL" else None
     set_result(row, result)
+    if result.train is not None:  # rungs a writer did not record as they arrived (e.g. the Python API)
+        _put_rungs(row, [(st, a) for st, a in result.train.rung_accuracies if _step_ok(st) and _accuracy_ok(a)])
     _close_trial(st, row, state, reason, kind=fail_kind, cost=cost)
     row.readings.extend(reading_rows(result))
     s.flush()

@@ -291,6 +291,9 @@ class TrialView:
         hardware_fingerprint: The device model of the inference measurement (:data:`NO_HARDWARE` if none).
         cost: What the trial cost the search, once finished or failed.
         flat: The flat values used for fronts and ``--where`` filters (see :meth:`values`).
+        rung_accuracies: ``(step, dev accuracy)`` at each accuracy rung the trial reached while it trained,
+            by step, whatever its state (stored as each rung report arrived). Measured mid-training, before
+            the final compression; the study's last rung is not here: it is the final dev ``accuracy``.
     """
 
     study: str
@@ -309,6 +312,7 @@ class TrialView:
     started_utc: datetime | None
     finished_utc: datetime | None
     flat: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    rung_accuracies: tuple[tuple[int, float], ...] = ()
 
     @property
     def retryable(self) -> bool:

@@ -271,6 +271,47 @@ class StorageContract:
         estimate = TrialCost.from_result(make_result(meter="estimate", is_estimate=True))
         assert estimate.is_estimate and estimate.meter == "estimate"
 
+    # -- rungs -----------------------------------------------------------------------------------
+    def test_rungs_are_stored_as_they_arrive_whatever_the_end(
+        self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate
+    ) -> None:
+        self._study(store)
+        for n, acc in enumerate([0.6, 0.7, 0.8]):
+            store.start_trial("s", n, make_candidate(n))
+            store.record_rung("s", n, 100, acc)
+        store.record_rung("s", 0, 200, 0.70)
+        store.record_rung("s", 0, 200, 0.72)  # the same rung again: replaced, not doubled
+        store.prune_trial("s", 0, "stopped by ASHA at step 200 (rung accuracy 0.7200)")
+        store.fail_trial("s", 1, "worker error: killed")  # its worker died after its first rung
+        store.record_rung("s", 2, 200, 0.75)
+        result = dataclasses.replace(make_result(candidate=make_candidate(2)), train=dataclasses.replace(
+            make_result().train, rung_accuracies=((100, 0.7), (200, 0.75), (300, 0.77))))
+        store.finish_trial("s", 2, result, cost=COST)  # the result's rungs join those already stored
+        by_number = {t.number: t for t in store.trials("s")}
+        assert by_number[0].state == "PRUNED" and by_number[0].rung_accuracies == ((100, 0.6), (200, 0.72))
+        assert by_number[1].state == "FAIL" and by_number[1].rung_accuracies == ((100, 0.7),)
+        assert by_number[2].rung_accuracies == ((100, 0.7), (200, 0.75), (300, 0.77))
+        assert store.trial("s", 0).rung_accuracies == by_number[0].rung_accuracies
+        assert [t.rung_accuracies for t in store.front("s")] == [by_number[2].rung_accuracies]
+        # a trial that was never started gets its result's rungs in one go
+        store.finish_trial("s", 3, make_result(candidate=make_candidate(3)), cost=COST)
+        assert store.trial("s", 3).rung_accuracies == ((5, 0.6), (10, 0.7))
+
+    def test_rung_rules(self, store: Store, make_candidate: MakeCandidate) -> None:
+        self._study(store)
+        store.start_trial("s", 0, make_candidate(0))
+        for step, acc in [(0, 0.5), (-100, 0.5), (100, 1.5), (100, -0.1), (100, math.nan)]:
+            with pytest.raises(ConfigError):
+                store.record_rung("s", 0, step, acc)
+        with pytest.raises(StorageError, match="has no trial 9"):
+            store.record_rung("s", 9, 100, 0.5)
+        with pytest.raises(StorageError, match="unknown study"):
+            store.record_rung("nosuch", 0, 100, 0.5)
+        store.prune_trial("s", 0, "stopped")
+        with pytest.raises(StorageError, match="already PRUNED"):
+            store.record_rung("s", 0, 100, 0.5)
+        assert store.trial("s", 0).rung_accuracies == ()
+
     def test_update_study_spec(self, store: Store) -> None:
         store.create_study("s", '{"v": 1}', OBJ2, budget_trials=10, budget_energy_j=5.0)
         info = store.update_study_spec("s", '{"v": 2}', budget_trials=20)
@@ -511,7 +552,7 @@ class StorageContract:
                     cost_measure_energy_j=1.0, cost_meter="nvml-counter", cost_is_estimate=False, started_utc=now))
             with pytest.raises(StorageError, match="nas storage upgrade"):
                 Store.open(db_url)
-            assert Store.upgrade(db_url) == store_module.head_revision() == "0004"
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0005"
             with Store.open(db_url, create=False) as store:
                 assert store.teacher_reference("old") is None
                 assert store.get_study("old").total_energy_j == pytest.approx(8.0)
@@ -524,6 +565,39 @@ class StorageContract:
             with engine.connect() as conn:
                 assert "nas_teacher_references" not in inspect(conn).get_table_names()
                 assert conn.execute(text("SELECT COUNT(*) FROM nas_trials")).scalar() == 1
+        finally:
+            engine.dispose()
+
+    def test_migration_0005_fills_rungs_from_older_rows(self, db_url: str, make_result: MakeResult) -> None:
+        assert Store.upgrade(db_url, "0004") == "0004"
+        engine = create_engine(store_module.normalize_url(db_url))
+        now = datetime.now(timezone.utc)
+        complete = make_result(accuracy=0.8)  # train.rung_accuracies: (5, 0.6), (10, 0.7)
+        try:
+            with engine.begin() as conn:
+                meta = MetaData()
+                studies, trials = (Table(n, meta, autoload_with=conn) for n in ("nas_studies", "nas_trials"))
+                sid = conn.execute(studies.insert().values(
+                    name="old", spec_json="{}", objectives_json=json.dumps([list(o) for o in OBJ2]),
+                    status="COMPLETE", created_utc=now, updated_utc=now)).inserted_primary_key[0]
+                rows = [dict(state="COMPLETE", result_json=json.dumps(complete.to_dict()), accuracy=0.8),
+                        dict(state="PRUNED", fail_reason="stopped by ASHA at step 5 (rung accuracy 0.5123)"),
+                        dict(state="PRUNED", fail_reason="stopped by the scheduler before its first rung"),
+                        dict(state="FAIL", fail_reason="worker error: killed", fail_kind="candidate"),
+                        dict(state="FAIL", result_json="{not json", fail_kind="candidate")]
+                for n, row in enumerate(rows):
+                    conn.execute(trials.insert().values(study_id=sid, trial_number=n, started_utc=now, **row))
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0005"
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT COUNT(*) FROM nas_trial_rungs")).scalar() == 3
+            with Store.open(db_url, create=False) as store:
+                got = {t.number: t.rung_accuracies for t in store.trials("old", states=["COMPLETE", "PRUNED"])}
+            assert got == {0: ((5, 0.6), (10, 0.7)), 1: ((5, 0.5123),), 2: ()}
+            with engine.begin() as conn:  # and back: the table goes, every other row stays
+                command.downgrade(store_module.alembic_config(conn), "0004")
+            with engine.connect() as conn:
+                assert "nas_trial_rungs" not in inspect(conn).get_table_names()
+                assert conn.execute(text("SELECT COUNT(*) FROM nas_trials")).scalar() == 5
         finally:
             engine.dispose()
 
@@ -585,7 +659,7 @@ class StorageContract:
                     objectives_key="accuracy:maximize,energy_per_sample_j:minimize", trial_id=tid, trial_number=0,
                     position=0, values_json='{"accuracy":0.8,"energy_per_sample_j":0.001}', updated_utc=now))
             assert Store.upgrade(db_url, "0002") == "0002"
-            assert Store.upgrade(db_url) == store_module.head_revision() == "0004"
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0005"
             with Store.open(db_url, create=False) as store:
                 view = store.trial("old", 0)
                 assert view.result is not None and view.result.metrics is not None
