@@ -1,12 +1,15 @@
 """The driver-side Tune callback: the only writer of the database (ARCHITECTURE decision 1).
 
 Workers return results through Ray; this callback, which runs in the driver process, turns each into
-one storage transaction (trial row, readings, study cost, persisted Pareto front).
+one storage transaction (trial row, readings, study cost, persisted Pareto front). Each rung report is
+stored as it arrives (its dev accuracy), so a trial that ASHA stops, or whose worker dies, keeps every rung
+it reached.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import shutil
 import time
@@ -58,6 +61,7 @@ class StoreWriter(Callback):  # type: ignore[misc]
     Every trial that ran gets its cost recorded, whatever its end: a complete or failed trial from its
     result (a failed one carries what it spent before failing), a stopped one from its last rung
     report, a dead worker's from its last rung report when it reached one (else its joules are unknown).
+    Every rung's dev accuracy is stored when its report arrives (:meth:`on_trial_result`).
 
     Args:
         handle: the driver's store.
@@ -108,6 +112,13 @@ class StoreWriter(Callback):  # type: ignore[misc]
         """Record that a trial started (Tune's callback)."""
         self._guard(self._record_start, trial)
 
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict[str, Any],
+                        **info: Any) -> None:
+        """Store a rung report's dev accuracy as it arrives (Tune's callback; final reports are left alone)."""
+        report = TrialReport.from_tune(result)
+        if report is not None and report.status == "RUNNING" and report.rung is not None:
+            self._guard(functools.partial(self._record_rung, rung=report.rung), trial)
+
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         """Store a trial that ended with a final report (Tune's callback)."""
         self._guard(self._record_complete, trial)
@@ -137,6 +148,10 @@ class StoreWriter(Callback):  # type: ignore[misc]
         self.store.start_trial(self.study, cfg.number, cfg.candidate)
         if self.on_start is not None:
             self.on_start()
+
+    def _record_rung(self, trial: Trial, rung: RungReport) -> None:
+        number = TrialConfig.from_tune(trial.config).number
+        self.store.record_rung(self.study, number, rung.step, rung.accuracy)
 
     def _cost(self, trial: Trial, report: TrialReport | None) -> TrialCost:
         wall_s = time.time() - self._started.pop(trial.trial_id, time.time())
