@@ -31,6 +31,7 @@ from storage.views import (
     TrialCost,
     TrialView,
     candidate_hash,
+    study_fidelity,
 )
 
 __all__ = [
@@ -47,4 +48,5 @@ __all__ = [
     "TrialCost",
     "TrialView",
     "candidate_hash",
+    "study_fidelity",
 ]

@@ -128,7 +128,8 @@ class BaseStorage(abc.ABC):
         """Store a RUNNING trial's dev accuracy at an accuracy rung, as the worker's report arrives.
 
         Stored at once, so that a trial the scheduler stops, or whose worker dies, keeps every rung it
-        reached (:attr:`TrialView.rung_accuracies`). Recording a step again replaces its accuracy.
+        reached (:attr:`TrialView.rung_accuracies`). Recording a step again replaces its accuracy. The
+        study's ``updated_utc`` moves on.
         :meth:`finish_trial` also stores the rungs in ``result.train.rung_accuracies``.
 
         Args:

@@ -106,6 +106,7 @@ def record_rung(s: Session, st: StudyRow, number: int, step: int, accuracy: floa
         raise StorageError(f"trial {number} of study {st.name!r} is already {row.state}; only a RUNNING trial "
                            "reports rungs")
     _put_rungs(row, [(step, accuracy)])
+    st.updated_utc = utc_now()  # readers (the dashboard) see the study changed
 
 
 def _running_row(s: Session, st: StudyRow, number: int, candidate: Candidate | None,

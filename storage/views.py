@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
 from nas.config import Candidate
+from nas.fidelity import FidelityReport, rung_correlations
 from nas.records import FailKind, InferenceEnergy, RungReport, TrialResult, spends_budget, sum_known
 from nas.reference import TeacherRatios, TeacherReference, ratios_to_teacher
 from nas.vocab import OBJECTIVE
@@ -29,6 +30,8 @@ __all__ = [
     "candidate_hash",
     "above_majority",
     "requires_above_majority",
+    "fidelity_rungs",
+    "study_fidelity",
     "TrialCost",
     "StudyCosts",
     "StudyInfo",
@@ -93,6 +96,23 @@ def requires_above_majority(spec_json: str) -> bool:
     front = spec.get("front") if isinstance(spec, dict) else None
     value = front.get("require_above_majority", True) if isinstance(front, dict) else True
     return bool(value)
+
+
+def fidelity_rungs(spec_json: str) -> tuple[int, ...]:
+    """The study setting ``fidelity.rungs`` in a spec's JSON; ``()`` when the spec has none.
+
+    Read from the JSON, like :func:`requires_above_majority`, so that studies whose spec is not a full
+    study spec (created through the Python API) read too.
+    """
+    try:
+        spec = json.loads(spec_json)
+    except (TypeError, ValueError):
+        return ()
+    fidelity = spec.get("fidelity") if isinstance(spec, dict) else None
+    rungs = fidelity.get("rungs") if isinstance(fidelity, dict) else None
+    if not isinstance(rungs, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in rungs):
+        return ()
+    return tuple(rungs)
 
 
 def finite_or_none(value: Any) -> Any:
@@ -273,6 +293,11 @@ class StudyInfo:
         """Whether the study's front keeps out trials not above the dev majority-class rate."""
         return requires_above_majority(self.spec_json)
 
+    @property
+    def fidelity_rungs(self) -> tuple[int, ...]:
+        """The study's accuracy rungs (``fidelity.rungs``; the last is the full training), ``()`` if unknown."""
+        return fidelity_rungs(self.spec_json)
+
 
 @dataclass(frozen=True)
 class TrialView:
@@ -388,3 +413,22 @@ class ReadingView:
     hardware_fingerprint: str | None
     provenance: Mapping[str, Any] | None
     created_utc: datetime
+
+
+def study_fidelity(info: StudyInfo, trials: Iterable[TrialView]) -> FidelityReport:
+    """How well a study's early rungs rank its candidates (:func:`nas.fidelity.rung_correlations`).
+
+    The one reading of the report that ``nas show STUDY``, the HTTP API and the dashboard share. Each
+    trial's rungs are its :attr:`TrialView.rung_accuracies`; its final dev ``accuracy``, when it has one
+    (whatever its state), sits at the study's last rung.
+    """
+    rungs = info.fidelity_rungs
+    final = rungs[-1] if rungs else None
+    per_trial = []
+    for t in trials:
+        points = dict(t.rung_accuracies)
+        accuracy = t.flat.get("accuracy")
+        if final is not None and accuracy is not None:
+            points[final] = float(accuracy)
+        per_trial.append(points)
+    return rung_correlations(per_trial, rungs=rungs)

@@ -17,6 +17,7 @@ RULES = {
     "nas.records": ["torch", "optuna", "sqlalchemy", "ray", "transformers", "evaluators", "storage", "search_spaces", "dashboards"],
     "nas.teacher_shape": ["torch", "optuna", "sqlalchemy", "ray", "transformers", "evaluators", "storage", "search_spaces", "dashboards"],
     "nas.reference": ["torch", "optuna", "sqlalchemy", "ray", "transformers", "evaluators", "storage", "search_spaces", "dashboards"],
+    "nas.fidelity": ["torch", "optuna", "sqlalchemy", "ray", "numpy", "transformers", "pydantic", "evaluators", "storage", "search_spaces", "dashboards", "nas.config", "nas.records", "nas.runner", "nas.cli"],
     "nas.where": ["torch", "optuna", "sqlalchemy", "ray", "numpy", "evaluators", "storage"],
     "nas.dominance": ["torch", "optuna", "sqlalchemy", "ray", "evaluators", "storage"],
     "search_spaces": ["torch", "sqlalchemy", "ray", "transformers", "evaluators", "storage", "nas.models", "nas.compress", "nas.runner", "dashboards"],
