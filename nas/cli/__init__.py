@@ -217,14 +217,22 @@ def pareto(
 @app.command()
 def show(
     study: Annotated[str, typer.Argument(help="Study name.")],
-    trial_number: Annotated[int, typer.Argument(metavar="TRIAL", help="Trial number.")],
+    trial_number: Annotated[int | None, typer.Argument(
+        metavar="[TRIAL]", help="Trial number. Omit for the study: status, cost, teacher and fidelity.")] = None,
     db: DbOpt = DEFAULT_DB,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """One trial: candidate, metrics, energy readings with meter and provenance; the teacher's ratios."""
+    """One trial, or without TRIAL the study: its status, cost, teacher and fidelity.
+
+    A trial: candidate, metrics, energy readings with meter and provenance, the teacher's ratios. The
+    study: trials, search cost, teacher, and how well its early rungs rank candidates (Fidelity).
+    """
     from nas.runner.api import open_store
 
     store = open_store(db, create=False, read_only=True)
+    if trial_number is None:
+        _show_study(store, study, as_json)
+        return
     view = store.trial(study, trial_number)
     teacher = store.teacher_reference(study)
     if as_json:
@@ -235,6 +243,23 @@ def show(
     from nas.cli.render import trial_view
 
     out.print(trial_view(view, teacher))
+
+
+def _show_study(store: Any, study: str, as_json: bool) -> None:
+    from storage import study_fidelity
+
+    info = store.get_study(study)
+    fidelity = study_fidelity(info, store.trials(study))
+    teacher = store.teacher_reference(study)
+    if as_json:
+        from nas.cli.render import to_jsonable
+
+        _print_json({**to_jsonable(info), "total_energy_j": info.total_energy_j,
+                     "teacher": teacher.point() if teacher is not None else None, "fidelity": fidelity.to_dict()})
+        return
+    from nas.cli.render import study_view
+
+    out.print(study_view(info, fidelity, teacher), highlight=False, soft_wrap=True)
 
 
 # -------------------------------------------------------------------------------------- export/predict

@@ -14,9 +14,12 @@ import json
 from datetime import datetime
 from typing import Any
 
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from nas.fidelity import DESCRIPTION, FidelityReport
 from nas.records import TrialResult
 from nas.reference import TeacherReference, ratio_text
 
@@ -66,6 +69,7 @@ def view_to_dict(view: Any, teacher: TeacherReference | None = None) -> dict[str
     if teacher is not None:
         d.update(view.ratios_to(teacher).to_dict())
         d["teacher"] = teacher.point()
+    d["rung_accuracies"] = [list(r) for r in view.rung_accuracies]
     d["candidate"] = to_jsonable(view.candidate) if view.candidate is not None else None
     d["result"] = view.result.to_dict() if view.result is not None else None
     d["cost"] = to_jsonable(view.cost) if view.cost is not None else None
@@ -264,6 +268,9 @@ def trial_view(v: Any, teacher: TeacherReference | None = None) -> Table:
             t.add_row("candidate", json.dumps(v.candidate.flat()))
     if v.fail_reason:
         t.add_row("reason", v.fail_reason)
+    if v.rung_accuracies:
+        t.add_row("dev accuracy at rungs", ", ".join(f"step {st}: {acc:.4f}" for st, acc in v.rung_accuracies)
+                  + " (mid-training)")
     if v.cost is not None:
         c = v.cost
         t.add_row("search cost", f"train {_fmt(c.train_energy_j)} J + measure {_fmt(c.measure_energy_j)} J "
@@ -285,3 +292,36 @@ def _teacher_rows(t: Table, v: Any, ref: TeacherReference) -> None:
     t.add_row("teacher energy / sample", _energy(ref.energy_per_sample_j, ref.meter, ref.is_estimate))
     t.add_row("dev accuracy / teacher's", ratio_text(r.accuracy_ratio))
     t.add_row("J/sample / teacher's", ratio_text(r.energy_ratio) + (f" ({escape(r.note)})" if r.note else ""))
+
+
+def study_view(i: Any, fidelity: FidelityReport, teacher: TeacherReference | None = None) -> Group:
+    """``nas show STUDY``: the study's status, trial counts, budget and cost, its teacher, its fidelity."""
+    t = Table(title=f"Study {i.name}: {i.status}", show_header=False, title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    t.add_row("objectives", ", ".join(f"{m} ({d})" for m, d in i.objectives))
+    t.add_row("trials", f"{i.n_trials_complete} complete, {i.n_trials_pruned} stopped early, "
+              f"{i.n_trials_failed} failed")
+    t.add_row("budget", f"{i.budget_trials or '-'} trials, {_fmt(i.budget_energy_j)} J, {_fmt(i.budget_wall_s)} s")
+    t.add_row("search energy", study_energy(i))
+    t.add_row("CO2eq", f"{i.co2eq_g:.3g} g" if i.co2eq_g is not None else "unknown")
+    t.add_row("wall / GPU", f"{i.wall_s:.0f} s / {i.gpu_s:.0f} GPU-s")
+    if teacher is not None:
+        t.add_row("teacher (reference)", escape(teacher_line(teacher)))
+    section = fidelity_section(fidelity)
+    return Group(t, section) if section is not None else Group(t)
+
+
+def fidelity_section(report: FidelityReport) -> Text | None:
+    """The Fidelity section: one line per pair of consecutive rungs, the warning in bold; ``None`` if none."""
+    if not report.shown:
+        return None
+    text = Text("\nFidelity", style="bold")
+    text.append(f": {DESCRIPTION}\n", style="default")
+    for pair in report.pairs:
+        text.append(f"  {pair.text()}\n", style="yellow" if pair.weak else "default")
+    text.append(f"  ({report.note()})\n", style="dim")
+    warning = report.warning()
+    if warning:
+        text.append(warning, style="bold red")
+    return text
