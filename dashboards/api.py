@@ -25,7 +25,14 @@ import nas.export
 from dashboards.context import AppContext
 from dashboards.launch import LaunchLimitError, check_http_spec, inside, path_under
 from dashboards.plots import figures_for
-from dashboards.serialize import clean_dict, study_summary, teacher_json, trial_detail, trial_row
+from dashboards.serialize import (
+    clean_dict,
+    fidelity_json,
+    study_summary,
+    teacher_json,
+    trial_detail,
+    trial_row,
+)
 from nas.errors import ConfigError, NASError, StorageError
 from nas.spec import StudySpec, study_name_problem
 from nas.vocab import EXPORT_CHOICE
@@ -90,14 +97,19 @@ def list_studies(request: Request) -> list[dict[str, Any]]:
     return out
 
 
-@router.get("/studies/{study}", summary="One study: summary and spec")
+@router.get("/studies/{study}", summary="One study: summary, spec and fidelity")
 def get_study(request: Request, study: StudyPath) -> dict[str, Any]:
-    """The study's summary (as in ``GET /api/studies``) plus its spec."""
+    """The study's summary (as in ``GET /api/studies``) plus its spec, front and ``fidelity``.
+
+    ``fidelity`` is Spearman's rank correlation of dev accuracy between consecutive rungs (as in
+    ``nas show STUDY``), with a ``warning`` when one is below ``warn_below``.
+    """
     ctx = _ctx(request)
     bundle = ctx.bundle(check_study_name(study))
     out = study_summary(bundle.info, bundle.trials, ctx.launcher.status(study))
     out["spec"] = bundle.info.spec
     out["front"] = sorted(bundle.front_numbers)
+    out["fidelity"] = fidelity_json(bundle.fidelity)
     return out
 
 
@@ -195,7 +207,8 @@ def study_dashboard(request: Request, study: StudyPath) -> dict[str, Any]:
 
     The figures are the front (with the teacher's point), hypervolume against trials and joules, and the
     cost breakdown. ``teacher`` is the study's measured teacher (``null`` without one); each trial row
-    then has its ratios to it. ``version`` changes whenever any of it changes.
+    then has its ratios to it. ``fidelity`` is as in ``GET /api/studies/{study}``. ``version`` changes
+    whenever any of it changes.
     """
     ctx = _ctx(request)
     bundle = ctx.bundle(check_study_name(study))
@@ -206,6 +219,7 @@ def study_dashboard(request: Request, study: StudyPath) -> dict[str, Any]:
         "figures": figures_for(bundle.trials, front, bundle.info.objectives, bundle.teacher),
         "front": sorted(front),
         "teacher": teacher_json(bundle.teacher),
+        "fidelity": fidelity_json(bundle.fidelity),
         "trials": [trial_row(t, on_front=t.number in front, teacher=bundle.teacher) for t in bundle.trials],
     }
 

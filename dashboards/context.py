@@ -15,8 +15,9 @@ from fastapi import HTTPException
 from dashboards.launch import SearchLauncher
 from dashboards.limits import LaunchLimits
 from nas.errors import StorageError
+from nas.fidelity import FidelityReport
 from nas.reference import TeacherReference
-from storage import Store, StudyInfo, TrialView, normalize_url
+from storage import Store, StudyInfo, TrialView, normalize_url, study_fidelity
 
 __all__ = ["AppContext", "StudyBundle"]
 
@@ -34,6 +35,11 @@ class StudyBundle:
     def front_numbers(self) -> set[int]:
         """Trial numbers of the Pareto front."""
         return {t.number for t in self.front}
+
+    @property
+    def fidelity(self) -> FidelityReport:
+        """How well the study's early rungs rank its candidates (:func:`storage.study_fidelity`)."""
+        return study_fidelity(self.info, self.trials)
 
     @property
     def version(self) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.config import Candidate
+from nas.fidelity import FidelityReport
 from nas.reference import TeacherReference
 from storage import ArtefactView, ReadingView, StudyInfo, TrialView
 
@@ -23,6 +24,7 @@ __all__ = [
     "clean_dict",
     "describe_candidate",
     "energy_label",
+    "fidelity_json",
     "study_meters",
     "study_summary",
     "teacher_json",
@@ -141,6 +143,15 @@ def study_summary(
     })
 
 
+def fidelity_json(report: FidelityReport) -> dict[str, Any]:
+    """A study's fidelity report as JSON (:meth:`nas.fidelity.FidelityReport.to_dict`).
+
+    ``shown`` is False when fewer than two rungs have data; each pair has ``text`` as the CLI prints it
+    and ``weak`` when its Spearman is below ``warn_below``; ``warning`` says what that means and the fix.
+    """
+    return clean_dict(report.to_dict())
+
+
 def _cost(view: TrialView) -> dict[str, Any] | None:
     c = view.cost
     if c is None:
@@ -238,6 +249,7 @@ def trial_detail(
         "candidate": view.candidate.model_dump(mode="json") if view.candidate else None,
         "result": view.result.to_dict() if view.result else None,
         "objectives": view.result.objectives() if view.result else None,
+        "rung_accuracies": [{"step": st, "accuracy": acc} for st, acc in view.rung_accuracies],
         "readings": [_reading(r) for r in readings],
         "artefacts": [_artefact(a) for a in artefacts],
     }))

@@ -204,6 +204,23 @@
     ]));
   }
 
+  // How well the early rungs rank candidates (the same report as `nas show STUDY`); hidden below two rungs.
+  function renderFidelity(f) {
+    const card = document.getElementById("fidelity-card");
+    if (!card) return;
+    card.hidden = !(f && f.shown);
+    if (card.hidden) return;
+    document.getElementById("fidelity-note").textContent = `${f.description}; ${f.note}`;
+    const rows = f.pairs.map((p) => `<tr class="${p.weak ? "weak" : ""}">
+      <td>${esc(p.low_step)} → ${esc(p.high_step)}${p.high_is_final ? ' <span class="muted small">(final dev accuracy)</span>' : ""}</td>
+      <td class="num">${p.enough && isNum(p.spearman) ? p.spearman.toFixed(2) : "–"}</td><td class="num">${esc(p.n_trials)}</td>
+      <td>${p.enough ? (isNum(p.spearman) ? (p.weak ? "ranks candidates poorly" : "ok") : "undefined (all tied at one rung)") : `too few trials (needs ${esc(f.min_trials)})`}</td></tr>`).join("");
+    document.getElementById("fidelity").innerHTML = `<div class="table-wrap"><table class="grid">
+      <thead><tr><th>Rungs (training steps)</th><th class="num">Spearman</th><th class="num">Trials with both</th><th></th></tr></thead>
+      <tbody>${rows}</tbody></table></div>` +
+      (f.warning ? `<div class="warning" role="alert" data-role="fidelity-warning">${esc(f.warning)}</div>` : "");
+  }
+
   function drawFigures(figs) {
     if (!window.Plotly) return;
     for (const [id, fig] of Object.entries(figs)) {
@@ -268,6 +285,7 @@
       lastVersion = d.version;
       dashboard = d;
       renderStats(d.summary, d.front.length, d.teacher);
+      renderFidelity(d.fidelity);
       drawFigures(d.figures);
       if (document.getElementById("trial-where").value.trim()) await applyWhere(); else renderTrials();
       app.dataset.version = d.version;
@@ -305,6 +323,8 @@
       ["Dev accuracy (selected on)", fmtPct(v.accuracy)],
       ["Dev macro F1", fmtPct(v.macro_f1)],
       ["Dev majority-class rate", fmtPct(v.majority_accuracy)],
+      ["Dev accuracy at rungs (mid-training)", (t.rung_accuracies || []).length
+        ? esc(t.rung_accuracies.map((r) => `step ${r.step}: ${fmtPct(r.accuracy)}`).join(" · ")) : "–"],
       ["Energy per sample", `${fmtNum(v.energy_per_sample_j)} J ${t.meter ? energyBadge(t.is_estimate, t.meter) : ""}`],
       ["Energy per sample, idle-corrected", `${fmtNum(v.energy_per_sample_net_j)} J`],
       ["Latency p50 / p95", `${fmtNum(v.latency_p50_ms, 3)} / ${fmtNum(v.latency_p95_ms, 3)} ms`],
