@@ -82,6 +82,12 @@ def test_asha_and_a_failing_candidate_every_joule_counted(tmp_path: Path) -> Non
         readings = [r for r in store.readings("cost", v.number) if r.kind in ("train", "teacher-train", "teacher-cache")]
         assert v.cost.train_energy_j == pytest.approx(sum(r.energy_j for r in readings))
         assert readings[0].hardware_fingerprint != "cpu" and readings[0].provenance["host_id"]
+    # every rung a trial reached is stored as it arrived: a stopped trial's end with the rung it stopped at
+    for v in (v for v in ran if v.state == "PRUNED"):
+        assert v.rung_accuracies and f"at step {v.rung_accuracies[-1][0]} " in (v.fail_reason or ""), v
+    assert all([s for s, _ in v.rung_accuracies] == [40, 80] for v in ran if v.state == "COMPLETE")
+    fidelity = json.loads(nas_cli("show", "cost", "--json", "--db", str(db)).stdout)["fidelity"]
+    assert fidelity["shown"] and fidelity["pairs"][0]["low_step"] == 40 and fidelity["final_step"] == 160
     info = store.get_study("cost")
     assert info.train_energy_j == pytest.approx(sum(v.cost.train_energy_j for v in ran))
     assert info.n_trials_unmetered == 0 and info.co2eq_g is None  # the estimate meter gives no CO2
