@@ -69,3 +69,67 @@ def test_tell_waits_for_settle() -> None:
     searcher.settle("t0")
     trial = storage.get_all_trials(storage.get_study_id_from_name("s"))[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.values == [pytest.approx(0.7)]
+
+
+# --- the study's constraints reach the sampler ------------------------------------------------------
+def _complete(searcher: NASOptunaSearch, trial_id: str, status: str = "COMPLETE", **objectives: float) -> None:
+    searcher.on_trial_complete(trial_id, TrialReport(status=status, step=1, objectives=objectives).to_tune())
+    searcher.settle(trial_id)
+
+
+def test_a_complete_trial_is_told_with_one_optuna_constraint_per_study_constraint() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    asked: list[int] = []
+
+    def judged(number: int) -> dict[str, float]:
+        asked.append(number)
+        return {"accuracy >= 0.6": -1.0 if number == 0 else 1.0, "weight_bits <= 8": 1.0}
+
+    searcher = NASOptunaSearch(
+        load_space("tiny", OVERRIDES), failed_hashes=set(), metric=["accuracy"], mode=["max"],
+        sampler=make_sampler("random", 0, 2), study_name="s", storage=storage, constraints=judged)
+    for i in range(3):
+        searcher.suggest(f"t{i}")
+    _complete(searcher, "t0", accuracy=0.7)
+    _complete(searcher, "t1", accuracy=0.5)
+    _complete(searcher, "t2", status="FAIL")
+    trials = storage.get_all_trials(storage.get_study_id_from_name("s"))
+    assert trials[0].constraints == {"accuracy >= 0.6": -1.0, "weight_bits <= 8": 1.0}  # <= 0 is feasible
+    assert trials[1].constraints == {"accuracy >= 0.6": 1.0, "weight_bits <= 8": 1.0}
+    assert trials[2].state == optuna.trial.TrialState.FAIL and trials[2].constraints == {}
+    assert asked == [0, 1]  # judged only once stored COMPLETE
+
+
+def test_a_study_without_constraints_sets_none() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    searcher = _searcher(storage, seed=0)
+    searcher.suggest("t0")
+    _complete(searcher, "t0", accuracy=0.7)
+    assert storage.get_all_trials(storage.get_study_id_from_name("s"))[0].constraints == {}
+
+
+def test_the_driver_judges_constraints_from_the_stored_trial(tmp_path, make_result, make_candidate) -> None:
+    import pickle
+
+    from nas.runner.driver import study_constraints
+    from nas.runner.writer import StoreHandle
+    from nas.spec import StudySpec
+    from storage import Store, TrialCost
+
+    spec = StudySpec(name="c", constraints=["accuracy >= 0.6", "energy_per_sample_j < 0.005"])
+    store = Store.open(str(tmp_path / "nas.db"))
+    handle = StoreHandle(store, "c")
+    assert study_constraints(spec.model_copy(update={"constraints": []}), handle) is None
+    store.create_study("c", spec.model_dump_json(), [("accuracy", "maximize"), ("energy_per_sample_j", "minimize")])
+    for i, (acc, joules) in enumerate([(0.9, 1e-3), (0.5, 1e-3), (0.9, 1e-2), (0.9, None)]):
+        cand = make_candidate(i)
+        result = make_result(candidate=cand, accuracy=acc, energy_per_sample_j=joules)
+        store.start_trial("c", i, cand)
+        store.finish_trial("c", i, result, cost=TrialCost.from_result(result))
+    judge = study_constraints(spec, handle)
+    assert judge is not None
+    feasible = {i: [v <= 0 for v in judge(i).values()] for i in range(4)}
+    assert feasible == {0: [True, True], 1: [False, True], 2: [True, False], 3: [True, False]}  # missing: not met
+    assert list(judge(0)) == spec.constraints
+    # Tune pickles the searcher, and the searcher holds the judge (regression: a closure over the store)
+    assert pickle.loads(pickle.dumps(judge))(1) == judge(1)

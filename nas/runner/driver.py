@@ -35,8 +35,9 @@ from nas.runner.teacher_prep import prepare_teacher
 from nas.runner.trainable import tune_trainable
 from nas.runner.writer import StoreHandle, StoreWriter
 from nas.spec import StudySpec, TeacherSpec
+from nas.where import compile_where
 from search_spaces import load_space
-from storage import Store
+from storage import FILTER_NAMES, Store
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +107,38 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
                           fix="start one with `ray start --head` or omit --ray-address for local Ray") from e
 
 
+class StudyConstraints:
+    """``trial number -> {constraint: -1.0 satisfied, +1.0 not}``, judged from the stored trial.
+
+    The sampler sees the study's ``constraints`` as Optuna constraints (<= 0 is feasible), judged from the
+    same stored values and by the same rule as the front (:class:`storage.fronts.FrontRule`): a missing
+    value does not satisfy a constraint. Picklable (Tune pickles the searcher that holds it): the store
+    travels as a :class:`StoreHandle`.
+    """
+
+    def __init__(self, handle: StoreHandle, constraints: list[str]) -> None:
+        self.handle = handle
+        self.checks = {c: compile_where(c, FILTER_NAMES) for c in constraints}
+
+    def __call__(self, number: int) -> dict[str, float]:
+        """The constraint values of a stored trial."""
+        flat = self.handle.store.trial(self.handle.study, number).values()
+        return {c: -1.0 if check(flat) else 1.0 for c, check in self.checks.items()}
+
+
+def study_constraints(spec: StudySpec, handle: StoreHandle) -> StudyConstraints | None:
+    """What tells the sampler whether a trial met the study's constraints; None for a study without them."""
+    return StudyConstraints(handle, spec.constraints) if spec.constraints else None
+
+
 def _make_searcher(spec: StudySpec, store: Store, handle: StoreHandle, ot_storage: OptunaStorage,
                    failed: set[str], teacher: Candidate | None = None) -> NASOptunaSearch:
     """The study's searcher.
 
     Its sampler is seeded from the study and how many trials Optuna was told, and every candidate already
     COMPLETE in the study blocked from evaluation. ``teacher`` (the prepared teacher as a candidate) is
-    what ``init: teacher`` candidates are cut from.
+    what ``init: teacher`` candidates are cut from. The study's constraints reach the sampler through
+    :class:`StudyConstraints`.
     """
     try:
         told = len(ot_storage.get_all_trials(ot_storage.get_study_id_from_name(spec.name), deepcopy=False,
@@ -131,6 +157,7 @@ def _make_searcher(spec: StudySpec, store: Store, handle: StoreHandle, ot_storag
         study_name=spec.name,
         storage=ot_storage,
         teacher=teacher,
+        constraints=study_constraints(spec, handle),
     )
 
 

@@ -1,6 +1,6 @@
 """Optuna inside Ray Tune: a thin :class:`OptunaSearch` subclass.
 
-Three things differ from Ray's stock searcher:
+Four things differ from Ray's stock searcher:
 
 * the define-by-run space is :func:`search_spaces.suggest`; the frozen candidate travels to the
   worker as JSON (workers never import the search space);
@@ -8,7 +8,11 @@ Three things differ from Ray's stock searcher:
   COMPLETE or being evaluated in this study, is told to Optuna as FAIL at once and never evaluated:
   the budget is not spent on it, and a resumed study never evaluates a candidate twice;
 * a multi-objective trial that Tune's ASHA stopped at an accuracy rung has no energy value; Optuna
-  cannot take a partial vector (optuna#3450), so it is told as PRUNED instead of being left RUNNING.
+  cannot take a partial vector (optuna#3450), so it is told as PRUNED instead of being left RUNNING;
+* a study's ``constraints`` guide the sampler: a COMPLETE trial is told with one Optuna constraint per
+  study constraint (``Trial.set_constraint``: -1 satisfied, +1 not), which TPE and NSGA-II read,
+  so they learn to avoid the infeasible region instead of only seeing it filtered
+  off the front afterwards.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         on_invalid: called in the driver with (optuna trial number, params, reason) when a sampled
             configuration is invalid or repeats a failure, so it can be recorded.
         teacher: The study's teacher as a candidate, which ``init: teacher`` candidates are cut from.
+        constraints: ``trial number -> {constraint: value}`` for a COMPLETE trial already stored, where a
+            value <= 0 means satisfied (Optuna's convention); ``None`` for a study without constraints.
     """
 
     def __init__(
@@ -67,10 +73,12 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         evaluated: dict[str, int] | None = None,
         on_invalid: Callable[[int, dict[str, Any], str, FailKind], None] | None = None,
         teacher: Candidate | None = None,
+        constraints: Callable[[int], dict[str, float]] | None = None,
         **kwargs: Any,
     ) -> None:
         self._nas_space = space
         self._teacher = teacher
+        self._constraints = constraints
         self._failed_hashes = failed_hashes
         self._evaluated = evaluated if evaluated is not None else {}
         self._on_invalid = on_invalid
@@ -152,6 +160,9 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
             self._study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
         else:  # a COMPLETE report carries every objective (the worker fails it otherwise)
             vals = [float(report.objectives[m]) for m in metrics]
+            if self._constraints is not None:
+                for key, value in self._constraints(ot_trial.number).items():
+                    ot_trial.set_constraint(key, value)
             self._study.tell(ot_trial, vals if len(vals) > 1 else vals[0])
         self._completed_trials.add(trial_id)
 
