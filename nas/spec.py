@@ -93,7 +93,14 @@ class SpaceRef(_Frozen):
 
 
 class SamplerSpec(_Frozen):
-    """The Optuna sampler (TPE, NSGA-II or random), its seed and its random start-up trials."""
+    """The Optuna sampler, its seed and its random start-up trials.
+
+    ``kind`` is one of :data:`nas.vocab.SAMPLER`: ``tpe``, ``nsga2``, ``gp`` (Optuna's Gaussian-process
+    sampler: needs scipy, at most 4 objectives, and ``n_startup_trials`` below ``budget.trials``, checked
+    before a search starts) or ``random``. ``n_startup_trials`` is TPE's and the GP's number of random
+    trials before their model is used, and NSGA-II's population size (at least 4). The study's
+    ``constraints`` reach every sampler (Optuna's ``Trial.set_constraint``), not only the front.
+    """
 
     kind: SamplerKind = "tpe"
     seed: int = 0

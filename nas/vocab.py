@@ -302,6 +302,8 @@ DISTILL_KIND: Vocabulary[DistillTerm] = Vocabulary("distill kind", "distill.kind
 SAMPLER: Vocabulary[Term] = Vocabulary("sampler", "sampler.kind", [
     Term("tpe", "Optuna's multivariate TPE with constant liar"),
     Term("nsga2", "Optuna's NSGA-II"),
+    Term("gp", "Optuna's Gaussian-process sampler (needs scipy; at most 4 objectives); "
+         "conditional knobs (e.g. window, k) are drawn at random"),
     Term("random", "uniform random search"),
 ])
 

@@ -191,6 +191,17 @@ def _cases(w: World) -> dict[str, Case]:  # noqa: PLR0915 - one table of cases
         "spec bad direction": (["search", w.spec("dir", objectives=[{"metric": "accuracy", "direction": "up"}])],
                                ["direction", "up"]),
         "spec bad sampler": (["search", w.spec("sampler", **{"sampler.kind": "cmaes"})], ["sampler.kind", "cmaes"]),
+        "spec gp start-up beyond the budget": (["search", w.spec("gp1", **{"sampler.kind": "gp",
+                                                                  "sampler.n_startup_trials": 2})],
+                                               ["sampler.n_startup_trials", "never be used", "below 2"]),
+        "spec gp start-up beyond --trials": (["search", w.spec("gp2", **{"sampler.kind": "gp", "sampler.n_startup_trials": 1,
+                                                                 "budget.trials": 8}), "--trials", "1"],
+                                             ["sampler.n_startup_trials", "budget is 1 trials"]),
+        "spec gp five objectives": (["search", w.spec("gp3", **{"sampler.kind": "gp", "sampler.n_startup_trials": 1},
+                                                      objectives=[{"metric": m} for m in (
+                                                          "accuracy", "energy_per_sample_j", "latency_p50_ms",
+                                                          "params", "flops_per_sample")])],
+                                    ["sampler.kind", "at most 4 objectives", "has 5", "tpe or nsga2"]),
         "spec zero trials": (["search", w.spec("budget", **{"budget.trials": 0})], ["budget.trials"]),
         "spec negative joules": (["search", w.spec("joules", **{"budget.joules": -5})], ["budget.joules"]),
         "spec decreasing rungs": (["search", w.spec("rungs", **{"fidelity.rungs": [200, 100]})], ["fidelity.rungs"]),
@@ -475,6 +486,23 @@ def test_the_shipped_specs_pass_every_check(tmp_path: Path) -> None:
     check_search_inputs(load_spec(ROOT / "examples" / "study.yaml"), db=str(tmp_path / "nas.db"),
                         ray_address="auto")
     assert list(tmp_path.iterdir()) == [p for p in tmp_path.iterdir() if p.name == "cache"]  # nothing written
+
+
+def test_gp_without_scipy_names_the_pip_command_and_tpe_keeps_short_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nas.errors import ConfigError
+    from nas.runner.checks import check_sampler
+    from nas.spec import BudgetSpec, SamplerSpec, StudySpec, default_spec
+
+    spec = StudySpec(sampler=SamplerSpec(kind="gp", n_startup_trials=2), budget=BudgetSpec(trials=8))
+    check_sampler(spec)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # how a missing module looks to the import system
+    with pytest.raises(ConfigError) as caught:
+        check_sampler(spec)
+    message = str(caught.value)
+    assert message.startswith("sampler.kind: the GP sampler needs scipy") and "Fix: pip install scipy" in message
+    assert "\n" not in message
+    # TPE (the default) is not refused: `nas search --trials 3` on the default study stays a quick random run
+    check_sampler(default_spec().with_overrides(**{"budget.trials": 3}))
 
 
 # --- read-only databases: every reader reads them and writes nothing --------------------------------------

@@ -112,11 +112,12 @@ def _alive(pid: int, created: float) -> bool:
         return False
 
 
-def test_kill_9_of_the_driver_then_resume(tmp_path: Path) -> None:
-    """No duplicate candidate, no Ray process left, nothing in the temp dir."""
+@pytest.mark.parametrize("kind", ["tpe", "gp"])
+def test_kill_9_of_the_driver_then_resume(tmp_path: Path, kind: str) -> None:
+    """No duplicate candidate, no Ray process left, nothing in the temp dir; the resumed GP proposes again."""
     db = tmp_path / "nas.db"
     spec = small_spec("k9", db, trials=6)
-    spec["sampler"] = {"kind": "tpe", "seed": 0, "n_startup_trials": 3}
+    spec["sampler"] = {"kind": kind, "seed": 0, "n_startup_trials": 3 if kind == "tpe" else 2}
     path = write_spec(tmp_path, spec)
     env = {**os.environ, **_env(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "nas", "search", str(path), "--quiet", "--db", str(db)],
@@ -134,6 +135,7 @@ def test_kill_9_of_the_driver_then_resume(tmp_path: Path) -> None:
     assert ray_procs, "the search recorded no Ray processes"
     proc.send_signal(signal.SIGKILL)  # the driver alone: its Ray processes are orphaned
     proc.wait(timeout=30)
+    asked_before_kill = max(_optuna_states(db, "k9"))
 
     res = nas_cli("search", "--resume", "k9", "--quiet", "--db", str(db), env=_env(tmp_path))
     assert res.returncode == 0, res.stderr[-3000:]
@@ -145,6 +147,12 @@ def test_kill_9_of_the_driver_then_resume(tmp_path: Path) -> None:
     assert len(complete) == 6 and len(set(complete)) == 6, "a candidate was evaluated twice"
     _assert_consistent(db, "k9")
     assert not list((tmp_path / "tmp").glob("nas-tune-*"))
+    if kind == "gp":  # the resumed driver's GP fitted the stored history and proposed the new candidates
+        import optuna
+
+        resumed = [t for t in optuna.load_study(study_name="k9", storage=f"sqlite:///{db}").trials
+                   if t.number > asked_before_kill]
+        assert resumed and any(k.startswith("gp:relative_params") for t in resumed for k in t.system_attrs)
 
 
 def test_rerunning_the_same_spec_draws_new_candidates(tmp_path: Path) -> None:

@@ -193,6 +193,29 @@ def test_sigkill_driver_then_resume_finishes_budget(tmp_path):
     assert not [t for t in ot.trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
+def test_gp_search_completes_and_tells_the_sampler_the_constraints(tmp_path):
+    """``sampler: {kind: gp}``: after its start-up trials the GP proposes (``gp:relative_params``), and every
+    COMPLETE Optuna trial carries the study's constraint, judged from the stored trial as the front judges it."""
+    import optuna
+
+    from storage import Store
+
+    db = tmp_path / "nas.db"
+    spec = small_spec("gp", db, trials=5, constraints=["accuracy >= 0.7"])
+    spec["sampler"] = {"kind": "gp", "seed": 0, "n_startup_trials": 2}
+    res = nas_cli("search", str(write_spec(tmp_path, spec)), "--quiet", "--db", str(db))
+    assert res.returncode == 0, res.stderr[-3000:]
+    views = {v.number: v for v in Store.open(str(db), create=False).trials("gp")}
+    assert sum(v.state == "COMPLETE" for v in views.values()) == 5
+    ot = optuna.load_study(study_name="gp", storage=f"sqlite:///{db}")
+    complete = [t for t in ot.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 5
+    for t in complete:
+        met = views[t.number].values()["accuracy"] >= 0.7
+        assert t.constraints == {"accuracy >= 0.7": -1.0 if met else 1.0}, t.number
+    assert any(k.startswith("gp:relative_params") for t in complete for k in t.system_attrs)
+
+
 def test_pareto_where_filters_and_csv(tmp_path, make_result, make_candidate):
     from storage import Store
 

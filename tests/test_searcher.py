@@ -71,7 +71,7 @@ def test_tell_waits_for_settle() -> None:
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.values == [pytest.approx(0.7)]
 
 
-# --- the study's constraints reach the sampler ------------------------------------------------------
+# --- the study's constraints reach the sampler; the GP sampler ------------------------------------------
 def _complete(searcher: NASOptunaSearch, trial_id: str, status: str = "COMPLETE", **objectives: float) -> None:
     searcher.on_trial_complete(trial_id, TrialReport(status=status, step=1, objectives=objectives).to_tune())
     searcher.settle(trial_id)
@@ -133,3 +133,48 @@ def test_the_driver_judges_constraints_from_the_stored_trial(tmp_path, make_resu
     assert list(judge(0)) == spec.constraints
     # Tune pickles the searcher, and the searcher holds the judge (regression: a closure over the store)
     assert pickle.loads(pickle.dumps(judge))(1) == judge(1)
+
+
+def test_gp_sampler_settings() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no experimental or deprecation noise
+        sampler = make_sampler("gp", 7, 5)
+    assert isinstance(sampler, optuna.samplers.GPSampler)
+    assert sampler._n_startup_trials == 5 and not sampler._warn_independent_sampling
+    assert isinstance(sampler._independent_sampler, optuna.samplers.RandomSampler)
+
+
+def test_gp_sampler_proposes_after_its_start_up_trials_and_reads_the_constraints() -> None:
+    """Two random start-up trials, then the GP (its proposals are stored as ``gp:relative_params``) over a
+    define-by-run space with a conditional knob (``window`` only for local attention)."""
+    storage = optuna.storages.InMemoryStorage()
+    overrides = {**OVERRIDES, "attention": ["softmax", "local"], "window": [2, 8], "n_layers": [1, 2]}
+    searcher = NASOptunaSearch(
+        load_space("tiny", overrides), failed_hashes=set(), metric=["accuracy", "energy_per_sample_j"],
+        mode=["max", "min"], sampler=make_sampler("gp", 0, 2), study_name="s", storage=storage,
+        constraints=lambda n: {"accuracy >= 0.6": -1.0 if n % 2 else 1.0})
+    hashes = []
+    for i in range(4):
+        cfg = TrialConfig.from_tune(searcher.suggest(f"t{i}"))
+        hashes.append(cfg.candidate_hash)
+        _complete(searcher, f"t{i}", accuracy=0.5 + 0.1 * cfg.candidate.n_layers,
+                  energy_per_sample_j=1e-3 * cfg.candidate.d_model)
+    trials = storage.get_all_trials(storage.get_study_id_from_name("s"))
+    by_gp = [any(k.startswith("gp:relative_params") for k in t.system_attrs) for t in trials]
+    assert by_gp == [False, False, True, True]
+    assert [t.constraints["accuracy >= 0.6"] for t in trials] == [1.0, -1.0, 1.0, -1.0]
+    assert len(set(hashes)) == 4
+
+
+def test_a_slow_sampler_does_not_warn_about_define_by_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray warns when the define-by-run space takes over 1 s; with the GP sampler that is its model fit."""
+    import warnings
+
+    monkeypatch.setattr("ray.tune.search.optuna.optuna_search.DEFINE_BY_RUN_WARN_THRESHOLD_S", -1.0)
+    searcher = _searcher(optuna.storages.InMemoryStorage(), seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        searcher.suggest("t0")
+    assert not [w for w in caught if "Define-by-run" in str(w.message)]

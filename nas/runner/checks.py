@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +24,7 @@ from evaluators.tasks import BUILTIN_TASKS, load_task
 from evaluators.teacher import is_saved_teacher
 from nas.config import AttentionConfig, Candidate, DistillConfig, PruneConfig, QuantConfig
 from nas.errors import ConfigError, DataError, NASError, SearchError
+from nas.runner.samplers import GP_MAX_OBJECTIVES
 from nas.spec import StudySpec
 from nas.vocab import SPARSITY_KIND
 from nas.where import compile_where
@@ -30,7 +32,8 @@ from search_spaces import ReplayTrial, SearchSpace, load_space, suggest
 from storage import FILTER_NAMES, normalize_url
 from storage.engine import check_writable
 
-__all__ = ["check_search_inputs", "check_trial_inputs", "check_constraints", "check_space", "check_teacher",
+__all__ = ["check_search_inputs", "check_trial_inputs", "check_constraints", "check_sampler", "check_space",
+           "check_teacher",
            "check_ray_address", "check_task", "check_artefacts_dir", "check_writable_folder"]
 
 #: Seconds to wait for a TCP answer from a ``HOST:PORT`` Ray address.
@@ -42,6 +45,7 @@ def check_search_inputs(spec: StudySpec, *, db: str, ray_address: str | None = N
     """Run every check of a search that can fail; raise the first failure, having written nothing."""
     check_writable(normalize_url(db))
     check_constraints(spec)
+    check_sampler(spec)
     space = check_space(spec)
     if spec.measure.seq_len > space.max_len:
         raise ConfigError(f"the energy is measured on {spec.measure.seq_len}-token rows, longer than the space's "
@@ -92,6 +96,32 @@ def check_constraints(spec: StudySpec) -> None:
             msg = msg.removesuffix(f". Fix: {e.fix}") if e.fix else msg
             raise ConfigError(msg, field=f"constraints[{i}]", value=c,
                               fix=e.fix or "see `nas pareto --help` for the syntax") from e
+
+
+def check_sampler(spec: StudySpec) -> None:
+    """Refuse a GP sampler that could not work or would never be used, saying why.
+
+    The GP sampler needs scipy (imported by Optuna only at its first model fit, which would be trials into
+    the search), at most :data:`~nas.runner.samplers.GP_MAX_OBJECTIVES` objectives, and start-up trials
+    fewer than the budget (its model is consulted only after ``n_startup_trials`` complete trials).
+    """
+    if spec.sampler.kind != "gp":
+        return
+    if find_spec("scipy") is None:
+        raise ConfigError("the GP sampler needs scipy, which is not installed", field="sampler.kind", value="gp",
+                          fix="pip install scipy, or choose sampler.kind: tpe")
+    n_obj = len(spec.objectives)
+    if n_obj > GP_MAX_OBJECTIVES:
+        raise ConfigError(f"the GP sampler takes at most {GP_MAX_OBJECTIVES} objectives and the study has {n_obj}: "
+                          "its hypervolume acquisition grows exponentially with them (with 5: up to 2 minutes and "
+                          "tens of GB per proposal)", field="sampler.kind",
+                          fix=f"use sampler.kind: tpe or nsga2, or keep at most {GP_MAX_OBJECTIVES} objectives")
+    startup, trials = spec.sampler.n_startup_trials, spec.budget.trials
+    if startup >= trials:
+        raise ConfigError(f"the GP sampler draws its first {startup} trials at random and the budget is {trials} "
+                          "trials, so its model would never be used", field="sampler.n_startup_trials",
+                          value=startup, fix=f"set sampler.n_startup_trials below {trials} (e.g. "
+                          f"{max(1, trials // 4)}), raise budget.trials, or use sampler.kind: random")
 
 
 def _one_line(err: ValidationError) -> str:

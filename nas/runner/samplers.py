@@ -9,7 +9,15 @@ import optuna
 
 from nas.vocab import SAMPLER, Registry
 
-__all__ = ["SamplerFactory", "SAMPLER_FACTORIES", "make_sampler"]
+__all__ = ["SamplerFactory", "SAMPLER_FACTORIES", "GP_MAX_OBJECTIVES", "make_sampler"]
+
+#: The most objectives the GP sampler is given. Its multi-objective acquisition (log expected hypervolume
+#: improvement) splits the region the front does not dominate into boxes whose count grows exponentially
+#: with the objectives, and evaluates 2048 x 128 samples against every box at once. Optuna itself warns
+#: beyond 4 ("might be significantly slow"). Measured with Optuna 5.0 on 2 CPU cores: with 5 objectives
+#: one proposal took 37-127 s after 50 trials (a 25-member front already means ~1,500 boxes, a 15 GB
+#: tensor); with 6, a proposal after 30 trials asked for 38.7 GB and failed.
+GP_MAX_OBJECTIVES = 4
 
 #: ``(seed, n_startup_trials) -> sampler``.
 SamplerFactory = Callable[[int, int], optuna.samplers.BaseSampler]
@@ -27,6 +35,16 @@ def _tpe(seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
 @SAMPLER_FACTORIES.register("nsga2")
 def _nsga2(seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup_trials))
+
+
+@SAMPLER_FACTORIES.register("gp")
+def _gp(seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
+    # The space is define-by-run with conditional knobs (``window`` only for local attention, ``k`` only
+    # for low-rank): the GP models the knobs every complete trial has, and the others come from the
+    # seeded random sampler, which is expected here, so Optuna's per-knob warning is off.
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials,
+                                     independent_sampler=optuna.samplers.RandomSampler(seed=seed),
+                                     warn_independent_sampling=False)
 
 
 @SAMPLER_FACTORIES.register("random")

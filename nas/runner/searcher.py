@@ -10,8 +10,8 @@ Four things differ from Ray's stock searcher:
 * a multi-objective trial that Tune's ASHA stopped at an accuracy rung has no energy value; Optuna
   cannot take a partial vector (optuna#3450), so it is told as PRUNED instead of being left RUNNING;
 * a study's ``constraints`` guide the sampler: a COMPLETE trial is told with one Optuna constraint per
-  study constraint (``Trial.set_constraint``: -1 satisfied, +1 not), which TPE and NSGA-II read,
-  so they learn to avoid the infeasible region instead of only seeing it filtered
+  study constraint (``Trial.set_constraint``: -1 satisfied, +1 not), which TPE, NSGA-II and the GP
+  sampler all read, so they learn to avoid the infeasible region instead of only seeing it filtered
   off the front afterwards.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -97,7 +98,12 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         """
         for _ in range(MAX_RESAMPLE):
             try:
-                suggested: dict[str, Any] | None = super().suggest(trial_id)
+                with warnings.catch_warnings():
+                    # the time Ray warns about is the sampler fitting its model (seconds for the GP
+                    # sampler), not training done in the wrong place
+                    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space`",
+                                            category=UserWarning)
+                    suggested: dict[str, Any] | None = super().suggest(trial_id)
             except NASError as e:  # invalid candidate: record, tell FAIL, sample again
                 ot_trial = self._ot_trials.pop(trial_id)
                 self._reject(ot_trial, f"invalid candidate: {e}", FailKind.INVALID)
