@@ -1,0 +1,67 @@
+"""The analysis half of benchmarks/fidelity.py: correlations, hypervolume ratios and the budget it picks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity.py"
+_spec = importlib.util.spec_from_file_location("fidelity_benchmark", _PATH)
+assert _spec is not None and _spec.loader is not None
+fidelity = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fidelity)
+
+
+def test_correlate_ranks_and_skips_missing() -> None:
+    assert fidelity.correlate([0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.9])["spearman"] == pytest.approx(1.0)
+    assert fidelity.correlate([0.1, 0.2, 0.3, 0.4], [0.9, 0.7, 0.6, 0.5])["kendall"] == pytest.approx(-1.0)
+    r = fidelity.correlate([0.1, None, 0.3, 0.4, 0.2], [0.5, 0.6, 0.7, None, 0.6])
+    assert r["n"] == 3 and r["spearman"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("x, y", [([0.1, 0.2], [0.3, 0.4]), ([0.5, 0.5, 0.5], [0.1, 0.2, 0.3])])
+def test_correlate_undefined_is_none(x: list[float], y: list[float]) -> None:
+    assert fidelity.correlate(x, y)["spearman"] is None  # too few, or a constant side (all at chance)
+
+
+def test_hv_ratio_is_one_for_the_true_front_and_less_for_a_wrong_one() -> None:
+    energy = [1e-3, 2e-3, 4e-3]
+    long = [0.6, 0.7, 0.9]
+    assert fidelity.hv_ratio(long, long, energy) == pytest.approx(1.0)
+    # the short budget thinks the expensive model is worst: it drops it from the front it chooses
+    wrong = fidelity.hv_ratio([0.6, 0.7, 0.5], long, energy)
+    assert wrong is not None and wrong < 0.99
+
+
+def _done(n: int, seeds: list[int], acc: dict[int, Any]) -> dict[tuple[int, int, int], dict[str, Any]]:
+    out = {}
+    for s in seeds:
+        for b, values in acc.items():
+            for c in range(n):
+                out[(c, s, b)] = {"status": "COMPLETE", "accuracy": values[c], "energy_per_sample_j": 1e-3 * (c + 1),
+                                  "rungs": [[50, values[c]]] if b == 200 else []}
+    return out
+
+
+def test_analyse_picks_the_cheapest_budget_that_ranks_like_the_long_one() -> None:
+    long = [0.55, 0.6, 0.7, 0.75, 0.8, 0.9]
+    args = argparse.Namespace(budgets=[50, 100], long=200, seeds=[0, 1, 2], target=0.85)
+    shuffled = [0.9, 0.55, 0.8, 0.6, 0.75, 0.7]
+    out = fidelity.analyse(args, list(range(6)), _done(6, args.seeds, {50: shuffled, 100: long, 200: long}))
+    assert out["per_budget"]["100"]["mean_spearman"] == pytest.approx(1.0)
+    assert out["per_budget"]["50"]["mean_spearman"] < 0.85
+    assert out["recommended_budget"] == 100
+    assert out["noise_ceiling"]["mean_spearman"] == pytest.approx(1.0)  # every seed agrees here
+    assert out["per_budget"]["50"]["asha_rung_mean_spearman"] == pytest.approx(1.0)  # mid-way rung of the long run
+
+
+def test_analyse_states_the_best_when_no_budget_reaches_the_target() -> None:
+    long = [0.55, 0.6, 0.7, 0.75, 0.8, 0.9]
+    args = argparse.Namespace(budgets=[50], long=200, seeds=[0], target=0.85)
+    out = fidelity.analyse(args, list(range(6)), _done(6, [0], {50: long[::-1], 200: long}))
+    assert out["recommended_budget"] is None
+    assert "no budget reaches 0.85" in out["recommendation"]
