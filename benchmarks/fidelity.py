@@ -243,7 +243,7 @@ SST2_SPACE = {"init": ["teacher"], "n_layers": [1, 2, 3, 4], "d_model": [384], "
               "kd_alpha": [0.9, 0.9], "dropout": [0.1], "pooling": ["cls"], "max_len": 64}
 SETTINGS: dict[str, dict[str, Any]] = {
     # The built-in study (nas.spec.default_spec): the tiny space on builtin:longmatch, no teacher.
-    "builtin": {"task": "builtin:longmatch", "space": {}, "teacher": None, "budgets": [50, 100, 200, 400],
+    "builtin": {"task": "builtin:longmatch", "space": {}, "teacher": None, "budgets": [50, 100, 200, 400, 800],
                 "long": 1600, "seq_len": 64},
     # SST-2 with the fine-tuned MiniLM-L6 teacher, the students of benchmarks/sst2_teacher.py.
     "sst2": {"task": "../shared/data/sst2", "space": SST2_SPACE, "teacher": "minilm", "budgets": [25, 50, 100, 200],

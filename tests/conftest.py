@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +13,22 @@ import pytest
 from nas.config import Candidate
 from nas.records import EvalMetrics, InferenceEnergy, Provenance, TrainSummary, TrialResult
 from nas.reference import TeacherReference
+
+#: The host the dashboard's test clients call (the app checks the Host header).
+DASHBOARD_BASE_URL = "http://127.0.0.1:8000"
+
+
+@contextmanager
+def dashboard_client(db: str, artefacts: Path) -> Iterator[Any]:
+    """A FastAPI test client of the dashboard over ``db`` (skips the test without the dashboard extra)."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from dashboards.server import create_app
+
+    with TestClient(create_app(db, artefacts=artefacts), base_url=DASHBOARD_BASE_URL) as c:
+        yield c
 
 
 def fake_trial_result(

@@ -27,9 +27,8 @@ from nas.runner.protocol import TrialConfig, TrialReport
 from nas.runner.writer import StoreHandle, StoreWriter
 from nas.spec import default_spec
 from storage import Store, TrialCost, candidate_hash, study_fidelity
-from tests.conftest import fake_trial_result
+from tests.conftest import dashboard_client, fake_trial_result
 
-BASE_URL = "http://127.0.0.1:8000"
 OBJ2 = [("accuracy", "maximize"), ("energy_per_sample_j", "minimize")]
 RUNGS = [100, 200, 400]
 #: (accuracy at 100, at 200, final dev accuracy) per trial; None: never got there. Rung 100 ranks the
@@ -237,13 +236,7 @@ def test_show_trial_lists_its_rungs(db: str) -> None:
 # --- the HTTP API and the dashboard ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client(db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    pytest.importorskip("fastapi")
-    pytest.importorskip("httpx")
-    from fastapi.testclient import TestClient
-
-    from dashboards.server import create_app
-
-    with TestClient(create_app(db, artefacts=tmp_path_factory.mktemp("artefacts")), base_url=BASE_URL) as c:
+    with dashboard_client(db, tmp_path_factory.mktemp("artefacts")) as c:
         yield c
 
 

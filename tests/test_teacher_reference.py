@@ -28,11 +28,10 @@ from nas.records import TrialResult
 from nas.reference import TeacherReference, ratio_text, ratios_to_teacher
 from nas.spec import default_spec
 from storage import Store, TrialCost
-from tests.conftest import fake_teacher_reference, fake_trial_result
+from tests.conftest import dashboard_client, fake_teacher_reference, fake_trial_result
 
 STUDY = "distil"
 PLAIN = "plain"
-BASE_URL = "http://127.0.0.1:8000"
 OBJ2 = [("accuracy", "maximize"), ("energy_per_sample_j", "minimize")]
 #: The teacher: dev accuracy 0.9 at 1e-2 J/sample (nvml-counter).
 TEACHER_ACC, TEACHER_J = 0.9, 1e-2
@@ -173,13 +172,7 @@ def test_show_has_a_teacher_section(db: str) -> None:
 # --- the dashboard -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client(db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    pytest.importorskip("fastapi")
-    pytest.importorskip("httpx")
-    from fastapi.testclient import TestClient
-
-    from dashboards.server import create_app
-
-    with TestClient(create_app(db, artefacts=tmp_path_factory.mktemp("artefacts")), base_url=BASE_URL) as c:
+    with dashboard_client(db, tmp_path_factory.mktemp("artefacts")) as c:
         yield c
 
 
