@@ -22,9 +22,12 @@ seeds; on a CPU-only machine that is the ``estimate`` meter (CPU time x TDP shar
 Every finished run is appended to ``--work`` (JSON lines), so an interrupted benchmark resumes where it
 stopped. Runs go to ``--workers`` processes, one torch thread each.
 
-    python benchmarks/fidelity.py --task builtin:longmatch --out benchmarks/results/fidelity_longmatch.json
-    python benchmarks/fidelity.py --task ../shared/data/sst2 --teacher minilm \\
-        --out benchmarks/results/fidelity_sst2.json   # see --help for the SST-2 settings used
+    python benchmarks/fidelity.py --setting builtin   # builtin:longmatch, the default study's space and recipe
+    pip install -r benchmarks/requirements.txt
+    python benchmarks/fidelity.py --setting sst2      # SST-2, students distilled from fine-tuned MiniLM-L6
+
+Each writes ``benchmarks/results/fidelity_SETTING.json``, the plot ``.svg`` beside it and prints the table
+``docs/fidelity.md`` quotes. ``SETTINGS`` below holds each setting's task, space, budgets and recipe.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import platform
 import statistics
@@ -95,8 +99,8 @@ def run_job(cand_json: str, task: str, teacher: str | None, train: dict[str, Any
 
 
 def mid_rungs(budgets: list[int], long: int) -> list[int]:
-    """Where the long run reports dev accuracy mid-way: at each short budget and at half the long budget."""
-    return sorted({*(b for b in budgets if b < long), long // 2})
+    """Where the long run reports dev accuracy mid-way: at each short budget, a quarter and half of the long one."""
+    return sorted({*(b for b in budgets if b < long), long // 4, long // 2})
 
 
 def _measure(long: bool, seq_len: int) -> dict[str, Any]:
@@ -236,6 +240,67 @@ def analyse(args: argparse.Namespace, cands: list[Any], done: dict[Job, dict[str
     }
 
 
+def markdown_table(result: dict[str, Any]) -> str:
+    """The table docs/fidelity.md quotes: per budget, mean and per-seed Spearman, Kendall, rung, HV, accuracy."""
+    def f(v: float | None) -> str: return "n/a" if v is None else f"{v:.2f}"
+    acc = result["accuracy"]
+    def mean_acc(b: int) -> str:
+        xs = [a for s in acc for a in acc[s][str(b)] if a is not None]
+        return f"{statistics.fmean(xs):.3f}" if xs else "n/a"
+    long = result["long_budget"]
+    rows = [f"| steps | Spearman vs {long} (mean; seeds {' / '.join(map(str, result['seeds']))}) | Kendall | "
+            f"ASHA rung of the {long}-step run | HV ratio | mean dev accuracy |", "|---|---|---|---|---|---|"]
+    for b, r in result["per_budget"].items():
+        seeds = " / ".join(f(p["spearman"]) for p in r["per_seed"].values())
+        rows.append(f"| {b} | {f(r['mean_spearman'])} ({seeds}) | {f(r['mean_kendall'])} | "
+                    f"{f(r['asha_rung_mean_spearman'])} | {f(r['mean_hv_ratio'])} | {mean_acc(int(b))} |")
+    for b, v in result["asha_rungs_mean_spearman"].items():
+        if b not in result["per_budget"]:
+            rows.append(f"| {b} (rung only) | | | {f(v)} | | |")
+    ceiling = result["noise_ceiling"]
+    pairs = " / ".join(f(p["spearman"]) for p in ceiling["pairs"].values())
+    rows.append(f"| {long} (long) | noise ceiling {f(ceiling['mean_spearman'])} (seed pairs {pairs}) | "
+                f"{f(ceiling['mean_kendall'])} | | | {mean_acc(long)} |")
+    return "\n".join(rows)
+
+
+def plot_svg(result: dict[str, Any], path: Path) -> None:
+    """Spearman with the long budget against training steps (log scale): short runs, ASHA rungs, the ceiling."""
+    w, h, left, top, right, bottom = 600, 320, 56, 34, 180, 44
+    steps = sorted({*map(int, result["per_budget"]), *map(int, result["asha_rungs_mean_spearman"])})
+    lo, hi = math.log2(steps[0]), math.log2(result["long_budget"])
+    def x(v: float) -> float: return left + (math.log2(v) - lo) / (hi - lo or 1) * (w - left - right)
+    def y(v: float) -> float: return top + (1 - (v + 0.2) / 1.2) * (h - top - bottom)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+           f'font-size="11"><rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{left}" y="16" font-size="12">{result["task"]}: Spearman of dev accuracy with '
+           f'{result["long_budget"]} steps (mean of {len(result["seeds"])} seeds)</text>']
+    for t in (-0.2, 0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        out.append(f'<line x1="{left}" x2="{w - right}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#eee"/>'
+                   f'<text x="{left - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{t:.1f}</text>')
+    for v in [*steps, result["long_budget"]]:
+        out.append(f'<text x="{x(v):.1f}" y="{h - bottom + 16}" text-anchor="middle">{v}</text>')
+    out.append(f'<text x="{(left + w - right) / 2}" y="{h - 8}" text-anchor="middle">training steps</text>')
+    lines = [("short run", "#1f77b4", "", {int(b): r["mean_spearman"] for b, r in result["per_budget"].items()}),
+             ("ASHA rung (long run)", "#ff7f0e", "", {int(b): v for b, v in
+                                                           result["asha_rungs_mean_spearman"].items()})]
+    for level, label, color in ((result["noise_ceiling"]["mean_spearman"], "noise ceiling", "#2ca02c"),
+                                (result["target"], "target", "#d62728")):
+        if level is not None:
+            lines.append((f"{label} {level:.2f}", color, ' stroke-dasharray="5,4"',
+                          {steps[0]: level, result["long_budget"]: level}))
+    for i, (label, color, dash, pts) in enumerate(lines):
+        xy = [(x(k), y(v)) for k, v in sorted(pts.items()) if v is not None]
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="'
+                   + " ".join(f"{a:.1f},{b:.1f}" for a, b in xy) + '"/>')
+        if not dash:
+            out.extend(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{color}"/>' for a, b in xy)
+        out.append(f'<line x1="{w - right + 10}" x2="{w - right + 28}" y1="{top + 14 * i}" y2="{top + 14 * i}" '
+                   f'stroke="{color}" stroke-width="2"{dash}/><text x="{w - right + 32}" y="{top + 14 * i + 4}">'
+                   f'{label}</text>')
+    path.write_text("\n".join([*out, "</svg>"]) + "\n")
+
+
 # --- the two settings -------------------------------------------------------------------------------------
 SST2_SPACE = {"init": ["teacher"], "n_layers": [1, 2, 3, 4], "d_model": [384], "n_heads": [3, 6, 12],
               "ffn_ratio": [1, 2, 4], "attention": ["softmax"], "attention_bits": [32, 8], "ffn_bits": [32, 8],
@@ -246,8 +311,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "builtin": {"task": "builtin:longmatch", "space": {}, "teacher": None, "budgets": [50, 100, 200, 400, 800],
                 "long": 1600, "seq_len": 64},
     # SST-2 with the fine-tuned MiniLM-L6 teacher, the students of benchmarks/sst2_teacher.py.
-    "sst2": {"task": "../shared/data/sst2", "space": SST2_SPACE, "teacher": "minilm", "budgets": [25, 50, 100, 200],
-             "long": 800, "seq_len": 64,
+    "sst2": {"task": "../shared/data/sst2", "space": SST2_SPACE, "teacher": "minilm", "budgets": [25, 50],
+             "long": 200, "seq_len": 64,
              "train": {"batch_size": 32, "lr": 2e-4, "warmup_fraction": 0.06, "amp": False, "group_by_length": True,
                        "freeze_inherited_embeddings": True}},
 }
@@ -272,7 +337,10 @@ def prepare(args: argparse.Namespace) -> tuple[Any, str | None]:
         "teacher": {"path": path, "fine_tune": {"steps": 1000, "lr": 5e-5, "batch_size": 32}},
         "train": {**args.train, "seed": 0}, "measure": _measure(True, args.seq_len)})
     with tempfile.TemporaryDirectory() as tmp:
-        prepared = prepare_teacher(spec, open_store(os.path.join(tmp, "t.db")), progress=True)
+        store = open_store(os.path.join(tmp, "t.db"))
+        store.create_study(spec.name, spec.model_dump_json(), [(o.metric, o.resolved_direction) for o in spec.objectives])
+        prepared = prepare_teacher(spec, store, progress=True)
+        store.close()
     assert prepared is not None
     print(f"teacher: {prepared.path} (dev accuracy {prepared.reference.dev_accuracy})", flush=True)
     return prepared.candidate, prepared.path
@@ -312,6 +380,7 @@ def main() -> None:
                     f"--long {args.long}"),
         "task": args.task, "teacher": teacher and os.path.basename(teacher), "space_overrides": args.space,
         "train": args.train, "budgets": args.budgets, "long_budget": args.long, "seeds": args.seeds,
+        "target": args.target,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {args.workers} workers x 1 torch thread",
         "energy_meter": "estimate (CPU time x TDP share; no RAPL here): an ESTIMATE, not a measurement",
         "wall_s_this_invocation": time.time() - t0,
@@ -322,11 +391,13 @@ def main() -> None:
                      for s in args.seeds},
     }
     Path(args.out).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    plot_svg(result, Path(args.out).with_suffix(".svg"))
     for b, row in result["per_budget"].items():
         print(f"{b:>5} steps: Spearman {row['mean_spearman']}, Kendall {row['mean_kendall']}, "
               f"HV ratio {row['mean_hv_ratio']}, ASHA rung Spearman {row['asha_rung_mean_spearman']}")
     print(f"noise ceiling (seed vs seed at {args.long}): {result['noise_ceiling']['mean_spearman']}")
     print(result["recommendation"])
+    print(markdown_table(result))
     print(f"wrote {args.out}")
 
 

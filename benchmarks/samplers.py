@@ -13,6 +13,9 @@ seed; the report gives
 Energy on a CPU-only machine comes from the labelled ``estimate`` meter; the result file says so.
 
     python benchmarks/samplers.py --trials 16 --seeds 0 1 2 --out benchmarks/results/samplers.json
+
+A rerun keeps the studies of ``--db`` that are complete and resumes an interrupted one, so a stopped
+benchmark loses at most its running trials; ``--fresh`` starts over.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ def main() -> None:
     ap.add_argument("--task", default="builtin:sentiment")
     ap.add_argument("--db", default="benchmarks/results/samplers.db")
     ap.add_argument("--out", default="benchmarks/results/samplers.json")
+    ap.add_argument("--fresh", action="store_true",
+                    help="delete --db first; by default a rerun keeps its complete studies and resumes the rest")
     args = ap.parse_args()
 
     import nas
@@ -86,13 +91,21 @@ def main() -> None:
     from storage import Store
 
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.db).unlink(missing_ok=True)
+    if args.fresh:
+        Path(args.db).unlink(missing_ok=True)
     t0 = time.time()
-    {s: {} for s in SAMPLERS}
     for seed in args.seeds:
         for sampler in SAMPLERS:
-            t = time.time()
-            nas.search(spec_for(sampler, seed, args.trials, args.db, args.task, args.steps))
+            t, name = time.time(), f"{sampler}-s{seed}"
+            with Store.open(args.db) as store:
+                status = {s.name: s.status for s in store.list_studies()}.get(name)
+            if status == "COMPLETE":
+                print(f"{name}: complete in {args.db}, kept", flush=True)
+                continue
+            if status is not None:  # interrupted: continue it (what was stored stays)
+                nas.search(resume=name, db=args.db)
+            else:
+                nas.search(spec_for(sampler, seed, args.trials, args.db, args.task, args.steps))
             print(f"{sampler} seed {seed}: {time.time() - t:.0f} s", flush=True)
     store = Store.open(args.db, create=False)
     directions = ["maximize", "minimize"]
@@ -124,7 +137,7 @@ def main() -> None:
         "energy_meter": "estimate (CPU TDP x utilisation; this machine has no RAPL): an ESTIMATE, not a measurement",
         "hypervolume_space": "accuracy (max) x log10(J/sample) (min), reference shared by the samplers of a seed",
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs",
-        "wall_s": time.time() - t0, "per_seed": per_seed, "summary": summary,
+        "wall_s_this_invocation": time.time() - t0, "per_seed": per_seed, "summary": summary,
     }
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(summary, indent=2))

@@ -65,3 +65,31 @@ def test_analyse_states_the_best_when_no_budget_reaches_the_target() -> None:
     out = fidelity.analyse(args, list(range(6)), _done(6, [0], {50: long[::-1], 200: long}))
     assert out["recommended_budget"] is None
     assert "no budget reaches 0.85" in out["recommendation"]
+
+
+def test_plot_draws_each_budget_and_the_ceiling(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    long = [0.55, 0.6, 0.7, 0.75, 0.8, 0.9]
+    args = argparse.Namespace(budgets=[50, 100], long=200, seeds=[0, 1], target=0.85)
+    out = fidelity.analyse(args, list(range(6)), _done(6, args.seeds, {50: long[::-1], 100: long, 200: long}))
+    result = {**out, "task": "builtin:longmatch", "long_budget": 200, "seeds": [0, 1], "target": 0.85}
+    fidelity.plot_svg(result, tmp_path / "f.svg")
+    svg = ET.parse(tmp_path / "f.svg").getroot()
+    lines = svg.findall("{http://www.w3.org/2000/svg}polyline")
+    assert len(lines) == 4  # short runs, ASHA rungs, the noise ceiling, the target
+    short = [tuple(map(float, p.split(","))) for p in lines[0].get("points", "").split()]
+    assert len(short) == 2 and short[0][1] > short[1][1]  # Spearman -1 at 50 steps is drawn below 1.0 at 100
+    assert "noise ceiling 1.00" in ET.tostring(svg, encoding="unicode")
+
+
+def test_markdown_table_quotes_each_budget_rung_and_the_ceiling() -> None:
+    long = [0.55, 0.6, 0.7, 0.75, 0.8, 0.9]
+    args = argparse.Namespace(budgets=[50], long=200, seeds=[0, 1], target=0.85)
+    done = _done(6, args.seeds, {50: long[::-1], 200: long})
+    out = fidelity.analyse(args, list(range(6)), done)
+    acc = {str(s): {str(b): fidelity._acc(done, 6, s, b) for b in (50, 200)} for s in args.seeds}
+    table = fidelity.markdown_table({**out, "long_budget": 200, "seeds": [0, 1], "accuracy": acc})
+    assert "| 50 | -1.00 (-1.00 / -1.00) |" in table
+    assert "| 100 (rung only) |" in table  # a quarter and half of the long run are rungs too
+    assert "| 200 (long) | noise ceiling 1.00 (seed pairs 1.00) |" in table and "0.717 |" in table
