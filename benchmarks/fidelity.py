@@ -112,9 +112,26 @@ def _measure(long: bool, seq_len: int) -> dict[str, Any]:
             "idle_s": 0.0, "warmup_iters": 1}
 
 
+def check_candidates(work: Path, cands: list[Any]) -> None:
+    """Runs are keyed by candidate index: refuse to resume ``work`` with other candidates than it was begun with.
+
+    The candidates are written beside it (``.candidates.json``) when it is begun.
+    """
+    listing = work.with_suffix(".candidates.json")
+    now = [c.flat() for c in cands]
+    if not listing.exists():
+        listing.write_text(json.dumps(now, indent=1, default=str) + "\n")
+        return
+    before = json.loads(listing.read_text())
+    if before != json.loads(json.dumps(now, default=str)):
+        raise SystemExit(f"{work} was begun with other candidates than this run samples ({listing} differs: the "
+                         f"space, --candidates or the teacher changed); pass a new --work file, or restore them")
+
+
 def run_all(args: argparse.Namespace, cands: list[Any], teacher: str | None) -> dict[Job, dict[str, Any]]:
     """Every (candidate, seed, budget) run, resumed from ``--work``; returns all results."""
     work = Path(args.work)
+    check_candidates(work, cands)
     done: dict[Job, dict[str, Any]] = {}
     if work.exists():
         for line in work.read_text().splitlines():

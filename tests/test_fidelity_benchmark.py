@@ -93,3 +93,19 @@ def test_markdown_table_quotes_each_budget_rung_and_the_ceiling() -> None:
     assert "| 50 | -1.00 (-1.00 / -1.00) |" in table
     assert "| 100 (rung only) |" in table  # a quarter and half of the long run are rungs too
     assert "| 200 (long) | noise ceiling 1.00 (seed pairs 1.00) |" in table and "0.717 |" in table
+
+
+class _Cand:
+    def __init__(self, layers: int) -> None:
+        self.layers = layers
+
+    def flat(self) -> dict[str, Any]:
+        return {"n_layers": self.layers}
+
+
+def test_resume_refuses_a_work_file_begun_with_other_candidates(tmp_path: Path) -> None:
+    work = tmp_path / "f.runs.jsonl"
+    fidelity.check_candidates(work, [_Cand(1), _Cand(2)])  # begun: the listing is written
+    fidelity.check_candidates(work, [_Cand(1), _Cand(2)])  # the same candidates resume
+    with pytest.raises(SystemExit, match="other candidates"):
+        fidelity.check_candidates(work, [_Cand(2), _Cand(1)])
