@@ -135,6 +135,36 @@ def test_the_driver_judges_constraints_from_the_stored_trial(tmp_path, make_resu
     assert pickle.loads(pickle.dumps(judge))(1) == judge(1)
 
 
+def test_resume_tells_optuna_a_trial_the_killed_driver_stored_but_never_told(tmp_path, make_result,
+                                                                             make_candidate) -> None:
+    """Regression (kill -9 between our write and Optuna's tell): our tables said COMPLETE, Optuna FAIL."""
+    from optuna.storages import RDBStorage
+
+    from nas.runner.driver import _settle_running_optuna_trials
+    from nas.spec import StudySpec
+    from storage import Store, TrialCost
+
+    spec = StudySpec(name="k", constraints=["accuracy >= 0.6"])
+    store = Store.open(str(tmp_path / "nas.db"))
+    store.create_study("k", spec.model_dump_json(), [("accuracy", "maximize"), ("energy_per_sample_j", "minimize")])
+    ot_storage = RDBStorage(store.url, engine_kwargs=store.optuna_engine_kwargs())
+    study = optuna.create_study(study_name="k", storage=ot_storage, directions=["maximize", "minimize"])
+    asked = [study.ask() for _ in range(3)]  # all RUNNING in Optuna, as a killed driver leaves them
+    for i in (0, 1):
+        store.start_trial("k", i, make_candidate(i))
+    result = make_result(candidate=make_candidate(0), accuracy=0.5, energy_per_sample_j=2e-3)
+    store.finish_trial("k", 0, result, cost=TrialCost.from_result(result))  # stored, never told
+    store.mark_unfinished_failed("k", "interrupted")  # trial 1 died mid-run; trial 2 never started
+
+    _settle_running_optuna_trials(ot_storage, store, spec)
+    trials = optuna.load_study(study_name="k", storage=ot_storage).trials
+    assert [t.number for t in trials] == [a.number for a in asked]
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
+    assert trials[0].values == [0.5, 2e-3]
+    assert trials[0].system_attrs.get("constraints:accuracy >= 0.6") == 1.0  # told it failed the constraint
+    assert trials[1].user_attrs["fail_reason"] == trials[2].user_attrs["fail_reason"]
+
+
 def test_gp_sampler_settings() -> None:
     import warnings
 

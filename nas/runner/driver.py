@@ -2,7 +2,8 @@
 
 Resume rebuilds everything from the database (ARCHITECTURE decision 2): the Optuna study is loaded from
 RDBStorage (its sampler history intact), trials left RUNNING by a dead driver become FAIL with a
-reason, and their budget is re-queued.
+reason, and their budget is re-queued; one the dead driver had stored but not yet told Optuna is told
+COMPLETE with its stored objectives.
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str |
         if lost:
             log.info("resume: %d unfinished trial(s) marked FAIL and re-queued: %s", len(lost), lost)
     ot_storage = RDBStorage(store.url, engine_kwargs=store.optuna_engine_kwargs())
-    _fail_running_optuna_trials(ot_storage, name)
+    _settle_running_optuna_trials(ot_storage, store, spec)
 
     done = _spent(store, name)
     remaining = spec.budget.trials - done
@@ -215,16 +216,16 @@ def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str |
         try:
             tuner.fit()
         except BaseException as e:
-            _close_out(store, ot_storage, name, "FAILED")
+            _close_out(store, ot_storage, spec, "FAILED")
             ours = _nas_error_in(e)
             if ours is not None and ours is not e:
                 raise ours from e  # Tune wraps what the writer raised (a deleted database, a full disk)
             raise
         if writer.fatal is not None:  # a write failed: Tune logged it; the search stops with it
-            _close_out(store, ot_storage, name, "FAILED")
+            _close_out(store, ot_storage, spec, "FAILED")
             raise writer.fatal
         # a trial Tune abandoned (time or joule budget) is not lost: it is marked and re-queued
-        _close_out(store, ot_storage, name, None)
+        _close_out(store, ot_storage, spec, None)
     finally:
         session.stop()
     done = _spent(store, name)
@@ -249,21 +250,21 @@ def _nas_error_in(e: BaseException) -> NASError | None:
     return None
 
 
-def _close_out(store: Store, ot_storage: OptunaStorage, name: str, status: str | None) -> None:
+def _close_out(store: Store, ot_storage: OptunaStorage, spec: StudySpec, status: str | None) -> None:
     """Trials left running become FAIL (interrupted) in both our tables and Optuna's.
 
     A failed search is marked so. After a failed write this may fail too: the first error is the one that
     counts.
     """
     try:
-        store.mark_unfinished_failed(name, INTERRUPTED)
-        _fail_running_optuna_trials(ot_storage, name)
+        store.mark_unfinished_failed(spec.name, INTERRUPTED)
+        _settle_running_optuna_trials(ot_storage, store, spec)
         if status is not None:
-            store.set_study_status(name, status)
+            store.set_study_status(spec.name, status)
     except Exception as e:  # noqa: BLE001 - never mask the error that stopped the search
         if status is None:
             raise
-        log.error("could not close out study %r after the search stopped: %s", name, e)
+        log.error("could not close out study %r after the search stopped: %s", spec.name, e)
 
 
 def _spent(store: Store, name: str) -> int:
@@ -326,16 +327,34 @@ class SearchStopper(Stopper):  # type: ignore[misc]
         return False
 
 
-def _fail_running_optuna_trials(ot_storage: OptunaStorage, name: str) -> None:
-    """Optuna trials left RUNNING (a dead driver, an abandoned trial) become FAIL.
+def _settle_running_optuna_trials(ot_storage: OptunaStorage, store: Store, spec: StudySpec) -> None:
+    """Optuna trials left RUNNING (a dead driver, an abandoned trial) are told what our tables hold.
 
-    Samplers that condition on running trials (constant liar) are then not skewed, and history stays
-    consistent.
+    A trial our tables hold as COMPLETE (the driver stored it, then was killed before it told Optuna) is
+    told COMPLETE with its stored objectives and constraint values, so the sampler learns from it and both
+    histories agree. Every other one becomes FAIL, so that samplers that condition on running trials
+    (constant liar) are not skewed.
     """
     try:
-        study_id = ot_storage.get_study_id_from_name(name)
+        study_id = ot_storage.get_study_id_from_name(spec.name)
     except KeyError:
         return
-    for t in ot_storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+    running = ot_storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return
+    stored = {v.number: v for v in store.trials(spec.name)}
+    constraints = study_constraints(spec, StoreHandle(store, spec.name))
+    study = optuna.load_study(study_name=spec.name, storage=ot_storage)
+    for t in running:
+        view = stored.get(t.number)
+        flat = view.values() if view is not None and view.state == "COMPLETE" else {}
+        values = [flat.get(m) for m in spec.objective_names]
+        if flat and all(isinstance(v, (int, float)) for v in values):
+            trial = optuna.Trial(study, t._trial_id)
+            for key, value in (constraints(t.number) if constraints is not None else {}).items():
+                trial.set_constraint(key, value)
+            study.tell(trial, [float(v) for v in values])  # type: ignore[arg-type]
+            log.info("trial %d: stored COMPLETE but never told to Optuna; told now", t.number)
+            continue
         ot_storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
         ot_storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
