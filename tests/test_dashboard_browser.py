@@ -1,7 +1,8 @@
 """``nas serve`` in a real browser: Debian's Chromium driven by Playwright (no browser download).
 
-The study comes from a real ``nas search --trials 4`` run. Where that command cannot run here (it fails
-or exceeds its time limit), the study is written through the Store API with fake results instead, and
+The study comes from a real ``nas search`` run: the built-in study's space and protocol, 4 trials of
+:data:`BROWSER_STEPS` steps on ``builtin:sentiment`` (the default's 800 steps on ``builtin:longmatch`` would
+make this setup take two minutes). Where that command cannot run here (it fails or exceeds its time limit), the study is written through the Store API with fake results instead, and
 the test says so in its output. The front plot must hold exactly as many front points as
 ``nas pareto STUDY --json`` prints.
 """
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,6 +31,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 ROOT = Path(__file__).resolve().parents[1]
 DOCS_SCREENSHOT = ROOT / "docs" / "dashboard.png"
 SEARCH_TIMEOUT_S = float(os.environ.get("NAS_BROWSER_SEARCH_TIMEOUT_S", "420"))
+BROWSER_STEPS = 150
 
 # JavaScript run in the page: the number of points in the front plot's traces marked role=front.
 FRONT_POINTS_JS = """() => {
@@ -56,9 +59,17 @@ class RealStudy:
     source: str  # "nas search" or "Store API (fake results)"
 
 
+def _browser_spec() -> Any:
+    from nas.spec import default_spec
+
+    return default_spec().with_overrides(**{
+        "name": "browser", "task": "builtin:sentiment", "budget.trials": 4, "train.steps": BROWSER_STEPS,
+        "fidelity.rungs": [BROWSER_STEPS]})
+
+
 @pytest.fixture(scope="session")
 def real_study(tmp_path_factory: pytest.TempPathFactory) -> RealStudy:
-    """A study made by ``nas search --trials 4`` or, where that cannot run, through the Store API."""
+    """A study made by ``nas search`` (4 short trials) or, where that cannot run, through the Store API."""
     reuse = os.environ.get("NAS_BROWSER_DB")  # a database from an earlier run, to iterate quickly
     if reuse:
         listed = json.loads(_nas("studies", "--db", reuse, "--json", timeout=60, cwd=ROOT).stdout)
@@ -66,7 +77,9 @@ def real_study(tmp_path_factory: pytest.TempPathFactory) -> RealStudy:
     folder = tmp_path_factory.mktemp("browser_study")
     db = str(folder / "nas.db")
     try:
-        run = _nas("search", "--trials", "4", "--db", db, "--quiet", timeout=SEARCH_TIMEOUT_S, cwd=folder)
+        spec = folder / "browser.yaml"
+        spec.write_text(json.dumps(_browser_spec().model_dump(mode="json")))  # JSON is YAML
+        run = _nas("search", str(spec), "--db", db, "--quiet", timeout=SEARCH_TIMEOUT_S, cwd=folder)
         ok = run.returncode == 0
         why = (run.stderr or run.stdout).strip().splitlines()[-1:] if not ok else []
     except subprocess.TimeoutExpired:
@@ -74,7 +87,7 @@ def real_study(tmp_path_factory: pytest.TempPathFactory) -> RealStudy:
     if ok:
         listed = json.loads(_nas("studies", "--db", db, "--json", timeout=60, cwd=folder).stdout)
         return RealStudy(db=db, study=listed[0]["name"], source="nas search")
-    sys.stderr.write(f"\n[browser test] `nas search --trials 4` did not complete ({' '.join(why)}); "
+    sys.stderr.write(f"\n[browser test] `nas search` did not complete ({' '.join(why)}); "
                      "building the study through the Store API with fake results instead\n")
     for leftover in folder.iterdir():
         if leftover.is_file():

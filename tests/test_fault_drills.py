@@ -114,7 +114,8 @@ def _alive(pid: int, created: float) -> bool:
 
 @pytest.mark.parametrize("kind", ["tpe", "gp"])
 def test_kill_9_of_the_driver_then_resume(tmp_path: Path, kind: str) -> None:
-    """No duplicate candidate, no Ray process left, nothing in the temp dir; the resumed GP proposes again."""
+    """Nothing lost or duplicated, the budget finished, no Ray process left, nothing in the temp dir, Optuna
+    and our tables agree; the resumed GP proposes again."""
     db = tmp_path / "nas.db"
     spec = small_spec("k9", db, trials=6)
     spec["sampler"] = {"kind": kind, "seed": 0, "n_startup_trials": 3 if kind == "tpe" else 2}
@@ -136,6 +137,7 @@ def test_kill_9_of_the_driver_then_resume(tmp_path: Path, kind: str) -> None:
     proc.send_signal(signal.SIGKILL)  # the driver alone: its Ray processes are orphaned
     proc.wait(timeout=30)
     asked_before_kill = max(_optuna_states(db, "k9"))
+    before = {v.number: v.state for v in Store.open(str(db), create=False).trials("k9")}
 
     res = nas_cli("search", "--resume", "k9", "--quiet", "--db", str(db), env=_env(tmp_path))
     assert res.returncode == 0, res.stderr[-3000:]
@@ -143,6 +145,13 @@ def test_kill_9_of_the_driver_then_resume(tmp_path: Path, kind: str) -> None:
     assert not left, f"Ray processes of the killed driver still run: {left}"
     assert not list((tmp_path / "registry").glob("*.json"))
     views = Store.open(str(db), create=False).trials("k9")
+    numbers = [v.number for v in views]
+    assert len(numbers) == len(set(numbers)), "a trial was duplicated"
+    by_number = {v.number: v for v in views}
+    for n, state in before.items():  # nothing lost: every earlier trial is still there, COMPLETE stays so
+        assert n in by_number and (state != "COMPLETE" or by_number[n].state == "COMPLETE"), (n, state)
+    interrupted = [by_number[n] for n, state in before.items() if state == "RUNNING"]
+    assert all(v.state == "FAIL" and v.retryable and "interrupted" in v.fail_reason for v in interrupted)
     complete = [v.candidate_hash for v in views if v.state == "COMPLETE"]
     assert len(complete) == 6 and len(set(complete)) == 6, "a candidate was evaluated twice"
     _assert_consistent(db, "k9")
