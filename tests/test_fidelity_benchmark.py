@@ -109,3 +109,30 @@ def test_resume_refuses_a_work_file_begun_with_other_candidates(tmp_path: Path) 
     fidelity.check_candidates(work, [_Cand(1), _Cand(2)])  # the same candidates resume
     with pytest.raises(SystemExit, match="other candidates"):
         fidelity.check_candidates(work, [_Cand(2), _Cand(1)])
+
+
+def _cheapest_near_best_rung(result: dict[str, Any], slack: float = 0.05) -> int:
+    rungs = {int(k): v for k, v in result["asha_rungs_mean_spearman"].items() if v is not None}
+    best = max(rungs.values())
+    return min(r for r, rho in rungs.items() if rho >= best - slack)
+
+
+def test_preset_default_rungs_are_the_committed_benchmarks_choice() -> None:
+    """Each preset's default rungs (nas.spec.PRESET_RUNGS) follow from the committed results: the first rung is
+    the cheapest ASHA rung within 0.05 of the best one; tiny's last is the best whole budget (the built-in
+    study's steps), base's the long budget of the SST-2 setting."""
+    import json
+
+    from nas.spec import DEFAULT_STEPS, PRESET_RUNGS, StudySpec
+
+    results = _PATH.parent / "results"
+    builtin = json.loads((results / "fidelity_builtin.json").read_text())
+    sst2 = json.loads((results / "fidelity_sst2.json").read_text())
+    best_whole = max(builtin["per_budget"], key=lambda b: builtin["per_budget"][b]["mean_spearman"])
+    assert PRESET_RUNGS["tiny"] == (_cheapest_near_best_rung(builtin), int(best_whole)) == (400, DEFAULT_STEPS)
+    assert PRESET_RUNGS["base"] == (_cheapest_near_best_rung(sst2), sst2["long_budget"])
+    for preset, rungs in PRESET_RUNGS.items():  # a spec without rungs gets its preset's
+        assert StudySpec.model_validate({"space": {"preset": preset}}).fidelity.rungs == list(rungs)
+        kept = StudySpec.model_validate({"space": {"preset": preset}, "fidelity": {"reduction_factor": 3}})
+        assert (kept.fidelity.rungs, kept.fidelity.reduction_factor) == (list(rungs), 3)
+    assert StudySpec.model_validate({"space": {"preset": "base"}, "fidelity": {"rungs": [10]}}).fidelity.rungs == [10]
