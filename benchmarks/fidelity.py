@@ -2,7 +2,7 @@
 
 Samples ``--candidates`` distinct candidates from a search space (Optuna's random sampler), then trains
 each one, with each seed, at every short budget (``--budgets``, each a whole run with its own warmup and
-cosine schedule: what ``train.steps`` means) and at a long budget (``--long``, at least 8x the default).
+cosine schedule: what ``train.steps`` means) and at a long budget (``--long``, 8x the shortest budget or more).
 Every run goes through the service's own trial pipeline (:func:`evaluators.pipeline.run_trial`: train or
 distil, compress, evaluate on the dev split). The long run also reports dev accuracy at each short budget
 mid-way (what an ASHA rung of a study whose last rung is ``--long`` sees).

@@ -2,8 +2,9 @@
 
 The study comes from a real ``nas search`` run: the built-in study's space and protocol, 4 trials of
 :data:`BROWSER_STEPS` steps on ``builtin:sentiment`` (the default's 800 steps on ``builtin:longmatch`` would
-make this setup take two minutes). Where that command cannot run here (it fails or exceeds its time limit), the study is written through the Store API with fake results instead, and
-the test says so in its output. The front plot must hold exactly as many front points as
+make this setup take two minutes). Where that command cannot run here (it fails or exceeds its time
+limit), the study is written through the Store API with fake results instead, and the test says so in
+its output. The front plot must hold exactly as many front points as
 ``nas pareto STUDY --json`` prints.
 """
 

@@ -31,7 +31,7 @@ from ray.tune.stopper import Stopper
 from nas.config import Candidate
 from nas.errors import NASError, SearchError
 from nas.runner.ray_session import RaySession, reap_orphans
-from nas.runner.searcher import NASOptunaSearch, make_sampler, sampler_seed
+from nas.runner.searcher import NASOptunaSearch, make_sampler, sampler_seed, tell_complete
 from nas.runner.teacher_prep import prepare_teacher
 from nas.runner.trainable import tune_trainable
 from nas.runner.writer import StoreHandle, StoreWriter
@@ -350,10 +350,8 @@ def _settle_running_optuna_trials(ot_storage: OptunaStorage, store: Store, spec:
         flat = view.values() if view is not None and view.state == "COMPLETE" else {}
         values = [flat.get(m) for m in spec.objective_names]
         if flat and all(isinstance(v, (int, float)) for v in values):
-            trial = optuna.Trial(study, t._trial_id)
-            for key, value in (constraints(t.number) if constraints is not None else {}).items():
-                trial.set_constraint(key, value)
-            study.tell(trial, [float(v) for v in values])  # type: ignore[arg-type]
+            tell_complete(study, optuna.Trial(study, t._trial_id), [float(v) for v in values],  # type: ignore[arg-type]
+                          constraints(t.number) if constraints is not None else None)
             log.info("trial %d: stored COMPLETE but never told to Optuna; told now", t.number)
             continue
         ot_storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)

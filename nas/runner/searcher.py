@@ -34,11 +34,19 @@ from nas.runner.samplers import make_sampler
 from search_spaces import SearchSpace, suggest
 from storage import candidate_hash
 
-__all__ = ["NASOptunaSearch", "make_sampler", "sampler_seed"]
+__all__ = ["NASOptunaSearch", "make_sampler", "sampler_seed", "tell_complete"]
 
 log = logging.getLogger(__name__)
 
 MAX_RESAMPLE = 50
+
+
+def tell_complete(study: optuna.Study, trial: optuna.Trial, values: list[float],
+                  constraints: dict[str, float] | None) -> None:
+    """Tell Optuna a trial is COMPLETE with its objective ``values``, after setting its constraint values."""
+    for key, value in (constraints or {}).items():
+        trial.set_constraint(key, value)
+    study.tell(trial, values if len(values) > 1 else values[0])
 
 
 def sampler_seed(seed: int, study: str, n_told: int) -> int:
@@ -166,10 +174,8 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
             self._study.tell(ot_trial, None, state=optuna.trial.TrialState.PRUNED)
         else:  # a COMPLETE report carries every objective (the worker fails it otherwise)
             vals = [float(report.objectives[m]) for m in metrics]
-            if self._constraints is not None:
-                for key, value in self._constraints(ot_trial.number).items():
-                    ot_trial.set_constraint(key, value)
-            self._study.tell(ot_trial, vals if len(vals) > 1 else vals[0])
+            tell_complete(self._study, ot_trial, vals,
+                          self._constraints(ot_trial.number) if self._constraints is not None else None)
         self._completed_trials.add(trial_id)
 
     def _forget(self, ot_trial: optuna.Trial) -> None:
