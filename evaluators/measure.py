@@ -386,7 +386,8 @@ def _measure(
             for _ in range(n):
                 fn(ids, mask)
 
-    before = device_snapshot(device)
+    measured = meter.device  # the board the meter reads (where ``device`` runs, outside the fake-GPU harness)
+    before = device_snapshot(measured)
     meter.begin("protocol")  # the whole protocol's joules, for the search cost
     iter_s = _warm_up(run, cfg, device)
     idle_w = _idle_watts(meter, cfg, device)
@@ -394,10 +395,10 @@ def _measure(
     figs = _window_figures(readings, cfg.batch_size, idle_w)
     lat_ms = _latencies_ms(lambda: fn(ids, mask), dtype_ctx, device, iter_s)
     protocol = meter.end("protocol")
-    after = device_snapshot(device)
+    after = device_snapshot(measured)
     mean_window_s = statistics.fmean(figs.durations_s)
     prov = collect_provenance(
-        meter.name, kernels, device, cfg, before, after,
+        meter.name, kernels, measured, cfg, before, after,
         n_windows=len(readings), window_s=mean_window_s, cpu_mode=meter.cpu_mode, dtype=dtype_label,
     )
     is_estimate = meter.is_estimate or any(r.is_estimate for r, _ in readings)

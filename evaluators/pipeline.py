@@ -45,20 +45,22 @@ from evaluators.inherit import inherit_
 from evaluators.lane import MeasurementLane
 from evaluators.meters import EnergyMeter, make_meter
 from evaluators.metrics import evaluate
-from evaluators.serving import device_key, measure_serving
+from evaluators.placement import place
+from evaluators.serving import measure_serving
 from evaluators.tasks import load_task as _load
 from evaluators.teacher_cache import TeacherOutputs, build_or_load
 from evaluators.teacher_fit import resolve_teacher
 from evaluators.tokenize import cache_dir
-from evaluators.train import build_for_task, resolve_device, train
+from evaluators.train import build_for_task, train
 from evaluators.train_meter import TrainingMeter
 from evaluators.weights import save_trial_weights
 from nas.compress import applied_compression, apply_candidate_compression, model_size_bytes
 from nas.config import Candidate, DistillConfig, MeasureConfig, TrainConfig
-from nas.errors import ConfigError, TrialFailedError
+from nas.errors import ConfigError, MeterUnavailableError, TrialFailedError
 from nas.models import EncoderClassifier
 from nas.models.flops import count_flops
-from nas.records import EvalMetrics, RungReport, TrainSummary, TrialResult
+from nas.placement import Placement
+from nas.records import EvalMetrics, FailKind, RungReport, TrainSummary, TrialResult
 from nas.spec import TeacherSpec
 
 if TYPE_CHECKING:
@@ -94,25 +96,28 @@ _teacher_outputs: dict[tuple[str, str, str, bool, bool], TeacherOutputs | None] 
 
 @dataclass
 class TrialContext:
-    """The device, meter and lane that the phases of one trial share.
+    """The placement, meter and lane that the phases of one trial share.
 
     Use :meth:`open` and :meth:`close` (or ``with``); the lane is held shared from open to close, except
-    while measuring.
+    while measuring. ``device`` is where torch runs; the meter reads, and the lane is keyed by, the
+    physical device of ``placement`` (the same device, except under the fake-GPU test harness).
     """
 
     device: str
     meter: EnergyMeter
     lane: MeasurementLane
     progress: Progress | None = None
+    placement: Placement | None = None
 
     @classmethod
-    def open(cls, train_cfg: TrainConfig, measure_cfg: MeasureConfig, progress: Progress | None = None) -> TrialContext:
-        """Resolve the device, make the meter and take the device's lane shared."""
-        device = str(resolve_device(train_cfg.device))
-        meter = make_meter(measure_cfg.meter, measure_cfg, device=device)
-        lane = MeasurementLane(device_key(device))
+    def open(cls, train_cfg: TrainConfig, measure_cfg: MeasureConfig, progress: Progress | None = None,
+             placement: Placement | None = None) -> TrialContext:
+        """Place the trial (unless ``placement`` is given), make its meter and take its lane shared."""
+        where = placement if placement is not None else place(train_cfg.device)
+        meter = make_meter(measure_cfg.meter, measure_cfg, device=where.device)
+        lane = MeasurementLane(where.lane_key)
         lane.enter_shared()
-        return cls(device=device, meter=meter, lane=lane, progress=progress)
+        return cls(device=where.compute, meter=meter, lane=lane, progress=progress, placement=where)
 
     def close(self) -> None:
         """Release the lane and the meter."""
@@ -210,7 +215,7 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
     teacher_training = teacher.take_training() if teacher is not None else None
     outputs = teacher_outputs_for(teacher, task, candidate.distill, ctx) if teacher is not None else None
     teacher_cache = outputs.take_build_cost() if outputs is not None else None
-    book = TrainingMeter(ctx.meter, ctx.device, batch_size=train_cfg.batch_size, seq_len=task.max_len)
+    book = TrainingMeter(ctx.meter, ctx.meter.device, batch_size=train_cfg.batch_size, seq_len=task.max_len)
     rung_acc: list[tuple[int, float]] = []
     steps, losses = 0, [float("nan")]
 
@@ -248,7 +253,8 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
         if compress and applied_compression(model) is None:
             apply_candidate_compression(model)  # a one-step budget: compress before evaluating
     except Exception as e:
-        raise _failure(e, TrialResult(candidate=candidate, task=task.name, status="FAIL", train=summary())) from e
+        raise _failure(e, TrialResult(candidate=candidate, task=task.name, status="FAIL", train=summary(),
+                                      placement=ctx.placement)) from e
     return Trained(summary(), stopped=False)
 
 
@@ -275,13 +281,13 @@ def assess(model: nn.Module, task: TaskData, train_summary: TrainSummary, measur
             weights_path = str(save_trial_weights(weights_out, model, candidate, task))
     except Exception as e:
         partial = TrialResult(candidate=candidate, task=task.name, status="FAIL", metrics=metrics,
-                              train=train_summary)
+                              train=train_summary, placement=ctx.placement)
         raise _failure(e, partial) from e
     return TrialResult(
         candidate=candidate, task=task.name, status="COMPLETE", metrics=metrics, train=train_summary,
         inference=inference, params=int(sum(p.numel() for p in model.parameters())),
         size_bytes=model_size_bytes(model), flops_per_sample=flops, peak_mem_bytes=peak,
-        kernels=inference.kernels, weights_path=weights_path,
+        kernels=inference.kernels, weights_path=weights_path, placement=ctx.placement,
     )
 
 
@@ -291,21 +297,36 @@ def _progress(ctx: TrialContext, phase: str) -> None:
 
 
 def _failure(e: Exception, partial: TrialResult) -> TrialFailedError:
-    """``e`` as a :class:`TrialFailedError` carrying ``partial`` (with the error as its reason)."""
+    """``e`` as a :class:`TrialFailedError` carrying ``partial`` (with the error as its reason).
+
+    The reason names the device the trial was placed on. A meter or NVML failure (a GPU that fell off the
+    bus, a driver gone) is the device's fault, not the candidate's: :attr:`FailKind.DEVICE`.
+    """
+    where = f" on {partial.placement.describe()}" if partial.placement is not None else ""
     if isinstance(e, TrialFailedError):
-        reason = str(e)
+        reason = str(e) if not where or where[4:] in str(e) else f"{e}{where}"
         err = e
     else:
         oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
-        reason = f"OOM: {e}" if oom else f"{type(e).__name__}: {e}"
-        err = TrialFailedError(reason, fix="lower batch_size or pick a smaller space" if oom else None)
+        device_fault = isinstance(e, MeterUnavailableError) or type(e).__name__.startswith("NVMLError")
+        reason = f"OOM{where}: {e}" if oom else f"{type(e).__name__}{where}: {e}"
+        err = TrialFailedError(
+            reason, kind=FailKind.DEVICE if device_fault else None,
+            fix=("lower batch_size or pick a smaller space" if oom else
+                 "check the device (nvidia-smi, the kernel log for Xid errors); trials on other devices go on"
+                 if device_fault and not getattr(e, "fix", None) else None))
     err.partial = dataclasses.replace(partial, error=reason[:2000])
     return err
 
 
 @contextmanager
-def _context(train_cfg: TrainConfig, measure_cfg: MeasureConfig, progress: Progress | None) -> Iterator[TrialContext]:
-    ctx = TrialContext.open(train_cfg, measure_cfg, progress)
+def _context(candidate: Candidate, task: str, train_cfg: TrainConfig, measure_cfg: MeasureConfig,
+             progress: Progress | None, placement: Placement | None) -> Iterator[TrialContext]:
+    where = placement if placement is not None else place(train_cfg.device)
+    try:
+        ctx = TrialContext.open(train_cfg, measure_cfg, progress, placement=where)
+    except MeterUnavailableError as e:  # the placed device's meter cannot open
+        raise _failure(e, TrialResult(candidate=candidate, task=task, status="FAIL", placement=where)) from e
     try:
         yield ctx
     finally:
@@ -323,6 +344,7 @@ def run_trial(
     on_rung: OnRung | None = None,
     weights_out: str | Path | None = None,
     progress: Progress | None = None,
+    placement: Placement | None = None,
 ) -> TrialResult:
     """Train, compress, evaluate and measure ``candidate`` on ``task``.
 
@@ -339,6 +361,8 @@ def run_trial(
             (the result is then ``PRUNED``, with its training cost).
         weights_out: folder to write the trained weights, candidate, tokenizer and labels to.
         progress: ``progress(phase, done, total)`` (the CLI draws a progress bar from it).
+        placement: Where the trial runs (a Ray trial passes what Ray assigned); by default
+            :func:`evaluators.placement.place` of ``train_cfg.device``.
 
     Raises:
         ConfigError: the candidate and task do not fit (e.g. distillation without a teacher).
@@ -347,7 +371,7 @@ def run_trial(
     """
     _need_teacher(candidate, teacher)
     t_start = time.time()
-    with _context(train_cfg, measure_cfg, progress) as ctx:
+    with _context(candidate, task, train_cfg, measure_cfg, progress, placement) as ctx:
         task_data = cached_task(task, train_cfg.seed, candidate.max_len)
         teach = (load_teacher_for(teacher, task_data, train_cfg.seed, ctx)
                  if teacher and _needs_teacher(candidate, teacher) else None)
@@ -363,7 +387,7 @@ def run_trial(
         trained = train_candidate(model, task_data, train_cfg, ctx, teacher=teach, rungs=rungs, on_rung=on_rung)
         if trained.stopped:
             return TrialResult(candidate=candidate, task=task_data.name, status="PRUNED", train=trained.summary,
-                               error=f"stopped early at step {trained.summary.steps}")
+                               error=f"stopped early at step {trained.summary.steps}", placement=ctx.placement)
         result = assess(model, task_data, trained.summary, measure_cfg, ctx,
                         eval_batch_size=train_cfg.eval_batch_size, weights_out=weights_out)
     log.info("trial done in %.1f s: accuracy %.4f, %s", time.time() - t_start, result.accuracy,

@@ -21,6 +21,7 @@ from evaluators.lane import MeasurementLane
 from evaluators.measure import measure_inference
 from evaluators.meters import EnergyMeter
 from evaluators.meters.gpu_use import GpuUseWatch
+from evaluators.placement import place
 from nas.compress import applied_compression, convert_int8_for_cpu, materialize_
 from nas.config import Candidate, MeasureConfig
 from nas.errors import MeterUnavailableError, TrialFailedError
@@ -35,12 +36,8 @@ MEASURE_ATTEMPTS = 3
 
 
 def device_key(device: str) -> str:
-    """The lane key: one lane per physical device (GPU UUID), or ``cpu``."""
-    if device.startswith("cuda"):
-        idx = torch.device(device).index or 0
-        uuid = getattr(torch.cuda.get_device_properties(idx), "uuid", None)
-        return f"gpu-{uuid}" if uuid is not None else f"gpu-{idx}"
-    return "cpu"
+    """The lane key of ``device``: one lane per physical device (GPU UUID), or ``cpu``."""
+    return place(device).lane_key
 
 
 def serving_copy(model: Any, candidate: Candidate, device: str) -> tuple[Any, str]:
@@ -96,8 +93,8 @@ def measure_serving(model: Any, candidate: Candidate, cfg: MeasureConfig, *, voc
     """
     serving, kernels = serving_copy(model, candidate, device)
     own_lane = lane is None
-    the_lane = lane if lane is not None else MeasurementLane(device_key(device))
-    watch = _gpu_watch(device)
+    the_lane = lane if lane is not None else MeasurementLane(device_key(meter.device))
+    watch = _gpu_watch(meter.device)  # the meter's device: the board it reads
     try:
         for attempt in range(1, MEASURE_ATTEMPTS + 1):
             with the_lane.exclusive() as hold:

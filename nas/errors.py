@@ -84,7 +84,7 @@ class TrialFailedError(NASError):
 
     Args:
         kind: Why, as a :class:`nas.records.FailKind`; ``None`` (the default) is the candidate's own
-            fault. ``FailKind.DEVICE`` (the device was shared during every measurement attempt) spends
+            fault. ``FailKind.DEVICE`` (the device failed, or was shared during every measurement attempt) spends
             no budget and the candidate may be sampled again.
         partial: The :class:`nas.records.TrialResult` (status ``FAIL``) of what the trial did before it
             failed, so that the joules it spent are stored and counted; set by the trial pipeline.

@@ -13,23 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nas.config import Candidate
+from nas.placement import Placement
 from nas.vocab import METER_READING
 
-__all__ = [
-    "METERS",
-    "ESTIMATE_METERS",
-    "FailKind",
-    "spends_budget",
-    "Provenance",
-    "EnergyReading",
-    "InferenceEnergy",
-    "joules_per_sample",
-    "TrainSummary",
-    "RungReport",
-    "sum_known",
-    "EvalMetrics",
-    "TrialResult",
-]
+__all__ = ["METERS", "ESTIMATE_METERS", "FailKind", "spends_budget", "Provenance", "EnergyReading",
+           "InferenceEnergy", "joules_per_sample", "TrainSummary", "RungReport", "sum_known", "EvalMetrics",
+           "TrialResult"]
 
 #: Every meter name a reading may carry (:data:`nas.vocab.METER_READING`).
 METERS: tuple[str, ...] = METER_READING.names
@@ -44,7 +33,8 @@ class FailKind(str, enum.Enum):
       objective it cannot have). It spends budget and the candidate is never sampled again.
     * ``INTERRUPTED``: the driver or the search stopped before the trial finished. No budget; the
       candidate may be sampled again.
-    * ``DEVICE``: other work shared the device during every measurement attempt. No budget; the
+    * ``DEVICE``: the device failed the trial (its meter or NVML broke, e.g. a GPU that fell off the bus),
+      or other work shared it during every measurement attempt. No budget; the
       candidate may be sampled again.
     * ``INVALID``: the sampled configuration is not a valid candidate; it never reached a worker.
     * ``NOT_EVALUATED``: the candidate repeats one that failed or was already evaluated; skipped.
@@ -383,6 +373,7 @@ class TrialResult:
     kernels: str | None = None
     error: str | None = None
     weights_path: str | None = None
+    placement: Placement | None = None  # the device it ran on (None: recorded before placements were)
 
     # --- flat views used for objectives, tables and filters -------------------------------------
     @property
@@ -466,6 +457,7 @@ class TrialResult:
             "kernels": self.kernels,
             "error": self.error,
             "weights_path": self.weights_path,
+            "placement": self.placement.to_dict() if self.placement else None,
             # flat, for humans and jq
             "accuracy": self.accuracy,
             **self.reported(),
@@ -494,4 +486,5 @@ class TrialResult:
             kernels=d.get("kernels"),
             error=d.get("error"),
             weights_path=d.get("weights_path"),
+            placement=Placement.from_dict(d["placement"]) if d.get("placement") else None,
         )

@@ -214,7 +214,9 @@ def set_result(row: TrialRow, result: TrialResult) -> None:
     row.meter = inf.meter if inf else None
     row.is_estimate = inf.is_estimate if inf else None
     row.hardware_fingerprint = inf.provenance.hardware_fingerprint if inf else NO_HARDWARE
-    row.device_uuid = inf.provenance.device_uuid if inf else None
+    # the board it was measured on, else the one it was placed on (a trial that failed before measuring)
+    row.device_uuid = (inf.provenance.device_uuid if inf else None) or (
+        result.placement.uuid if result.placement else None)
 
 
 def set_cost(row: TrialRow, cost: TrialCost) -> None:

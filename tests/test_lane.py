@@ -171,3 +171,67 @@ def test_a_measurement_that_always_saw_other_work_fails_retryable(monkeypatch, t
                                 lane=lane)
     assert e.value.retryable and len(calls) == serving.MEASURE_ATTEMPTS
     lane.close()
+
+
+def _placed_lane(directory, visible):
+    """The lane of the trial Ray placed on fake GPU ``visible`` (the fake NVML comes from the environment)."""
+    import os
+
+    from evaluators.placement import place
+
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    return MeasurementLane(place("auto", ray_gpu_ids=[visible]).lane_key, directory)
+
+
+def _gpu_trainer(directory, visible, ready, out_q):
+    lane = _placed_lane(directory, visible)
+    lane.enter_shared()
+    ready.wait(timeout=120)  # every process placed (imports done): the clock starts together
+    stop_at, steps = time.time() + 2.5, []
+    while time.time() < stop_at:
+        t0 = time.time()
+        time.sleep(0.02)
+        steps.append((t0, time.time()))
+        lane.step_boundary()
+    lane.close()
+    out_q.put(("train", lane.device_key, steps))
+
+
+def _gpu_measurer(directory, visible, ready, out_q):
+    lane = _placed_lane(directory, visible)
+    ready.wait(timeout=120)
+    time.sleep(0.5)
+    spans = []
+    for _ in range(2):
+        with lane.exclusive():
+            t0 = time.time()
+            time.sleep(0.4)
+            spans.append((t0, time.time()))
+        time.sleep(0.1)
+    lane.close()
+    out_q.put(("measure", lane.device_key, spans))
+
+
+def test_lanes_are_per_device_measuring_on_one_gpu_overlaps_training_on_another(tmp_path, monkeypatch):
+    """Two fake GPUs: a measurement on GPU 0 never overlaps training on GPU 0, and overlaps GPU 1's."""
+    from tests.fakegpu.nas_fake_gpu import uuid_of
+    from tests.test_multi_gpu import fake_gpu_env
+
+    for k, v in fake_gpu_env(tmp_path, n=2).items():
+        monkeypatch.setenv(k, v)  # spawned children start with the fake NVML
+    ctx = mp.get_context("spawn")
+    q, ready = ctx.Queue(), ctx.Barrier(3)
+    procs = [ctx.Process(target=_gpu_trainer, args=(str(tmp_path), v, ready, q)) for v in ("0", "1")]
+    procs.append(ctx.Process(target=_gpu_measurer, args=(str(tmp_path), "0", ready, q)))
+    for p in procs:
+        p.start()
+    got = [q.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    lane_a, lane_b = f"gpu-{uuid_of('node0', 0)}", f"gpu-{uuid_of('node0', 1)}"
+    spans = [s for role, k, s in got if role == "measure" and k == lane_a][0]
+    steps = {k: s for role, k, s in got if role == "train"}
+    assert set(steps) == {lane_a, lane_b} and len(spans) == 2
+    for t0, t1 in spans:
+        assert not [s for s in steps[lane_a] if s[0] < t1 and s[1] > t0]  # its own device waits
+        assert len([s for s in steps[lane_b] if t0 <= s[0] and s[1] <= t1]) >= 5  # the other trains on

@@ -169,6 +169,15 @@ def test_no_counter_falls_to_power_integration(nvml: dict[str, MagicMock]) -> No
         meter.close()
 
 
+def test_a_lost_gpu_is_not_reported_as_a_gpu_without_a_counter(nvml: dict[str, MagicMock]) -> None:
+    """NVMLError_GpuIsLost at the probe names the device and the check; it is no reason to integrate power."""
+    nvml["nvmlDeviceGetTotalEnergyConsumption"].side_effect = pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+    with pytest.raises(MeterUnavailableError, match="GpuIsLost") as info:
+        make_meter("nvml", CFG, device="cuda:0")
+    assert not isinstance(info.value, CounterNotSupportedError)
+    assert "GPU-uuid-of-handle-0" in str(info.value) and "Xid" in str(info.value)
+
+
 def test_power_integration_energy(nvml: dict[str, MagicMock]) -> None:
     nvml["nvmlDeviceGetTotalEnergyConsumption"].side_effect = pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
     with patch("evaluators.meters.nvml.synchronize", autospec=True) as sync:

@@ -294,6 +294,10 @@ class NvmlCounterMeter(_NvmlMeter):
             self._read_mj()
         except self._pynvml.NVMLError as e:
             self.close()
+            if getattr(e, "value", None) != self._pynvml.NVML_ERROR_NOT_SUPPORTED:  # the GPU failed, not absent
+                raise MeterUnavailableError(
+                    f"--meter {flag}: NVML cannot read the energy counter of {device} ({self.device_uuid}): "
+                    f"{_err_name(e)}", fix="check the GPU with nvidia-smi and the kernel log (Xid errors)") from e
             raise CounterNotSupportedError(
                 f"--meter {flag}: this GPU has no total-energy counter ({_err_name(e)}; it needs Volta "
                 "or newer)",

@@ -268,6 +268,8 @@ def trial_view(v: Any, teacher: TeacherReference | None = None) -> Table:
             t.add_row("candidate", json.dumps(v.candidate.flat()))
     if v.fail_reason:
         t.add_row("reason", v.fail_reason)
+    if v.result is not None and v.result.placement is not None:
+        t.add_row("placed on", escape(v.result.placement.describe()))
     if v.rung_accuracies:
         t.add_row("dev accuracy at rungs", ", ".join(f"step {st}: {acc:.4f}" for st, acc in v.rung_accuracies)
                   + " (mid-training)")

@@ -73,11 +73,12 @@ def _init_ray(ray_address: str | None, spec: StudySpec) -> bool:
     Returns whether this call started a local Ray (which the search then owns and stops). A Ray the caller
     initialised is left to the caller.
     """
-    if ray.is_initialized():
-        return False
+    # Tune reads these in the driver, also when the caller started Ray: a FAIL report has no metrics
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # rung reports carry accuracy only
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if ray_address:
         _check_reachable(ray_address)
@@ -90,6 +91,20 @@ def _init_ray(ray_address: str | None, spec: StudySpec) -> bool:
         return False
     ray.init(address="local", **kwargs)
     return True
+
+
+def _check_a_trial_fits(spec: StudySpec) -> None:
+    """Fail at once, not wait forever, when no live Ray node has the CPUs and GPUs one trial asks for."""
+    need = {"CPU": spec.resources.cpus_per_trial, "GPU": spec.resources.gpus_per_trial}
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+    if any(all(res.get(k, 0.0) >= v for k, v in need.items()) for res in nodes):
+        return
+    have = "; ".join(f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU" for r in nodes) or "no live node"
+    raise SearchError(
+        f"no Ray node can run a trial: each asks for {need['CPU']:g} CPU and {need['GPU']:g} GPU, the nodes have "
+        f"{have}", field="resources.gpus_per_trial" if need["GPU"] else "resources.cpus_per_trial",
+        fix="lower resources.gpus_per_trial or cpus_per_trial, or join a cluster whose nodes have them "
+        "(--ray-address; see docs/cluster.md)")
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -211,6 +226,7 @@ def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str |
     try:
         session.owns_ray = _init_ray(ray_address, spec)
         session.record()
+        _check_a_trial_fits(spec)
         tuner = _tuner(spec, searcher, writer, stopper, art_dir, results_dir, remaining)
         store.set_study_status(name, "RUNNING")
         try:

@@ -13,15 +13,17 @@ import os
 import signal
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
 from evaluators.pipeline import run_trial
+from evaluators.placement import place
 from nas.config import Candidate
-from nas.errors import NASError, TrialFailedError
+from nas.errors import ConfigError, NASError, TrialFailedError
 from nas.records import FailKind, RungReport, TrialResult
 from nas.runner.protocol import TrialConfig, TrialReport
 from nas.spec import StudySpec
@@ -64,11 +66,12 @@ def fault_hook(candidate: Candidate) -> Callable[[str], None]:
 
 
 def run_one(config: dict[str, Any], spec: StudySpec, report: Callable[[dict[str, Any]], None],
-            artefacts_dir: str | None = None) -> TrialReport:
+            artefacts_dir: str | None = None, gpu_ids: Sequence[Any] | None = None) -> TrialReport:
     """Evaluate one candidate.
 
-    ``report(metrics)`` sends a Tune dict to the driver; the final report
-    is also returned.
+    ``report(metrics)`` sends a Tune dict to the driver; the final report is also returned. ``gpu_ids``
+    are the GPUs Ray assigned (``ray.get_gpu_ids()``; None outside Ray): the trial is placed on them
+    (:func:`evaluators.placement.place`).
     """
     torch.set_num_threads(spec.resources.torch_threads)
     trial = TrialConfig.from_tune(config)
@@ -81,13 +84,17 @@ def run_one(config: dict[str, Any], spec: StudySpec, report: Callable[[dict[str,
     try:
         fault = fault_hook(trial.candidate)
         fault("start")
+        try:
+            placement = place(spec.train.device, ray_gpu_ids=gpu_ids)
+        except ConfigError as e:  # the node, not the candidate: e.g. a GPU assigned where torch has no CUDA
+            raise TrialFailedError(f"cannot place the trial: {e}", kind=FailKind.DEVICE) from e
         train_cfg = spec.train.model_copy(update={"steps": spec.fidelity.max_steps})
         result = run_trial(
             trial.candidate, spec.task, train_cfg=train_cfg, measure_cfg=spec.measure, teacher=spec.teacher,
             rungs=spec.fidelity.rungs[:-1] if spec.fidelity.enabled else [], on_rung=on_rung,
             weights_out=(os.path.join(artefacts_dir, staging_name(trial.number))
                          if artefacts_dir and spec.storage.retention != "none" else None),
-            progress=lambda phase, _d, _t: fault(phase),
+            progress=lambda phase, _d, _t: fault(phase), placement=placement,
         )
         final = _final(result, spec)
     except (NASError, FloatingPointError, RuntimeError, ValueError) as e:
@@ -130,4 +137,4 @@ def _final(result: TrialResult, spec: StudySpec) -> TrialReport:
 def tune_trainable(config: dict[str, Any], spec_json: str, artefacts_dir: str | None = None) -> None:
     """The Ray Tune function trainable (wrapped with ``tune.with_parameters``)."""
     spec = StudySpec.model_validate_json(spec_json)
-    run_one(config, spec, tune.report, artefacts_dir)
+    run_one(config, spec, tune.report, artefacts_dir, gpu_ids=ray.get_gpu_ids())

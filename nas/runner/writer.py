@@ -202,6 +202,11 @@ class StoreWriter(Callback):  # type: ignore[misc]
         final = Path(self.artefacts_dir) / f"trial_{number:05d}"
         if staged.resolve() == final.resolve():
             return result
+        if not staged.exists():  # written on another node of a cluster, to a folder this machine cannot see
+            log.warning("trial %d's weights were saved on the node that ran it (%s), which this driver cannot "
+                        "see; the trial is stored without them. Fix: set storage.artefacts_dir to a folder "
+                        "every node mounts (see docs/cluster.md)", number, staged)
+            return dataclasses.replace(result, weights_path=None)
         if final.exists():
             shutil.rmtree(final)
         staged.rename(final)
