@@ -100,3 +100,18 @@ def test_weights_saved_on_a_node_the_driver_cannot_see_do_not_stop_the_search(tm
     kept = StoreWriter._place_weights(SimpleNamespace(artefacts_dir=str(tmp_path / "arts")), 3, r)
     assert kept.weights_path is None
     assert "storage.artefacts_dir to a folder every node mounts" in caplog.text
+
+
+def test_a_failure_names_the_device_and_a_device_fault_is_not_the_candidates() -> None:
+    import torch
+
+    from evaluators.pipeline import _failure
+    from nas.records import FailKind
+
+    p = Placement(device="cuda:0", compute="cuda:0", uuid="GPU-7", physical_index=3, ray_gpu_ids=("3",))
+    partial = TrialResult(candidate=Candidate(), task="t", status="FAIL", placement=p)
+    oom = _failure(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), partial)
+    assert str(oom.partial.error).startswith("OOM on cuda:0 (GPU-7, physical GPU 3, Ray GPU 3): CUDA out of memory")
+    assert oom.kind is None and "lower batch_size" in str(oom)  # the candidate's own fault: spends budget
+    lost = _failure(pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST), partial)
+    assert lost.kind is FailKind.DEVICE and "NVMLError_GpuIsLost on cuda:0 (GPU-7" in str(lost.partial.error)
