@@ -34,6 +34,9 @@ ATTENTION_COLOURS: dict[str, str] = {
     "local": "#F58518",
     "linear": "#54A24B",
     "lowrank": "#B279A2",
+    "strided": "#E45756",
+    "fixed": "#72B7B2",
+    "hash": "#EECA3B",
 }
 _OTHER_COLOUR = "#9D755D"
 #: Marker symbol of each weight bit-width (open variants mark estimated energy).

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from nas.errors import ConfigError
 from nas.vocab import ATTENTION_KIND, DISTILL_KIND, METER, SPARSITY_KIND
@@ -63,33 +71,59 @@ class AttentionConfig(_Frozen):
     ``window`` is the one-sided radius of ``local`` attention: token i sees tokens j with
     ``|i - j| <= window``. ``k`` is the projected length of ``lowrank`` (Linformer) keys and values.
     ``feature_map`` is the kernel of ``linear`` attention (Katharopoulos et al., 2020 use elu+1).
+    ``stride`` is the block length of ``strided`` and ``fixed`` (Sparse Transformer); ``summary`` the
+    number of each block's last tokens that every query of ``fixed`` also sees (default 1, below
+    ``stride``). ``buckets`` is the number of LSH buckets (and sorted chunks) of ``hash``.
     """
 
     kind: AttentionKind = "softmax"
     window: int | None = Field(default=None, ge=1, le=4096)
     k: int | None = Field(default=None, ge=1, le=4096)
     feature_map: FeatureMap | None = None
+    stride: int | None = Field(default=None, ge=1, le=4096)
+    summary: int | None = Field(default=None, ge=1, le=4096)
+    buckets: int | None = Field(default=None, ge=1, le=4096)
 
     @model_validator(mode="after")
     def _conditional(self) -> AttentionConfig:
-        if self.kind == "local" and self.window is None:
-            raise ValueError("attention.window is required when kind is 'local' (e.g. window: 8)")
-        if self.kind != "local" and self.window is not None:
-            raise ValueError(f"attention.window only applies to kind 'local', not {self.kind!r}; remove it")
-        if self.kind == "lowrank" and self.k is None:
-            raise ValueError("attention.k is required when kind is 'lowrank' (e.g. k: 16)")
-        if self.kind != "lowrank" and self.k is not None:
-            raise ValueError(f"attention.k only applies to kind 'lowrank', not {self.kind!r}; remove it")
+        needs = {"window": ("local",), "k": ("lowrank",), "stride": ("strided", "fixed"), "buckets": ("hash",)}
+        examples = {"window": "8", "k": "16", "stride": "16", "buckets": "8"}
+        for name, kinds in needs.items():
+            if self.kind in kinds and getattr(self, name) is None:
+                raise ValueError(f"attention.{name} is required when kind is {self.kind!r} "
+                                 f"(e.g. {name}: {examples[name]})")
+            if self.kind not in kinds and getattr(self, name) is not None:
+                raise ValueError(f"attention.{name} only applies to kind {' or '.join(map(repr, kinds))}, "
+                                 f"not {self.kind!r}; remove it")
         if self.kind != "linear" and self.feature_map is not None:
             raise ValueError(
                 f"attention.feature_map only applies to kind 'linear', not {self.kind!r}; remove it"
             )
+        if self.summary is not None and self.kind != "fixed":
+            raise ValueError(f"attention.summary only applies to kind 'fixed', not {self.kind!r}; remove it")
+        if self.kind == "fixed" and self.stride is not None and self.resolved_summary >= self.stride:
+            raise ValueError(f"attention.summary ({self.resolved_summary}) must be below attention.stride "
+                             f"({self.stride}): the summary tokens are the last ones of each block")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_new_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave out the fields added after version 1 when unset, so earlier candidates dump (and hash) as before."""
+        d: dict[str, Any] = handler(self)
+        for name in ("stride", "summary", "buckets"):
+            if d.get(name) is None:
+                d.pop(name, None)
+        return d
 
     @property
     def resolved_feature_map(self) -> str:
         """The ``linear`` kernel to use: ``feature_map``, or ``elu`` when unset."""
         return self.feature_map or "elu"
+
+    @property
+    def resolved_summary(self) -> int:
+        """The ``fixed`` summary tokens per block: ``summary``, or 1 when unset."""
+        return self.summary or 1
 
 
 class QuantConfig(_Frozen):
@@ -231,6 +265,12 @@ class Candidate(_Frozen):
                 and self.attention.window > self.max_len:
             raise ValueError(f"attention.window={self.attention.window} must be <= max_len={self.max_len} "
                              "(a wider window is full softmax attention; use kind: softmax or a smaller window)")
+        for name in ("stride", "buckets"):
+            value = getattr(self.attention, name)
+            if value is not None and value > self.max_len:
+                raise ValueError(f"attention.{name}={value} must be <= max_len={self.max_len} (one block or "
+                                 f"bucket would hold the whole sequence: that is softmax; use kind: softmax or a "
+                                 f"smaller {name})")
         if self.sparsity.kind == "heads":
             removed = int(round(self.n_heads * self.sparsity.amount))
             if removed >= self.n_heads:

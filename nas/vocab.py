@@ -275,9 +275,15 @@ OBJECTIVE: Vocabulary[MetricTerm] = Vocabulary("objective metric", "objectives.m
 #: ``attention.kind``: implemented by :data:`nas.models.ATTENTION_REGISTRY`.
 ATTENTION_KIND: Vocabulary[Term] = Vocabulary("attention kind", "attention.kind", [
     Term("softmax", "full softmax attention, O(T^2) (Vaswani et al., 2017)"),
-    Term("local", "softmax within a band |i - j| <= window (sliding window)"),
+    Term("local", "softmax within a band |i - j| <= window, in blocks: O(T window) (sliding window)"),
     Term("linear", "kernelised linear attention, feature map elu+1 or relu (Katharopoulos et al., 2020)"),
     Term("lowrank", "keys and values projected to length k (Linformer)"),
+    Term("strided", "own block of `stride` tokens plus the same offset in every block, O(T sqrt T) "
+         "(Sparse Transformer, Child et al., 2019)"),
+    Term("fixed", "own block of `stride` tokens plus the last `summary` tokens of every block "
+         "(Sparse Transformer's fixed pattern)"),
+    Term("hash", "LSH buckets: sorted queries and keys attend chunk to chunk, O(T^2 / buckets) "
+         "(Reformer, Kitaev et al., 2020; SMYRF)"),
 ])
 
 #: ``sparsity.kind``: implemented by :func:`nas.compress.prune_`.

@@ -7,7 +7,9 @@ dependency-free fixed-params trial for replaying stored parameters).
 Conditional parameters:
 
 * ``window`` is suggested only when ``attention == "local"``; ``k`` only for ``lowrank``;
-  ``feature_map`` only for ``linear``.
+  ``feature_map`` only for ``linear``; ``stride`` for ``strided`` and ``fixed``, ``summary`` for
+  ``fixed`` (capped below its stride); ``buckets`` for ``hash``. ``k``, ``stride`` and ``buckets`` are
+  capped at ``max_len``.
 * ``sparsity_amount`` only when sparsity is not ``none`` or ``2:4``.
 * ``kd_temperature`` and ``kd_alpha`` only when ``distill`` is not ``none``.
 * Heads must divide ``d_model``: ``n_heads`` is suggested first; if it does not divide the suggested
@@ -95,6 +97,9 @@ class SearchSpace(BaseModel):
     attention: list[str] = Field(default=list(ATTENTION_KIND.names))
     window: list[int] = Field(default=[2, 4, 8, 16])
     k: list[int] = Field(default=[8, 16, 32])
+    stride: list[int] = Field(default=[4, 8, 16])
+    summary: list[int] = Field(default=[1, 2])
+    buckets: list[int] = Field(default=[2, 4, 8])
     feature_map: list[str] = Field(default=["elu", "relu"])
     attention_bits: list[int] = Field(default=[32, 8, 4])
     ffn_bits: list[int] = Field(default=[32, 8, 4])
@@ -112,7 +117,8 @@ class SearchSpace(BaseModel):
     max_len: int = Field(default=64, ge=8, le=8192)
 
     @field_validator(
-        "n_layers", "d_model", "n_heads", "ffn_ratio", "attention", "window", "k", "feature_map",
+        "n_layers", "d_model", "n_heads", "ffn_ratio", "attention", "window", "k", "stride", "summary", "buckets",
+        "feature_map",
         "attention_bits", "ffn_bits", "embedding_bits", "quant_scheme", "quant_granularity", "sparsity",
         "distill", "dropout", "pooling", "init",
     )
@@ -191,6 +197,27 @@ def _float_range(trial: TrialLike, name: str, rng: tuple[float, float]) -> float
     return float(trial.suggest_float(name, lo, hi))
 
 
+def _suggest_attention(trial: TrialLike, space: SearchSpace) -> dict[str, Any]:
+    """The ``attention`` block: a kind, then only that kind's parameters (see the module docstring)."""
+    kind = str(trial.suggest_categorical("attention", space.attention))
+    attn: dict[str, Any] = {"kind": kind}
+    if kind == "local":
+        attn["window"] = int(trial.suggest_categorical("window", space.window))
+    elif kind == "lowrank":
+        attn["k"] = min(int(trial.suggest_categorical("k", space.k)), space.max_len)
+    elif kind == "linear":
+        attn["feature_map"] = str(trial.suggest_categorical("feature_map", space.feature_map))
+    elif kind in ("strided", "fixed"):
+        attn["stride"] = min(int(trial.suggest_categorical("stride", space.stride)), space.max_len)
+        if kind == "fixed":
+            attn["summary"] = min(int(trial.suggest_categorical("summary", space.summary)), max(1, attn["stride"] - 1))
+            if attn["stride"] == 1:
+                attn["stride"] = 2  # a block of one token has no room for a summary token
+    elif kind == "hash":
+        attn["buckets"] = min(int(trial.suggest_categorical("buckets", space.buckets)), space.max_len)
+    return attn
+
+
 def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = None) -> Candidate:
     """Sample one :class:`Candidate` from ``space`` through ``trial``. Pure: no I/O, no torch.
 
@@ -212,14 +239,7 @@ def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = No
         n_heads = below[-1] if below else divisors[0]
     ffn_ratio = int(trial.suggest_categorical("ffn_ratio", space.ffn_ratio))
 
-    kind = str(trial.suggest_categorical("attention", space.attention))
-    attn: dict[str, Any] = {"kind": kind}
-    if kind == "local":
-        attn["window"] = int(trial.suggest_categorical("window", space.window))
-    elif kind == "lowrank":
-        attn["k"] = min(int(trial.suggest_categorical("k", space.k)), space.max_len)
-    elif kind == "linear":
-        attn["feature_map"] = str(trial.suggest_categorical("feature_map", space.feature_map))
+    attn = _suggest_attention(trial, space)
 
     quant = QuantConfig(
         embedding_bits=int(trial.suggest_categorical("embedding_bits", space.embedding_bits)),  # type: ignore[arg-type]

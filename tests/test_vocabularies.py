@@ -133,10 +133,11 @@ def test_attention_kinds_spec_space_and_registry_agree() -> None:
     from search_spaces import SearchSpace
 
     assert tuple(_schema_enum(AttentionConfig, "kind")) == ATTENTION_KIND.names
-    extra = {"local": {"window": 4}, "lowrank": {"k": 8}}
+    extra = {"local": {"window": 4}, "lowrank": {"k": 8}, "strided": {"stride": 8}, "fixed": {"stride": 8},
+             "hash": {"buckets": 4}}
     for name in ATTENTION_KIND.names:
         assert AttentionConfig(kind=name, **extra.get(name, {})).kind == name
-    with pytest.raises(ValidationError, match="'softmax', 'local', 'linear' or 'lowrank'"):
+    with pytest.raises(ValidationError, match="'softmax', 'local', 'linear', 'lowrank', 'strided', 'fixed' or 'hash'"):
         AttentionConfig(kind="flash")
     assert tuple(ATTENTION_REGISTRY) == ATTENTION_KIND.names and not ATTENTION_REGISTRY.missing()
     assert all(cls.kind == name for name, cls in ATTENTION_REGISTRY.items())

@@ -15,13 +15,13 @@ from .attention import (
     ATTENTION_REGISTRY,
     Attention,
     LinearAttention,
-    LocalAttention,
     LowRankAttention,
     SoftmaxAttention,
     register_attention,
 )
 from .encoder import Block, EncoderClassifier, FeedForward, LogitsOnly, ModelOutput, build
 from .flops import count_flops
+from .sparse_attention import FixedAttention, HashAttention, LocalAttention, StridedAttention
 
 __all__ = [
     "build",
@@ -35,7 +35,12 @@ __all__ = [
     "Attention",
     "SoftmaxAttention",
     "LocalAttention",
+    "StridedAttention",
+    "FixedAttention",
+    "HashAttention",
     "LinearAttention",
     "LowRankAttention",
     "count_flops",
 ]
+
+ATTENTION_REGISTRY.require_complete()

@@ -1,5 +1,7 @@
 """Attention variants behind one registry and one forward signature.
 
+The sparse ones, which score O(w) keys per query, are in :mod:`nas.models.sparse_attention`.
+
 Every attention module is built from a :class:`~nas.config.Candidate` alone and implements::
 
     forward(x, key_padding_mask=None, need_weights=False) -> (y, weights)
@@ -38,7 +40,6 @@ __all__ = [
     "register_attention",
     "Attention",
     "SoftmaxAttention",
-    "LocalAttention",
     "LinearAttention",
     "LowRankAttention",
 ]
@@ -178,40 +179,6 @@ class SoftmaxAttention(Attention):
         return self._masked_softmax_attend(q, k, v, _padding_block(key_padding_mask, q.size(-2)), need_weights)
 
 
-@register_attention("local")
-class LocalAttention(Attention):
-    """Softmax attention restricted to a band ``|i - j| <= window``.
-
-    A sliding window; cf. Longformer (Beltagy et al., 2020).
-
-    The band is a hard mask applied on every path, so no token can see beyond its window. This is
-    mask-based (the T x T scores are still formed), so it saves no FLOPs on its own; it changes what the
-    model can learn, and a banded kernel could exploit it later.
-    """
-
-    def __init__(self, config: Candidate) -> None:
-        super().__init__(config)
-        if config.attention.window is None:
-            raise ConfigError(
-                "local attention needs a window",
-                field="attention.window",
-                fix="set attention.window, e.g. window: 8",
-            )
-        self.window = int(config.attention.window)
-
-    def _attend(
-        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, need_weights: bool
-    ) -> tuple[Tensor, Tensor | None]:
-        T = q.size(-2)
-        idx = torch.arange(T, device=q.device)
-        blocked = (idx[:, None] - idx[None, :]).abs() > self.window  # (T, T)
-        blocked = blocked[None, None]  # (1, 1, T, T)
-        pad = _padding_block(key_padding_mask, T)
-        if pad is not None:
-            blocked = blocked | pad  # (B, 1, T, T)
-        return self._masked_softmax_attend(q, k, v, blocked, need_weights)
-
-
 @register_attention("linear")
 class LinearAttention(Attention):
     """Kernelised attention, "Transformers are RNNs" (Katharopoulos et al., 2020), non-causal.
@@ -303,5 +270,3 @@ class LowRankAttention(Attention):
         y, _ = self._masked_softmax_attend(q, k_low, v_low, None, False)  # (B, nh, T, hs)
         return y, None
 
-
-ATTENTION_REGISTRY.require_complete()
