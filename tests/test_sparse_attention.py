@@ -94,6 +94,13 @@ def test_local_with_the_window_at_least_t_equals_softmax_and_the_map_path_agrees
     assert torch.allclose(y[~kpm], small(x, kpm)[0][~kpm], atol=1e-5)
 
 
+def test_the_map_path_builds_its_mask_on_the_inputs_device() -> None:
+    """Without a padding mask the band was built on the CPU: a GPU model failed under attention KD."""
+    m = module(kind="local", window=3).to("meta")
+    y, w = m(torch.randn(2, T, C, device="meta"), None, need_weights=True)
+    assert y.device.type == "meta" and w is not None and w.device.type == "meta"
+
+
 def test_hash_buckets_are_balanced_chunks_and_padding_never_leaks(batch) -> None:
     x, kpm = batch
     m = module(kind="hash", buckets=4)

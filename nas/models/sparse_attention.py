@@ -81,7 +81,8 @@ class LocalAttention(Attention):
         self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, need_weights: bool
     ) -> tuple[Tensor, Tensor | None]:
         if need_weights:
-            return self._masked_softmax_attend(q, k, v, self.dense_block(q.size(-2), key_padding_mask), True)
+            blocked = self.dense_block(q.size(-2), key_padding_mask, q.device)
+            return self._masked_softmax_attend(q, k, v, blocked, True)
         B, nh, T, hs = q.shape
         b = self.window
         n = (T + b - 1) // b
@@ -101,9 +102,9 @@ class LocalAttention(Attention):
                                            vb.reshape(B, nh * n, 3 * b, hs), blocked, False)  # 4-D: fused
         return y.reshape(B, nh, n * b, hs)[:, :, :T], None
 
-    def dense_block(self, T: int, key_padding_mask: Tensor | None) -> Tensor:
+    def dense_block(self, T: int, key_padding_mask: Tensor | None, device: torch.device) -> Tensor:
         """(B or 1, 1, T, T) True = blocked: outside the band, or a padded key (the masked reference)."""
-        idx = torch.arange(T, device=key_padding_mask.device if key_padding_mask is not None else None)
+        idx = torch.arange(T, device=device)
         blocked = ((idx[:, None] - idx[None, :]).abs() > self.window)[None, None]
         pad = _padding_block(key_padding_mask, T)
         return blocked | pad if pad is not None else blocked
