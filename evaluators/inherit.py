@@ -20,6 +20,10 @@ Both are :class:`~nas.models.EncoderClassifier` (a Hugging Face teacher is conve
   (``sum_i P_ij^2 g_i``, which keeps a constant gain constant). This is an approximation: the student's
   LayerNorm normalises over its own ``d_s`` coordinates. With ``d_s == d_t`` nothing is projected, so a
   student of the teacher's own shape is an exact copy.
+- **Low-rank weights** (``candidate.rank`` < 1): a factorised student Linear gets the truncated SVD of the
+  teacher's (sliced, projected) weight, the best fit of its rank.
+- **Shared weights** (``candidate.sharing``): a module shared by a group of layers copies the teacher layer
+  mapped to the group's first layer.
 - **Pooler and head** are copied (projected when narrower); the head only when the label counts agree.
 
 The student must share the teacher's layout (``norm``, ``layer_norm_eps``, ``pooler``, ``pooling``,
@@ -32,6 +36,7 @@ from __future__ import annotations
 import logging
 import weakref
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +45,7 @@ from torch.nn.utils import parametrize
 from evaluators.distill import layer_map
 from nas.compress.prune import head_channels, head_importance, neuron_importance, top_indices
 from nas.errors import ConfigError
-from nas.models import Block, EncoderClassifier
+from nas.models import Block, EncoderClassifier, LowRankLinear
 
 __all__ = ["InheritReport", "inherit_", "embedding_projection", "LAYOUT_FIELDS"]
 
@@ -99,6 +104,9 @@ def _check(student: EncoderClassifier, teacher: EncoderClassifier) -> None:
         if mine > theirs:
             raise ConfigError(f"the student's {name} {mine} is larger than the teacher's {theirs}; inheritance "
                               "only slices", field=name, value=mine, fix=f"use {name} <= {theirs}, or init: scratch")
+    if t.rank.attention < 1 or t.rank.ffn < 1:
+        raise ConfigError("the teacher has low-rank factorised weights; inheritance slices dense ones", field="rank",
+                          value=t.rank.model_dump(), fix="use a teacher with rank 1.0 (dense), or init: scratch")
     for label, model in (("student", student), ("teacher", teacher)):
         if any(parametrize.is_parametrized(m) for m in model.modules()):
             raise ConfigError(f"the {label} is already compressed (masked or quantized)", field="init",
@@ -137,9 +145,13 @@ def _put(dst: Tensor | None, src: Tensor | None) -> None:
         dst.copy_(src.to(dst.device, dst.dtype))
 
 
-def _linear(dst: nn.Linear | nn.LayerNorm, weight: Tensor, bias: Tensor | None) -> None:
-    _put(dst.weight, weight)
-    _put(dst.bias, bias)
+def _linear(dst: nn.Module, weight: Tensor, bias: Tensor | None) -> None:
+    if isinstance(dst, LowRankLinear):  # candidate.rank < 1: the best rank-r fit of the teacher's weight
+        err = dst.load_dense_(weight, bias)
+        log.debug("low-rank %d -> %d at rank %d: relative error %.3f", dst.in_features, dst.out_features, dst.rank, err)
+        return
+    _put(cast(Tensor, dst.weight), weight)
+    _put(cast("Tensor | None", dst.bias), bias)
 
 
 def _layer_norm(dst: nn.Module, src: nn.Module, p: Tensor | None) -> None:
@@ -149,22 +161,30 @@ def _layer_norm(dst: nn.Module, src: nn.Module, p: Tensor | None) -> None:
     _linear(dst, gain, _rows_out(src.bias.detach(), p) if src.bias is not None else None)
 
 
-def _copy_block(dst: Block, src: Block, p: Tensor | None) -> tuple[tuple[int, ...], int]:
-    """Copy teacher block ``src`` into student block ``dst``: kept heads and neurons, projected when narrower."""
+def _copy_block(dst: Block, src: Block, p: Tensor | None, done: set[int]) -> tuple[tuple[int, ...], int]:
+    """Copy teacher block ``src`` into student block ``dst``: kept heads and neurons, projected when narrower.
+
+    A module in ``done`` (already copied for an earlier layer of its sharing group) is left as it is, so a
+    shared module holds the teacher layer mapped to its group's first layer; copied modules are added.
+    """
     sa, ta = dst.attn, src.attn
     heads = top_indices(head_importance(ta), int(sa.n_heads))
     ch = head_channels(heads, int(ta.head_dim))
-    for name in ("q_proj", "k_proj", "v_proj"):
-        lin = getattr(ta, name)
-        _linear(getattr(sa, name), _rows_in(lin.weight.detach(), p)[ch], lin.bias.detach()[ch])
-    o = ta.out_proj
-    _linear(sa.out_proj, _rows_out(o.weight.detach()[:, ch], p), _rows_out(o.bias.detach(), p))
+    if id(sa) not in done:
+        for name in ("q_proj", "k_proj", "v_proj"):
+            lin = getattr(ta, name)
+            _linear(getattr(sa, name), _rows_in(lin.weight.detach(), p)[ch], lin.bias.detach()[ch])
+        o = ta.out_proj
+        _linear(sa.out_proj, _rows_out(o.weight.detach()[:, ch], p), _rows_out(o.bias.detach(), p))
     neurons = top_indices(neuron_importance(src.ffn), dst.ffn.d_ffn)
-    fc1, fc2 = src.ffn.fc1, src.ffn.fc2
-    _linear(dst.ffn.fc1, _rows_in(fc1.weight.detach(), p)[neurons], fc1.bias.detach()[neurons])
-    _linear(dst.ffn.fc2, _rows_out(fc2.weight.detach()[:, neurons], p), _rows_out(fc2.bias.detach(), p))
-    _layer_norm(dst.ln_1, src.ln_1, p)
-    _layer_norm(dst.ln_2, src.ln_2, p)
+    if id(dst.ffn) not in done:
+        fc1, fc2 = src.ffn.fc1, src.ffn.fc2
+        _linear(dst.ffn.fc1, _rows_in(fc1.weight.detach(), p)[neurons], fc1.bias.detach()[neurons])
+        _linear(dst.ffn.fc2, _rows_out(fc2.weight.detach()[:, neurons], p), _rows_out(fc2.bias.detach(), p))
+    if id(dst) not in done:
+        _layer_norm(dst.ln_1, src.ln_1, p)
+        _layer_norm(dst.ln_2, src.ln_2, p)
+    done.update((id(sa), id(dst.ffn), id(dst)))
     return tuple(int(h) for h in heads), len(neurons)
 
 
@@ -206,9 +226,10 @@ def inherit_(student: EncoderClassifier, teacher: EncoderClassifier) -> InheritR
     mapping = [j - 1 for j in layer_map(len(student.blocks), len(teacher.blocks))]
     heads: list[tuple[int, ...]] = []
     neurons: list[int] = []
+    done: set[int] = set()
     with torch.no_grad():
         for dst, j in zip(student.iter_blocks(), mapping, strict=True):
-            kept, width = _copy_block(dst, teacher.iter_blocks()[j], p)
+            kept, width = _copy_block(dst, teacher.iter_blocks()[j], p, done)
             heads.append(kept)
             neurons.append(width)
         vocab, positions, head_copied = _copy_ends(student, teacher, p)

@@ -267,6 +267,8 @@ def assess(model: nn.Module, task: TaskData, train_summary: TrainSummary, measur
     """
     candidate: Candidate = model.candidate  # type: ignore[assignment]
     metrics: EvalMetrics | None = None
+    if isinstance(model, EncoderClassifier):
+        model.keep_inference_layers_()  # candidate.infer_layers: evaluate, measure and save the kept layers only
     try:
         _progress(ctx, "evaluate")
         metrics = evaluate(model, task, batch_size=eval_batch_size, test=True)

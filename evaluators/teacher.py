@@ -45,7 +45,7 @@ from evaluators.train import TrainResult, build_for_task, resolve_device, train
 from evaluators.train_meter import TrainingMeter
 from nas.config import Candidate, TrainConfig
 from nas.errors import ConfigError
-from nas.models import build
+from nas.models import build, load_unique_state, unique_state
 from nas.records import TrainSummary
 from nas.teacher_shape import TeacherShape
 
@@ -232,7 +232,7 @@ def _read_saved(folder: Path, vocab_size: int, num_labels: int) -> tuple[nn.Modu
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # every weight is overwritten below; the seed only keeps global RNG untouched
         model = build(cand, vocab_size=vocab_size, num_labels=num_labels)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    load_unique_state(model, load_file(str(folder / "model.safetensors")))
     return model, cand, meta
 
 
@@ -342,8 +342,7 @@ def save_teacher_folder(folder: Path, model: nn.Module, cand: Candidate, meta: d
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     try:
         tmp.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
+        save_file(unique_state(model), str(tmp / "model.safetensors"))
         (tmp / "candidate.json").write_text(cand.to_json())
         if tokenizer is not None:
             tokenizer.save(tmp)

@@ -16,7 +16,7 @@ from evaluators.tokenize import load_tokenizer
 from nas.compress import applied_compression, apply_candidate_compression
 from nas.config import Candidate
 from nas.errors import ConfigError
-from nas.models import build
+from nas.models import build, load_unique_state, unique_state
 
 __all__ = ["save_trial_weights", "load_trial_model"]
 
@@ -28,8 +28,7 @@ def save_trial_weights(folder: str | Path, model: Any, candidate: Candidate, tas
     """
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
+    save_file(unique_state(model), str(out / "model.safetensors"))
     (out / "candidate.json").write_text(candidate.model_dump_json(indent=2))
     task.tokenizer.save(out / "tokenizer")
     (out / "labels.json").write_text(json.dumps({
@@ -50,7 +49,8 @@ def load_trial_model(folder: str | Path) -> tuple[Any, Candidate, Any, dict[str,
     model = build(candidate, vocab_size=int(info["vocab_size"]), num_labels=int(info["num_labels"]))
     if info.get("compressed"):
         apply_candidate_compression(model)
-    model.load_state_dict(load_file(str(f / "model.safetensors")))
+    model.keep_inference_layers_()  # saved after evaluation, so with candidate.infer_layers' layers only
+    load_unique_state(model, load_file(str(f / "model.safetensors")))
     model.eval()
     tok = load_tokenizer(f / "tokenizer")
     return model, candidate, tok, info

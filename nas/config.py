@@ -12,13 +12,13 @@ value and the allowed values (see :func:`validate`).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
@@ -26,8 +26,18 @@ from pydantic import (
     model_validator,
 )
 
+from nas.candidate_parts import (
+    BIT_WIDTHS,
+    AttentionConfig,
+    DistillConfig,
+    Frozen,
+    PruneConfig,
+    QuantConfig,
+    RankConfig,
+    SharingConfig,
+)
 from nas.errors import ConfigError
-from nas.vocab import ATTENTION_KIND, DISTILL_KIND, METER, SPARSITY_KIND
+from nas.vocab import METER
 
 __all__ = [
     "CANDIDATE_VERSION",
@@ -35,6 +45,8 @@ __all__ = [
     "QuantConfig",
     "PruneConfig",
     "DistillConfig",
+    "SharingConfig",
+    "RankConfig",
     "Candidate",
     "TrainConfig",
     "MeasureConfig",
@@ -46,166 +58,25 @@ __all__ = [
 
 CANDIDATE_VERSION = 1
 
-# Closed vocabularies are listed once, in nas.vocab; each annotation validates like a Literal of its names.
-AttentionKind = Annotated[str, ATTENTION_KIND]
-SparsityKind = Annotated[str, SPARSITY_KIND]
-DistillKind = Annotated[str, DISTILL_KIND]
+# The candidate's parts live in nas.candidate_parts and are re-exported here, where users import them from.
 MeterName = Annotated[str, METER]
-FeatureMap = Literal["elu", "relu"]
-Bits = Literal[32, 16, 8, 4, 2]
 Pooling = Literal["cls", "mean"]
 Init = Literal["scratch", "teacher"]
 Norm = Literal["pre", "post"]
 Pooler = Literal["none", "tanh", "relu"]
 
-BIT_WIDTHS: tuple[int, ...] = (32, 16, 8, 4, 2)
+
+#: Candidate fields added after version 1, with their defaults: left out of the JSON when at the default,
+#: so earlier candidates dump (and hash) exactly as before.
+_OPTIONAL_FIELDS: dict[str, Any] = {
+    "sharing": {"kind": "none", "group_size": None},
+    "rank": {"attention": 1.0, "ffn": 1.0},
+    "infer_layers": None,
+    "layerdrop": 0.0,
+}
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class AttentionConfig(_Frozen):
-    """Which attention a block uses, with the parameters of that kind only.
-
-    ``window`` is the one-sided radius of ``local`` attention: token i sees tokens j with
-    ``|i - j| <= window``. ``k`` is the projected length of ``lowrank`` (Linformer) keys and values.
-    ``feature_map`` is the kernel of ``linear`` attention (Katharopoulos et al., 2020 use elu+1).
-    ``stride`` is the block length of ``strided`` and ``fixed`` (Sparse Transformer); ``summary`` the
-    number of each block's last tokens that every query of ``fixed`` also sees (default 1, below
-    ``stride``). ``buckets`` is the number of LSH buckets (and sorted chunks) of ``hash``.
-    """
-
-    kind: AttentionKind = "softmax"
-    window: int | None = Field(default=None, ge=1, le=4096)
-    k: int | None = Field(default=None, ge=1, le=4096)
-    feature_map: FeatureMap | None = None
-    stride: int | None = Field(default=None, ge=1, le=4096)
-    summary: int | None = Field(default=None, ge=1, le=4096)
-    buckets: int | None = Field(default=None, ge=1, le=4096)
-
-    @model_validator(mode="after")
-    def _conditional(self) -> AttentionConfig:
-        needs = {"window": ("local",), "k": ("lowrank",), "stride": ("strided", "fixed"), "buckets": ("hash",)}
-        examples = {"window": "8", "k": "16", "stride": "16", "buckets": "8"}
-        for name, kinds in needs.items():
-            if self.kind in kinds and getattr(self, name) is None:
-                raise ValueError(f"attention.{name} is required when kind is {self.kind!r} "
-                                 f"(e.g. {name}: {examples[name]})")
-            if self.kind not in kinds and getattr(self, name) is not None:
-                raise ValueError(f"attention.{name} only applies to kind {' or '.join(map(repr, kinds))}, "
-                                 f"not {self.kind!r}; remove it")
-        if self.kind != "linear" and self.feature_map is not None:
-            raise ValueError(
-                f"attention.feature_map only applies to kind 'linear', not {self.kind!r}; remove it"
-            )
-        if self.summary is not None and self.kind != "fixed":
-            raise ValueError(f"attention.summary only applies to kind 'fixed', not {self.kind!r}; remove it")
-        if self.kind == "fixed" and self.stride is not None and self.resolved_summary >= self.stride:
-            raise ValueError(f"attention.summary ({self.resolved_summary}) must be below attention.stride "
-                             f"({self.stride}): the summary tokens are the last ones of each block")
-        return self
-
-    @model_serializer(mode="wrap")
-    def _omit_unset_new_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave out the fields added after version 1 when unset, so earlier candidates dump (and hash) as before."""
-        d: dict[str, Any] = handler(self)
-        for name in ("stride", "summary", "buckets"):
-            if d.get(name) is None:
-                d.pop(name, None)
-        return d
-
-    @property
-    def resolved_feature_map(self) -> str:
-        """The ``linear`` kernel to use: ``feature_map``, or ``elu`` when unset."""
-        return self.feature_map or "elu"
-
-    @property
-    def resolved_summary(self) -> int:
-        """The ``fixed`` summary tokens per block: ``summary``, or 1 when unset."""
-        return self.summary or 1
-
-
-class QuantConfig(_Frozen):
-    """Weight quantization per layer group. 32 means unquantized.
-
-    ``scheme`` is symmetric (zero-point 0) or asymmetric (affine). ``granularity`` is one scale per output
-    channel or one per tensor. Activations stay in floating point (weight-only quantization).
-    """
-
-    version: int = 1
-    embedding_bits: Bits = 32
-    attention_bits: Bits = 32
-    ffn_bits: Bits = 32
-    scheme: Literal["symmetric", "asymmetric"] = "symmetric"
-    granularity: Literal["per_channel", "per_tensor"] = "per_channel"
-
-    @property
-    def is_noop(self) -> bool:
-        """True when every group stays at 32 bits (nothing to quantize)."""
-        return self.embedding_bits == self.attention_bits == self.ffn_bits == 32
-
-    @property
-    def min_bits(self) -> int:
-        """The smallest bit-width of the three layer groups."""
-        return min(self.embedding_bits, self.attention_bits, self.ffn_bits)
-
-
-class PruneConfig(_Frozen):
-    """Sparsity: unstructured magnitude, structured heads, structured FFN neurons, or 2:4.
-
-    ``amount`` is the fraction removed (ignored for ``2:4``, which is always one half of each group of 4).
-    """
-
-    version: int = 1
-    kind: SparsityKind = "none"
-    amount: float = Field(default=0.0, ge=0.0, le=0.95)
-
-    @model_validator(mode="after")
-    def _amount(self) -> PruneConfig:
-        if SPARSITY_KIND[self.kind].takes_amount and self.amount <= 0.0:
-            raise ValueError(
-                f"sparsity.amount must be > 0 for kind {self.kind!r} (e.g. amount: 0.25), "
-                "or set kind: none"
-            )
-        return self
-
-    @property
-    def is_noop(self) -> bool:
-        """True when ``kind`` is ``none`` (nothing to prune)."""
-        return self.kind == "none"
-
-
-class DistillConfig(_Frozen):
-    """Knowledge distillation from a teacher.
-
-    Kinds are cumulative: ``logit`` is KD on logits (Hinton et al., 2015); ``hidden`` adds hidden-state
-    MSE through a learned projection (TinyBERT); ``attention`` adds attention-map KL as well.
-    """
-
-    kind: DistillKind = "none"
-    temperature: float = Field(default=2.0, gt=0.0, le=20.0)
-    alpha: float = Field(default=0.5, ge=0.0, le=1.0)
-    hidden_weight: float = Field(default=1.0, ge=0.0)
-    attention_weight: float = Field(default=1.0, ge=0.0)
-
-    @property
-    def uses_logits(self) -> bool:
-        """Whether the loss has a logit KD term (every kind but ``none``)."""
-        return "logit" in DISTILL_KIND[self.kind].losses
-
-    @property
-    def uses_hidden(self) -> bool:
-        """Whether the loss has a hidden-state term (``hidden`` and ``attention``)."""
-        return "hidden" in DISTILL_KIND[self.kind].losses
-
-    @property
-    def uses_attention(self) -> bool:
-        """Whether the loss has an attention-map term (``attention`` only)."""
-        return "attention" in DISTILL_KIND[self.kind].losses
-
-
-class Candidate(_Frozen):
+class Candidate(Frozen):
     """One architecture plus its compression and distillation settings.
 
     Holds no torch objects; :func:`nas.models.build` turns it into a module.
@@ -241,6 +112,42 @@ class Candidate(_Frozen):
     layer_norm_eps: float = Field(default=1e-5, gt=0.0, le=0.1)
     pooler: Pooler = "none"
     head_dim: int | None = Field(default=None, ge=1, le=1024)
+    sharing: SharingConfig = SharingConfig()
+    rank: RankConfig = RankConfig()
+    infer_layers: int | None = Field(default=None, ge=1, le=48)
+    layerdrop: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults_of_new_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        d: dict[str, Any] = handler(self)
+        for name, default in _OPTIONAL_FIELDS.items():
+            if name in d and d[name] == default:
+                del d[name]
+        return d
+
+    @model_validator(mode="after")
+    def _structure(self) -> Candidate:
+        """Sharing, low-rank weights and inference depth: each bad combination named with its fix."""
+        share = self.sharing
+        if share.kind != "none" and self.n_layers < 2:
+            raise ValueError(f"sharing.kind={share.kind!r} needs at least 2 layers to share between (n_layers is "
+                             f"{self.n_layers}); set sharing.kind: none or n_layers >= 2")
+        if share.group_size is not None and share.group_size > self.n_layers:
+            raise ValueError(f"sharing.group_size={share.group_size} is larger than n_layers={self.n_layers}; "
+                             f"use a group_size <= {self.n_layers}, or leave it unset for one group of every layer")
+        if self.rank.attention < 1.0 and self.sparsity.kind == "heads":
+            raise ValueError("rank.attention < 1 factorises q/k/v/out, so sparsity.kind 'heads' cannot slice them; "
+                             "use rank.attention: 1.0 or another sparsity kind")
+        if self.rank.ffn < 1.0 and self.sparsity.kind == "ffn":
+            raise ValueError("rank.ffn < 1 factorises fc1/fc2, so sparsity.kind 'ffn' cannot slice them; "
+                             "use rank.ffn: 1.0 or another sparsity kind")
+        if self.infer_layers is not None and self.infer_layers > self.n_layers:
+            raise ValueError(f"infer_layers={self.infer_layers} is more than the n_layers={self.n_layers} trained; "
+                             f"use infer_layers <= {self.n_layers} (or leave it unset to keep every layer)")
+        if self.layerdrop > 0 and self.infer_layers is None:
+            raise ValueError(f"layerdrop={self.layerdrop} trains for dropping layers at inference, but infer_layers is "
+                             "unset; set infer_layers below n_layers, or layerdrop: 0")
+        return self
 
     @model_validator(mode="after")
     def _shapes(self) -> Candidate:
@@ -291,6 +198,16 @@ class Candidate(_Frozen):
         return self.n_heads * self.resolved_head_dim
 
     @property
+    def kept_layers(self) -> tuple[int, ...]:
+        """The layers (0-based) evaluated and served: all of them, or ``infer_layers`` spread evenly.
+
+        Layer ``round((i + 1) * L / k) - 1`` for ``i < k`` (halves up), the uniform mapping that ends at the
+        last layer, as when DistilBERT or LayerDrop's "every other" rule keep a subset (Fan et al., 2020).
+        """
+        n, k = self.n_layers, self.infer_layers or self.n_layers
+        return tuple(max(0, min(n - 1, int(math.floor((i + 1) * n / k + 0.5)) - 1)) for i in range(k))
+
+    @property
     def weight_bits(self) -> int:
         """The smallest bit-width of any layer group (what ``--where weight_bits <= 8`` filters on)."""
         return self.quant.min_bits
@@ -332,10 +249,14 @@ class Candidate(_Frozen):
             "distill": self.distill.kind,
             "pooling": self.pooling,
             "init": self.init,
+            "sharing": self.sharing.kind,
+            "rank_attention": self.rank.attention,
+            "rank_ffn": self.rank.ffn,
+            "infer_layers": len(self.kept_layers),
         }
 
 
-class TrainConfig(_Frozen):
+class TrainConfig(Frozen):
     """Brief training: AdamW with linear warmup and cosine decay, budgeted in steps and/or seconds."""
 
     steps: int = Field(default=300, ge=1)
@@ -359,7 +280,7 @@ class TrainConfig(_Frozen):
     freeze_inherited_embeddings: bool = False
 
 
-class MeasureConfig(_Frozen):
+class MeasureConfig(Frozen):
     """Inference-energy protocol (see ARCHITECTURE.md, "Measurement protocol")."""
 
     meter: MeterName = "auto"

@@ -10,8 +10,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from nas.candidate_parts import Frozen
 from nas.config import MeasureConfig, TrainConfig, load_yaml, validate
 from nas.errors import ConfigError
 from nas.vocab import OBJECTIVE, SAMPLER
@@ -63,11 +64,7 @@ def study_name_problem(name: str) -> str | None:
     return None
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Objective(_Frozen):
+class Objective(Frozen):
     """One metric the search optimises; ``direction`` defaults to the metric's natural one."""
 
     metric: str = Field(json_schema_extra={"enum": list(OBJECTIVE_METRICS)})
@@ -86,14 +83,14 @@ class Objective(_Frozen):
         return self.direction or OBJECTIVE_METRICS[self.metric]
 
 
-class SpaceRef(_Frozen):
+class SpaceRef(Frozen):
     """The search space: a preset's ranges with ``overrides`` laid on top."""
 
     preset: Literal["tiny", "base"] = "tiny"
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
-class SamplerSpec(_Frozen):
+class SamplerSpec(Frozen):
     """The Optuna sampler, its seed and its random start-up trials.
 
     ``kind`` is one of :data:`nas.vocab.SAMPLER`: ``tpe``, ``nsga2``, ``gp`` (Optuna's Gaussian-process
@@ -108,7 +105,7 @@ class SamplerSpec(_Frozen):
     n_startup_trials: int = Field(default=6, ge=0)
 
 
-class BudgetSpec(_Frozen):
+class BudgetSpec(Frozen):
     """When the search stops: after ``trials`` trials, or once it has spent ``joules`` or ``wall_s``."""
 
     trials: int = Field(default=12, ge=1, le=100000)
@@ -130,7 +127,7 @@ class BudgetSpec(_Frozen):
 PRESET_RUNGS: dict[str, tuple[int, ...]] = {"tiny": (400, 800), "base": (50, 200)}
 
 
-class FidelitySpec(_Frozen):
+class FidelitySpec(Frozen):
     """Training-step rungs for ASHA-style early stopping on accuracy.
 
     Energy is measured only once, at the end, for candidates that reach the last rung. A study that gives
@@ -156,7 +153,7 @@ class FidelitySpec(_Frozen):
         return self.rungs[-1]
 
 
-class ResourcesSpec(_Frozen):
+class ResourcesSpec(Frozen):
     """What each trial gets (CPUs, GPUs, torch threads) and how many trials run at once."""
 
     cpus_per_trial: float = Field(default=1.0, gt=0)
@@ -165,7 +162,7 @@ class ResourcesSpec(_Frozen):
     torch_threads: int = Field(default=1, ge=1)
 
 
-class StorageSpec(_Frozen):
+class StorageSpec(Frozen):
     """The database, which trials keep their weights (``retention``) and where weights go."""
 
     url: str = "nas.db"
@@ -173,7 +170,7 @@ class StorageSpec(_Frozen):
     artefacts_dir: str | None = None
 
 
-class FrontSpec(_Frozen):
+class FrontSpec(Frozen):
     """Which complete trials may stand on the Pareto front (the objectives say how they are ranked).
 
     ``require_above_majority``: keep a trial off the front unless its dev accuracy is strictly above
@@ -184,7 +181,7 @@ class FrontSpec(_Frozen):
     require_above_majority: bool = True
 
 
-class FineTuneSpec(_Frozen):
+class FineTuneSpec(Frozen):
     """How a Hugging Face teacher is fine-tuned on the task (when its head does not fit, or when asked).
 
     The fine-tuned teacher is cached by content hash (model files, task, these settings, the study's
@@ -200,7 +197,7 @@ class FineTuneSpec(_Frozen):
                                   "on text of mixed lengths; see train.group_by_length)")
 
 
-class TeacherSpec(_Frozen):
+class TeacherSpec(Frozen):
     """The study's teacher: ``auto`` (self-trained and cached) or a local Hugging Face folder.
 
     A plain string in the YAML (``teacher: DIR``) is ``{path: DIR}``. A folder whose classification head
@@ -240,7 +237,7 @@ def _teacher_from_string(v: Any) -> Any:
     return v
 
 
-class StudySpec(_Frozen):
+class StudySpec(Frozen):
     """Everything a search needs. ``train.steps`` is ignored in favour of ``fidelity.rungs[-1]``."""
 
     name: str = Field(default="default", description="1-100 of A-Z a-z 0-9 _ . -, not starting with a dot")

@@ -42,6 +42,7 @@ __all__ = [
     "ATTENTION_KIND",
     "SPARSITY_KIND",
     "DISTILL_KIND",
+    "SHARING_KIND",
     "SAMPLER",
     "EXPORT_FORMAT",
     "EXPORT_CHOICE",
@@ -295,6 +296,14 @@ SPARSITY_KIND: Vocabulary[SparsityTerm] = Vocabulary("sparsity kind", "sparsity.
     SparsityTerm("2:4", "semi-structured mask, 2 of every 4 weights (dense kernels)", fixed_amount=0.5),
 ])
 
+#: ``sharing.kind``: cross-layer parameter sharing, implemented by :class:`nas.models.EncoderClassifier`.
+SHARING_KIND: Vocabulary[Term] = Vocabulary("sharing kind", "sharing.kind", [
+    Term("none", "every layer has its own weights"),
+    Term("attention", "the layers of a group share one attention (q/k/v/out) (ALBERT's shared-attention variant)"),
+    Term("ffn", "the layers of a group share one FFN (ALBERT's shared-FFN variant)"),
+    Term("all", "the layers of a group share one whole block, LayerNorms included (ALBERT, Lan et al., 2020)"),
+])
+
 #: ``distill.kind``: cumulative loss terms, implemented by :class:`evaluators.distill.DistillLoss`.
 DISTILL_KIND: Vocabulary[DistillTerm] = Vocabulary("distill kind", "distill.kind", [
     DistillTerm("none", "no teacher"),
@@ -333,6 +342,7 @@ VOCABULARIES: dict[str, Vocabulary[Any]] = {
     "Attention kinds (`attention.kind`)": ATTENTION_KIND,
     "Sparsity kinds (`sparsity.kind`)": SPARSITY_KIND,
     "Distillation kinds (`distill.kind`)": DISTILL_KIND,
+    "Parameter sharing (`sharing.kind`)": SHARING_KIND,
     "Samplers (`sampler.kind`)": SAMPLER,
     "Export formats (`nas export --format`, HTTP `format`)": EXPORT_CHOICE,
 }

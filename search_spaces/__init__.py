@@ -15,6 +15,13 @@ Conditional parameters:
 * Heads must divide ``d_model``: ``n_heads`` is suggested first; if it does not divide the suggested
   ``d_model``, the largest allowed head count that does divide it is used (deterministic, so replay
   gives the same candidate).
+* ``sharing`` only with at least 2 layers, and ``group_size`` only for ``sharing`` other than ``none``
+  with more than 2 layers; a group size of at least ``n_layers`` is one group of every layer (ALBERT).
+* ``rank_attention`` unless sparsity is ``heads`` and ``rank_ffn`` unless it is ``ffn`` (structured
+  pruning slices dense matrices); 1.0 is dense.
+* ``drop_layers`` (layers dropped at inference, capped at ``n_layers - 1``) with at least 2 layers, and
+  ``layerdrop`` (the training drop rate) only when some are dropped: ``infer_layers = n_layers - drop``.
+* A knob with a single choice is not a parameter at all (as if it did not exist).
 * ``init`` is suggested only when the space offers more than ``scratch``. A candidate with
   ``init: teacher`` starts from the teacher's weights (:mod:`evaluators.inherit`), so it takes the
   teacher's layout (post-LN, LayerNorm epsilon, pooler, CLS pooling, head width) and is cut to fit inside
@@ -37,10 +44,12 @@ from nas.config import (
     DistillConfig,
     PruneConfig,
     QuantConfig,
+    RankConfig,
+    SharingConfig,
     validate,
 )
 from nas.errors import ConfigError
-from nas.vocab import ATTENTION_KIND, DISTILL_KIND, SPARSITY_KIND
+from nas.vocab import ATTENTION_KIND, DISTILL_KIND, SHARING_KIND, SPARSITY_KIND
 
 __all__ = ["SearchSpace", "ReplayTrial", "TrialLike", "suggest", "load_space", "PRESETS", "preset_path",
            "INIT_CHOICES", "fit_to_teacher"]
@@ -73,6 +82,7 @@ _CHOICES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "sparsity": ("unknown sparsity kind(s)", SPARSITY_KIND.names),
     "distill": ("unknown distill kind(s)", DISTILL_KIND.names),
     "init": ("unknown init choice(s)", INIT_CHOICES),
+    "sharing": ("unknown sharing kind(s)", SHARING_KIND.names),
 }
 
 
@@ -114,19 +124,46 @@ class SearchSpace(BaseModel):
     dropout: list[float] = Field(default=[0.0, 0.1])
     pooling: list[str] = Field(default=["mean"])
     init: list[str] = Field(default=["scratch"])
+    sharing: list[str] = Field(default=["none"])
+    group_size: list[int] = Field(default=[2])
+    rank_attention: list[float] = Field(default=[1.0])
+    rank_ffn: list[float] = Field(default=[1.0])
+    drop_layers: list[int] = Field(default=[0])
+    layerdrop: list[float] = Field(default=[0.1])
     max_len: int = Field(default=64, ge=8, le=8192)
 
     @field_validator(
         "n_layers", "d_model", "n_heads", "ffn_ratio", "attention", "window", "k", "stride", "summary", "buckets",
         "feature_map",
         "attention_bits", "ffn_bits", "embedding_bits", "quant_scheme", "quant_granularity", "sparsity",
-        "distill", "dropout", "pooling", "init",
+        "distill", "dropout", "pooling", "init", "sharing", "group_size", "rank_attention", "rank_ffn", "drop_layers",
+        "layerdrop",
     )
     @classmethod
     def _check_nonempty(cls, v: list[Any], info: Any) -> list[Any]:
         return _nonempty(info.field_name, v)
 
-    @field_validator("attention", "attention_bits", "ffn_bits", "embedding_bits", "sparsity", "distill", "init")
+    @field_validator("rank_attention", "rank_ffn")
+    @classmethod
+    def _check_ranks(cls, v: list[float], info: Any) -> list[float]:
+        bad = [x for x in v if not 0.0 < x <= 1.0]
+        if bad:
+            raise ValueError(f"rank ratios {bad} are outside (0, 1]: 0 removes the layer and above 1 is larger than "
+                             "dense; use e.g. [1.0, 0.5, 0.25] (1.0 = dense)")
+        return v
+
+    @field_validator("group_size", "drop_layers", "layerdrop")
+    @classmethod
+    def _check_depth_knobs(cls, v: list[Any], info: Any) -> list[Any]:
+        low, high, example = {"group_size": (2, 48, "[2, 4]"), "drop_layers": (0, 47, "[0, 1, 2]"),
+                              "layerdrop": (0.0, 0.9, "[0.1, 0.2]")}[info.field_name]
+        bad = [x for x in v if not low <= x <= high]
+        if bad:
+            raise ValueError(f"values {bad} are outside [{low}, {high}]; use e.g. {example}")
+        return v
+
+    @field_validator("attention", "attention_bits", "ffn_bits", "embedding_bits", "sparsity", "distill", "init",
+                     "sharing")
     @classmethod
     def _check_choices(cls, v: list[Any], info: Any) -> list[Any]:
         what, allowed = _CHOICES[info.field_name]
@@ -218,6 +255,31 @@ def _suggest_attention(trial: TrialLike, space: SearchSpace) -> dict[str, Any]:
     return attn
 
 
+def _categorical(trial: TrialLike, name: str, choices: list[Any]) -> Any:
+    """``trial.suggest_categorical``, except that a knob with one choice is not a parameter.
+
+    So a study that leaves a new knob at its default samples and replays exactly as before the knob existed.
+    """
+    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
+
+
+def _suggest_structure(trial: TrialLike, space: SearchSpace, n_layers: int, sparsity: str) -> dict[str, Any]:
+    """Sharing, low-rank weights and inference depth (see the module docstring for the conditions)."""
+    out: dict[str, Any] = {}
+    kind = str(_categorical(trial, "sharing", space.sharing)) if n_layers >= 2 else "none"
+    if kind != "none":
+        size = int(_categorical(trial, "group_size", space.group_size)) if n_layers > 2 else n_layers
+        out["sharing"] = SharingConfig(kind=kind, group_size=size if size < n_layers else None)
+    rank = {"attention": 1.0 if sparsity == "heads" else float(_categorical(trial, "rank_attention", space.rank_attention)),
+            "ffn": 1.0 if sparsity == "ffn" else float(_categorical(trial, "rank_ffn", space.rank_ffn))}
+    out["rank"] = RankConfig(**rank)
+    drop = min(int(_categorical(trial, "drop_layers", space.drop_layers)), n_layers - 1) if n_layers >= 2 else 0
+    if drop:
+        out["infer_layers"] = n_layers - drop
+        out["layerdrop"] = float(_categorical(trial, "layerdrop", space.layerdrop))
+    return out
+
+
 def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = None) -> Candidate:
     """Sample one :class:`Candidate` from ``space`` through ``trial``. Pure: no I/O, no torch.
 
@@ -278,6 +340,7 @@ def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = No
         quant=quant,
         sparsity=PruneConfig(kind=sp_kind, amount=amount),
         distill=DistillConfig(**distill),
+        **_suggest_structure(trial, space, n_layers, sp_kind),
     )
     if init == "scratch":
         return cand
@@ -295,6 +358,7 @@ def fit_to_teacher(candidate: Candidate, teacher: Candidate) -> Candidate:
     capped at the teacher's. Candidate-level sparsity of heads is kept below the (capped) head count.
     """
     n_heads = min(candidate.n_heads, teacher.n_heads)
+    n_layers = min(candidate.n_layers, teacher.n_layers)
     sparsity = candidate.sparsity
     if sparsity.kind == "heads" and round(n_heads * sparsity.amount) >= n_heads:
         sparsity = PruneConfig(kind="heads", amount=round((n_heads - 1) / n_heads, 4)) if n_heads > 1 \
@@ -302,7 +366,8 @@ def fit_to_teacher(candidate: Candidate, teacher: Candidate) -> Candidate:
     return Candidate.model_validate({
         **candidate.model_dump(),
         "init": "teacher",
-        "n_layers": min(candidate.n_layers, teacher.n_layers),
+        "n_layers": n_layers,
+        **_depth_within(candidate, n_layers),
         "d_model": min(candidate.d_model, teacher.d_model),
         "n_heads": n_heads,
         "head_dim": teacher.head_dim,
@@ -314,6 +379,21 @@ def fit_to_teacher(candidate: Candidate, teacher: Candidate) -> Candidate:
         "pooling": teacher.pooling,
         "sparsity": sparsity.model_dump(),
     })
+
+
+def _depth_within(candidate: Candidate, n_layers: int) -> dict[str, Any]:
+    """Sharing and inference depth of ``candidate`` cut to ``n_layers`` layers.
+
+    A group or a kept depth of at least ``n_layers`` means every layer; sharing needs 2 layers.
+    """
+    share, infer = candidate.sharing, candidate.infer_layers
+    if share.kind != "none" and n_layers < 2:
+        share = SharingConfig()
+    elif share.group_size is not None and share.group_size >= n_layers:
+        share = SharingConfig(kind=share.kind)
+    dropped = infer is not None and infer < n_layers
+    return {"sharing": share.model_dump(), "infer_layers": infer if dropped else None,
+            "layerdrop": candidate.layerdrop if dropped else 0.0}
 
 
 class ReplayTrial:

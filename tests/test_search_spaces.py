@@ -40,7 +40,7 @@ def _base_params():
     return {"n_layers": 1, "n_heads": 2, "d_model": 32, "ffn_ratio": 2, "attention": "softmax",
             "embedding_bits": 32, "attention_bits": 8, "ffn_bits": 4, "quant_scheme": "symmetric",
             "quant_granularity": "per_channel", "sparsity": "none", "distill": "none", "dropout": 0.0,
-            "pooling": "mean"}
+            "pooling": "mean", "rank_attention": 1.0, "rank_ffn": 1.0}
 
 
 def test_replay_trial_matches_optuna_fixed_trial_and_stored_params():
@@ -65,7 +65,7 @@ def test_replay_trial_rejects_missing_or_bad_params():
 def test_overrides_from_yaml_and_errors_name_the_field():
     space = load_space("tiny", {"attention": ["linear"], "n_layers": [4]})
     cand = suggest(ReplayTrial({**_base_params(), "attention": "linear", "feature_map": "relu",
-                                "n_layers": 4}), space)
+                                "n_layers": 4, "sharing": "none", "drop_layers": 0}), space)
     assert cand.attention.kind == "linear" and cand.n_layers == 4
     with pytest.raises(ConfigError, match="attention"):
         load_space("tiny", {"attention": ["flash"]})

@@ -21,8 +21,8 @@ heads/neurons for the same candidate every time, so ``build`` + ``apply_candidat
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,7 @@ __all__ = ["WeightMask", "prune_", "magnitude_mask", "two_four_mask", "PRUNERS",
            "neuron_importance", "top_indices", "head_channels"]
 
 log = logging.getLogger(__name__)
+M = TypeVar("M")
 
 
 class WeightMask(nn.Module):
@@ -133,11 +134,15 @@ def _linear_like(src: nn.Linear, weight: Tensor, bias: Tensor | None) -> nn.Line
     return new
 
 
+def _unique(modules: Iterable[M]) -> list[M]:
+    """Each module once, in order: a module shared by several layers (``candidate.sharing``) is pruned once."""
+    return list({id(m): m for m in modules}.values())
+
+
 def _prune_heads(model: nn.Module, amount: float) -> dict[str, object]:
     names = qualified_names(model)
     removed: list[int] = []
-    for block in getattr(model, "blocks", []):
-        attn = block.attn
+    for attn in _unique(block.attn for block in getattr(model, "blocks", [])):
         fqn = names[id(attn)]
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
             _check_plain(getattr(attn, proj), f"{fqn}.{proj}")
@@ -165,8 +170,7 @@ def _prune_heads(model: nn.Module, amount: float) -> dict[str, object]:
 def _prune_ffn(model: nn.Module, amount: float) -> dict[str, object]:
     names = qualified_names(model)
     removed: list[int] = []
-    for block in getattr(model, "blocks", []):
-        ffn = block.ffn
+    for ffn in _unique(block.ffn for block in getattr(model, "blocks", [])):
         fc1, fc2 = ffn.fc1, ffn.fc2
         _check_plain(fc1, names[id(fc1)])
         _check_plain(fc2, names[id(fc2)])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from nas.config import Candidate
 from nas.records import InferenceEnergy, TrialResult
 from nas.reference import TeacherReference, ratio_text
 
@@ -185,10 +186,31 @@ def _cost(s: StudyInfo) -> list[str]:
     ]
 
 
+def _structure(cand: Candidate) -> list[str]:
+    """The "Structure" section: sharing, low-rank weights and inference depth, when the candidate uses them."""
+    lines: list[str] = []
+    if cand.sharing.kind != "none":
+        size = cand.sharing.group_size or cand.n_layers
+        part = {"all": "whole block", "attention": "attention", "ffn": "FFN"}[cand.sharing.kind]
+        lines.append(f"- cross-layer sharing (ALBERT): each group of {size} consecutive layers shares one {part}. "
+                     "Parameters and size count the shared weights once; FLOPs and energy do not shrink, "
+                     "since every layer still computes.")
+    for group, ratio in (("attention (q/k/v/out)", cand.rank.attention), ("FFN (fc1/fc2)", cand.rank.ffn)):
+        if ratio < 1:
+            lines.append(f"- low-rank weights: the {group} Linears are factorised at rank ratio {ratio:g} of their "
+                         "width (up x down); parameters and FLOPs both shrink.")
+    if len(cand.kept_layers) < cand.n_layers:
+        lines.append(f"- inference depth: trained {cand.n_layers} layers (LayerDrop rate {cand.layerdrop:g}); "
+                     f"serves {len(cand.kept_layers)} of them (layers {', '.join(str(i) for i in cand.kept_layers)}, "
+                     "0-based). The numbers above are of the served depth.")
+    return ["## Structure", "", *lines, ""] if lines else []
+
+
 def render_card(c: CardInputs) -> str:
     """The ``README.md`` text."""
     cand = c.search.candidate
-    title = (f"{cand.n_layers} x d{cand.d_model} {cand.attention.kind} encoder, {cand.weight_bits}-bit, "
+    depth = f"{len(cand.kept_layers)} of {cand.n_layers}" if len(cand.kept_layers) < cand.n_layers else f"{cand.n_layers}"
+    title = (f"{depth} x d{cand.d_model} {cand.attention.kind} encoder, {cand.weight_bits}-bit, "
              f"sparsity {cand.sparsity.kind}")
     final_inf = c.final.inference if c.final else None
     out = [
@@ -220,6 +242,7 @@ def render_card(c: CardInputs) -> str:
         *_table(c.search, c.final),
         "",
         *_teacher(c),
+        *_structure(cand),
         "## Energy provenance (search-time measurement)",
         "",
         *_provenance(c.search.inference),

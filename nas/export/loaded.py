@@ -28,7 +28,7 @@ from evaluators.tokenize import load_tokenizer
 from nas.compress import apply_candidate_compression, materialize_
 from nas.config import Candidate, validate
 from nas.errors import ExportError, NASError
-from nas.models import build
+from nas.models import build, load_unique_state, unique_state
 
 if TYPE_CHECKING:
     import torch
@@ -48,13 +48,14 @@ _BATCH = 128
 
 
 def rebuild(candidate: Candidate, vocab_size: int, num_labels: int, state: dict[str, Any] | None = None) -> nn.Module:
-    """Build ``candidate`` in its served form (pruned shapes, plain weights) and load ``state`` strictly."""
+    """Build ``candidate`` in its served form (pruned shapes, inference layers, plain weights); load ``state`` strictly."""
     model = build(candidate, vocab_size=vocab_size, num_labels=num_labels)
     if not (candidate.sparsity.is_noop and candidate.quant.is_noop):
         apply_candidate_compression(model)  # gives the pruned shapes; materialize_ drops the grids/masks
         materialize_(model)
+    model.keep_inference_layers_()
     if state is not None:
-        model.load_state_dict(state, strict=True)
+        load_unique_state(model, state)
     return model.eval()
 
 
@@ -127,8 +128,7 @@ class LoadedModel:
     def save(self, folder: Path) -> Path:
         """Write the ``hf/`` layout into ``folder`` (created if needed) and return it."""
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        save_file(unique_state(self.model), str(folder / "model.safetensors"), metadata={"format": "pt"})
         config = {
             "model_type": MODEL_TYPE,
             "architectures": ["EncoderClassifier"],
@@ -216,7 +216,7 @@ def load(path: str | Path) -> LoadedModel:
                           fix="re-export the model") from e
     try:
         model = rebuild(candidate, config["vocab_size"], len(labels), state)
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError) as e:  # ConfigError is a ValueError
         raise ExportError(f"{folder}: the weights do not fit the candidate in config.json "
                           f"({str(e).splitlines()[0]})", field="model.safetensors", fix="re-export the model") from e
     try:

@@ -21,7 +21,9 @@ from .attention import (
 )
 from .encoder import Block, EncoderClassifier, FeedForward, LogitsOnly, ModelOutput, build
 from .flops import count_flops
+from .lowrank import LowRankLinear, make_linear
 from .sparse_attention import FixedAttention, HashAttention, LocalAttention, StridedAttention
+from .state import load_unique_state, unique_state
 
 __all__ = [
     "build",
@@ -41,6 +43,10 @@ __all__ = [
     "LinearAttention",
     "LowRankAttention",
     "count_flops",
+    "LowRankLinear",
+    "make_linear",
+    "unique_state",
+    "load_unique_state",
 ]
 
 ATTENTION_REGISTRY.require_complete()

@@ -12,7 +12,8 @@ Every attention module is built from a :class:`~nas.config.Candidate` alone and 
     weights           (B, nh, T, T) attention probabilities, or None when ``need_weights`` is False or
                       the variant never forms a T x T map (``linear``, ``lowrank``)
 
-Each module owns separate ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` ``nn.Linear`` layers and
+Each module owns separate ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` layers (``nn.Linear``, or
+:class:`~nas.models.lowrank.LowRankLinear` when ``candidate.rank.attention`` < 1) and
 keeps ``n_heads`` and ``head_dim`` as plain mutable attributes: structured head pruning
 (:func:`nas.compress.prune_`) slices the projections and shrinks ``n_heads``, and the forward reads the
 attributes, never the candidate.
@@ -34,6 +35,8 @@ from torch import Tensor, nn
 from nas.config import Candidate
 from nas.errors import ConfigError
 from nas.vocab import ATTENTION_KIND, Registry
+
+from .lowrank import Projection, make_linear
 
 __all__ = [
     "ATTENTION_REGISTRY",
@@ -89,10 +92,13 @@ class Attention(nn.Module):
         self.n_heads = config.n_heads
         self.head_dim = config.resolved_head_dim
         inner = config.attention_width  # n_heads * head_dim; equals d_model unless candidate.head_dim is set
-        self.q_proj = nn.Linear(self.d_model, inner)
-        self.k_proj = nn.Linear(self.d_model, inner)
-        self.v_proj = nn.Linear(self.d_model, inner)
-        self.out_proj = nn.Linear(inner, self.d_model)
+        rank_in, rank_out = (config.rank.of("attention", self.d_model, inner),
+                             config.rank.of("attention", inner, self.d_model))
+        # nn.Linear, or LowRankLinear when candidate.rank.attention < 1
+        self.q_proj: Projection = make_linear(self.d_model, inner, rank_in)
+        self.k_proj: Projection = make_linear(self.d_model, inner, rank_in)
+        self.v_proj: Projection = make_linear(self.d_model, inner, rank_in)
+        self.out_proj: Projection = make_linear(inner, self.d_model, rank_out)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.dropout_p = config.dropout
         # Fused F.scaled_dot_product_attention is faster, but FlopCounterMode does not count it on CPU;

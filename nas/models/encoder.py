@@ -22,6 +22,7 @@ Layer groups used by :mod:`nas.compress` (see :meth:`EncoderClassifier.layer_gro
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import cast
 
@@ -34,6 +35,7 @@ from nas.config import Candidate
 from nas.errors import ConfigError
 
 from .attention import ATTENTION_REGISTRY, Attention
+from .lowrank import LowRankLinear, Projection, make_linear
 
 __all__ = ["ModelOutput", "FeedForward", "Block", "EncoderClassifier", "build", "LogitsOnly"]
 
@@ -66,8 +68,9 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: Candidate) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(config.d_model, config.d_ffn)
-        self.fc2 = nn.Linear(config.d_ffn, config.d_model)
+        d, f = config.d_model, config.d_ffn
+        self.fc1: Projection = make_linear(d, f, config.rank.of("ffn", d, f))  # LowRankLinear when rank.ffn < 1
+        self.fc2: Projection = make_linear(f, d, config.rank.of("ffn", f, d))
         self.dropout = nn.Dropout(config.dropout)
 
     @property
@@ -109,6 +112,38 @@ class Block(nn.Module):
         return x, w
 
 
+def _linear_weights(layers: Iterable[nn.Module]) -> list[tuple[nn.Module, str]]:
+    """``(module, "weight")`` of each Linear; a :class:`LowRankLinear` gives its two factors."""
+    out: list[tuple[nn.Module, str]] = []
+    for layer in layers:
+        parts = (layer.down, layer.up) if isinstance(layer, LowRankLinear) else (layer,)
+        out += [(part, "weight") for part in parts]
+    return out
+
+
+def _shared_blocks(candidate: Candidate) -> list[Block]:
+    """One block per layer, where the layers of a sharing group use their group's first block's modules.
+
+    ``all`` repeats the group's block itself; ``attention``/``ffn`` give each layer its own block (and
+    LayerNorms) holding the group's attention or FFN module. The model's ``parameters()`` yield a shared
+    tensor once, so parameter counts and sizes count it once; every layer still computes.
+    """
+    share, n = candidate.sharing, candidate.n_layers
+    blocks: list[Block] = []
+    for i in range(n):
+        owner = blocks[share.owner(i, n)] if share.owner(i, n) < i else None
+        if owner is not None and share.kind == "all":
+            blocks.append(owner)
+            continue
+        block = Block(candidate)
+        if owner is not None and share.kind == "attention":
+            block.attn = owner.attn
+        elif owner is not None and share.kind == "ffn":
+            block.ffn = owner.ffn
+        blocks.append(block)
+    return blocks
+
+
 class EncoderClassifier(nn.Module):
     """Sequence classifier: embeddings, ``n_layers`` blocks, final LayerNorm (pre-LN), pooling, pooler, head.
 
@@ -130,7 +165,9 @@ class EncoderClassifier(nn.Module):
         self.pos_emb = nn.Embedding(candidate.max_len, d)
         self.emb_ln: nn.Module = nn.LayerNorm(d, eps=eps) if post else nn.Identity()
         self.emb_dropout = nn.Dropout(candidate.dropout)
-        self.blocks = nn.ModuleList([Block(candidate) for _ in range(candidate.n_layers)])
+        self.blocks = nn.ModuleList(_shared_blocks(candidate))
+        self.layerdrop = candidate.layerdrop
+        self.layers_dropped = False
         self.ln_f: nn.Module = nn.Identity() if post else nn.LayerNorm(d, eps=eps)
         self.pooler = nn.Linear(d, d) if candidate.pooler != "none" else None
         self.pooler_act: nn.Module = nn.ReLU() if candidate.pooler == "relu" else nn.Tanh()
@@ -166,8 +203,21 @@ class EncoderClassifier(nn.Module):
             block.attn.use_fused = bool(enabled)
 
     def iter_blocks(self) -> list[Block]:
-        """The encoder blocks, typed (``self.blocks`` is an ``nn.ModuleList``)."""
+        """The encoder blocks in layer order, typed; a block shared by several layers appears for each."""
         return [cast(Block, b) for b in self.blocks]
+
+    def keep_inference_layers_(self) -> tuple[int, ...]:
+        """Drop the layers that ``candidate.infer_layers`` does not keep, for good (LayerDrop's pruning).
+
+        Called after training, before evaluation, measurement and saving; a no-op when every layer is kept or
+        the layers are already dropped. Returns the kept layers (0-based, of the trained ones).
+        """
+        kept = self.candidate.kept_layers
+        if not self.layers_dropped and len(kept) < len(self.blocks):
+            self.blocks = nn.ModuleList([self.blocks[i] for i in kept])
+            log.debug("kept layers %s of %d for inference", kept, self.candidate.n_layers)
+        self.layers_dropped = True
+        return kept
 
     # --- structure used by nas.compress -------------------------------------------------------------
     def layer_groups(self) -> LayerGroups:
@@ -182,17 +232,22 @@ class EncoderClassifier(nn.Module):
             "attention": [],
             "ffn": [],
         }
+        seen: set[int] = set()  # a module shared by several layers (candidate.sharing) is listed once
         for block in self.iter_blocks():
-            attn = block.attn
-            groups["attention"] += [(getattr(attn, n), "weight") for n in ("q_proj", "k_proj", "v_proj", "out_proj")]
-            for name in ("E", "F"):
-                if isinstance(getattr(attn, name, None), Tensor):
-                    groups["attention"].append((attn, name))
-            groups["ffn"] += [(block.ffn.fc1, "weight"), (block.ffn.fc2, "weight")]
+            attn, ffn = block.attn, block.ffn
+            if id(attn) not in seen:
+                seen.add(id(attn))
+                groups["attention"] += _linear_weights(getattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "out_proj"))
+                for name in ("E", "F"):
+                    if isinstance(getattr(attn, name, None), Tensor):
+                        groups["attention"].append((attn, name))
+            if id(ffn) not in seen:
+                seen.add(id(ffn))
+                groups["ffn"] += _linear_weights((ffn.fc1, ffn.fc2))
         return groups
 
     def num_parameters(self) -> int:
-        """Number of stored parameter elements (structured pruning lowers it; masks do not)."""
+        """Number of stored parameter elements, shared ones once (structured pruning lowers it; masks do not)."""
         return sum(p.numel() for p in self.parameters())
 
     # --- forward ------------------------------------------------------------------------------------
@@ -243,7 +298,12 @@ class EncoderClassifier(nn.Module):
         hidden: list[Tensor] = [x]
         maps: list[Tensor | None] = []
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        drop = self.layerdrop if self.training and not self.layers_dropped else 0.0
         for block in self.blocks:
+            if drop and bool(torch.rand(()) < drop):  # LayerDrop (Fan et al., 2020): skip the whole layer
+                hidden.append(x)
+                maps.append(None)
+                continue
             if use_ckpt:
                 x, w = checkpoint(block, x, key_padding_mask, output_attentions, use_reentrant=False)
             else:
