@@ -5,9 +5,10 @@ For every kind of :data:`nas.vocab.ATTENTION_KIND`, with the settings below fixe
 
 * **attention FLOPs**: one attention module's forward on its countable path (``FlopCounterMode``),
   minus the q/k/v/out projections, which every kind shares; per sample;
-* **latency**: median wall time of one attention module's forward (projections included) and of the whole
-  model's, on a batch of 8 (inference mode), interleaved over kinds so that load changes hit every kind
-  alike;
+* **latency**: median wall time, on a batch of 8 (inference mode), interleaved over kinds so that load
+  changes hit every kind alike, of the attention *core* (scores, softmax and weighted sum on projected
+  q, k, v: what the attention FLOPs count), of one attention module's forward (projections included)
+  and of the whole model's;
 * **J/sample**: the service's own measurement protocol (:func:`evaluators.measure.measure_inference`)
   with the ``auto`` meter: on this CPU-only machine a labelled estimate (``is_estimate``), on a GPU the
   NVML counter.
@@ -86,6 +87,22 @@ def latencies_ms(models: dict[str, torch.nn.Module], inputs: torch.Tensor, repea
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+class _Core(torch.nn.Module):
+    """An attention module's core alone, what the attention FLOPs count: scores, softmax and the weighted sum
+    on fixed, already projected and head-split q, k, v (the projections every kind shares are left out)."""
+
+    def __init__(self, attn: torch.nn.Module, T: int, device: str) -> None:
+        super().__init__()
+        self.attn: Any = attn
+        shape = (BATCH, attn.n_heads, T, attn.head_dim)  # type: ignore[arg-type]
+        gen = torch.Generator().manual_seed(0)
+        self.q, self.k, self.v = (torch.randn(shape, generator=gen).to(device) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.attn._attend(self.q, self.k, self.v, None, False)
+        return y  # type: ignore[no-any-return]
+
+
 def energy(model: torch.nn.Module, T: int, device: str, window_s: float) -> dict[str, Any]:
     cfg = MeasureConfig(meter="auto", batch_size=BATCH, seq_len=T, window_s=window_s, n_windows=3, idle_s=0.2,
                         warmup_iters=2)
@@ -105,11 +122,15 @@ def run(lengths: list[int], repeats: int, window_s: float, kinds: list[str]) -> 
             lat = latencies_ms(models, torch.randint(1, 1000, (BATCH, T)), repeats, device)
             attn = {k: models[k].iter_blocks()[0].attn for k in kinds}
             lat_attn = latencies_ms(attn, torch.randn(BATCH, T, SHAPE["d_model"]), repeats, device)
+            lat_core = latencies_ms({k: _Core(a, T, device) for k, a in attn.items()}, torch.zeros(1), repeats, device)
             for kind in kinds:
                 e = energy(models[kind], T, device, window_s)
                 rows.append({"T": T, "kind": kind, "settings": settings(kind, T), "device": device,
                              "attention_flops_per_sample": flops[kind],
                              "flops_vs_softmax": flops[kind] / flops["softmax"] if "softmax" in flops else None,
+                             "core_latency_ms": round(lat_core[kind], 3),
+                             "core_speedup_vs_softmax": (lat_core["softmax"] / lat_core[kind])
+                             if "softmax" in lat_core else None,
                              "attention_latency_ms": round(lat_attn[kind], 3),
                              "attention_speedup_vs_softmax": (lat_attn["softmax"] / lat_attn[kind])
                              if "softmax" in lat_attn else None,
@@ -117,7 +138,7 @@ def run(lengths: list[int], repeats: int, window_s: float, kinds: list[str]) -> 
                              "speedup_vs_softmax": (lat["softmax"] / lat[kind]) if "softmax" in lat else None,
                              **e})
                 print(f"T={T:5d} {device:4s} {kind:8s} flops/softmax {rows[-1]['flops_vs_softmax']:.3f} "
-                      f"attention {lat_attn[kind]:7.2f} ms, model {lat[kind]:8.2f} ms  J/sample {e['j_per_sample']:.3g} "
+                      f"core {lat_core[kind]:7.2f} ms, attention {lat_attn[kind]:7.2f} ms, model {lat[kind]:8.2f} ms  J/sample {e['j_per_sample']:.3g} "
                       f"({e['meter']}{', ESTIMATE' if e['is_estimate'] else ''})", flush=True)
     return {"command": "python benchmarks/attention_cost.py " + " ".join(sys.argv[1:]),
             "model": {**SHAPE, "batch": BATCH}, "lengths": lengths, "repeats": repeats,

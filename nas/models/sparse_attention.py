@@ -7,7 +7,9 @@ computes (no T x T matrix is ever formed, except for the map ``need_weights`` as
 * ``local`` (sliding window, cf. Longformer): the sequence is cut into blocks of ``window`` tokens; a
   query scores the keys of its own block and both neighbours (``3 * window`` keys) and the band
   ``|i - j| <= window`` masks the rest. Exact: the band is what it was as a mask over T x T.
-  Cost ``3 * window * T`` scores, below softmax's ``T * T`` when ``window < T / 3``.
+  Cost ``3 * window * T`` scores, below softmax's ``T * T`` when ``window < T / 3``. The key windows are
+  overlapping strided views (``unfold``, no copies), and without padding the band is one additive mask
+  broadcast over batch and heads, so one fused attention call does the work.
 * ``strided`` (Sparse Transformer, Child et al. 2019, non-causal): blocks of ``stride`` tokens; a query
   scores its own block (the row) and the tokens at its offset in every other block (the column).
   Cost ``T * (stride + T / stride)``, about ``2 T sqrt(T)`` at ``stride = sqrt(T)``.
@@ -84,23 +86,43 @@ class LocalAttention(Attention):
             blocked = self.dense_block(q.size(-2), key_padding_mask, q.device)
             return self._masked_softmax_attend(q, k, v, blocked, True)
         B, nh, T, hs = q.shape
-        b = self.window
+        b = w = self.window
         n = (T + b - 1) // b
-        tail = n * b - T
-        qb = _pad_seq(q, 0, tail).reshape(B, nh, n, b, hs)
-        kb = _neighbours(_pad_seq(k, b, tail + b).reshape(B, nh, n + 2, b, hs))  # (B, nh, n, 3b, hs)
-        vb = _neighbours(_pad_seq(v, b, tail + b).reshape(B, nh, n + 2, b, hs))
-        r = torch.arange(b, device=q.device)
-        c = torch.arange(3 * b, device=q.device)
-        band = (r[:, None] + b - c[None, :]).abs() > self.window  # (b, 3b): key j = i - b + c - r
-        pad = _pad_mask(key_padding_mask, B, T, tail + b, q.device, before=b).reshape(B, n + 2, b)
-        outside = torch.cat([pad[:, :-2], pad[:, 1:-1], pad[:, 2:]], dim=-1)  # (B, n, 3b)
-        blocked = band[None, None] | outside[:, :, None, :]  # (B, n, b, 3b)
-        blocked = blocked & ~(c[None, :] == r[:, None] + b)  # a query always sees itself: no empty row
-        blocked = blocked[:, None].expand(B, nh, n, b, 3 * b).reshape(B, nh * n, b, 3 * b)
-        y, _ = self._masked_softmax_attend(qb.reshape(B, nh * n, b, hs), kb.reshape(B, nh * n, 3 * b, hs),
-                                           vb.reshape(B, nh * n, 3 * b, hs), blocked, False)  # 4-D: fused
+        tail, L = n * b - T, 3 * b
+        # each block of b queries sees the L = b + 2w keys around it: overlapping windows, a strided view
+        kw = _pad_seq(k, w, tail + w).unfold(2, L, b).transpose(-1, -2).reshape(B * nh, n, L, hs)
+        vw = _pad_seq(v, w, tail + w).unfold(2, L, b).transpose(-1, -2).reshape(B * nh, n, L, hs)
+        qb = _pad_seq(q, 0, tail).reshape(B * nh, n, b, hs)
+        bias = self._band_bias(B, nh, n, T, key_padding_mask, q)
+        if self.use_fused:
+            y = F.scaled_dot_product_attention(qb, kw, vw, attn_mask=bias, dropout_p=self.dropout_p if self.training else 0.0)
+        else:  # the same arithmetic, countable by FlopCounterMode
+            att = F.softmax((qb @ kw.transpose(-2, -1)) * (1.0 / math.sqrt(hs)) + bias, dim=-1)  # (B*nh, n, b, 3b)
+            y = self.attn_dropout(att) @ vw
         return y.reshape(B, nh, n * b, hs)[:, :, :T], None
+
+    def _band_bias(self, B: int, nh: int, n: int, T: int, key_padding_mask: Tensor | None, q: Tensor) -> Tensor:
+        """Additive mask (1 or B*nh, n, b, 3b): 0 inside the band, the dtype's minimum outside it.
+
+        Query ``i = s + r`` of the block starting at ``s`` sees key ``j = s - w + c``; blocked when
+        ``|i - j| > w``, when ``j`` is outside [0, T) or padded, except its own position (no empty row). Without
+        padding the mask is one (n, b, 3b) pattern broadcast over batch and heads, so the kernel reads it
+        from cache.
+        """
+        b = w = self.window
+        r = torch.arange(b, device=q.device)[:, None]  # (b, 1)
+        c = torch.arange(3 * b, device=q.device)[None, :]  # (1, 3b)
+        start = torch.arange(n, device=q.device)[:, None, None] * b  # (n, 1, 1)
+        j = start - w + c  # (n, 1, 3b) key positions
+        blocked = ((r - c + w).abs() > w) | (j < 0) | (j >= T)  # (n, b, 3b)
+        if key_padding_mask is not None:
+            keys = _pad_mask(key_padding_mask, B, T, n * b - T + w, q.device, before=w)  # (B, n*b + 2w)
+            blocked = blocked[None] | keys.unfold(1, 3 * b, b)[:, :, None, :]  # (B, n, b, 3b)
+            blocked = blocked[:, None].expand(B, nh, n, b, 3 * b).reshape(B * nh, n, b, 3 * b)
+        else:
+            blocked = blocked[None]
+        blocked = blocked & (c != r + w)  # a query always sees itself
+        return torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill(blocked, torch.finfo(q.dtype).min)
 
     def dense_block(self, T: int, key_padding_mask: Tensor | None, device: torch.device) -> Tensor:
         """(B or 1, 1, T, T) True = blocked: outside the band, or a padded key (the masked reference)."""
@@ -108,11 +130,6 @@ class LocalAttention(Attention):
         blocked = ((idx[:, None] - idx[None, :]).abs() > self.window)[None, None]
         pad = _padding_block(key_padding_mask, T)
         return blocked | pad if pad is not None else blocked
-
-
-def _neighbours(t: Tensor) -> Tensor:
-    """(B, nh, n + 2, b, hs) blocks -> (B, nh, n, 3b, hs): each block with the one before and after."""
-    return torch.cat([t[:, :, :-2], t[:, :, 1:-1], t[:, :, 2:]], dim=-2)
 
 
 class _BlockSparse(Attention):
@@ -186,6 +203,13 @@ class FixedAttention(_BlockSparse):
         return y.reshape(B, nh, n * L, hs)[:, :, :T], None
 
 
+def _rows(order: Tensor) -> Tensor:
+    """(B, nh, Tp) per-sequence positions -> flat row indices into a (B * nh * Tp, hs) view."""
+    B, nh, Tp = order.shape
+    base = torch.arange(B * nh, device=order.device).reshape(B, nh, 1) * Tp
+    return (order + base).reshape(-1)
+
+
 @register_attention("hash")
 class HashAttention(Attention):
     """LSH attention: queries and keys bucketed by a fixed random projection, sorted, and chunked.
@@ -206,7 +230,7 @@ class HashAttention(Attention):
     def _sorted(self, x: Tensor, blocked: Tensor, Tp: Tensor | int) -> Tensor:
         """The order that sorts positions by bucket (blocked positions last), ties by position."""
         B, nh, T, _ = x.shape
-        bucket = (F.normalize(x, dim=-1) @ self.rotations).argmax(dim=-1)  # (B, nh, T)
+        bucket = (x @ self.rotations).argmax(dim=-1)  # (B, nh, T); = argmax(normalize(x) R): |x| > 0 scales a row
         bucket = F.pad(bucket, (0, Tp - T), value=self.buckets)  # type: ignore[arg-type, operator]
         bucket = bucket.masked_fill(blocked[:, None, :], self.buckets)
         pos = torch.arange(bucket.size(-1), device=x.device)
@@ -221,15 +245,16 @@ class HashAttention(Attention):
         pad = _pad_mask(key_padding_mask, B, T, Tp - T, q.device)  # (B, Tp)
         order_q, order_k = self._sorted(q, pad, Tp), self._sorted(k, pad, Tp)
 
-        def take(t: Tensor, order: Tensor) -> Tensor:
-            idx = order[..., None].expand(-1, -1, -1, hs)
-            return _pad_seq(t, 0, Tp - T).gather(2, idx).reshape(B, nh, self.buckets, c, hs)
+        def take(t: Tensor, order: Tensor) -> Tensor:  # whole rows by flat index: far faster than gather
+            return _pad_seq(t, 0, Tp - T).reshape(-1, hs).index_select(0, _rows(order)).reshape(B, nh, self.buckets, c, hs)
 
+        G = nh * self.buckets
         qs, ks, vs = take(q, order_q), take(k, order_k), take(v, order_k)
-        key_blocked = pad[:, None, :].expand(-1, nh, -1).gather(2, order_k).reshape(B, nh * self.buckets, 1, c)
+        key_blocked = None  # no padding and T a multiple of the buckets: nothing to block, the fastest kernel
+        if key_padding_mask is not None or Tp > T:
+            key_blocked = pad[:, None, :].expand(-1, nh, -1).gather(2, order_k).reshape(B, G, 1, c)
         y_sorted, _ = self._masked_softmax_attend(  # chunk i of sorted queries on chunk i of sorted keys
-            qs.reshape(B, nh * self.buckets, c, hs), ks.reshape(B, nh * self.buckets, c, hs),
-            vs.reshape(B, nh * self.buckets, c, hs), key_blocked, False)
-        y_sorted = y_sorted.reshape(B, nh, Tp, hs)
-        unsort = torch.argsort(order_q, dim=-1)[..., None].expand(-1, -1, -1, hs)
-        return y_sorted.gather(2, unsort)[:, :, :T], None
+            qs.reshape(B, G, c, hs), ks.reshape(B, G, c, hs), vs.reshape(B, G, c, hs), key_blocked, False)
+        out = torch.empty_like(y_sorted.reshape(-1, hs))
+        out[_rows(order_q)] = y_sorted.reshape(-1, hs)  # unsort: row order_q[i] of each (batch, head) gets row i
+        return out.reshape(B, nh, Tp, hs)[:, :, :T], None
