@@ -20,7 +20,7 @@ from pydantic import (
 from nas.vocab import ATTENTION_KIND, DISTILL_KIND, SHARING_KIND, SPARSITY_KIND
 
 __all__ = ["AttentionConfig", "QuantConfig", "PruneConfig", "DistillConfig", "SharingConfig", "RankConfig",
-           "BIT_WIDTHS", "Frozen"]
+           "LayerShape", "BIT_WIDTHS", "Frozen"]
 
 # Closed vocabularies are listed once, in nas.vocab; each annotation validates like a Literal of its names.
 AttentionKind = Annotated[str, ATTENTION_KIND]
@@ -232,3 +232,14 @@ class RankConfig(Frozen):
         if ratio >= 1.0:
             return None
         return max(1, int(round(ratio * min(in_features, out_features))))
+
+
+class LayerShape(Frozen):
+    """One encoder layer's shape where layers differ (HAT's heterogeneous encoder): its heads and FFN width.
+
+    Each head is ``d_model / n_heads`` wide (or the candidate's ``head_dim``), so a layer with fewer heads
+    has narrower q/k/v/out projections only when ``head_dim`` is set.
+    """
+
+    n_heads: int = Field(ge=1, le=128)
+    d_ffn: int = Field(ge=8, le=32768)

@@ -31,6 +31,7 @@ from nas.candidate_parts import (
     AttentionConfig,
     DistillConfig,
     Frozen,
+    LayerShape,
     PruneConfig,
     QuantConfig,
     RankConfig,
@@ -47,6 +48,7 @@ __all__ = [
     "DistillConfig",
     "SharingConfig",
     "RankConfig",
+    "LayerShape",
     "Candidate",
     "TrainConfig",
     "MeasureConfig",
@@ -73,6 +75,7 @@ _OPTIONAL_FIELDS: dict[str, Any] = {
     "rank": {"attention": 1.0, "ffn": 1.0},
     "infer_layers": None,
     "layerdrop": 0.0,
+    "layers": None,
 }
 
 
@@ -93,6 +96,11 @@ class Candidate(Frozen):
       (DistilBERT) between the pooled ``[CLS]`` vector and the head; needs ``pooling: cls``.
     - ``head_dim``: the width of one attention head; ``None`` means ``d_model // n_heads`` (then
       ``n_heads`` must divide ``d_model``). When set, the attention's inner width is ``n_heads * head_dim``.
+
+    ``layers`` (HAT's heterogeneous encoder) gives each layer its own ``n_heads`` and ``d_ffn``; ``n_heads``
+    and ``d_ffn`` are then the widest layer's (filled in when left out). Unset, every layer has ``n_heads``
+    and ``d_ffn``. Candidates stored before it existed read and hash unchanged: a field added after version 1
+    is left out of the JSON at its default, so the stored version needs no migration.
     """
 
     version: int = CANDIDATE_VERSION
@@ -116,6 +124,20 @@ class Candidate(Frozen):
     rank: RankConfig = RankConfig()
     infer_layers: int | None = Field(default=None, ge=1, le=48)
     layerdrop: float = Field(default=0.0, ge=0.0, lt=1.0)
+    layers: tuple[LayerShape, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _widest_layer(cls, data: Any) -> Any:
+        """With ``layers`` given, ``n_layers``, ``n_heads`` and ``d_ffn`` default to its length and widest layer."""
+        if not isinstance(data, dict) or not isinstance(data.get("layers"), (list, tuple)) or not data["layers"]:
+            return data
+        try:
+            shapes = [s if isinstance(s, dict) else s.model_dump() for s in data["layers"]]
+            widest = {"n_heads": max(int(s["n_heads"]) for s in shapes), "d_ffn": max(int(s["d_ffn"]) for s in shapes)}
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return data  # field validation then names what is wrong
+        return {"n_layers": len(shapes), **widest, **data}
 
     @model_serializer(mode="wrap")
     def _omit_defaults_of_new_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -127,7 +149,8 @@ class Candidate(Frozen):
 
     @model_validator(mode="after")
     def _structure(self) -> Candidate:
-        """Sharing, low-rank weights and inference depth: each bad combination named with its fix."""
+        """Per-layer shapes, sharing, low-rank weights and inference depth: each bad combination with its fix."""
+        self._check_layers()
         share = self.sharing
         if share.kind != "none" and self.n_layers < 2:
             raise ValueError(f"sharing.kind={share.kind!r} needs at least 2 layers to share between (n_layers is "
@@ -148,6 +171,38 @@ class Candidate(Frozen):
             raise ValueError(f"layerdrop={self.layerdrop} trains for dropping layers at inference, but infer_layers is "
                              "unset; set infer_layers below n_layers, or layerdrop: 0")
         return self
+
+    def _check_layers(self) -> None:
+        if self.layers is None:
+            return
+        if len(self.layers) != self.n_layers:
+            raise ValueError(f"layers has {len(self.layers)} entries but n_layers is {self.n_layers}; give one "
+                             "{n_heads, d_ffn} per layer (or leave n_layers out)")
+        for i, shape in enumerate(self.layers):
+            if self.head_dim is None and self.d_model % shape.n_heads:
+                divisors = [h for h in range(1, min(self.d_model, 64) + 1) if self.d_model % h == 0]
+                raise ValueError(f"layers[{i}].n_heads={shape.n_heads} must divide d_model={self.d_model} (a head is "
+                                 f"d_model / n_heads wide); allowed: {divisors} (or set head_dim)")
+        for name in ("n_heads", "d_ffn"):
+            widest = max(getattr(shape, name) for shape in self.layers)
+            if getattr(self, name) != widest:
+                raise ValueError(f"{name}={getattr(self, name)} must be the widest layer's ({widest}) when layers is "
+                                 f"given; leave {name} out or set {name}: {widest}")
+        if self.sharing.kind != "none":
+            raise ValueError(f"sharing.kind={self.sharing.kind!r} shares one module between layers, so they need one "
+                             "shape; remove layers or set sharing.kind: none")
+
+    def for_layer(self, i: int) -> Candidate:
+        """The candidate as layer ``i`` sees it: its own ``n_heads`` and ``d_ffn`` (itself when layers are uniform)."""
+        if self.layers is None:
+            return self
+        shape = self.layers[i]
+        return self.model_copy(update={"n_heads": shape.n_heads, "d_ffn": shape.d_ffn, "layers": None})
+
+    @property
+    def fewest_heads(self) -> int:
+        """The smallest head count of any layer (``n_heads`` when layers are uniform)."""
+        return min(s.n_heads for s in self.layers) if self.layers else self.n_heads
 
     @model_validator(mode="after")
     def _shapes(self) -> Candidate:
@@ -179,10 +234,10 @@ class Candidate(Frozen):
                                  f"bucket would hold the whole sequence: that is softmax; use kind: softmax or a "
                                  f"smaller {name})")
         if self.sparsity.kind == "heads":
-            removed = int(round(self.n_heads * self.sparsity.amount))
-            if removed >= self.n_heads:
+            removed = int(round(self.fewest_heads * self.sparsity.amount))
+            if removed >= self.fewest_heads:
                 raise ValueError(
-                    f"sparsity.amount={self.sparsity.amount} would remove all {self.n_heads} heads; "
+                    f"sparsity.amount={self.sparsity.amount} would remove all {self.fewest_heads} heads of a layer; "
                     "use a smaller amount"
                 )
         return self
@@ -253,6 +308,7 @@ class Candidate(Frozen):
             "rank_attention": self.rank.attention,
             "rank_ffn": self.rank.ffn,
             "infer_layers": len(self.kept_layers),
+            "layer_shapes": "per_layer" if self.layers else "uniform",
         }
 
 

@@ -15,7 +15,10 @@ Conditional parameters:
 * Heads must divide ``d_model``: ``n_heads`` is suggested first; if it does not divide the suggested
   ``d_model``, the largest allowed head count that does divide it is used (deterministic, so replay
   gives the same candidate).
-* ``sharing`` only with at least 2 layers, and ``group_size`` only for ``sharing`` other than ``none``
+* ``layer_shapes`` only with at least 2 layers: ``uniform`` draws ``n_heads`` and ``ffn_ratio`` once;
+  ``per_layer`` (HAT's heterogeneous encoder) draws ``n_heads_i`` and ``ffn_ratio_i`` for each layer
+  ``i < n_layers`` (conditional on depth), each head count fitted to ``d_model`` as below.
+* ``sharing`` only with at least 2 layers of one shape, and ``group_size`` only for ``sharing`` other than ``none``
   with more than 2 layers; a group size of at least ``n_layers`` is one group of every layer (ALBERT).
 * ``rank_attention`` unless sparsity is ``heads`` and ``rank_ffn`` unless it is ``ffn`` (structured
   pruning slices dense matrices); 1.0 is dense.
@@ -83,6 +86,7 @@ _CHOICES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "distill": ("unknown distill kind(s)", DISTILL_KIND.names),
     "init": ("unknown init choice(s)", INIT_CHOICES),
     "sharing": ("unknown sharing kind(s)", SHARING_KIND.names),
+    "layer_shapes": ("unknown layer-shape choice(s)", ("uniform", "per_layer")),
 }
 
 
@@ -124,6 +128,7 @@ class SearchSpace(BaseModel):
     dropout: list[float] = Field(default=[0.0, 0.1])
     pooling: list[str] = Field(default=["mean"])
     init: list[str] = Field(default=["scratch"])
+    layer_shapes: list[str] = Field(default=["uniform"])
     sharing: list[str] = Field(default=["none"])
     group_size: list[int] = Field(default=[2])
     rank_attention: list[float] = Field(default=[1.0])
@@ -136,7 +141,7 @@ class SearchSpace(BaseModel):
         "n_layers", "d_model", "n_heads", "ffn_ratio", "attention", "window", "k", "stride", "summary", "buckets",
         "feature_map",
         "attention_bits", "ffn_bits", "embedding_bits", "quant_scheme", "quant_granularity", "sparsity",
-        "distill", "dropout", "pooling", "init", "sharing", "group_size", "rank_attention", "rank_ffn", "drop_layers",
+        "distill", "dropout", "pooling", "init", "layer_shapes", "sharing", "group_size", "rank_attention", "rank_ffn", "drop_layers",
         "layerdrop",
     )
     @classmethod
@@ -163,7 +168,7 @@ class SearchSpace(BaseModel):
         return v
 
     @field_validator("attention", "attention_bits", "ffn_bits", "embedding_bits", "sparsity", "distill", "init",
-                     "sharing")
+                     "sharing", "layer_shapes")
     @classmethod
     def _check_choices(cls, v: list[Any], info: Any) -> list[Any]:
         what, allowed = _CHOICES[info.field_name]
@@ -263,10 +268,38 @@ def _categorical(trial: TrialLike, name: str, choices: list[Any]) -> Any:
     return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
 
 
-def _suggest_structure(trial: TrialLike, space: SearchSpace, n_layers: int, sparsity: str) -> dict[str, Any]:
+def _heads_dividing(requested: int, d_model: int, space: SearchSpace) -> int:
+    """``requested`` if it divides ``d_model``, else the largest offered head count below it that does."""
+    if d_model % requested == 0:
+        return requested
+    divisors = sorted(h for h in space.n_heads if d_model % h == 0)
+    below = [h for h in divisors if h <= requested]
+    return below[-1] if below else divisors[0]
+
+
+def _suggest_shape(trial: TrialLike, space: SearchSpace) -> dict[str, Any]:
+    """Depth, width, heads and FFN width: one shape for every layer, or (``per_layer``) one per layer (HAT)."""
+    n_layers = int(trial.suggest_categorical("n_layers", space.n_layers))
+    kind = str(_categorical(trial, "layer_shapes", space.layer_shapes)) if n_layers >= 2 else "uniform"
+    if kind == "uniform":
+        n_heads_req = int(trial.suggest_categorical("n_heads", space.n_heads))
+        d_model = int(trial.suggest_categorical("d_model", space.d_model))
+        ffn_ratio = int(trial.suggest_categorical("ffn_ratio", space.ffn_ratio))
+        return {"n_layers": n_layers, "d_model": d_model, "n_heads": _heads_dividing(n_heads_req, d_model, space),
+                "d_ffn": d_model * ffn_ratio}
+    d_model = int(trial.suggest_categorical("d_model", space.d_model))
+    layers = [{"n_heads": _heads_dividing(int(trial.suggest_categorical(f"n_heads_{i}", space.n_heads)), d_model, space),
+               "d_ffn": d_model * int(trial.suggest_categorical(f"ffn_ratio_{i}", space.ffn_ratio))}
+              for i in range(n_layers)]
+    return {"n_layers": n_layers, "d_model": d_model, "n_heads": max(s["n_heads"] for s in layers),
+            "d_ffn": max(s["d_ffn"] for s in layers), "layers": layers}
+
+
+def _suggest_structure(trial: TrialLike, space: SearchSpace, n_layers: int, sparsity: str, *,
+                       uniform: bool = True) -> dict[str, Any]:
     """Sharing, low-rank weights and inference depth (see the module docstring for the conditions)."""
     out: dict[str, Any] = {}
-    kind = str(_categorical(trial, "sharing", space.sharing)) if n_layers >= 2 else "none"
+    kind = str(_categorical(trial, "sharing", space.sharing)) if n_layers >= 2 and uniform else "none"
     if kind != "none":
         size = int(_categorical(trial, "group_size", space.group_size)) if n_layers > 2 else n_layers
         out["sharing"] = SharingConfig(kind=kind, group_size=size if size < n_layers else None)
@@ -291,15 +324,8 @@ def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = No
     Raises:
         ConfigError: ``init: teacher`` was drawn but no teacher is given.
     """
-    n_layers = int(trial.suggest_categorical("n_layers", space.n_layers))
-    n_heads_req = int(trial.suggest_categorical("n_heads", space.n_heads))
-    d_model = int(trial.suggest_categorical("d_model", space.d_model))
-    n_heads = n_heads_req
-    if d_model % n_heads:
-        divisors = sorted(h for h in space.n_heads if d_model % h == 0)
-        below = [h for h in divisors if h <= n_heads_req]
-        n_heads = below[-1] if below else divisors[0]
-    ffn_ratio = int(trial.suggest_categorical("ffn_ratio", space.ffn_ratio))
+    shape = _suggest_shape(trial, space)
+    n_layers, n_heads = shape["n_layers"], min(s["n_heads"] for s in shape.get("layers", [shape]))
 
     attn = _suggest_attention(trial, space)
 
@@ -329,10 +355,7 @@ def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = No
 
     init = str(trial.suggest_categorical("init", space.init)) if space.init != ["scratch"] else "scratch"
     cand = Candidate(
-        n_layers=n_layers,
-        d_model=d_model,
-        n_heads=n_heads,
-        d_ffn=d_model * ffn_ratio,
+        **shape,
         dropout=float(trial.suggest_categorical("dropout", space.dropout)),
         max_len=space.max_len,
         pooling=str(trial.suggest_categorical("pooling", space.pooling)),  # type: ignore[arg-type]
@@ -340,7 +363,7 @@ def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = No
         quant=quant,
         sparsity=PruneConfig(kind=sp_kind, amount=amount),
         distill=DistillConfig(**distill),
-        **_suggest_structure(trial, space, n_layers, sp_kind),
+        **_suggest_structure(trial, space, n_layers, sp_kind, uniform="layers" not in shape),
     )
     if init == "scratch":
         return cand
@@ -353,12 +376,16 @@ def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = No
 def fit_to_teacher(candidate: Candidate, teacher: Candidate) -> Candidate:
     """``candidate`` with ``init: teacher``: the teacher's layout, and its shape capped at the teacher's.
 
-    Depth, width, heads and FFN width are capped at the teacher's; heads keep the teacher's head width;
+    Depth, width, heads and FFN width (each layer's, with per-layer shapes) are capped at the teacher's; heads
+    keep the teacher's head width;
     the layout (``norm``, ``layer_norm_eps``, ``pooler``, CLS pooling) is the teacher's; ``max_len`` is
     capped at the teacher's. Candidate-level sparsity of heads is kept below the (capped) head count.
     """
-    n_heads = min(candidate.n_heads, teacher.n_heads)
     n_layers = min(candidate.n_layers, teacher.n_layers)
+    layers = None if candidate.layers is None else [
+        {"n_heads": min(s.n_heads, teacher.n_heads), "d_ffn": min(s.d_ffn, teacher.d_ffn)}
+        for s in candidate.layers[:n_layers]]
+    n_heads = min(s["n_heads"] for s in layers) if layers else min(candidate.n_heads, teacher.n_heads)
     sparsity = candidate.sparsity
     if sparsity.kind == "heads" and round(n_heads * sparsity.amount) >= n_heads:
         sparsity = PruneConfig(kind="heads", amount=round((n_heads - 1) / n_heads, 4)) if n_heads > 1 \
@@ -369,9 +396,10 @@ def fit_to_teacher(candidate: Candidate, teacher: Candidate) -> Candidate:
         "n_layers": n_layers,
         **_depth_within(candidate, n_layers),
         "d_model": min(candidate.d_model, teacher.d_model),
-        "n_heads": n_heads,
+        "n_heads": max(s["n_heads"] for s in layers) if layers else n_heads,
         "head_dim": teacher.head_dim,
-        "d_ffn": min(candidate.d_ffn, teacher.d_ffn),
+        "d_ffn": max(s["d_ffn"] for s in layers) if layers else min(candidate.d_ffn, teacher.d_ffn),
+        "layers": layers,
         "max_len": min(candidate.max_len, teacher.max_len),
         "norm": teacher.norm,
         "layer_norm_eps": teacher.layer_norm_eps,

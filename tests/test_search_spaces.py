@@ -65,7 +65,8 @@ def test_replay_trial_rejects_missing_or_bad_params():
 def test_overrides_from_yaml_and_errors_name_the_field():
     space = load_space("tiny", {"attention": ["linear"], "n_layers": [4]})
     cand = suggest(ReplayTrial({**_base_params(), "attention": "linear", "feature_map": "relu",
-                                "n_layers": 4, "sharing": "none", "drop_layers": 0}), space)
+                                "n_layers": 4, "layer_shapes": "uniform", "sharing": "none",
+                                "drop_layers": 0}), space)
     assert cand.attention.kind == "linear" and cand.n_layers == 4
     with pytest.raises(ConfigError, match="attention"):
         load_space("tiny", {"attention": ["flash"]})

@@ -21,6 +21,7 @@ from search_spaces import load_space, suggest
 
 BASE: dict[str, Any] = {"d_model": 32, "n_heads": 4, "d_ffn": 64, "max_len": 32, "dropout": 0.0}
 V, C, B, T = 50, 3, 2, 16
+LAYERS = [{"n_heads": 2, "d_ffn": 32}, {"n_heads": 8, "d_ffn": 96}, {"n_heads": 4, "d_ffn": 64}]
 
 
 def _ids(seed: int = 0) -> torch.Tensor:
@@ -29,7 +30,8 @@ def _ids(seed: int = 0) -> torch.Tensor:
 
 def _model(**kw: Any) -> Any:
     torch.manual_seed(0)
-    return build(Candidate(**{**BASE, **kw}), vocab_size=V, num_labels=C).eval()
+    base = {k: v for k, v in BASE.items() if "layers" not in kw or k not in ("n_heads", "d_ffn")}
+    return build(Candidate(**{**base, **kw}), vocab_size=V, num_labels=C).eval()
 
 
 def _manual(model: Any, blocks: list[nn.Module], ids: torch.Tensor) -> torch.Tensor:
@@ -194,6 +196,13 @@ def test_layerdrop_skips_whole_layers_in_training_only() -> None:
     ({"rank": {"attention": 0.5}, "sparsity": {"kind": "heads", "amount": 0.5}}, "sparsity.kind", "rank.attention: 1.0"),
     ({"rank": {"ffn": 0.5}, "sparsity": {"kind": "ffn", "amount": 0.5}}, "sparsity.kind", "rank.ffn: 1.0"),
     ({"attention": {"kind": "local", "window": 100}, "max_len": 64}, "attention.window", "smaller window"),
+    ({"d_model": 32, "layers": [{"n_heads": 3, "d_ffn": 64}, {"n_heads": 2, "d_ffn": 64}]}, "layers[0].n_heads",
+     "allowed: [1, 2, 4, 8, 16, 32]"),
+    ({"n_layers": 3, "layers": [{"n_heads": 2, "d_ffn": 64}]}, "layers has 1 entries", "one {n_heads, d_ffn} per layer"),
+    ({"n_heads": 8, "layers": [{"n_heads": 2, "d_ffn": 64}]}, "n_heads=8", "set n_heads: 2"),
+    ({"sharing": {"kind": "ffn"}, "layers": LAYERS[:2]}, "sharing.kind", "remove layers"),
+    ({"d_model": 32, "layers": [{"n_heads": 2, "d_ffn": 64}, {"n_heads": 4, "d_ffn": 64}],
+      "sparsity": {"kind": "heads", "amount": 0.75}}, "sparsity.amount", "smaller amount"),
 ])
 def test_each_bad_combination_is_one_line_naming_the_field_and_the_fix(bad: dict[str, Any], field: str,
                                                                         fix: str) -> None:
@@ -277,3 +286,67 @@ def test_low_rank_student_inherits_the_truncated_svd_and_shared_groups_their_fir
         torch.testing.assert_close(fc1.dense_weight().detach(), (u[:, :8] * s[:8]) @ vh[:8], rtol=1e-4, atol=1e-5)
     # the shared attention holds teacher layer 0's (the group's first layer maps to teacher block 0)
     torch.testing.assert_close(student.blocks[1].attn.q_proj.weight, teacher.blocks[0].attn.q_proj.weight)
+
+
+# --- per-layer shapes ---------------------------------------------------------------------------------
+
+
+def test_per_layer_shapes_build_each_layer_and_default_to_the_widest() -> None:
+    c = Candidate(**{k: v for k, v in BASE.items() if k not in ("n_heads", "d_ffn")}, layers=LAYERS)
+    assert (c.n_layers, c.n_heads, c.d_ffn) == (3, 8, 96)
+    model = build(c, vocab_size=V, num_labels=C)
+    assert [b.attn.n_heads for b in model.iter_blocks()] == [2, 8, 4]
+    assert [b.attn.head_dim for b in model.iter_blocks()] == [16, 4, 8]  # d_model / n_heads
+    assert [b.ffn.d_ffn for b in model.iter_blocks()] == [32, 96, 64]
+    assert Candidate.from_json(c.to_json()) == c and c.flat()["layer_shapes"] == "per_layer"
+
+
+def test_per_layer_params_and_flops_are_the_sum_of_their_layers() -> None:
+    """Each layer costs what a uniform model of its shape costs per layer (analytic: the shared ends cancel)."""
+    base = {k: v for k, v in BASE.items() if k not in ("n_heads", "d_ffn")}
+    mixed = _model(**base, layers=LAYERS)
+    ids = _ids()
+
+    def per_layer(shape: dict[str, int]) -> tuple[int, int]:
+        one, two = _model(**base, n_layers=1, **shape), _model(**base, n_layers=2, **shape)
+        return (two.num_parameters() - one.num_parameters(), count_flops(two, ids) - count_flops(one, ids))
+
+    ends = _model(**base, n_layers=1, **LAYERS[0])
+    params = ends.num_parameters() + sum(per_layer(s)[0] for s in LAYERS[1:])
+    flops = count_flops(ends, ids) + sum(per_layer(s)[1] for s in LAYERS[1:])
+    assert mixed.num_parameters() == params and count_flops(mixed, ids) == flops
+    d, (f0, f1, f2) = BASE["d_model"], (s["d_ffn"] for s in LAYERS)
+    ffn_params = sum(2 * d * f + f + d for f in (f0, f1, f2))  # fc1 and fc2 weights and biases
+    assert sum(p.numel() for b in mixed.iter_blocks() for p in b.ffn.parameters()) == ffn_params
+
+
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base"])
+def test_presets_draw_per_layer_shapes_conditional_on_depth(preset: str) -> None:
+    space = load_space(preset)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    heterogeneous = 0
+    for _ in range(120):
+        trial = study.ask()
+        c = suggest(trial, space)
+        study.tell(trial, 0.0)
+        per_layer = {k for k in trial.params if k.startswith(("n_heads_", "ffn_ratio_"))}
+        if c.layers is None:
+            assert not per_layer
+            continue
+        heterogeneous += len({(s.n_heads, s.d_ffn) for s in c.layers}) > 1
+        assert per_layer == {f"{p}_{i}" for p in ("n_heads", "ffn_ratio") for i in range(c.n_layers)}
+        assert c.sharing.kind == "none" and all(c.d_model % s.n_heads == 0 for s in c.layers)
+    assert heterogeneous > 0
+
+
+def test_fit_to_teacher_caps_every_layer() -> None:
+    from search_spaces import fit_to_teacher
+
+    teacher = Candidate(d_model=64, n_layers=2, n_heads=4, d_ffn=128, head_dim=16, norm="post")
+    student = Candidate(d_model=64, layers=[{"n_heads": 8, "d_ffn": 64}, {"n_heads": 2, "d_ffn": 256},
+                                            {"n_heads": 4, "d_ffn": 64}])
+    fitted = fit_to_teacher(student, teacher)
+    assert fitted.layers is not None and [(s.n_heads, s.d_ffn) for s in fitted.layers] == [(4, 64), (2, 128)]
+    assert (fitted.n_layers, fitted.n_heads, fitted.d_ffn) == (2, 4, 128)

@@ -187,8 +187,11 @@ def _cost(s: StudyInfo) -> list[str]:
 
 
 def _structure(cand: Candidate) -> list[str]:
-    """The "Structure" section: sharing, low-rank weights and inference depth, when the candidate uses them."""
+    """The "Structure" section: per-layer shapes, sharing, low-rank weights, inference depth, when used."""
     lines: list[str] = []
+    if cand.layers is not None:
+        lines.append(f"- per-layer shapes (HAT): heads {[s.n_heads for s in cand.layers]}, FFN widths "
+                     f"{[s.d_ffn for s in cand.layers]} (layer 0 first); n_heads and d_ffn above are the widest layer's.")
     if cand.sharing.kind != "none":
         size = cand.sharing.group_size or cand.n_layers
         part = {"all": "whole block", "attention": "attention", "ffn": "FFN"}[cand.sharing.kind]

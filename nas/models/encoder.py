@@ -135,7 +135,7 @@ def _shared_blocks(candidate: Candidate) -> list[Block]:
         if owner is not None and share.kind == "all":
             blocks.append(owner)
             continue
-        block = Block(candidate)
+        block = Block(candidate.for_layer(i))
         if owner is not None and share.kind == "attention":
             block.attn = owner.attn
         elif owner is not None and share.kind == "ffn":
