@@ -20,7 +20,7 @@ from pydantic import (
 from nas.vocab import ATTENTION_KIND, DISTILL_KIND, SHARING_KIND, SPARSITY_KIND
 
 __all__ = ["AttentionConfig", "QuantConfig", "PruneConfig", "DistillConfig", "SharingConfig", "RankConfig",
-           "LayerShape", "BIT_WIDTHS", "Frozen"]
+           "LayerShape", "BIT_WIDTHS", "Frozen", "omit_defaults"]
 
 # Closed vocabularies are listed once, in nas.vocab; each annotation validates like a Literal of its names.
 AttentionKind = Annotated[str, ATTENTION_KIND]
@@ -31,6 +31,14 @@ FeatureMap = Literal["elu", "relu"]
 Bits = Literal[32, 16, 8, 4, 2]
 
 BIT_WIDTHS: tuple[int, ...] = (32, 16, 8, 4, 2)
+
+
+def omit_defaults(dumped: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``dumped`` without the fields that hold their default.
+
+    This is how a field added after version 1 stays out of the JSON (and the hash) of a record not using it.
+    """
+    return {k: v for k, v in dumped.items() if k not in defaults or v != defaults[k]}
 
 
 class Frozen(BaseModel):
@@ -83,11 +91,7 @@ class AttentionConfig(Frozen):
     @model_serializer(mode="wrap")
     def _omit_unset_new_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """Leave out the fields added after version 1 when unset, so earlier candidates dump (and hash) as before."""
-        d: dict[str, Any] = handler(self)
-        for name in ("stride", "summary", "buckets"):
-            if d.get(name) is None:
-                d.pop(name, None)
-        return d
+        return omit_defaults(handler(self), {"stride": None, "summary": None, "buckets": None})
 
     @property
     def resolved_feature_map(self) -> str:

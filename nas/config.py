@@ -36,6 +36,7 @@ from nas.candidate_parts import (
     QuantConfig,
     RankConfig,
     SharingConfig,
+    omit_defaults,
 )
 from nas.errors import ConfigError
 from nas.vocab import METER
@@ -141,11 +142,7 @@ class Candidate(Frozen):
 
     @model_serializer(mode="wrap")
     def _omit_defaults_of_new_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        d: dict[str, Any] = handler(self)
-        for name, default in _OPTIONAL_FIELDS.items():
-            if name in d and d[name] == default:
-                del d[name]
-        return d
+        return omit_defaults(handler(self), _OPTIONAL_FIELDS)
 
     @model_validator(mode="after")
     def _structure(self) -> Candidate:

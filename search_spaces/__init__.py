@@ -325,7 +325,7 @@ def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = No
         ConfigError: ``init: teacher`` was drawn but no teacher is given.
     """
     shape = _suggest_shape(trial, space)
-    n_layers, n_heads = shape["n_layers"], min(s["n_heads"] for s in shape.get("layers", [shape]))
+    n_layers, fewest_heads = shape["n_layers"], min(s["n_heads"] for s in shape.get("layers", [shape]))
 
     attn = _suggest_attention(trial, space)
 
@@ -342,8 +342,8 @@ def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = No
     sp_term = SPARSITY_KIND[sp_kind]
     if sp_term.takes_amount:
         amount = round(_float_range(trial, "sparsity_amount", space.sparsity_amount), 4)
-        if sp_kind == "heads" and round(n_heads * amount) >= n_heads:
-            amount = round((n_heads - 1) / n_heads, 4)
+        if sp_kind == "heads" and round(fewest_heads * amount) >= fewest_heads:
+            amount = round((fewest_heads - 1) / fewest_heads, 4)
     elif sp_term.fixed_amount is not None:
         amount = sp_term.fixed_amount
 

@@ -283,7 +283,7 @@ def test_low_rank_student_inherits_the_truncated_svd_and_shared_groups_their_fir
         assert isinstance(fc1, LowRankLinear) and fc1.rank == 8
         w = teacher.blocks[i].ffn.fc1.weight.detach()
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
-        torch.testing.assert_close(fc1.dense_weight().detach(), (u[:, :8] * s[:8]) @ vh[:8], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fc1.weight.detach(), (u[:, :8] * s[:8]) @ vh[:8], rtol=1e-4, atol=1e-5)
     # the shared attention holds teacher layer 0's (the group's first layer maps to teacher block 0)
     torch.testing.assert_close(student.blocks[1].attn.q_proj.weight, teacher.blocks[0].attn.q_proj.weight)
 

@@ -45,14 +45,13 @@ class LowRankLinear(nn.Module):
         """The output bias (``up``'s)."""
         return self.up.bias
 
-    def dense_weight(self) -> Tensor:
-        """The ``(out, in)`` matrix this layer applies: ``up.weight @ down.weight``."""
-        return self.up.weight @ self.down.weight
-
     @property
     def weight(self) -> Tensor:
-        """The effective ``(out, in)`` weight, computed (read-only: the parameters are the two factors)."""
-        return self.dense_weight()
+        """The ``(out, in)`` matrix this layer applies: ``up.weight @ down.weight``.
+
+        Computed and read-only: the parameters are the two factors.
+        """
+        return self.up.weight @ self.down.weight
 
     def forward(self, x: Tensor) -> Tensor:
         """``x @ W^T + b`` through the factors: (..., in) -> (..., out)."""
