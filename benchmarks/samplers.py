@@ -1,8 +1,10 @@
-"""TPE, NSGA-II and the GP sampler against random search at an equal trial budget, over several seeds.
+"""TPE, NSGA-II, the GP sampler and regularized evolution against random search at an equal trial budget,
+over several seeds.
 
 Each (sampler, seed) pair runs a real search (Ray Tune + Optuna + the trial pipeline) on a built-in
-task into one SQLite file. The model-based samplers (TPE, GP) and NSGA-II's first population start from
-``max(4, trials // 4)`` random trials (fewer than the budget). For each seed, the hypervolume of
+task into one SQLite file. The model-based samplers (TPE, GP), NSGA-II's first population and
+evolution's population start from ``max(4, trials // 4)`` random trials (fewer than the budget);
+evolution's tournaments draw ``max(2, population // 4)`` members. For each seed, the hypervolume of
 (accuracy, log10 J/sample) is computed against one reference point shared by the samplers of that
 seed; the report gives
 
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-SAMPLERS = ("random", "tpe", "nsga2", "gp")
+SAMPLERS = ("random", "tpe", "nsga2", "gp", "evolution")
 
 
 def spec_for(sampler: str, seed: int, trials: int, db: str, task: str, steps: int) -> Any:
@@ -46,11 +48,13 @@ def spec_for(sampler: str, seed: int, trials: int, db: str, task: str, steps: in
         StudySpec,
     )
 
+    startup = min(max(4, trials // 4), trials - 1)
+    evolution = {"population": startup, "sample_size": max(2, startup // 4)} if sampler == "evolution" else {}
     return StudySpec(
         name=f"{sampler}-s{seed}",
         task=task,
         space=SpaceRef(preset="tiny", overrides={"sparsity": ["none", "heads", "ffn"], "max_len": 64}),
-        sampler=SamplerSpec(kind=sampler, seed=seed, n_startup_trials=min(max(4, trials // 4), trials - 1)),
+        sampler=SamplerSpec(kind=sampler, seed=seed, n_startup_trials=startup, **evolution),
         budget=BudgetSpec(trials=trials),
         fidelity=FidelitySpec(rungs=[steps], enabled=False),
         train=TrainConfig(batch_size=32, lr=2e-3, steps=steps, seed=seed),

@@ -30,6 +30,8 @@ __all__ = [
     "to_minimization",
     "dominates",
     "non_dominated",
+    "non_dominated_ranks",
+    "crowding_distance",
     "hypervolume",
     "hypervolume_curve",
     "default_reference",
@@ -119,6 +121,51 @@ def non_dominated(points: ArrayLike, directions: Sequence[str]) -> NDArray[np.in
     q = arr * _signs(directions, arr.shape[1])
     finite = np.flatnonzero(~np.isnan(q).any(axis=1))
     return finite[_non_dominated_min(q[finite])]
+
+
+def non_dominated_ranks(points: ArrayLike, directions: Sequence[str]) -> NDArray[np.intp]:
+    """Each row's non-dominated rank (NSGA-II's sort, Deb et al., 2002).
+
+    Rank 0 is the Pareto front, rank 1 the front of the rows left once it is removed, and so on. With
+    one objective the ranks follow the values (equal values share a rank). Rows with ``NaN`` get the
+    rank after the last front.
+    """
+    arr = _as_points(points)
+    ranks = np.full(arr.shape[0], -1, dtype=np.intp)
+    if arr.shape[0] == 0:
+        return ranks
+    q = arr * _signs(directions, arr.shape[1])
+    left = np.flatnonzero(~np.isnan(q).any(axis=1))
+    rank = 0
+    while left.size:
+        front = left[_non_dominated_min(q[left])]
+        ranks[front] = rank
+        left = np.setdiff1d(left, front)
+        rank += 1
+    ranks[ranks < 0] = rank
+    return ranks
+
+
+def crowding_distance(points: ArrayLike) -> NDArray[np.float64]:
+    """NSGA-II's crowding distance of each row of one front (Deb et al., 2002); larger is lonelier.
+
+    Per objective, the rows are sorted; the two extremes get infinity, and every other row adds the gap
+    between its two neighbours divided by the objective's range (an objective whose values are all equal
+    adds nothing). A front of one or two rows is all extremes. The directions do not matter.
+    """
+    arr = _as_points(points)
+    n = arr.shape[0]
+    if n <= 2:
+        return np.full(n, np.inf)
+    dist = np.zeros(n, dtype=np.float64)
+    for j in range(arr.shape[1]):
+        order = np.argsort(arr[:, j], kind="stable")
+        col = arr[order, j]
+        span = col[-1] - col[0]
+        dist[order[[0, -1]]] = np.inf
+        if span > 0 and np.isfinite(span):
+            dist[order[1:-1]] += (col[2:] - col[:-2]) / span
+    return dist
 
 
 def _hv2(q: NDArray[np.float64], ref: NDArray[np.float64]) -> float:

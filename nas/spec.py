@@ -22,6 +22,8 @@ __all__ = [
     "Objective",
     "SpaceRef",
     "SamplerSpec",
+    "EVOLUTION_POPULATION",
+    "EVOLUTION_SAMPLE_SIZE",
     "BudgetSpec",
     "FidelitySpec",
     "PRESET_RUNGS",
@@ -90,19 +92,64 @@ class SpaceRef(Frozen):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
+#: ``sampler.population`` and ``sampler.sample_size`` of an ``evolution`` sampler that gives none. Real et al.
+#: (2019) used 100 and 25 over thousands of models; a study here trains tens, and ``population`` random
+#: trials come first, so a smaller population leaves most of a few-dozen-trial budget to evolution.
+EVOLUTION_POPULATION = 10
+EVOLUTION_SAMPLE_SIZE = 3
+
+
 class SamplerSpec(Frozen):
     """The Optuna sampler, its seed and its random start-up trials.
 
     ``kind`` is one of :data:`nas.vocab.SAMPLER`: ``tpe``, ``nsga2``, ``gp`` (Optuna's Gaussian-process
     sampler: needs scipy, at most 4 objectives, and ``n_startup_trials`` below ``budget.trials``, checked
-    before a search starts) or ``random``. ``n_startup_trials`` is TPE's and the GP's number of random
-    trials before their model is used, and NSGA-II's population size (at least 4). The study's
-    ``constraints`` reach every sampler (Optuna's ``Trial.set_constraint``), not only the front.
+    before a search starts), ``evolution`` or ``random``. ``n_startup_trials`` is TPE's and the GP's number
+    of random trials before their model is used, and NSGA-II's population size (at least 4); ``random``
+    and ``evolution`` ignore it. ``population`` and ``sample_size`` are regularized evolution's (Real et
+    al., 2019; :class:`nas.runner.evolution.EvolutionSampler`) and apply to ``kind: evolution`` only:
+    the ``population`` most recently completed trials are the population (its first ``population``
+    trials are random), and each child mutates one knob of the best of ``sample_size`` of them drawn at
+    random (defaults :data:`EVOLUTION_POPULATION`, :data:`EVOLUTION_SAMPLE_SIZE`; ``population`` below
+    ``budget.trials`` is checked before a search starts). The study's ``constraints`` reach every
+    sampler (Optuna's ``Trial.set_constraint``), not only the front.
     """
 
     kind: SamplerKind = "tpe"
     seed: int = 0
     n_startup_trials: int = Field(default=6, ge=0)
+    population: int | None = None
+    sample_size: int | None = None
+
+    @model_validator(mode="after")
+    def _evolution(self) -> SamplerSpec:
+        if self.kind != "evolution":
+            for name in ("population", "sample_size"):
+                if getattr(self, name) is not None:
+                    hint = " (NSGA-II's population size is n_startup_trials)" if self.kind == "nsga2" else ""
+                    raise ValueError(f"sampler.{name} only applies to kind 'evolution', not {self.kind!r}; "
+                                     f"remove it{hint}")
+            return self
+        population, sample_size = self.resolved_population, self.resolved_sample_size
+        if population < 2:
+            raise ValueError(f"sampler.population={population} must be at least 2 (a tournament needs two "
+                             f"members); use e.g. population: {EVOLUTION_POPULATION}")
+        if not 2 <= sample_size <= population:
+            default = " (the default)" if self.sample_size is None else ""
+            raise ValueError(f"sampler.sample_size={sample_size}{default} must be from 2 to sampler.population "
+                             f"({population}): a tournament compares 2 or more members of the population; use "
+                             f"e.g. sample_size: {max(2, population // 4)}, or raise sampler.population")
+        return self
+
+    @property
+    def resolved_population(self) -> int:
+        """``population``, or :data:`EVOLUTION_POPULATION` when it is not given."""
+        return EVOLUTION_POPULATION if self.population is None else self.population
+
+    @property
+    def resolved_sample_size(self) -> int:
+        """``sample_size``, or :data:`EVOLUTION_SAMPLE_SIZE` when it is not given."""
+        return EVOLUTION_SAMPLE_SIZE if self.sample_size is None else self.sample_size
 
 
 class BudgetSpec(Frozen):

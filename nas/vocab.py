@@ -319,6 +319,8 @@ SAMPLER: Vocabulary[Term] = Vocabulary("sampler", "sampler.kind", [
     Term("nsga2", "Optuna's NSGA-II"),
     Term("gp", "Optuna's Gaussian-process sampler (needs scipy; at most 4 objectives); "
          "conditional knobs (e.g. window, k) are drawn at random"),
+    Term("evolution", "regularized (aging) evolution (Real et al., 2019): tournaments of sample_size among "
+         "the last population complete trials, one knob mutated; several objectives by rank and crowding"),
     Term("random", "uniform random search"),
 ])
 

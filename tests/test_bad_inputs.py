@@ -202,6 +202,16 @@ def _cases(w: World) -> dict[str, Case]:  # noqa: PLR0915 - one table of cases
                                                           "accuracy", "energy_per_sample_j", "latency_p50_ms",
                                                           "params", "flops_per_sample")])],
                                     ["sampler.kind", "at most 4 objectives", "has 5", "tpe or nsga2"]),
+        "spec evolution population below its sample size": (
+            ["search", w.spec("evo1", **{"sampler.kind": "evolution", "sampler.population": 3,
+                                         "sampler.sample_size": 5, "budget.trials": 8})],
+            ["sampler.sample_size=5", "sampler.population (3)", "sample_size: 2"]),
+        "spec evolution population beyond the budget": (
+            ["search", w.spec("evo2", **{"sampler.kind": "evolution", "sampler.population": 4,
+                                         "sampler.sample_size": 2})],
+            ["sampler.population", "nothing would evolve", "raise budget.trials"]),
+        "spec evolution knob on another sampler": (["search", w.spec("evo3", **{"sampler.population": 8})],
+                                                   ["sampler.population", "only applies to kind 'evolution'"]),
         "spec zero trials": (["search", w.spec("budget", **{"budget.trials": 0})], ["budget.trials"]),
         "spec negative joules": (["search", w.spec("joules", **{"budget.joules": -5})], ["budget.joules"]),
         "spec decreasing rungs": (["search", w.spec("rungs", **{"fidelity.rungs": [200, 100]})], ["fidelity.rungs"]),

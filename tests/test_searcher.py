@@ -8,6 +8,7 @@ import pytest
 
 from nas.runner.protocol import TrialConfig, TrialReport
 from nas.runner.searcher import NASOptunaSearch, make_sampler, sampler_seed
+from nas.spec import SamplerSpec
 from search_spaces import load_space
 
 OVERRIDES = {"n_layers": [1], "d_model": [16, 32], "n_heads": [2], "ffn_ratio": [1, 2],
@@ -20,8 +21,8 @@ def _searcher(storage: optuna.storages.BaseStorage, seed: int, evaluated: dict[s
     return NASOptunaSearch(
         load_space("tiny", OVERRIDES), failed_hashes=set(), evaluated=evaluated,
         on_invalid=(lambda n, p, reason, kind: rejected.append(reason)) if rejected is not None else None,
-        metric=["accuracy"], mode=["max"], sampler=make_sampler("random", seed, 2), study_name="s",
-        storage=storage)
+        metric=["accuracy"], mode=["max"], sampler=make_sampler(SamplerSpec(kind="random"), seed),
+        study_name="s", storage=storage)
 
 
 def test_sampler_seed_changes_with_the_count_of_told_trials() -> None:
@@ -87,7 +88,7 @@ def test_a_complete_trial_is_told_with_one_optuna_constraint_per_study_constrain
 
     searcher = NASOptunaSearch(
         load_space("tiny", OVERRIDES), failed_hashes=set(), metric=["accuracy"], mode=["max"],
-        sampler=make_sampler("random", 0, 2), study_name="s", storage=storage, constraints=judged)
+        sampler=make_sampler(SamplerSpec(kind="random"), 0), study_name="s", storage=storage, constraints=judged)
     for i in range(3):
         searcher.suggest(f"t{i}")
     _complete(searcher, "t0", accuracy=0.7)
@@ -170,7 +171,7 @@ def test_gp_sampler_settings() -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no experimental or deprecation noise
-        sampler = make_sampler("gp", 7, 5)
+        sampler = make_sampler(SamplerSpec(kind="gp", n_startup_trials=5), 7)
     assert isinstance(sampler, optuna.samplers.GPSampler)
     assert sampler._n_startup_trials == 5 and not sampler._warn_independent_sampling
     assert isinstance(sampler._independent_sampler, optuna.samplers.RandomSampler)
@@ -183,8 +184,8 @@ def test_gp_sampler_proposes_after_its_start_up_trials_and_reads_the_constraints
     overrides = {**OVERRIDES, "attention": ["softmax", "local"], "window": [2, 8], "n_layers": [1, 2]}
     searcher = NASOptunaSearch(
         load_space("tiny", overrides), failed_hashes=set(), metric=["accuracy", "energy_per_sample_j"],
-        mode=["max", "min"], sampler=make_sampler("gp", 0, 2), study_name="s", storage=storage,
-        constraints=lambda n: {"accuracy >= 0.6": -1.0 if n % 2 else 1.0})
+        mode=["max", "min"], sampler=make_sampler(SamplerSpec(kind="gp", n_startup_trials=2), 0), study_name="s",
+        storage=storage, constraints=lambda n: {"accuracy >= 0.6": -1.0 if n % 2 else 1.0})
     hashes = []
     for i in range(4):
         cfg = TrialConfig.from_tune(searcher.suggest(f"t{i}"))

@@ -99,12 +99,23 @@ def check_constraints(spec: StudySpec) -> None:
 
 
 def check_sampler(spec: StudySpec) -> None:
-    """Refuse a GP sampler that could not work or would never be used, saying why.
+    """Refuse a sampler that could not work or would never be used, saying why.
 
     The GP sampler needs scipy (imported by Optuna only at its first model fit, which would be trials into
     the search), at most :data:`~nas.runner.samplers.GP_MAX_OBJECTIVES` objectives, and start-up trials
-    fewer than the budget (its model is consulted only after ``n_startup_trials`` complete trials).
+    fewer than the budget (its model is consulted only after ``n_startup_trials`` complete trials). The
+    evolution sampler needs a population smaller than the budget (its first ``population`` trials are
+    random).
     """
+    trials = spec.budget.trials
+    if spec.sampler.kind == "evolution":
+        population = spec.sampler.resolved_population
+        example = max(2, trials // 4)  # a population is at least 2: a budget of 2 trials leaves no example
+        sizes = "sampler.sample_size: 2" if example == 2 else f"sampler.sample_size from 2 to {example}"
+        label = "evolution sampler" + (" (its default population)" if spec.sampler.population is None else "")
+        _random_start_below_budget(label, population, trials, "sampler.population", "nothing would evolve",
+                                   f"set sampler.population below {trials} (e.g. {example}, with {sizes})"
+                                   if example < trials else None)
     if spec.sampler.kind != "gp":
         return
     if find_spec("scipy") is None:
@@ -116,12 +127,18 @@ def check_sampler(spec: StudySpec) -> None:
                           "its hypervolume acquisition grows exponentially with them (with 5: up to 2 minutes and "
                           "tens of GB per proposal)", field="sampler.kind",
                           fix=f"use sampler.kind: tpe or nsga2, or keep at most {GP_MAX_OBJECTIVES} objectives")
-    startup, trials = spec.sampler.n_startup_trials, spec.budget.trials
-    if startup >= trials:
-        raise ConfigError(f"the GP sampler draws its first {startup} trials at random and the budget is {trials} "
-                          "trials, so its model would never be used", field="sampler.n_startup_trials",
-                          value=startup, fix=f"set sampler.n_startup_trials below {trials} (e.g. "
-                          f"{max(1, trials // 4)}), raise budget.trials, or use sampler.kind: random")
+    _random_start_below_budget("GP sampler", spec.sampler.n_startup_trials, trials, "sampler.n_startup_trials",
+                               "its model would never be used",
+                               f"set sampler.n_startup_trials below {trials} (e.g. {max(1, trials // 4)})")
+
+
+def _random_start_below_budget(sampler: str, random_trials: int, trials: int, field: str, consequence: str,
+                               fix: str | None) -> None:
+    """Refuse a sampler whose first ``random_trials`` trials, all random, would spend the whole budget."""
+    if random_trials >= trials:
+        raise ConfigError(f"the {sampler} draws its first {random_trials} trials at random and the budget is "
+                          f"{trials} trials, so {consequence}", field=field, value=random_trials,
+                          fix=f"{fix + ', ' if fix else ''}raise budget.trials, or use sampler.kind: random")
 
 
 def _one_line(err: ValidationError) -> str:

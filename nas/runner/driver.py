@@ -169,7 +169,7 @@ def _make_searcher(spec: StudySpec, store: Store, handle: StoreHandle, ot_storag
         on_invalid=handle.record_invalid,
         metric=spec.objective_names,
         mode=["max" if d == "maximize" else "min" for d in spec.directions],
-        sampler=make_sampler(spec.sampler.kind, seed, spec.sampler.n_startup_trials),
+        sampler=make_sampler(spec.sampler, seed),
         study_name=spec.name,
         storage=ot_storage,
         teacher=teacher,

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import optuna
 
+from nas.runner.evolution import EvolutionSampler
+from nas.spec import SamplerSpec
 from nas.vocab import SAMPLER, Registry
 
 __all__ = ["SamplerFactory", "SAMPLER_FACTORIES", "GP_MAX_OBJECTIVES", "make_sampler"]
@@ -19,42 +21,52 @@ __all__ = ["SamplerFactory", "SAMPLER_FACTORIES", "GP_MAX_OBJECTIVES", "make_sam
 #: tensor); with 6, a proposal after 30 trials asked for 38.7 GB and failed.
 GP_MAX_OBJECTIVES = 4
 
-#: ``(seed, n_startup_trials) -> sampler``.
-SamplerFactory = Callable[[int, int], optuna.samplers.BaseSampler]
+#: ``(the study's sampler spec, seed) -> sampler``. The seed is the driver's
+#: (:func:`nas.runner.searcher.sampler_seed`, derived from ``spec.seed``), so that a resumed study draws anew.
+SamplerFactory = Callable[[SamplerSpec, int], optuna.samplers.BaseSampler]
 #: One factory per name of :data:`nas.vocab.SAMPLER`.
 SAMPLER_FACTORIES: Registry[SamplerFactory] = Registry(SAMPLER, "sampler factory")
 
 
 @SAMPLER_FACTORIES.register("tpe")
-def _tpe(seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
+def _tpe(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials, multivariate=True,
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials, multivariate=True,
                                       group=True, constant_liar=True)
 
 
 @SAMPLER_FACTORIES.register("nsga2")
-def _nsga2(seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, n_startup_trials))
+def _nsga2(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, spec.n_startup_trials))
 
 
 @SAMPLER_FACTORIES.register("gp")
-def _gp(seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
+def _gp(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
     # The space is define-by-run with conditional knobs (``window`` only for local attention, ``k`` only
     # for low-rank): the GP models the knobs every complete trial has, and the others come from the
     # seeded random sampler, which is expected here, so Optuna's per-knob warning is off.
-    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup_trials,
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.n_startup_trials,
                                      independent_sampler=optuna.samplers.RandomSampler(seed=seed),
                                      warn_independent_sampling=False)
 
 
+@SAMPLER_FACTORIES.register("evolution")
+def _evolution(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
+    return EvolutionSampler(population=spec.resolved_population, sample_size=spec.resolved_sample_size,
+                            seed=seed)
+
+
 @SAMPLER_FACTORIES.register("random")
-def _random(seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
+def _random(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
 SAMPLER_FACTORIES.require_complete()
 
 
-def make_sampler(kind: str, seed: int, n_startup_trials: int) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler ``kind`` (a :class:`ConfigError` names the allowed kinds for an unknown one)."""
-    return SAMPLER_FACTORIES.lookup(kind)(seed, n_startup_trials)
+def make_sampler(spec: SamplerSpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of ``spec``, seeded with ``seed`` (default: ``spec.seed``).
+
+    A :class:`~nas.errors.ConfigError` names the allowed kinds for an unknown ``spec.kind``.
+    """
+    return SAMPLER_FACTORIES.lookup(spec.kind)(spec, spec.seed if seed is None else seed)
