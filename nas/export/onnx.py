@@ -33,7 +33,7 @@ from nas.models import LogitsOnly
 from .base import ExportedFile, Exporter, ExportInputs, Runner
 from .formats import register_exporter
 
-__all__ = ["OnnxExporter", "OPSET", "onnx_runner", "int8_groups"]
+__all__ = ["OnnxExporter", "OPSET", "onnx_runner", "int8_groups", "write_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +51,68 @@ def int8_groups(candidate: Candidate) -> list[str]:
     return [g for g, b in bits.items() if b == 8]
 
 
-def onnx_runner(path: Path) -> tuple[Runner, str]:
-    """An onnxruntime CPU session over ``path`` as a runner, and a description of the engine."""
+def onnx_runner(path: Path, provider: str = "CPUExecutionProvider") -> tuple[Runner, str]:
+    """An onnxruntime session over ``path`` as a runner, and a description of the engine.
+
+    Raises:
+        ExportError: ``provider`` is not available in this onnxruntime build (the message says which are).
+    """
     import onnxruntime as ort
 
+    if provider not in ort.get_available_providers():
+        raise ExportError(f"onnxruntime {ort.__version__} has no {provider} (available: "
+                          f"{', '.join(ort.get_available_providers())})", field="provider", value=provider,
+                          fix="install onnxruntime-gpu for CUDAExecutionProvider, or use CPUExecutionProvider")
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=[provider])
 
     def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         out = sess.run([_OUTPUT], {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)})
         return np.asarray(out[0])
 
-    return run, f"onnxruntime {ort.__version__} CPUExecutionProvider"
+    return run, f"onnxruntime {ort.__version__} {provider}"
+
+
+def write_onnx(model: Any, ids: torch.Tensor, mask: torch.Tensor, path: Path, *, max_len: int) -> None:
+    """Export ``model``'s logits as an ONNX graph at ``path`` (dynamic batch and sequence up to ``max_len``).
+
+    Args:
+        model: An :class:`~nas.models.EncoderClassifier` with plain weights, on the CPU.
+        ids: An example ``(B, T)`` int64 batch to trace with.
+        mask: Its attention mask.
+        path: The ``.onnx`` file to write.
+        max_len: The longest sequence the graph accepts.
+
+    Raises:
+        ExportError: ``torch.onnx.export`` failed.
+    """
+    wrapper = LogitsOnly(model).eval()  # forward returns a dataclass; ONNX needs a tensor
+    batch = torch.export.Dim("batch")
+    seq = torch.export.Dim("seq", max=max_len)
+    shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    chatter = io.StringIO()
+    # The exporter logs one warning per torchvision op it cannot register; irrelevant here.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                wrapper, (ids, mask), None, dynamo=True, opset_version=OPSET, input_names=list(_INPUTS),
+                output_names=[_OUTPUT], dynamic_shapes=shapes, verbose=False,
+            )
+            if program is None:  # pragma: no cover - dynamo=True always returns a program
+                raise RuntimeError("torch.onnx.export returned no program")
+            program.save(str(path))
+    except Exception as e:
+        log.debug("torch.onnx.export output:\n%s", chatter.getvalue())
+        raise ExportError(f"torch.onnx.export failed for this candidate: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}", field="format", value="onnx",
+                          fix="export --format torchscript or hf instead, and report the failure") from e
+    finally:
+        registration.setLevel(level)
 
 
 class _DropOrtAdvice(logging.Filter):
@@ -88,34 +137,8 @@ class OnnxExporter(Exporter):
         out = folder / "onnx"
         out.mkdir(parents=True, exist_ok=True)
         path = out / "model.onnx"
-        wrapper = LogitsOnly(inputs.model).eval()  # forward returns a dataclass; ONNX needs a tensor
-        ids = torch.from_numpy(inputs.example_ids)
-        mask = torch.from_numpy(inputs.example_mask)
-        batch = torch.export.Dim("batch")
-        seq = torch.export.Dim("seq", max=inputs.candidate.max_len)
-        shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
-        chatter = io.StringIO()
-        # The exporter logs one warning per torchvision op it cannot register; irrelevant here.
-        registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-        level = registration.level
-        registration.setLevel(logging.ERROR)
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(
-                    wrapper, (ids, mask), None, dynamo=True, opset_version=OPSET, input_names=list(_INPUTS),
-                    output_names=[_OUTPUT], dynamic_shapes=shapes, verbose=False,
-                )
-                if program is None:  # pragma: no cover - dynamo=True always returns a program
-                    raise RuntimeError("torch.onnx.export returned no program")
-                program.save(str(path))
-        except Exception as e:
-            log.debug("torch.onnx.export output:\n%s", chatter.getvalue())
-            raise ExportError(f"torch.onnx.export failed for this candidate: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}", field="format", value="onnx",
-                              fix="export --format torchscript or hf instead, and report the failure") from e
-        finally:
-            registration.setLevel(level)
+        write_onnx(inputs.model, torch.from_numpy(inputs.example_ids), torch.from_numpy(inputs.example_mask),
+                   path, max_len=inputs.candidate.max_len)
         run, engine = onnx_runner(path)
         files = [ExportedFile("onnx", path.relative_to(folder), run, engine)]
         groups = int8_groups(inputs.candidate)
