@@ -12,6 +12,8 @@ the meter and the measurement lane.
 Compression schedule: a candidate with pruning or quantization trains dense for ``DENSE_FRACTION`` of
 its step budget, is then compressed in place (prune first, then fake-quant with a straight-through
 estimator), and fine-tunes for the rest. A candidate without compression trains for the whole budget.
+With ``sparsity.schedule: cubic`` masks grow during training instead, and the model is compressed at
+``CUBIC_END`` of the budget (:mod:`evaluators.pruning`).
 
 Every phase that uses the device runs in the lane: training steps, the teacher's training or loading,
 dev evaluation, FLOP counting and weight saving hold it shared; the energy measurement holds it alone.
@@ -46,6 +48,7 @@ from evaluators.lane import MeasurementLane
 from evaluators.meters import EnergyMeter, make_meter
 from evaluators.metrics import evaluate
 from evaluators.placement import place
+from evaluators.pruning import CompressionPlan
 from evaluators.serving import measure_serving
 from evaluators.tasks import load_task as _load
 from evaluators.teacher_cache import TeacherOutputs, build_or_load
@@ -54,7 +57,8 @@ from evaluators.tokenize import cache_dir
 from evaluators.train import build_for_task, train
 from evaluators.train_meter import TrainingMeter
 from evaluators.weights import save_trial_weights
-from nas.compress import applied_compression, apply_candidate_compression, model_size_bytes
+from nas.compress import applied_compression, model_size_bytes
+from nas.compress.gradual import ONE_SHOT_AT
 from nas.config import Candidate, DistillConfig, MeasureConfig, TrainConfig
 from nas.errors import ConfigError, MeterUnavailableError, TrialFailedError
 from nas.models import EncoderClassifier
@@ -74,8 +78,8 @@ __all__ = ["run_trial", "train_candidate", "assess", "TrialContext", "Trained", 
 
 log = logging.getLogger(__name__)
 
-#: Share of the step budget trained dense before a compressed candidate is pruned/quantized.
-DENSE_FRACTION = 0.5
+#: Share of the step budget trained dense before a compressed candidate is pruned/quantized (one-shot).
+DENSE_FRACTION = ONE_SHOT_AT
 #: ``progress(phase, done, total)``: ``fine-tune`` per step of a teacher's fine-tuning (when one runs),
 #: ``teacher-cache`` per teacher batch (when the teacher's outputs are computed), ``train`` per step, then
 #: ``evaluate``, ``measure``, ``save``.
@@ -192,9 +196,13 @@ def teacher_outputs_for(teacher: Teacher, task: TaskData, distill: DistillConfig
     return _teacher_outputs[key]
 
 
-def _phases(total: int, compress: bool) -> list[tuple[int, int, bool]]:
-    """``(start, end, compress_first)`` step ranges: dense, then compressed, for a compressed candidate."""
-    dense = max(1, int(total * DENSE_FRACTION)) if compress and total > 1 else total
+def _phases(total: int, compress: bool, at: int | None = None) -> list[tuple[int, int, bool]]:
+    """``(start, end, compress_first)`` step ranges: dense, then compressed, for a compressed candidate.
+
+    The compressed phase starts after step ``at`` (by default ``DENSE_FRACTION`` of the budget).
+    """
+    at = max(1, int(total * DENSE_FRACTION)) if at is None else at
+    dense = at if compress and total > 1 else total
     return [(0, dense, False)] + ([(dense, total, True)] if dense < total else [])
 
 
@@ -203,7 +211,8 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
                     on_rung: OnRung | None = None) -> Trained:
     """Train ``model`` (built from its candidate) for ``train_cfg.steps`` steps, metered.
 
-    A candidate that compresses trains dense first and is compressed at ``DENSE_FRACTION``; a model
+    A candidate that compresses trains dense first and is compressed at ``DENSE_FRACTION`` (or, pruned
+    gradually, at the end of its schedule: :class:`evaluators.pruning.CompressionPlan`); a model
     that is compressed already (continued training) fine-tunes for every step. A distilling candidate
     reads the teacher's outputs from the cache (:func:`teacher_outputs_for`); a build's cost is charged
     to this trial when it happened here.
@@ -227,11 +236,15 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
     compressed = applied_compression(model) is not None
     compress = not (candidate.quant.is_noop and candidate.sparsity.is_noop) and not compressed
     total = train_cfg.steps
+    plan = (CompressionPlan.for_model(model, candidate, task, total, batch_size=train_cfg.batch_size,
+                                      seed=train_cfg.seed) if compress else None)
     book.start()
     try:
-        for start, end, compress_first in _phases(total, compress):
-            if compress_first:
-                apply_candidate_compression(model)
+        if plan is not None:
+            plan.start()
+        for start, end, compress_first in _phases(total, compress, plan.at_step if plan else None):
+            if compress_first and plan is not None:
+                plan.compress(model)
 
             def report(step: int, acc: float, _o: int = start) -> bool | None:
                 rung_acc.append((step + _o, acc))
@@ -242,6 +255,8 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
                                                "seed": train_cfg.seed + start})
             def step(s: int, _m: nn.Module, _o: int = start) -> None:
                 ctx.step("train", s + _o, total)
+                if plan is not None:
+                    plan.step(s + _o)
 
             res = train(model, task, cfg, teacher=teacher, distill=candidate.distill if teacher else None,
                         rungs=[r - start for r in rungs if start < r <= end], report=report, callback=step,
@@ -250,8 +265,8 @@ def train_candidate(model: nn.Module, task: TaskData, train_cfg: TrainConfig, ct
             losses.append(res.final_loss)
             if res.stopped_early:
                 return Trained(summary(), stopped=True)
-        if compress and applied_compression(model) is None:
-            apply_candidate_compression(model)  # a one-step budget: compress before evaluating
+        if plan is not None and applied_compression(model) is None:
+            plan.compress(model)  # a one-step budget: compress before evaluating
     except Exception as e:
         raise _failure(e, TrialResult(candidate=candidate, task=task.name, status="FAIL", train=summary(),
                                       placement=ctx.placement)) from e

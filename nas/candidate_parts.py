@@ -17,20 +17,35 @@ from pydantic import (
     model_validator,
 )
 
-from nas.vocab import ATTENTION_KIND, DISTILL_KIND, SHARING_KIND, SPARSITY_KIND
+from nas.vocab import (
+    ATTENTION_KIND,
+    DISTILL_KIND,
+    PRUNE_IMPORTANCE,
+    PRUNE_SCHEDULE,
+    SHARING_KIND,
+    SPARSITY_KIND,
+)
 
 __all__ = ["AttentionConfig", "QuantConfig", "PruneConfig", "DistillConfig", "SharingConfig", "RankConfig",
-           "LayerShape", "BIT_WIDTHS", "Frozen", "omit_defaults"]
+           "LayerShape", "BIT_WIDTHS", "Frozen", "omit_defaults", "storage_bits"]
 
 # Closed vocabularies are listed once, in nas.vocab; each annotation validates like a Literal of its names.
 AttentionKind = Annotated[str, ATTENTION_KIND]
 SparsityKind = Annotated[str, SPARSITY_KIND]
+PruneImportance = Annotated[str, PRUNE_IMPORTANCE]
+PruneSchedule = Annotated[str, PRUNE_SCHEDULE]
 DistillKind = Annotated[str, DISTILL_KIND]
 SharingKind = Annotated[str, SHARING_KIND]
 FeatureMap = Literal["elu", "relu"]
-Bits = Literal[32, 16, 8, 4, 2]
+Bits = Literal[32, 16, 8, 4, 2, 1, "ternary"]
 
-BIT_WIDTHS: tuple[int, ...] = (32, 16, 8, 4, 2)
+#: Every bit-width a layer group can take: 32 (unquantized), bf16, uniform 8/4/2, binary (1) and ternary.
+BIT_WIDTHS: tuple[int | str, ...] = (32, 16, 8, 4, 2, 1, "ternary")
+
+
+def storage_bits(bits: int | str) -> int:
+    """Bits stored per weight at ``bits``: ternary weights are stored in 2-bit codes."""
+    return 2 if bits == "ternary" else int(bits)
 
 
 def omit_defaults(dumped: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -107,8 +122,10 @@ class AttentionConfig(Frozen):
 class QuantConfig(Frozen):
     """Weight quantization per layer group. 32 means unquantized.
 
-    ``scheme`` is symmetric (zero-point 0) or asymmetric (affine). ``granularity`` is one scale per output
-    channel or one per tensor. Activations stay in floating point (weight-only quantization).
+    ``scheme`` is symmetric (zero-point 0) or asymmetric (affine); it shapes the uniform grids (16 to 2
+    bits). ``1`` is binary (sign x scale, BinaryBERT) and ``ternary`` is {-a, 0, +a} (TernaryBERT), each
+    with its own symmetric rule. ``granularity`` is one scale per output channel or one per tensor.
+    Activations stay in floating point (weight-only quantization).
     """
 
     version: int = 1
@@ -124,20 +141,40 @@ class QuantConfig(Frozen):
         return self.embedding_bits == self.attention_bits == self.ffn_bits == 32
 
     @property
+    def groups_bits(self) -> tuple[int | str, int | str, int | str]:
+        """The bit-widths of the embedding, attention and FFN groups."""
+        return self.embedding_bits, self.attention_bits, self.ffn_bits
+
+    @property
     def min_bits(self) -> int:
-        """The smallest bit-width of the three layer groups."""
-        return min(self.embedding_bits, self.attention_bits, self.ffn_bits)
+        """The fewest bits stored per weight in any layer group (ternary: 2)."""
+        return min(storage_bits(b) for b in self.groups_bits)
+
+    @property
+    def bits_label(self) -> str:
+        """The lowest precision in words: ``binary``, ``ternary`` or ``N-bit``."""
+        if 1 in self.groups_bits:
+            return "binary"
+        if "ternary" in self.groups_bits:
+            return "ternary"
+        return f"{self.min_bits}-bit"
 
 
 class PruneConfig(Frozen):
     """Sparsity: unstructured magnitude, structured heads, structured FFN neurons, or 2:4.
 
     ``amount`` is the fraction removed (ignored for ``2:4``, which is always one half of each group of 4).
+    ``importance`` ranks what is removed: ``magnitude`` (weight size) or ``taylor`` (first-order Taylor from
+    the task loss's gradients). ``schedule`` is ``one_shot`` or ``cubic`` (gradual, Zhu & Gupta 2017). Both
+    were added after version 1 and are left out of the JSON at their defaults (earlier candidates hash as
+    before). See ``docs/pruning.md``.
     """
 
     version: int = 1
     kind: SparsityKind = "none"
     amount: float = Field(default=0.0, ge=0.0, le=0.95)
+    importance: PruneImportance = "magnitude"
+    schedule: PruneSchedule = "one_shot"
 
     @model_validator(mode="after")
     def _amount(self) -> PruneConfig:
@@ -146,7 +183,19 @@ class PruneConfig(Frozen):
                 f"sparsity.amount must be > 0 for kind {self.kind!r} (e.g. amount: 0.25), "
                 "or set kind: none"
             )
+        if self.kind == "none" and (self.importance, self.schedule) != ("magnitude", "one_shot"):
+            name = "importance" if self.importance != "magnitude" else "schedule"
+            raise ValueError(f"sparsity.{name}={getattr(self, name)!r} only applies when something is pruned "
+                             "(sparsity.kind is not 'none'); remove it, or set a sparsity.kind")
+        if self.schedule == "cubic" and not SPARSITY_KIND[self.kind].takes_amount:
+            raise ValueError(f"sparsity.schedule 'cubic' grows sparsity towards amount, but kind {self.kind!r} has a "
+                             "fixed pattern (2 of every 4); use schedule: one_shot, or kind magnitude, heads or ffn")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_new_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave out the fields added after version 1 at their defaults, so earlier candidates dump (and hash) as before."""
+        return omit_defaults(handler(self), {"importance": "magnitude", "schedule": "one_shot"})
 
     @property
     def is_noop(self) -> bool:

@@ -261,7 +261,7 @@ class Candidate(Frozen):
 
     @property
     def weight_bits(self) -> int:
-        """The smallest bit-width of any layer group (what ``--where weight_bits <= 8`` filters on)."""
+        """The fewest bits stored per weight in any group, ternary counting 2 (``--where weight_bits <= 8``)."""
         return self.quant.min_bits
 
     def to_json(self) -> str:
@@ -298,6 +298,8 @@ class Candidate(Frozen):
             "quant_scheme": self.quant.scheme,
             "sparsity": self.sparsity.kind,
             "sparsity_amount": self.sparsity.amount,
+            "prune_importance": self.sparsity.importance,
+            "prune_schedule": self.sparsity.schedule,
             "distill": self.distill.kind,
             "pooling": self.pooling,
             "init": self.init,

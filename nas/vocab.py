@@ -41,6 +41,8 @@ __all__ = [
     "OBJECTIVE",
     "ATTENTION_KIND",
     "SPARSITY_KIND",
+    "PRUNE_IMPORTANCE",
+    "PRUNE_SCHEDULE",
     "DISTILL_KIND",
     "SHARING_KIND",
     "SAMPLER",
@@ -296,6 +298,23 @@ SPARSITY_KIND: Vocabulary[SparsityTerm] = Vocabulary("sparsity kind", "sparsity.
     SparsityTerm("2:4", "semi-structured mask, 2 of every 4 weights (dense kernels)", fixed_amount=0.5),
 ])
 
+#: ``sparsity.importance``: how pruning ranks weights, heads and neurons, implemented by
+#: :data:`nas.compress.importance.IMPORTANCE`.
+PRUNE_IMPORTANCE: Vocabulary[Term] = Vocabulary("pruning importance", "sparsity.importance", [
+    Term("magnitude", "weight size: |w| per weight; the squared L2 norm of a head's q/k/v rows and out_proj columns, "
+         "of a neuron's fc1 row and fc2 column"),
+    Term("taylor", "first-order Taylor, from the task loss's gradients on 8 training batches: |w dL/dw| per weight; "
+         "|dL/dgate| of a gate on each head's output (Michel et al., 2019) or FFN neuron"),
+])
+
+#: ``sparsity.schedule``: when pruning happens during training, implemented by
+#: :data:`nas.compress.gradual.SCHEDULES`.
+PRUNE_SCHEDULE: Vocabulary[Term] = Vocabulary("pruning schedule", "sparsity.schedule", [
+    Term("one_shot", "all at once, after the dense half of the step budget, then fine-tuned"),
+    Term("cubic", "gradual, s_t = s_f (1 - (1 - (t - t0) / (n dt))^3) over 10 steps from 10% to 70% of the budget, "
+         "then fine-tuned (Zhu & Gupta, 2017); not for 2:4"),
+])
+
 #: ``sharing.kind``: cross-layer parameter sharing, implemented by :class:`nas.models.EncoderClassifier`.
 SHARING_KIND: Vocabulary[Term] = Vocabulary("sharing kind", "sharing.kind", [
     Term("none", "every layer has its own weights"),
@@ -343,6 +362,8 @@ VOCABULARIES: dict[str, Vocabulary[Any]] = {
     "Metrics and objectives (`objectives[].metric`, `--where`)": OBJECTIVE,
     "Attention kinds (`attention.kind`)": ATTENTION_KIND,
     "Sparsity kinds (`sparsity.kind`)": SPARSITY_KIND,
+    "Pruning importance (`sparsity.importance`)": PRUNE_IMPORTANCE,
+    "Pruning schedules (`sparsity.schedule`)": PRUNE_SCHEDULE,
     "Distillation kinds (`distill.kind`)": DISTILL_KIND,
     "Parameter sharing (`sharing.kind`)": SHARING_KIND,
     "Samplers (`sampler.kind`)": SAMPLER,

@@ -11,6 +11,8 @@ Conditional parameters:
   ``fixed`` (capped below its stride); ``buckets`` for ``hash``. ``k``, ``stride`` and ``buckets`` are
   capped at ``max_len``.
 * ``sparsity_amount`` only when sparsity is not ``none`` or ``2:4``.
+* ``prune_importance`` (``magnitude`` or ``taylor``) only when sparsity is not ``none``; ``prune_schedule``
+  (``one_shot`` or ``cubic``) only when it takes an amount (not ``2:4``).
 * ``kd_temperature`` and ``kd_alpha`` only when ``distill`` is not ``none``.
 * Heads must divide ``d_model``: ``n_heads`` is suggested first; if it does not divide the suggested
   ``d_model``, the largest allowed head count that does divide it is used (deterministic, so replay
@@ -52,7 +54,14 @@ from nas.config import (
     validate,
 )
 from nas.errors import ConfigError
-from nas.vocab import ATTENTION_KIND, DISTILL_KIND, SHARING_KIND, SPARSITY_KIND
+from nas.vocab import (
+    ATTENTION_KIND,
+    DISTILL_KIND,
+    PRUNE_IMPORTANCE,
+    PRUNE_SCHEDULE,
+    SHARING_KIND,
+    SPARSITY_KIND,
+)
 
 __all__ = ["SearchSpace", "ReplayTrial", "TrialLike", "suggest", "load_space", "PRESETS", "preset_path",
            "INIT_CHOICES", "fit_to_teacher"]
@@ -87,6 +96,8 @@ _CHOICES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "init": ("unknown init choice(s)", INIT_CHOICES),
     "sharing": ("unknown sharing kind(s)", SHARING_KIND.names),
     "layer_shapes": ("unknown layer-shape choice(s)", ("uniform", "per_layer")),
+    "prune_importance": ("unknown pruning importance(s)", PRUNE_IMPORTANCE.names),
+    "prune_schedule": ("unknown pruning schedule(s)", PRUNE_SCHEDULE.names),
 }
 
 
@@ -115,13 +126,15 @@ class SearchSpace(BaseModel):
     summary: list[int] = Field(default=[1, 2])
     buckets: list[int] = Field(default=[2, 4, 8])
     feature_map: list[str] = Field(default=["elu", "relu"])
-    attention_bits: list[int] = Field(default=[32, 8, 4])
-    ffn_bits: list[int] = Field(default=[32, 8, 4])
-    embedding_bits: list[int] = Field(default=[32, 8])
+    attention_bits: list[int | str] = Field(default=[32, 8, 4])
+    ffn_bits: list[int | str] = Field(default=[32, 8, 4])
+    embedding_bits: list[int | str] = Field(default=[32, 8])
     quant_scheme: list[str] = Field(default=["symmetric", "asymmetric"])
     quant_granularity: list[str] = Field(default=["per_channel"])
     sparsity: list[str] = Field(default=list(SPARSITY_KIND.names))
     sparsity_amount: tuple[float, float] = (0.1, 0.5)
+    prune_importance: list[str] = Field(default=["magnitude"])
+    prune_schedule: list[str] = Field(default=["one_shot"])
     distill: list[str] = Field(default=["none"])
     kd_temperature: tuple[float, float] = (1.0, 4.0)
     kd_alpha: tuple[float, float] = (0.1, 0.9)
@@ -142,7 +155,7 @@ class SearchSpace(BaseModel):
         "feature_map",
         "attention_bits", "ffn_bits", "embedding_bits", "quant_scheme", "quant_granularity", "sparsity",
         "distill", "dropout", "pooling", "init", "layer_shapes", "sharing", "group_size", "rank_attention", "rank_ffn", "drop_layers",
-        "layerdrop",
+        "layerdrop", "prune_importance", "prune_schedule",
     )
     @classmethod
     def _check_nonempty(cls, v: list[Any], info: Any) -> list[Any]:
@@ -168,7 +181,7 @@ class SearchSpace(BaseModel):
         return v
 
     @field_validator("attention", "attention_bits", "ffn_bits", "embedding_bits", "sparsity", "distill", "init",
-                     "sharing", "layer_shapes")
+                     "sharing", "layer_shapes", "prune_importance", "prune_schedule")
     @classmethod
     def _check_choices(cls, v: list[Any], info: Any) -> list[Any]:
         what, allowed = _CHOICES[info.field_name]
@@ -313,6 +326,21 @@ def _suggest_structure(trial: TrialLike, space: SearchSpace, n_layers: int, spar
     return out
 
 
+def _suggest_pruning(trial: TrialLike, space: SearchSpace, kind: str, amount: float) -> PruneConfig:
+    """The sparsity block: importance unless nothing is pruned, a schedule only for kinds with an amount."""
+    if kind == "none":
+        return PruneConfig()
+    importance = str(_categorical(trial, "prune_importance", space.prune_importance))
+    schedule = str(_categorical(trial, "prune_schedule", space.prune_schedule)) \
+        if SPARSITY_KIND[kind].takes_amount else "one_shot"
+    return PruneConfig(kind=kind, amount=amount, importance=importance, schedule=schedule)
+
+
+def _bits(choice: Any) -> Any:
+    """A drawn bit-width as the candidate takes it: ``"ternary"`` as is, a number as an int."""
+    return choice if choice == "ternary" else int(choice)
+
+
 def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = None) -> Candidate:
     """Sample one :class:`Candidate` from ``space`` through ``trial``. Pure: no I/O, no torch.
 
@@ -330,9 +358,9 @@ def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = No
     attn = _suggest_attention(trial, space)
 
     quant = QuantConfig(
-        embedding_bits=int(trial.suggest_categorical("embedding_bits", space.embedding_bits)),  # type: ignore[arg-type]
-        attention_bits=int(trial.suggest_categorical("attention_bits", space.attention_bits)),  # type: ignore[arg-type]
-        ffn_bits=int(trial.suggest_categorical("ffn_bits", space.ffn_bits)),  # type: ignore[arg-type]
+        embedding_bits=_bits(trial.suggest_categorical("embedding_bits", space.embedding_bits)),  # type: ignore[arg-type]
+        attention_bits=_bits(trial.suggest_categorical("attention_bits", space.attention_bits)),  # type: ignore[arg-type]
+        ffn_bits=_bits(trial.suggest_categorical("ffn_bits", space.ffn_bits)),  # type: ignore[arg-type]
         scheme=str(trial.suggest_categorical("quant_scheme", space.quant_scheme)),  # type: ignore[arg-type]
         granularity=str(trial.suggest_categorical("quant_granularity", space.quant_granularity)),  # type: ignore[arg-type]
     )
@@ -346,6 +374,7 @@ def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = No
             amount = round((fewest_heads - 1) / fewest_heads, 4)
     elif sp_term.fixed_amount is not None:
         amount = sp_term.fixed_amount
+    sparsity = _suggest_pruning(trial, space, sp_kind, amount)
 
     dk = str(trial.suggest_categorical("distill", space.distill))
     distill: dict[str, Any] = {"kind": dk}
@@ -361,7 +390,7 @@ def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = No
         pooling=str(trial.suggest_categorical("pooling", space.pooling)),  # type: ignore[arg-type]
         attention=AttentionConfig(**attn),
         quant=quant,
-        sparsity=PruneConfig(kind=sp_kind, amount=amount),
+        sparsity=sparsity,
         distill=DistillConfig(**distill),
         **_suggest_structure(trial, space, n_layers, sp_kind, uniform="layers" not in shape),
     )
@@ -388,7 +417,7 @@ def fit_to_teacher(candidate: Candidate, teacher: Candidate) -> Candidate:
     n_heads = min(s["n_heads"] for s in layers) if layers else min(candidate.n_heads, teacher.n_heads)
     sparsity = candidate.sparsity
     if sparsity.kind == "heads" and round(n_heads * sparsity.amount) >= n_heads:
-        sparsity = PruneConfig(kind="heads", amount=round((n_heads - 1) / n_heads, 4)) if n_heads > 1 \
+        sparsity = sparsity.model_copy(update={"amount": round((n_heads - 1) / n_heads, 4)}) if n_heads > 1 \
             else PruneConfig()
     return Candidate.model_validate({
         **candidate.model_dump(),

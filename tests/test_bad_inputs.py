@@ -173,6 +173,10 @@ def _cases(w: World) -> dict[str, Case]:  # noqa: PLR0915 - one table of cases
         "trial unknown dev label": (["trial", good, "--task", str(root / "devlabel")], ["dev.tsv", "label"]),
         "trial sparsity without amount": (["trial", w.w("c/m.yaml", "sparsity: {kind: magnitude}\n")],
                                           ["sparsity.amount"]),
+        "trial cubic schedule on 2:4": (["trial", w.w("c/p.yaml", "sparsity: {kind: '2:4', schedule: cubic}\n")],
+                                        ["sparsity.schedule", "one_shot"]),
+        "trial taylor without sparsity": (["trial", w.w("c/q.yaml", "sparsity: {importance: taylor}\n")],
+                                          ["sparsity.importance", "sparsity.kind"]),
         "trial measure-seq above max_len": (["trial", good, "--measure-seq", "128"], ["--measure-seq", "128"]),
         "trial bad meter": (["trial", good, "--meter", "rapl"], ["--meter", "rapl"]),
         "trial negative steps": (["trial", good, "--steps", "-5"], ["--steps"]),
@@ -263,6 +267,8 @@ def _cases(w: World) -> dict[str, Case]:  # noqa: PLR0915 - one table of cases
                                                                         "space.overrides.sparsity_amount": [0.5, 0.99]})],
                                             ["space.overrides.sparsity_amount", "0.99"]),
         "spec overrides not a mapping": (["search", w.spec("ov9", **{"space.overrides": [1, 2]})], ["space.overrides"]),
+        "spec override unknown importance": (["search", w.spec("ov10", **{"space.overrides.prune_importance": ["fisher"]})],
+                                             ["prune_importance", "fisher"]),
         # nas search: options
         "search ray address syntax": (["search", w.spec("ok1"), "--ray-address", "not-an-address"],
                                       ["--ray-address", "not-an-address"]),
@@ -572,3 +578,12 @@ def test_a_writer_on_a_read_only_database_is_one_line(read_only_db: Path, tmp_pa
     assert code == 2 and len(err.strip().splitlines()) == 1 and "read-only" in err and "nas.db" in err, err
     code, _, err = run_cli(["storage", "upgrade", "--db", str(read_only_db)], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "read-only" in err, err
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base"])
+def test_every_shipped_preset_passes_the_space_check(preset: str) -> None:
+    """The base preset starts at 2 layers, so its per-layer shapes need n_heads_i in the check's replay."""
+    from nas.runner.checks import check_space
+    from nas.spec import StudySpec
+
+    assert check_space(StudySpec(space={"preset": preset})).n_layers

@@ -110,7 +110,7 @@ def trial(
     teach = trial_teacher(teacher, fine_tune_steps)
     if not as_json:
         err.print(f"[bold]nas trial[/]: {cand.n_layers}x d{cand.d_model} h{cand.n_heads} "
-                  f"{cand.attention.kind}, {cand.weight_bits}-bit, sparsity {cand.sparsity.kind} on {task}",
+                  f"{cand.attention.kind}, {cand.quant.bits_label}, sparsity {cand.sparsity.kind} on {task}",
                   soft_wrap=True)
     if as_json:
         result = run_trial(cand, task, train_cfg=train_cfg, measure_cfg=measure_cfg, teacher=teach,

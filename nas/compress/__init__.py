@@ -3,7 +3,8 @@
 Public API::
 
     report = quantize_(model, quant_config, filter_fn=None)   # fake-quant QAT weights (STE)
-    report = prune_(model, prune_config)                      # masks or physical slicing
+    report = prune_(model, prune_config, batch_losses=None)   # masks or physical slicing
+    pruner = GradualPruner(model, prune_config, schedule)     # masks grown during training (cubic)
     report = apply_candidate_compression(model)               # model.candidate: prune, then quantize
     report = applied_compression(model)                       # what that did, or None if not yet run
     report = convert_int8_for_cpu(model)                      # real int8 Linear kernels (inference)
@@ -22,6 +23,8 @@ from torch import nn
 from nas.errors import ConfigError
 
 from ._util import bake_all_parametrizations, num_params
+from .gradual import SCHEDULES, GradualPruner, PruneSchedule
+from .importance import IMPORTANCE, BatchLosses
 from .prune import WeightMask, magnitude_mask, prune_, two_four_mask
 from .quant import FakeQuantize, convert_int8_for_cpu, fake_quant_description, int8_backend, quantize_
 from .report import DENSE_KERNELS, CompressionReport, merge_reports
@@ -31,6 +34,11 @@ __all__ = [
     "CompressionReport",
     "quantize_",
     "prune_",
+    "GradualPruner",
+    "PruneSchedule",
+    "SCHEDULES",
+    "IMPORTANCE",
+    "BatchLosses",
     "apply_candidate_compression",
     "applied_compression",
     "APPLIED_ATTR",
@@ -66,7 +74,8 @@ def applied_compression(model: nn.Module) -> CompressionReport | None:
     return report if isinstance(report, CompressionReport) else None
 
 
-def apply_candidate_compression(model: nn.Module) -> CompressionReport:
+def apply_candidate_compression(model: nn.Module, *, batch_losses: BatchLosses | None = None,
+                                pruned: CompressionReport | None = None) -> CompressionReport:
     """Apply ``model.candidate``'s sparsity, then its quantization, in place.
 
     Pruning goes first so that structured slicing sees plain weights and quantization scales are
@@ -76,6 +85,10 @@ def apply_candidate_compression(model: nn.Module) -> CompressionReport:
 
     Args:
         model: A model from :func:`nas.models.build` (it carries ``candidate``).
+        batch_losses: The task loss of a few training batches, for ``sparsity.importance: taylor``
+            (without them a rebuild ranks by magnitude: only the shapes matter before ``load_state_dict``).
+        pruned: The report of pruning already done during training (:meth:`GradualPruner.finish`): only
+            the quantization is left to apply.
 
     Returns:
         The merged report (``DENSE_KERNELS`` and ``simulated=False`` when the candidate compresses
@@ -94,8 +107,10 @@ def apply_candidate_compression(model: nn.Module) -> CompressionReport:
         return previous
     before = num_params(model)
     reports = []
-    if not candidate.sparsity.is_noop:
-        reports.append(prune_(model, candidate.sparsity))
+    if pruned is not None:
+        reports.append(pruned)
+    elif not candidate.sparsity.is_noop:
+        reports.append(prune_(model, candidate.sparsity, batch_losses=batch_losses))
     if not candidate.quant.is_noop:
         reports.append(quantize_(model, candidate.quant))
     merged = merge_reports(reports) or CompressionReport(

@@ -11,6 +11,11 @@
 - ``ffn``: per layer, the ``round(d_ffn * amount)`` hidden neurons with the smallest L2 norm over their
   fc1 row and fc2 column (:func:`neuron_importance`) are removed (at least one neuron always stays).
 
+That ranking is ``importance: magnitude``. ``importance: taylor`` ranks the same units by first-order
+Taylor scores from the task loss's gradients (:mod:`nas.compress.importance`); ``prune_`` then needs
+``batch_losses``. Without them (a rebuild before ``load_state_dict``, where only the shapes matter) it ranks
+by magnitude and the report says so. A gradual ``schedule`` is run by :mod:`nas.compress.gradual`.
+
 Masks are parametrizations (``weight = original * mask``) kept for good: the zeros persist through
 further training (the masked entries get zero gradient through the product), compose with fake-quant,
 and the mask buffer travels in the ``state_dict``. Structured pruning removes the same *number* of
@@ -21,8 +26,8 @@ heads/neurons for the same candidate every time, so ``build`` + ``apply_candidat
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -33,17 +38,27 @@ from nas.config import PruneConfig
 from nas.errors import ConfigError
 from nas.vocab import SPARSITY_KIND, Registry
 
-from ._util import layer_groups, num_params, qualified_names
+from ._util import num_params
+from .importance import (
+    IMPORTANCE,
+    BatchLosses,
+    Scores,
+    attention_modules,
+    ffn_modules,
+    head_importance,
+    masked_linears,
+    neuron_importance,
+)
 from .report import CompressionReport
 
 if TYPE_CHECKING:  # annotations only: nas.compress works on any model with this structure
     from nas.models import Attention, FeedForward
 
 __all__ = ["WeightMask", "prune_", "magnitude_mask", "two_four_mask", "PRUNERS", "Pruner", "head_importance",
-           "neuron_importance", "top_indices", "head_channels"]
+           "neuron_importance", "top_indices", "head_channels", "slice_heads", "slice_neurons", "check_plain",
+           "prune_label", "SIMULATED_KINDS"]
 
 log = logging.getLogger(__name__)
-M = TypeVar("M")
 
 
 class WeightMask(nn.Module):
@@ -80,27 +95,6 @@ def two_four_mask(w: Tensor) -> Tensor:
     return mask
 
 
-def head_importance(attn: Attention) -> Tensor:
-    """(n_heads,) importance of each head: the squared L2 norm of its q/k/v rows and out_proj columns.
-
-    A weight-magnitude proxy (cf. Michel et al., 2019): a head whose projections are small contributes
-    little. Structured head pruning removes the least important heads; inheritance keeps the most important.
-    """
-    q, k, v, o = attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj
-    nh, hs = int(attn.n_heads), int(attn.head_dim)
-    score = torch.zeros(nh, device=q.weight.device)
-    for lin in (q, k, v):
-        score += lin.weight.detach().float().view(nh, hs, -1).pow(2).sum(dim=(1, 2))
-    score += o.weight.detach().float().view(o.out_features, nh, hs).pow(2).sum(dim=(0, 2))
-    return score
-
-
-def neuron_importance(ffn: FeedForward) -> Tensor:
-    """(d_ffn,) importance of each FFN hidden neuron: the squared L2 norm of its fc1 row and fc2 column."""
-    fc1, fc2 = ffn.fc1, ffn.fc2
-    return fc1.weight.detach().float().pow(2).sum(dim=1) + fc2.weight.detach().float().pow(2).sum(dim=0)
-
-
 def top_indices(score: Tensor, k: int) -> Tensor:
     """The indices of the ``k`` highest scores, in increasing index order (so kept units keep their order)."""
     return torch.sort(torch.argsort(score, descending=True)[:k]).values
@@ -111,7 +105,8 @@ def head_channels(heads: Tensor, head_dim: int) -> Tensor:
     return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).reshape(-1)
 
 
-def _check_plain(module: nn.Module, fqn: str) -> None:
+def check_plain(module: nn.Module, fqn: str) -> None:
+    """Refuse structured pruning of a layer that is already quantized or masked (it slices plain weights)."""
     if parametrize.is_parametrized(module):
         raise ConfigError(
             "structured pruning needs plain weights, but this layer is already quantized or masked",
@@ -120,7 +115,7 @@ def _check_plain(module: nn.Module, fqn: str) -> None:
         )
 
 
-def _linear_like(src: nn.Linear, weight: Tensor, bias: Tensor | None) -> nn.Linear:
+def _linear_like(src: Any, weight: Tensor, bias: Tensor | None) -> nn.Linear:
     new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
                     device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
@@ -134,126 +129,151 @@ def _linear_like(src: nn.Linear, weight: Tensor, bias: Tensor | None) -> nn.Line
     return new
 
 
-def _unique(modules: Iterable[M]) -> list[M]:
-    """Each module once, in order: a module shared by several layers (``candidate.sharing``) is pruned once."""
-    return list({id(m): m for m in modules}.values())
+def heads_to_remove(n_heads: int, amount: float) -> int:
+    """``round(n_heads * amount)``: the heads a layer loses at ``amount`` (refused when that is all of them)."""
+    n_remove = int(round(n_heads * amount))
+    if n_remove >= n_heads:
+        raise ConfigError(f"removing {n_remove} of {n_heads} heads leaves none",
+                          field="sparsity.amount", value=amount, fix="use a smaller amount")
+    return n_remove
 
 
-def _prune_heads(model: nn.Module, amount: float) -> dict[str, object]:
-    names = qualified_names(model)
+def neurons_to_remove(width: int, amount: float) -> int:
+    """``round(width * amount)`` FFN neurons, keeping at least one."""
+    return min(int(round(width * amount)), width - 1)
+
+
+def _score(scores: Scores, fqn: str, size: int) -> Tensor:
+    score = scores.get(fqn)
+    if score is None or score.numel() != size:
+        raise ConfigError("importance scores do not fit the model (computed on another model or shape)",
+                          field=fqn, value=None if score is None else tuple(score.shape),
+                          fix="compute the scores on this model, just before pruning it")
+    return score
+
+
+def slice_heads(attn: Attention, keep: Tensor) -> None:
+    """Keep only the heads ``keep`` (increasing indices): q/k/v lose rows, out_proj columns; ``n_heads`` shrinks."""
+    o, idx = attn.out_proj, head_channels(keep, int(attn.head_dim))
+    for name in ("q_proj", "k_proj", "v_proj"):
+        lin = getattr(attn, name)
+        setattr(attn, name, _linear_like(lin, lin.weight.detach()[idx],
+                                         None if lin.bias is None else lin.bias.detach()[idx]))
+    attn.out_proj = _linear_like(o, o.weight.detach()[:, idx], None if o.bias is None else o.bias.detach())
+    attn.n_heads = int(keep.numel())
+
+
+def slice_neurons(ffn: FeedForward, keep: Tensor) -> None:
+    """Keep only the FFN hidden neurons ``keep`` (increasing indices): fc1 loses rows, fc2 columns."""
+    fc1, fc2 = ffn.fc1, ffn.fc2
+    ffn.fc1 = _linear_like(fc1, fc1.weight.detach()[keep], None if fc1.bias is None else fc1.bias.detach()[keep])
+    ffn.fc2 = _linear_like(fc2, fc2.weight.detach()[:, keep], None if fc2.bias is None else fc2.bias.detach())
+
+
+def _prune_heads(model: nn.Module, amount: float, scores: Scores) -> dict[str, object]:
     removed: list[int] = []
-    for attn in _unique(block.attn for block in getattr(model, "blocks", [])):
-        fqn = names[id(attn)]
+    for fqn, attn in attention_modules(model):
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            _check_plain(getattr(attn, proj), f"{fqn}.{proj}")
-        nh, hs = int(attn.n_heads), int(attn.head_dim)
-        n_remove = int(round(nh * amount))
-        if n_remove >= nh:
-            raise ConfigError(
-                f"removing {n_remove} of {nh} heads leaves none",
-                field="sparsity.amount", value=amount, fix="use a smaller amount",
-            )
+            check_plain(getattr(attn, proj), f"{fqn}.{proj}")
+        nh = int(attn.n_heads)
+        n_remove = heads_to_remove(nh, amount)
         removed.append(n_remove)
-        if n_remove == 0:
-            continue
-        o = attn.out_proj
-        idx = head_channels(top_indices(head_importance(attn), nh - n_remove), hs)
-        for name in ("q_proj", "k_proj", "v_proj"):
-            lin = getattr(attn, name)
-            setattr(attn, name, _linear_like(lin, lin.weight.detach()[idx],
-                                             None if lin.bias is None else lin.bias.detach()[idx]))
-        attn.out_proj = _linear_like(o, o.weight.detach()[:, idx], None if o.bias is None else o.bias.detach())
-        attn.n_heads = nh - n_remove
+        if n_remove:
+            slice_heads(attn, top_indices(_score(scores, fqn, nh), nh - n_remove))
     return {"heads_removed_per_layer": removed}
 
 
-def _prune_ffn(model: nn.Module, amount: float) -> dict[str, object]:
-    names = qualified_names(model)
+def _prune_ffn(model: nn.Module, amount: float, scores: Scores) -> dict[str, object]:
     removed: list[int] = []
-    for ffn in _unique(block.ffn for block in getattr(model, "blocks", [])):
-        fc1, fc2 = ffn.fc1, ffn.fc2
-        _check_plain(fc1, names[id(fc1)])
-        _check_plain(fc2, names[id(fc2)])
-        width = int(fc1.out_features)
-        n_remove = min(int(round(width * amount)), width - 1)
+    for fqn, ffn in ffn_modules(model):
+        check_plain(ffn.fc1, f"{fqn}.fc1")
+        check_plain(ffn.fc2, f"{fqn}.fc2")
+        width = int(ffn.fc1.out_features)
+        n_remove = neurons_to_remove(width, amount)
         removed.append(n_remove)
-        if n_remove == 0:
-            continue
-        idx = top_indices(neuron_importance(ffn), width - n_remove)
-        ffn.fc1 = _linear_like(fc1, fc1.weight.detach()[idx], None if fc1.bias is None else fc1.bias.detach()[idx])
-        ffn.fc2 = _linear_like(fc2, fc2.weight.detach()[:, idx], None if fc2.bias is None else fc2.bias.detach())
+        if n_remove:
+            slice_neurons(ffn, top_indices(_score(scores, fqn, width), width - n_remove))
     return {"neurons_removed_per_layer": removed}
 
 
-def _mask_linears(model: nn.Module, kind: str, amount: float) -> dict[str, object]:
-    names = qualified_names(model)
-    groups = layer_groups(model)
+def _mask_linears(model: nn.Module, kind: str, amount: float, scores: Scores) -> dict[str, object]:
     zeros = total = 0
     dense_tail = 0
-    for group in ("attention", "ffn"):
-        for module, pname in groups[group]:
-            if not isinstance(module, nn.Linear) or pname != "weight":
-                continue  # Linformer E/F are not Linear weights
-            w = module.weight
-            mask = magnitude_mask(w, amount) if kind == "magnitude" else two_four_mask(w)
-            if kind == "2:4":
-                dense_tail += int(w.shape[1] % 4)
-            parametrize.register_parametrization(module, "weight", WeightMask(mask))
-            zeros += int((~mask).sum())
-            total += mask.numel()
-            log.debug("masked %s: %.3f sparse", names[id(module)], float((~mask).float().mean()))
+    for fqn, module in masked_linears(model):  # Linformer E/F are not Linear weights
+        score = _score(scores, fqn, module.weight.numel()).view_as(module.weight)
+        mask = magnitude_mask(score, amount) if kind == "magnitude" else two_four_mask(score)
+        if kind == "2:4":
+            dense_tail += int(score.shape[1] % 4)
+        parametrize.register_parametrization(module, "weight", WeightMask(mask))
+        zeros += int((~mask).sum())
+        total += mask.numel()
+        log.debug("masked %s: %.3f sparse", fqn, float((~mask).float().mean()))
     details: dict[str, object] = {"sparsity_reached": zeros / total if total else 0.0, "masked_weights": total}
     if kind == "2:4" and dense_tail:
         details["dense_tail_inputs_per_row"] = dense_tail
     return details
 
 
-#: How a sparsity kind prunes: ``(model, amount) -> (details, kernels, simulated)``.
-Pruner = Callable[[nn.Module, float], tuple[dict[str, object], str, bool]]
+#: Kinds whose effect is a mask over dense matrices (``simulated``: no energy saving can come from it).
+SIMULATED_KINDS = ("magnitude", "2:4")
+
+
+def prune_label(config: PruneConfig) -> str:
+    """The ``kernels`` text of ``config``'s pruning; a non-default importance or schedule is named too."""
+    label = {
+        "none": "dense fp32 (no pruning)",
+        "heads": "structured head pruning (physically smaller dense matrices)",
+        "ffn": "structured FFN-neuron pruning (physically smaller dense matrices)",
+        "magnitude": f"unstructured magnitude mask {config.amount:.0%} (dense kernels, no energy saving)",
+        "2:4": "2:4 semi-structured mask (dense kernels; no 2:4 sparse kernel used)",
+    }[config.kind]
+    if (config.importance, config.schedule) != ("magnitude", "one_shot"):
+        label += f" [{config.importance} importance, {config.schedule.replace('_', '-')} schedule]"
+    return label
+
+
+#: How a sparsity kind prunes: ``(model, amount, scores) -> details`` (scores from :mod:`.importance`).
+Pruner = Callable[[nn.Module, float, Scores], dict[str, object]]
 #: One :data:`Pruner` per name of :data:`nas.vocab.SPARSITY_KIND`.
 PRUNERS: Registry[Pruner] = Registry(SPARSITY_KIND, "pruner")
-
-
-@PRUNERS.register("none")
-def _none(model: nn.Module, amount: float) -> tuple[dict[str, object], str, bool]:
-    return {}, "dense fp32 (no pruning)", False
-
-
-@PRUNERS.register("heads")
-def _heads(model: nn.Module, amount: float) -> tuple[dict[str, object], str, bool]:
-    return _prune_heads(model, amount), "structured head pruning (physically smaller dense matrices)", False
-
-
-@PRUNERS.register("ffn")
-def _ffn(model: nn.Module, amount: float) -> tuple[dict[str, object], str, bool]:
-    return _prune_ffn(model, amount), "structured FFN-neuron pruning (physically smaller dense matrices)", False
-
-
-@PRUNERS.register("magnitude")
-def _magnitude(model: nn.Module, amount: float) -> tuple[dict[str, object], str, bool]:
-    return (_mask_linears(model, "magnitude", amount),
-            f"unstructured magnitude mask {amount:.0%} (dense kernels, no energy saving)", True)
-
-
-@PRUNERS.register("2:4")
-def _two_four(model: nn.Module, amount: float) -> tuple[dict[str, object], str, bool]:
-    return (_mask_linears(model, "2:4", 0.5),
-            "2:4 semi-structured mask (dense kernels; no 2:4 sparse kernel used)", True)
-
-
+PRUNERS.register("none")(lambda model, amount, scores: {})
+PRUNERS.register("heads")(_prune_heads)
+PRUNERS.register("ffn")(_prune_ffn)
+PRUNERS.register("magnitude")(lambda model, amount, scores: _mask_linears(model, "magnitude", amount, scores))
+PRUNERS.register("2:4")(lambda model, amount, scores: _mask_linears(model, "2:4", 0.5, scores))
 PRUNERS.require_complete()
 
 
-def prune_(model: nn.Module, prune_config: PruneConfig) -> CompressionReport:
-    """Prune a model in place (see the module docstring for each kind).
+def importance_scores(model: nn.Module, config: PruneConfig,
+                      batch_losses: BatchLosses | None) -> tuple[Scores, dict[str, object]]:
+    """The scores ``config.importance`` ranks ``config.kind``'s units by, and the report's words for them.
+
+    ``taylor`` without ``batch_losses`` (a rebuild that loads trained weights next: only shapes matter) ranks
+    by magnitude, and says so.
+    """
+    importance = config.importance
+    facts: dict[str, object] = {"importance": importance}
+    if importance == "taylor" and batch_losses is None:
+        log.info("taylor importance without training batches: ranking by magnitude (shapes only)")
+        importance = "magnitude"
+        facts = {"importance": "magnitude", "importance_asked": "taylor (no training batches given)"}
+    return IMPORTANCE.lookup(importance)(model, config.kind, batch_losses), facts
+
+
+def prune_(model: nn.Module, prune_config: PruneConfig, *,
+           batch_losses: BatchLosses | None = None) -> CompressionReport:
+    """Prune a model in place, at once, to ``prune_config.amount`` (see the module docstring for each kind).
 
     Args:
         model: A model from :func:`nas.models.build`.
-        prune_config: Kind and amount.
+        prune_config: Kind, amount and importance (its ``schedule`` is the caller's: this prunes at once).
+        batch_losses: The task loss of a few training batches (:data:`~nas.compress.importance.BatchLosses`),
+            read by ``importance: taylor``.
 
     Returns:
         A :class:`CompressionReport`. Masks (``magnitude``, ``2:4``) are ``simulated=True``: dense kernels
         still multiply the zeros. Structured kinds are ``simulated=False``: the matrices are smaller.
+        ``details`` names the importance used.
 
     Raises:
         ConfigError: If the config is not a PruneConfig, its kind is unknown, a structured prune would
@@ -264,11 +284,17 @@ def prune_(model: nn.Module, prune_config: PruneConfig) -> CompressionReport:
                           field="prune_config", fix="pass nas.config.PruneConfig(...)")
     before = num_params(model)
     kind, amount = prune_config.kind, prune_config.amount
-    details, kernels, simulated = PRUNERS.lookup(kind)(model, amount)
+    pruner = PRUNERS.lookup(kind)
+    kernels, simulated = prune_label(prune_config), kind in SIMULATED_KINDS
     if prune_config.is_noop:
         return CompressionReport(kernels=kernels, simulated=simulated, params_before=before,
                                  params_after=before, details={"step": "prune", "kind": "none"})
+    scores, facts = importance_scores(model, prune_config, batch_losses)
+    facts["schedule"] = "one_shot"
+    if prune_config.schedule != "one_shot":  # a rebuild of a gradual trial: the same shapes, at once
+        facts["schedule_asked"] = f"{prune_config.schedule} (pruned at once here)"
+    details = pruner(model, amount, scores)
     after = num_params(model)
-    log.info("prune_ %s(%.2f): params %d -> %d", kind, amount, before, after)
+    log.info("prune_ %s(%.2f, %s): params %d -> %d", kind, amount, facts["importance"], before, after)
     return CompressionReport(kernels=kernels, simulated=simulated, params_before=before, params_after=after,
-                             details={"step": "prune", "kind": kind, "amount": amount, **details})
+                             details={"step": "prune", "kind": kind, "amount": amount, **facts, **details})

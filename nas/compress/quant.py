@@ -16,6 +16,7 @@ recomputation costs time and energy that a real low-bit kernel would not spend: 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from nas.errors import ConfigError
 from ._util import LayerGroups, bake_all_parametrizations, layer_groups, num_params, qualified_names
 from .report import CompressionReport
 
-__all__ = ["FakeQuantize", "quantize_", "convert_int8_for_cpu", "int8_backend", "fake_quant_description"]
+__all__ = ["FakeQuantize", "QuantGrid", "TERNARY_THRESHOLD", "quantize_", "convert_int8_for_cpu", "int8_backend", "fake_quant_description"]
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +43,71 @@ FilterFn = Callable[[nn.Module, str], bool]
 _GROUP_BITS = {"embedding": "embedding_bits", "attention": "attention_bits", "ffn": "ffn_bits"}
 
 
-class FakeQuantize(nn.Module):
-    """Parametrization ``w -> dequant(quant(w))`` on a uniform grid, with a straight-through gradient.
+#: 0.7 x mean|w|: TernaryBERT's threshold (Zhang et al., 2020, after Li & Liu's ternary weight networks).
+TERNARY_THRESHOLD = 0.7
 
-    Symmetric: ``q = clamp(round(w / s), -(2^(b-1) - 1), 2^(b-1) - 1)``, ``s = max|w| / (2^(b-1) - 1)``
-    (the restricted range, so 0 is exact and the grid is symmetric; 2 bits is ternary).
-    Asymmetric: ``q = clamp(round(w / s) + z, 0, 2^b - 1)``, ``s = (max - min) / (2^b - 1)`` with the
-    range widened to include 0 and an integer zero-point ``z``, so 0 stays exact (pruned zeros survive).
-    Per-channel uses one (s, z) per output row (dim 0); per-tensor one for the whole tensor.
+
+@dataclasses.dataclass(frozen=True)
+class QuantGrid:
+    """A weight on its grid: ``value = (codes - zero_point) * scale``, exactly what the forward returns.
+
+    Attributes:
+        codes: Unsigned integer codes, ``0 .. 2**storage_bits - 1`` (int64, the weight's shape).
+        scale: One scale per output channel (shape ``(out, 1, ...)``) or per tensor.
+        zero_point: The same shape as ``scale``: an integer code for uniform grids, 0.5 for binary
+            (scale ``2a``, so the values are ``(c - 0.5) * 2a = +-a``), 1 for ternary.
+        storage_bits: Bits per stored code (ternary: 2).
+    """
+
+    codes: Tensor
+    scale: Tensor
+    zero_point: Tensor
+    storage_bits: int
+
+    def value(self) -> Tensor:
+        """The dequantized weight."""
+        out: Tensor = (self.codes.to(self.scale.dtype) - self.zero_point) * self.scale
+        return out
+
+
+def _channel_stat(x: Tensor, per_channel: bool, op: str) -> Tensor:
+    """``x.amax/amin/mean/sum`` over every dim but 0 (kept, for broadcasting) when ``per_channel``, else over all."""
+    if per_channel and x.dim() > 1:
+        return cast(Tensor, getattr(x, op)(dim=tuple(range(1, x.dim())), keepdim=True))
+    return cast(Tensor, getattr(x, op)())
+
+
+class FakeQuantize(nn.Module):
+    """Parametrization ``w -> dequant(quant(w))`` with a straight-through gradient.
+
+    Grids (:meth:`grid`), per output row (dim 0) with ``per_channel`` or one for the tensor:
+
+    * uniform symmetric (16 > bits >= 2): ``q = clamp(round(w / s), -(2^(b-1) - 1), 2^(b-1) - 1)``,
+      ``s = max|w| / (2^(b-1) - 1)`` (the restricted range, so 0 is exact; 2 bits gives {-s, 0, s} with
+      ``s = max|w|``);
+    * uniform asymmetric: ``q = clamp(round(w / s) + z, 0, 2^b - 1)``, ``s = (max - min) / (2^b - 1)`` with
+      the range widened to include 0 and an integer zero-point ``z``, so 0 stays exact;
+    * ``bits == 1``, binary (BinaryBERT, Bai et al., 2021; XNOR-Net's scale): ``sign(w) * a`` with
+      ``a = mean|w|``;
+    * ``bits == "ternary"`` (TernaryBERT, Zhang et al., 2020): ``a * sign(w)`` where ``|w| > 0.7 mean|w|``,
+      else 0, with ``a`` the mean ``|w|`` above that threshold. Stored in 2-bit codes.
+
+    Binary and ternary have their own symmetric rule: ``scheme`` applies to the uniform grids only.
     ``bits == 16`` rounds to bfloat16 and back (a bf16 storage simulation).
 
-    The forward value is exactly the dequantized tensor: the STE is written ``deq + (w - w.detach())``,
-    which adds an exact zero, so per-channel values lie on the grid bit for bit.
+    The forward value is exactly :meth:`QuantGrid.value`: the STE is written ``deq + (w - w.detach())``,
+    which adds an exact zero, so the values lie on the grid bit for bit.
 
     Args:
-        bits: 16, 8, 4 or 2.
+        bits: 16, 8, 4, 2, 1 or ``"ternary"``.
         scheme: ``"symmetric"`` or ``"asymmetric"``.
         granularity: ``"per_channel"`` or ``"per_tensor"``.
     """
 
-    def __init__(self, bits: int, scheme: str = "symmetric", granularity: str = "per_channel") -> None:
+    def __init__(self, bits: int | str, scheme: str = "symmetric", granularity: str = "per_channel") -> None:
         super().__init__()
-        if bits not in (16, 8, 4, 2):
-            raise ConfigError("fake-quant bit-width must be 16, 8, 4 or 2", field="bits", value=bits,
+        if bits not in (16, 8, 4, 2, 1, "ternary"):
+            raise ConfigError("fake-quant bit-width must be 16, 8, 4, 2, 1 or ternary", field="bits", value=bits,
                               fix="use 32 to leave a group unquantized")
         if scheme not in ("symmetric", "asymmetric"):
             raise ConfigError("unknown quantization scheme", field="quant.scheme", value=scheme,
@@ -80,50 +123,67 @@ class FakeQuantize(nn.Module):
         """The bit-width, scheme and granularity, for ``print(model)``."""
         return f"bits={self.bits}, scheme={self.scheme}, granularity={self.granularity}"
 
+    @property
+    def storage_bits(self) -> int:
+        """Bits per stored weight: 2 for ternary, else the bit-width."""
+        return 2 if self.bits == "ternary" else int(self.bits)
+
+    @property
+    def stores_zero_point(self) -> bool:
+        """Whether each channel stores a zero-point (uniform asymmetric only; the others' is implied)."""
+        return self.scheme == "asymmetric" and self.bits not in (1, "ternary", 16)
+
     def n_channels(self, shape: torch.Size) -> int:
-        """Number of (scale, zero-point) pairs stored for a weight of ``shape``."""
+        """Number of scales (and zero-points) stored for a weight of ``shape``."""
         if self.bits == 16:
             return 0
         return int(shape[0]) if self.granularity == "per_channel" and len(shape) > 1 else 1
+
+    def grid(self, w: Tensor) -> QuantGrid:
+        """``w`` (detached) on this quantizer's grid: codes, scales and zero-points (not for 16 bits)."""
+        w = w.detach()
+        per = self.granularity == "per_channel"
+        tiny = torch.finfo(w.dtype).tiny
+        if self.bits == 1:
+            scale = 2 * _channel_stat(w.abs(), per, "mean")
+            return QuantGrid((w >= 0).long(), scale, torch.full_like(scale, 0.5), 1)
+        if self.bits == "ternary":
+            keep = w.abs() > TERNARY_THRESHOLD * _channel_stat(w.abs(), per, "mean")
+            n_kept = _channel_stat(keep.to(w.dtype), per, "sum").clamp(min=1.0)
+            scale = _channel_stat(w.abs() * keep, per, "sum") / n_kept
+            return QuantGrid((torch.sign(w) * keep + 1).long(), scale, torch.ones_like(scale), 2)
+        w_min, w_max = _channel_stat(w, per, "amin"), _channel_stat(w, per, "amax")
+        bits = int(self.bits)
+        if self.scheme == "symmetric":
+            q_max = 2 ** (bits - 1) - 1
+            scale = (torch.maximum(w_max.abs(), w_min.abs()) / q_max).clamp(min=tiny)
+            q = torch.clamp(torch.round(w / scale), -q_max, q_max)
+            return QuantGrid((q + q_max).long(), scale, torch.full_like(scale, float(q_max)), bits)
+        levels = 2**bits - 1
+        lo, hi = w_min.clamp(max=0.0), w_max.clamp(min=0.0)
+        scale = ((hi - lo) / levels).clamp(min=tiny)
+        zero_point = torch.round(-lo / scale)
+        q = torch.clamp(torch.round(w / scale) + zero_point, 0, levels)
+        return QuantGrid(q.long(), scale, zero_point, bits)
 
     def forward(self, w: Tensor) -> Tensor:
         """The dequantized weight (its value on the grid), with a straight-through gradient."""
         if self.bits == 16:
             deq = w.to(torch.bfloat16).to(w.dtype)
             return deq.detach() + (w - w.detach())
-        if self.granularity == "per_channel" and w.dim() > 1:
-            dims = tuple(range(1, w.dim()))
-            w_min = w.detach().amin(dim=dims, keepdim=True)  # (out, 1, ...)
-            w_max = w.detach().amax(dim=dims, keepdim=True)
-        else:
-            w_min = w.detach().amin()
-            w_max = w.detach().amax()
-        tiny = torch.finfo(w.dtype).tiny
-        if self.scheme == "symmetric":
-            q_max = 2 ** (self.bits - 1) - 1
-            scale = (torch.maximum(w_max.abs(), w_min.abs()) / q_max).clamp(min=tiny)
-            q = torch.clamp(torch.round(w.detach() / scale), -q_max, q_max)
-            deq = q * scale
-        else:
-            levels = 2**self.bits - 1
-            lo = w_min.clamp(max=0.0)
-            hi = w_max.clamp(min=0.0)
-            scale = ((hi - lo) / levels).clamp(min=tiny)
-            zero_point = torch.round(-lo / scale)
-            q = torch.clamp(torch.round(w.detach() / scale) + zero_point, 0, levels)
-            deq = (q - zero_point) * scale
-        out: Tensor = deq + (w - w.detach())  # value == deq exactly; d/dw == 1 (straight-through)
+        out: Tensor = self.grid(w).value() + (w - w.detach())  # value == grid exactly; d/dw == 1 (STE)
         return out
 
 
 def fake_quant_description(cfg: QuantConfig) -> str:
     """Human-readable ``kernels`` text for a fake-quant config."""
+    names = {16: "bf16", 1: "binary", "ternary": "ternary"}
     parts = []
     for group, attr in _GROUP_BITS.items():
         bits = getattr(cfg, attr)
         if bits == 32:
             continue
-        parts.append(f"{group} {'bf16' if bits == 16 else f'int{bits}'}")
+        parts.append(f"{group} {names.get(bits, f'int{bits}')}")
     if not parts:
         return "dense fp32 (no quantization)"
     grid = f"{cfg.granularity.replace('_', '-')} {cfg.scheme}"
@@ -280,8 +340,8 @@ def _int8_kernels(quant_config: QuantConfig, groups: LayerGroups, engine: str, n
 
     Embeddings, Linformer E/F and groups at bit-widths other than 8 keep fake-quant (fp32 compute).
     """
-    rest = [g for g in ("embedding",) if getattr(quant_config, _GROUP_BITS[g]) < 32]
-    lowrank_fake = any(pname in ("E", "F") for _, pname in groups["attention"]) and quant_config.attention_bits < 32
+    rest = [g for g in ("embedding",) if getattr(quant_config, _GROUP_BITS[g]) != 32]
+    lowrank_fake = any(pname in ("E", "F") for _, pname in groups["attention"]) and quant_config.attention_bits != 32
     simulated_rest = bool(rest) or lowrank_fake or any(
         getattr(quant_config, _GROUP_BITS[g]) not in (8, 32) for g in ("attention", "ffn")
     )

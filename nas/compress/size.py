@@ -13,10 +13,12 @@ from ._util import packed_int8_linears
 from .prune import WeightMask
 from .quant import FakeQuantize
 
-__all__ = ["model_size_bytes", "SCALE_BYTES"]
+__all__ = ["model_size_bytes", "SCALE_BYTES", "ZERO_POINT_BYTES"]
 
 #: Bytes per stored quantization scale (fp32).
 SCALE_BYTES = 4
+#: Bytes per stored zero-point (a code of at most 8 bits).
+ZERO_POINT_BYTES = 1
 # Quantization schemes that keep one scale per output channel.
 _PER_CHANNEL_SCHEMES: tuple[object, ...] = (
     torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams,
@@ -28,9 +30,10 @@ def model_size_bytes(model: nn.Module) -> int:
 
     Accounting rules:
 
-    - a fake-quantized weight counts ``ceil(numel * bits / 8)`` bytes plus one fp32 scale per channel
-      (or per tensor), plus one zero-point of ``ceil(bits / 8)`` bytes each when asymmetric;
-      bf16 (16-bit) weights count 2 bytes per element and no scale;
+    - a fake-quantized weight counts what :mod:`nas.compress.pack` writes: ``ceil(numel * bits / 8)``
+      bytes of packed codes (binary 1 bit, ternary 2), one fp32 scale per channel (or per tensor), and
+      one zero-point byte per scale for uniform asymmetric grids; bf16 (16-bit) weights count 2 bytes
+      per element and no scale;
     - an int8 dynamic Linear counts 1 byte per weight, an fp32 scale per channel and its fp32 bias;
     - structurally pruned heads/neurons are gone from the matrices, so they cost nothing;
     - masked (magnitude, 2:4) weights are counted **dense**: no sparse storage format is used, and the
@@ -80,13 +83,18 @@ def _fake_quant_bytes(model: nn.Module, counted: set[int]) -> int:
 
 
 def _quantized_tensor_bytes(original: Tensor, q: FakeQuantize) -> int:
-    """Bytes of one weight stored at ``q``'s bit-width, with its scales and zero-points (bf16: none)."""
+    """Bytes of one weight stored as :mod:`nas.compress.pack` stores it: packed codes, scales, zero-points.
+
+    ``ceil(numel * storage_bits / 8)`` bytes of codes (binary 1 bit, ternary 2), one fp32 scale per channel
+    (or per tensor) and, for uniform asymmetric grids, one zero-point byte per scale; bf16 is 2 bytes per
+    element and no scale.
+    """
     if q.bits == 16:
         return original.numel() * 2
     n_ch = q.n_channels(original.shape)
-    total = math.ceil(original.numel() * q.bits / 8) + n_ch * SCALE_BYTES
-    if q.scheme == "asymmetric":
-        total += n_ch * math.ceil(q.bits / 8)
+    total = math.ceil(original.numel() * q.storage_bits / 8) + n_ch * SCALE_BYTES
+    if q.stores_zero_point:
+        total += n_ch * ZERO_POINT_BYTES
     return total
 
 

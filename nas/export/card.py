@@ -213,7 +213,7 @@ def render_card(c: CardInputs) -> str:
     """The ``README.md`` text."""
     cand = c.search.candidate
     depth = f"{len(cand.kept_layers)} of {cand.n_layers}" if len(cand.kept_layers) < cand.n_layers else f"{cand.n_layers}"
-    title = (f"{depth} x d{cand.d_model} {cand.attention.kind} encoder, {cand.weight_bits}-bit, "
+    title = (f"{depth} x d{cand.d_model} {cand.attention.kind} encoder, {cand.quant.bits_label}, "
              f"sparsity {cand.sparsity.kind}")
     final_inf = c.final.inference if c.final else None
     out = [

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nas.compress import materialize_
+from nas.compress.pack import pack_plan
 from nas.config import Candidate
 from nas.errors import ConfigError, ExportError
 from nas.records import TrialResult
@@ -257,11 +258,12 @@ def _prepare(src: TrialSource, weights: _Weights, study: str, trial_number: int)
     """
     saved, task, cand = weights.saved, weights.task, src.candidate
     model = saved.model.cpu().eval()
+    plan = pack_plan(model)  # the grids, taken before they are baked in: the hf folder stores them packed
     materialize_(model)  # plain weights: the graphs hold no fake-quant arithmetic or masks
     labels = [str(x) for x in saved.info["label_names"]]
     loaded = LoadedModel(model, saved.tokenizer, labels, int(saved.info["max_len"]), cand,
                          meta={"task": src.view.result.task if src.view.result else src.spec.task,
-                               "study": study, "trial": trial_number})
+                               "study": study, "trial": trial_number}, pack=plan)
     dev_ids, dev_mask = task.dev_ids.numpy(), task.dev_mask.numpy()
     parts = batches(dev_ids, dev_mask)
     reference = reference_logits(loaded.logits_from_ids, parts)

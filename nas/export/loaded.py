@@ -3,11 +3,14 @@
 Layout of ``hf/``::
 
     config.json         model_type "energy-nas": the candidate, labels, vocabulary size, sequence length
-    model.safetensors   plain weights: masks and fake-quant grids baked in (nas.compress.materialize_)
+    model.safetensors   the weights, masks baked in; quantized weights packed as integer codes with their
+                        scales (nas.compress.pack: 1, 2, 4 and 8 bits, ternary in 2; bf16 as bfloat16),
+                        every other tensor fp32
     tokenizer.json      the trial's tokenizer (plus nas_tokenizer.json, or a teacher's HF tokenizer files)
 
 The model is rebuilt from the candidate alone (build, the candidate's compression for the pruned
-shapes, materialize) and the weights are loaded strictly, so a folder that does not match its config
+shapes, materialize), the packed weights are unpacked to the exact values the model computed with, and
+the weights are loaded strictly, so a folder that does not match its config
 fails loudly instead of predicting nonsense.
 """
 
@@ -21,11 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from evaluators.metrics import trim_batch
 from evaluators.tokenize import load_tokenizer
 from nas.compress import apply_candidate_compression, materialize_
+from nas.compress.pack import PackPlan, pack_state, unpack_state
 from nas.config import Candidate, validate
 from nas.errors import ExportError, NASError
 from nas.models import build, load_unique_state, unique_state
@@ -42,8 +47,8 @@ log = logging.getLogger(__name__)
 
 #: ``model_type`` written to ``config.json``.
 MODEL_TYPE = "energy-nas"
-#: Version of the ``hf/`` folder layout.
-HF_FORMAT_VERSION = 1
+#: Version of the ``hf/`` folder layout (2: quantized weights packed; a version-1 folder loads as before).
+HF_FORMAT_VERSION = 2
 _BATCH = 128
 
 
@@ -69,11 +74,14 @@ class LoadedModel:
         max_len: Tokens per encoded row (``[CLS]``/``[SEP]`` included).
         candidate: The candidate the model was built from.
         meta: The rest of ``config.json`` (task, study, trial).
+        pack: How :meth:`save` packs the quantized weights (:func:`nas.compress.pack.pack_plan` of the
+            model before its grids were baked in); none: every weight is written fp32.
     """
 
     def __init__(self, model: nn.Module, tokenizer: TextTokenizer, labels: Sequence[str], max_len: int,
-                 candidate: Candidate, meta: dict[str, Any] | None = None) -> None:
+                 candidate: Candidate, meta: dict[str, Any] | None = None, pack: PackPlan | None = None) -> None:
         self.model = model.eval()
+        self.pack = pack or PackPlan()
         self.tokenizer = tokenizer
         self.labels = tuple(labels)
         self.max_len = int(max_len)
@@ -128,7 +136,8 @@ class LoadedModel:
     def save(self, folder: Path) -> Path:
         """Write the ``hf/`` layout into ``folder`` (created if needed) and return it."""
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(unique_state(self.model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+        state, packed = pack_state(unique_state(self.model), self.pack)
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt", **packed})
         config = {
             "model_type": MODEL_TYPE,
             "architectures": ["EncoderClassifier"],
@@ -141,7 +150,8 @@ class LoadedModel:
             "max_len": self.max_len,
             "pad_token_id": self.tokenizer.pad_id,
             "tokenizer_kind": self.tokenizer.kind,
-            "weights": "plain fp32; pruning masks and fake-quant grids baked in",
+            "weights": ("quantized weights packed as integer codes with fp32 scales (nas.compress.pack); "
+                        "pruning masks baked in" if self.pack else "plain fp32; pruning masks baked in"),
             **{k: v for k, v in self.meta.items() if k not in ("candidate",)},
         }
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -210,7 +220,10 @@ def load(path: str | Path) -> LoadedModel:
     if not weights.is_file():
         raise ExportError(f"{folder}: model.safetensors is missing", field="path", fix="re-export the model")
     try:
-        state = load_file(str(weights))
+        with safe_open(str(weights), framework="pt") as f:
+            state, plan = unpack_state({k: f.get_tensor(k) for k in f.keys()}, f.metadata())  # noqa: SIM118
+    except ExportError:
+        raise
     except Exception as e:  # safetensors raises its own SafetensorError on a damaged file
         raise ExportError(f"{weights}: unreadable ({' '.join(str(e).split())})", field="model.safetensors",
                           fix="re-export the model") from e
@@ -228,4 +241,4 @@ def load(path: str | Path) -> LoadedModel:
                           field="tokenizer.json", fix="re-export the model") from e
     meta: dict[str, Any] = {k: config[k] for k in ("task", "study", "trial") if k in config}
     log.debug("loaded %s from %s", candidate.attention.kind, folder)
-    return LoadedModel(model, tokenizer, labels, config["max_len"], candidate, meta)
+    return LoadedModel(model, tokenizer, labels, config["max_len"], candidate, meta, pack=plan)

@@ -11,7 +11,9 @@ The int8 companion (``onnx/model.int8.onnx``) is made with
 the groups the candidate stores in 8 bits (attention and FFN ``MatMul``, embedding ``Gather``). Which
 graph node belongs to which layer is found by matching each node's weight initializer with the model's
 parameters, so a candidate with 8-bit FFN but 32-bit attention keeps fp32 attention. 4- and 2-bit groups
-have no onnxruntime kernel: they are exported as their dequantized fp32 values (exact, but no saving).
+have no onnxruntime kernel: ``onnx/model.onnx`` stores every quantized weight as packed integer codes with a
+small opset-18 subgraph that rebuilds its fp32 values, which onnxruntime folds once at session start
+(:mod:`.onnx_pack`): the file is small, inference runs in fp32 (exact, no energy saving).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from nas.models import LogitsOnly
 
 from .base import ExportedFile, Exporter, ExportInputs, Runner
 from .formats import register_exporter
+from .onnx_pack import pack_onnx
 
 __all__ = ["OnnxExporter", "OPSET", "onnx_runner", "int8_groups", "write_onnx"]
 
@@ -139,16 +142,19 @@ class OnnxExporter(Exporter):
         path = out / "model.onnx"
         write_onnx(inputs.model, torch.from_numpy(inputs.example_ids), torch.from_numpy(inputs.example_mask),
                    path, max_len=inputs.candidate.max_len)
-        run, engine = onnx_runner(path)
-        files = [ExportedFile("onnx", path.relative_to(folder), run, engine)]
         groups = int8_groups(inputs.candidate)
-        if groups:
+        extra: list[ExportedFile] = []
+        if groups:  # quantized from the fp32 graph, before its low-bit weights are packed
             int8_path = out / "model.int8.onnx"
             self._quantize(path, int8_path, inputs, groups)
             run8, engine8 = onnx_runner(int8_path)
-            files.append(ExportedFile("onnx-int8", int8_path.relative_to(folder), run8,
+            extra.append(ExportedFile("onnx-int8", int8_path.relative_to(folder), run8,
                                       f"{engine8}, int8 dynamic ({', '.join(groups)})"))
-        return files
+        packed = pack_onnx(path, inputs.loaded.pack, inputs.model.state_dict()) if inputs.loaded.pack.grids else []
+        run, engine = onnx_runner(path)
+        if packed:
+            engine += f", {len(packed)} low-bit weights packed (unpacked once at session start)"
+        return [ExportedFile("onnx", path.relative_to(folder), run, engine), *extra]
 
     @staticmethod
     def _quantize(src: Path, dst: Path, inputs: ExportInputs, groups: list[str]) -> None:

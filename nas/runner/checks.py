@@ -160,6 +160,7 @@ def _field_of(knob: str) -> tuple[Any, str] | None:
         "attention_bits": (QuantConfig, "attention_bits"), "ffn_bits": (QuantConfig, "ffn_bits"),
         "quant_scheme": (QuantConfig, "scheme"), "quant_granularity": (QuantConfig, "granularity"),
         "sparsity": (PruneConfig, "kind"), "sparsity_amount": (PruneConfig, "amount"),
+        "prune_importance": (PruneConfig, "importance"), "prune_schedule": (PruneConfig, "schedule"),
         "distill": (DistillConfig, "kind"), "kd_temperature": (DistillConfig, "temperature"),
         "kd_alpha": (DistillConfig, "alpha"),
     }
@@ -202,6 +203,8 @@ def _variants(space: SearchSpace) -> list[tuple[str, Any, dict[str, Any]]]:
     if amount_kinds:
         variants += [("sparsity_amount", v, {"sparsity": amount_kinds[0], "sparsity_amount": v})
                      for v in space.sparsity_amount]
+        variants += [(n, v, {"sparsity": amount_kinds[0], n: v}) for n in ("prune_importance", "prune_schedule")
+                     for v in getattr(space, n)]
     distills = [d for d in space.distill if d != "none"]
     if distills:
         for name in ("kd_temperature", "kd_alpha"):
@@ -225,6 +228,8 @@ def check_space(spec: StudySpec) -> SearchSpace:
     base: dict[str, Any] = {name: value[0] for name, value in checked.model_dump().items() if isinstance(value, list)}
     for name in ("sparsity_amount", "kd_temperature", "kd_alpha"):
         base[name] = getattr(checked, name)[0]
+    for i in range(max(checked.n_layers)):  # the per-layer knobs of layer_shapes: per_layer
+        base[f"n_heads_{i}"], base[f"ffn_ratio_{i}"] = checked.n_heads[0], checked.ffn_ratio[0]
     try:
         suggest(ReplayTrial(base), checked)
     except ValidationError as e:
