@@ -112,13 +112,14 @@ def _alive(pid: int, created: float) -> bool:
         return False
 
 
-@pytest.mark.parametrize("kind", ["tpe", "gp"])
+@pytest.mark.parametrize("kind", ["tpe", "gp", "evolution"])
 def test_kill_9_of_the_driver_then_resume(tmp_path: Path, kind: str) -> None:
     """Nothing lost or duplicated, the budget finished, no Ray process left, nothing in the temp dir, Optuna
-    and our tables agree; the resumed GP proposes again."""
+    and our tables agree; the resumed GP proposes again; the resumed evolution breeds from the stored trials."""
     db = tmp_path / "nas.db"
     spec = small_spec("k9", db, trials=6)
-    spec["sampler"] = {"kind": kind, "seed": 0, "n_startup_trials": 3 if kind == "tpe" else 2}
+    spec["sampler"] = ({"kind": kind, "seed": 0, "population": 3, "sample_size": 2} if kind == "evolution" else
+                       {"kind": kind, "seed": 0, "n_startup_trials": 3 if kind == "tpe" else 2})
     path = write_spec(tmp_path, spec)
     env = {**os.environ, **_env(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "nas", "search", str(path), "--quiet", "--db", str(db)],
@@ -162,6 +163,15 @@ def test_kill_9_of_the_driver_then_resume(tmp_path: Path, kind: str) -> None:
         resumed = [t for t in optuna.load_study(study_name="k9", storage=f"sqlite:///{db}").trials
                    if t.number > asked_before_kill]
         assert resumed and any(k.startswith("gp:relative_params") for t in resumed for k in t.system_attrs)
+    if kind == "evolution":  # the resumed driver's sampler read the population from the database
+        import optuna
+
+        from nas.runner.evolution import PARENT_KEY
+
+        trials = optuna.load_study(study_name="k9", storage=f"sqlite:///{db}").trials
+        complete = {t.number for t in trials if t.state == optuna.trial.TrialState.COMPLETE}
+        children = [t for t in trials if t.number > asked_before_kill and PARENT_KEY in t.system_attrs]
+        assert children and all(t.system_attrs[PARENT_KEY] in complete for t in children)
 
 
 def test_rerunning_the_same_spec_draws_new_candidates(tmp_path: Path) -> None:
