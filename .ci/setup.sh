@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up ./.venv with energy-nas and everything it needs, on a fresh machine.
 #
-#   bash .ci/setup.sh          # the service: torch, optuna, ray[tune], sqlalchemy, codecarbon, onnx, dashboard
+#   bash .ci/setup.sh          # the service: torch, optuna, ray[tune], sqlalchemy, codecarbon, onnx, dashboard,
+#                              # wandb, optuna-dashboard (every extra in `all`; tensorrt is not: GPU machines only)
 #   bash .ci/setup.sh --test   # plus test tools, Debian's chromium (browser tests) and PostgreSQL (storage tests)
 #
 # torch: on a machine without an NVIDIA GPU this installs the CPU wheel (torch==2.13.0, which these

@@ -20,15 +20,16 @@ from gpu_campaign import Campaign, energy_row, target
 from gpu_parts import DRY_VOCAB, VOCAB
 from torch import nn
 
+from evaluators.forms import CudaGraphForm, OrtForm
 from evaluators.measure import make_inputs, measure_inference
 from evaluators.meters import make_meter
 from evaluators.metrics import evaluate
 from evaluators.tasks import load_task
 from evaluators.train import build_for_task, train
 from nas.compress.prune import two_four_mask
+from nas.compress.sparse24 import TWO_FOUR_KERNELS, convert_two_four_
 from nas.config import TrainConfig
 from nas.errors import NASError
-from nas.export.forms import CudaGraphForm, OrtForm
 from nas.models import build
 
 __all__ = ["served_forms", "kernels", "FORMS"]
@@ -122,19 +123,12 @@ def _int8_weight_only(model: nn.Module) -> tuple[nn.Module, str]:
 
 def _two_four(model: nn.Module, device: str) -> tuple[nn.Module, str]:
     m = _bf16(model)
-    real = device.startswith("cuda") and torch.cuda.get_device_capability(device)[0] >= 8
-    n = 0
     for mod in m.modules():
         if isinstance(mod, nn.Linear) and mod.weight.shape[0] % 64 == 0 and mod.weight.shape[1] % 64 == 0:
-            w = mod.weight.detach() * two_four_mask(mod.weight.detach())
-            if real:
-                from torch.sparse import to_sparse_semi_structured
-                mod.weight = nn.Parameter(to_sparse_semi_structured(w), requires_grad=False)
-            else:
-                mod.weight = nn.Parameter(w, requires_grad=False)
-            n += 1
-    label = "2:4 semi-structured sparse (torch cuSPARSELt/CUTLASS)" if real else "2:4 mask on dense kernels"
-    return m, f"{label}, {n} Linear layers, one-shot magnitude mask, no fine-tuning"
+            mod.weight = nn.Parameter(mod.weight.detach() * two_four_mask(mod.weight.detach()), requires_grad=False)
+    done, reason = convert_two_four_(m, device, "bfloat16")
+    label = f"{TWO_FOUR_KERNELS}, {len(done)} Linear layers" if done else f"2:4 mask on dense kernels ({reason})"
+    return m, f"{label}, one-shot magnitude mask, no fine-tuning"
 
 
 def kernels(c: Campaign) -> dict[str, Any]:

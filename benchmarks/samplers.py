@@ -78,6 +78,17 @@ def curve_points(store: Any, study: str) -> tuple[list[list[float]], list[float]
     return pts, cum
 
 
+def _commit() -> str | None:
+    """The git commit the benchmark ran at (None outside a checkout)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=16)
@@ -86,9 +97,12 @@ def main() -> None:
     ap.add_argument("--task", default="builtin:sentiment")
     ap.add_argument("--db", default="benchmarks/results/samplers.db")
     ap.add_argument("--out", default="benchmarks/results/samplers.json")
+    ap.add_argument("--samplers", nargs="+", choices=SAMPLERS, default=list(SAMPLERS),
+                    help="which samplers to run (random is always added: it is the baseline)")
     ap.add_argument("--fresh", action="store_true",
                     help="delete --db first; by default a rerun keeps its complete studies and resumes the rest")
     args = ap.parse_args()
+    samplers = ["random", *[s for s in args.samplers if s != "random"]]
 
     import nas
     from nas.dominance import hypervolume_curve
@@ -99,7 +113,7 @@ def main() -> None:
         Path(args.db).unlink(missing_ok=True)
     t0 = time.time()
     for seed in args.seeds:
-        for sampler in SAMPLERS:
+        for sampler in samplers:
             t, name = time.time(), f"{sampler}-s{seed}"
             with Store.open(args.db) as store:
                 status = {s.name: s.status for s in store.list_studies()}.get(name)
@@ -115,13 +129,13 @@ def main() -> None:
     directions = ["maximize", "minimize"]
     per_seed = []
     for seed in args.seeds:
-        data = {s: curve_points(store, f"{s}-s{seed}") for s in SAMPLERS}
-        allpts = np.array([p for s in SAMPLERS for p in data[s][0]])
+        data = {s: curve_points(store, f"{s}-s{seed}") for s in samplers}
+        allpts = np.array([p for s in samplers for p in data[s][0]])
         ref = [float(allpts[:, 0].min()) - 0.01, float(allpts[:, 1].max()) + 0.05]  # shared per seed
         row: dict[str, Any] = {"seed": seed, "reference": ref}
-        curves = {s: hypervolume_curve(data[s][0], directions, ref) for s in SAMPLERS}
+        curves = {s: hypervolume_curve(data[s][0], directions, ref) for s in samplers}
         target = curves["random"][-1] if curves["random"] else 0.0
-        for s in SAMPLERS:
+        for s in samplers:
             final = curves[s][-1] if curves[s] else 0.0
             reach = next((data[s][1][i] for i, hv in enumerate(curves[s]) if hv >= target and target > 0), None)
             row[s] = {"final_hv": final, "complete_trials": len(data[s][0]),
@@ -130,14 +144,17 @@ def main() -> None:
                       "total_search_joules": data[s][1][-1] if data[s][1] else None}
         per_seed.append(row)
     summary = {}
-    for s in SAMPLERS:
+    for s in samplers:
         ratios = [r[s]["hv_ratio_vs_random"] for r in per_seed if r[s]["hv_ratio_vs_random"] is not None]
         reach = [r[s]["joules_to_reach_random_final_hv"] for r in per_seed]
         summary[s] = {"median_hv_ratio_vs_random": statistics.median(ratios) if ratios else None,
                       "joules_to_reach_random_final_hv": reach}
     result = {
         "command": f"python benchmarks/samplers.py --trials {args.trials} --seeds {' '.join(map(str, args.seeds))} "
-                   f"--steps {args.steps} --task {args.task}",
+                   f"--steps {args.steps} --task {args.task} --samplers {' '.join(samplers)} --db {args.db} "
+                   f"--out {args.out}",
+        "space": spec_for("random", 0, args.trials, args.db, args.task, args.steps).space.model_dump(),
+        "commit": _commit(),
         "energy_meter": "estimate (CPU TDP x utilisation; this machine has no RAPL): an ESTIMATE, not a measurement",
         "hypervolume_space": "accuracy (max) x log10(J/sample) (min), reference shared by the samplers of a seed",
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs",

@@ -83,7 +83,7 @@ def describe_candidate(candidate: Candidate | None, values: Mapping[str, Any] | 
     sparsity = "dense" if sp.kind == "none" or not sp.amount else f"prune {sp.kind} {sp.amount:.0%}"
     distill = "" if candidate.distill.kind == "none" else f" · distill {candidate.distill.kind}"
     return (f"{candidate.n_layers}L d{candidate.d_model} h{candidate.n_heads} ffn{candidate.d_ffn} · "
-            f"{att_text} · {candidate.quant.bits_label} · {sparsity}{distill}")
+            f"{att_text} · {candidate.quant.label} · {sparsity}{distill}")
 
 
 def study_meters(trials: Sequence[TrialView]) -> list[str]:

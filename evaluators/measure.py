@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from evaluators.forms import CudaGraphForm, OrtForm
 from evaluators.meters import EnergyMeter, make_meter, synchronize
 from evaluators.provenance import collect_provenance, device_snapshot
 from nas.config import MeasureConfig
@@ -137,11 +138,13 @@ def _serving_callable(model: nn.Module, serving_form: str) -> nn.Module | Callab
             raise ConfigError(
                 f"torch.compile failed: {e}", field="serving_form", value=serving_form, fix="use serving_form: eager"
             ) from e
+    if isinstance(model, (CudaGraphForm, OrtForm)):
+        return model
     raise ConfigError(
-        "measure_inference runs torch modules; ONNX Runtime serving is not measured by it",
+        f"measure_inference measures a {serving_form} form it is given; it was given a plain model",
         field="serving_form",
         value=serving_form,
-        fix="use serving_form: eager or compiled",
+        fix="measure through evaluators.serving.measure_serving, which builds the form",
     )
 
 
@@ -376,10 +379,10 @@ def _measure(
     """Run the protocol of the module docstring with ``meter`` (see :func:`measure_inference`)."""
     model.to(device)
     model.eval()
-    fn = _serving_callable(model, cfg.serving_form)
+    fn = _serving_callable(model, cfg.primary)
     ids, mask = make_inputs(cfg.batch_size, cfg.seq_len, vocab_size, seed=seed, device=device)
     dtype_ctx, dtype_label = _dtype_context(cfg.dtype, device)
-    kernels = kernels or f"torch {cfg.serving_form} {dtype_label}"
+    kernels = kernels or f"torch {cfg.primary} {dtype_label}"
 
     def run(n: int) -> None:
         with torch.inference_mode(), dtype_ctx():
@@ -417,7 +420,7 @@ def _measure(
         seq_len=cfg.seq_len,
         n_windows=len(readings),
         window_s=mean_window_s,
-        serving_form=cfg.serving_form,
+        serving_form=cfg.primary,
         dtype=dtype_label,
         kernels=kernels,
         exclusive=exclusive,

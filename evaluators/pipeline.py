@@ -49,7 +49,7 @@ from evaluators.meters import EnergyMeter, make_meter
 from evaluators.metrics import evaluate
 from evaluators.placement import place
 from evaluators.pruning import CompressionPlan
-from evaluators.serving import measure_serving
+from evaluators.serving import measure_forms
 from evaluators.tasks import load_task as _load
 from evaluators.teacher_cache import TeacherOutputs, build_or_load
 from evaluators.teacher_fit import resolve_teacher
@@ -289,8 +289,8 @@ def assess(model: nn.Module, task: TaskData, train_summary: TrainSummary, measur
         metrics = evaluate(model, task, batch_size=eval_batch_size, test=True)
         flops = _flops(model, measure_cfg.seq_len, task.vocab_size)
         _progress(ctx, "measure")
-        inference = measure_serving(model, candidate, measure_cfg, vocab_size=task.vocab_size, device=ctx.device,
-                                    meter=ctx.meter, lane=ctx.lane)
+        inference, *others = measure_forms(model, candidate, measure_cfg, vocab_size=task.vocab_size,
+                                           device=ctx.device, meter=ctx.meter, lane=ctx.lane)
         peak = torch.cuda.max_memory_allocated() if ctx.device.startswith("cuda") else None
         weights_path = None
         if weights_out is not None:
@@ -304,7 +304,7 @@ def assess(model: nn.Module, task: TaskData, train_summary: TrainSummary, measur
         candidate=candidate, task=task.name, status="COMPLETE", metrics=metrics, train=train_summary,
         inference=inference, params=int(sum(p.numel() for p in model.parameters())),
         size_bytes=model_size_bytes(model), flops_per_sample=flops, peak_mem_bytes=peak,
-        kernels=inference.kernels, weights_path=weights_path, placement=ctx.placement,
+        kernels=inference.kernels, weights_path=weights_path, placement=ctx.placement, other_forms=tuple(others),
     )
 
 

@@ -45,8 +45,8 @@ class RunShape(Protocol):
         ...
 
     @property
-    def serving_form(self) -> str:
-        """How the model ran (``eager``, ``compiled``, or ``train`` for training)."""
+    def primary(self) -> str:
+        """How the model ran: its serving form (``eager``, ``onnxruntime``...), or ``train`` for training."""
         ...
 
     @property
@@ -74,7 +74,7 @@ class TrainShape:
     dtype: str = "float32"
     n_windows: int = 1
     window_s: float = 0.0
-    serving_form: str = "train"
+    primary: str = "train"
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ def collect_provenance(
         seq_len=cfg.seq_len,
         n_windows=n_windows if n_windows is not None else cfg.n_windows,
         window_s=window_s if window_s is not None else cfg.window_s,
-        serving_form=cfg.serving_form,
+        serving_form=cfg.primary,
         cpu_mode=cpu_mode,
         versions=versions,
         host_id=host_id(),

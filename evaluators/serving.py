@@ -13,21 +13,26 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from evaluators.forms import CudaGraphForm, OrtForm
 from evaluators.lane import MeasurementLane
-from evaluators.measure import measure_inference
+from evaluators.measure import make_inputs, measure_inference
 from evaluators.meters import EnergyMeter
 from evaluators.meters.gpu_use import GpuUseWatch
 from evaluators.placement import place
-from nas.compress import applied_compression, convert_int8_for_cpu, materialize_
+from nas.compress import DENSE_KERNELS, applied_compression, convert_int8_for_cpu, materialize_
+from nas.compress.prune import prune_label
+from nas.compress.sparse24 import TWO_FOUR_KERNELS, convert_two_four_
 from nas.config import Candidate, MeasureConfig
 from nas.errors import MeterUnavailableError, TrialFailedError
 from nas.records import FailKind, InferenceEnergy
 
-__all__ = ["serving_copy", "measure_serving", "device_key", "MEASURE_ATTEMPTS"]
+__all__ = ["serving_copy", "form_copy", "measure_serving", "measure_forms", "device_key", "MEASURE_ATTEMPTS"]
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +45,11 @@ def device_key(device: str) -> str:
     return place(device).lane_key
 
 
-def serving_copy(model: Any, candidate: Candidate, device: str) -> tuple[Any, str]:
+def serving_copy(model: Any, candidate: Candidate, device: str, dtype: str = "float32") -> tuple[Any, str]:
     """A copy of ``model`` in the form that really runs, and the ``kernels`` label saying what runs.
 
-    The copy has baked weights and real int8 where available; the label also says whether the
+    The copy has baked weights, real int8 where available (CPU) and real 2:4 sparse kernels where
+    available (CUDA sm80+, stored in the measurement ``dtype``); the label also says whether the
     compression's effect is only simulated. ``model`` itself is left as it was (it may train on, be
     counted or be saved).
     """
@@ -58,9 +64,55 @@ def serving_copy(model: Any, candidate: Candidate, device: str) -> tuple[Any, st
         int8 = convert_int8_for_cpu(serving, q)
         kernels = f"{int8.kernels}; {kernels}"
         simulated = simulated and int8.simulated
+    if candidate.sparsity.kind == "2:4" and device.startswith("cuda"):
+        kernels, simulated = _two_four(serving, candidate, device, dtype, kernels, simulated)
     if simulated:
         kernels += " [accuracy effect simulated; no energy saving measured from it]"
     return serving, kernels
+
+
+def form_copy(model: Any, candidate: Candidate, cfg: MeasureConfig, device: str, *, vocab_size: int,
+              workdir: Path) -> tuple[Any, str]:
+    """The serving form ``cfg.primary`` of ``model`` (see :mod:`evaluators.forms`), and its ``kernels`` label.
+
+    ``eager`` and ``compiled`` measure :func:`serving_copy`; ``cuda_graph`` captures it at the measurement's
+    batch shape; ``onnxruntime`` exports the baked model (int8 dynamic graph where the candidate is 8-bit)
+    under ``workdir`` and runs it on the device's execution provider with the trial's threads.
+    """
+    form = cfg.primary
+    if form == "onnxruntime":
+        baked = copy.deepcopy(model).eval()
+        rep = applied_compression(model)
+        if rep is not None:
+            materialize_(baked)
+        ids, mask = make_inputs(cfg.batch_size, cfg.seq_len, vocab_size, device="cpu")
+        provider = "CUDAExecutionProvider" if device.startswith("cuda") else "CPUExecutionProvider"
+        ort = OrtForm(baked, ids, mask, workdir, provider, int8=True, threads=torch.get_num_threads())
+        if rep is None or rep.kernels == DENSE_KERNELS:
+            return ort, ort.kernels
+        q = candidate.quant
+        int8_real = "int8 dynamic graph" in ort.kernels and set(q.groups_bits) <= {8, 32} \
+            and q.activation_bits == 32 and candidate.sparsity.kind in ("none", "heads", "ffn")
+        simulated = rep.simulated and not int8_real
+        return ort, f"{ort.kernels}; trained as {rep.kernels}" + (
+            " [accuracy effect simulated; no energy saving measured from it]" if simulated else "")
+    serving, kernels = serving_copy(model, candidate, device, cfg.dtype)
+    if form == "cuda_graph":
+        ids, mask = make_inputs(cfg.batch_size, cfg.seq_len, vocab_size, device=device)
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
+        graph = CudaGraphForm(serving.to(device), ids, mask, dtype)
+        return graph, f"{graph.kernels}; {kernels}"
+    return serving, kernels
+
+
+def _two_four(serving: Any, candidate: Candidate, device: str, dtype: str, kernels: str,
+              simulated: bool) -> tuple[str, bool]:
+    """Put a 2:4 candidate's masked Linears on 2:4 sparse kernels; the new label and simulated flag."""
+    done, reason = convert_two_four_(serving, device, dtype)
+    if not done:
+        return f"{kernels} (2:4 kernels not used: {reason})", simulated
+    label = f"{TWO_FOUR_KERNELS} for {len(done)} Linear layers" + (f"; {reason}" if reason else "")
+    return kernels.replace(prune_label(candidate.sparsity), label), simulated and not candidate.quant.is_noop
 
 
 def _gpu_watch(device: str) -> Any:
@@ -74,9 +126,16 @@ def _gpu_watch(device: str) -> Any:
         return None
 
 
+def measure_forms(model: Any, candidate: Candidate, cfg: MeasureConfig, *, vocab_size: int, device: str,
+                  meter: EnergyMeter, lane: MeasurementLane | None = None) -> tuple[InferenceEnergy, ...]:
+    """One reading per serving form ``cfg`` lists (:func:`measure_serving` each), the primary form's first."""
+    return tuple(measure_serving(model, candidate, cfg.for_form(form), vocab_size=vocab_size, device=device,
+                                 meter=meter, lane=lane) for form in cfg.forms)
+
+
 def measure_serving(model: Any, candidate: Candidate, cfg: MeasureConfig, *, vocab_size: int, device: str,
                     meter: EnergyMeter, lane: MeasurementLane | None = None) -> InferenceEnergy:
-    """Measure ``model``'s inference energy in its serving form, holding the device's lane exclusively.
+    """Measure ``model``'s inference energy in its serving form ``cfg.primary``, holding the device's lane alone.
 
     Args:
         model: The trained model; measured through a serving copy (see :func:`serving_copy`).
@@ -91,7 +150,14 @@ def measure_serving(model: Any, candidate: Candidate, cfg: MeasureConfig, *, voc
     Raises:
         TrialFailedError: (retryable) other work ran on the device during every attempt.
     """
-    serving, kernels = serving_copy(model, candidate, device)
+    with tempfile.TemporaryDirectory(prefix="nas-form-") as workdir:
+        serving, kernels = form_copy(model, candidate, cfg, device, vocab_size=vocab_size, workdir=Path(workdir))
+        return _measure_alone(serving, kernels, cfg, vocab_size=vocab_size, device=device, meter=meter, lane=lane)
+
+
+def _measure_alone(serving: Any, kernels: str, cfg: MeasureConfig, *, vocab_size: int, device: str,
+                   meter: EnergyMeter, lane: MeasurementLane | None) -> InferenceEnergy:
+    """Measure ``serving`` inside the device's lane, again while other work was seen (see the module docstring)."""
     own_lane = lane is None
     the_lane = lane if lane is not None else MeasurementLane(device_key(meter.device))
     watch = _gpu_watch(meter.device)  # the meter's device: the board it reads

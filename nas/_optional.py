@@ -28,6 +28,9 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "dashboard": ("fastapi", "uvicorn", "plotly", "httpx"),
     "postgres": ("psycopg",),
     "gpu": ("pynvml",),
+    "wandb": ("wandb",),
+    "optuna-dashboard": ("optuna_dashboard",),
+    "tensorrt": ("tensorrt",),
 }
 
 

@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -27,7 +28,7 @@ from nas.vocab import (
 )
 
 __all__ = ["AttentionConfig", "QuantConfig", "PruneConfig", "DistillConfig", "SharingConfig", "RankConfig",
-           "LayerShape", "BIT_WIDTHS", "Frozen", "omit_defaults", "storage_bits"]
+           "LayerShape", "BIT_WIDTHS", "ACTIVATION_BIT_WIDTHS", "Frozen", "omit_defaults", "storage_bits"]
 
 # Closed vocabularies are listed once, in nas.vocab; each annotation validates like a Literal of its names.
 AttentionKind = Annotated[str, ATTENTION_KIND]
@@ -38,6 +39,10 @@ DistillKind = Annotated[str, DISTILL_KIND]
 SharingKind = Annotated[str, SHARING_KIND]
 FeatureMap = Literal["elu", "relu"]
 Bits = Literal[32, 16, 8, 4, 2, 1, "ternary"]
+ActivationBits = Literal[32, 8, 4]
+
+#: Every bit-width activations can take: 32 (floating point), 8 and 4.
+ACTIVATION_BIT_WIDTHS: tuple[int, ...] = (32, 8, 4)
 
 #: Every bit-width a layer group can take: 32 (unquantized), bf16, uniform 8/4/2, binary (1) and ternary.
 BIT_WIDTHS: tuple[int | str, ...] = (32, 16, 8, 4, 2, 1, "ternary")
@@ -125,7 +130,12 @@ class QuantConfig(Frozen):
     ``scheme`` is symmetric (zero-point 0) or asymmetric (affine); it shapes the uniform grids (16 to 2
     bits). ``1`` is binary (sign x scale, BinaryBERT) and ``ternary`` is {-a, 0, +a} (TernaryBERT), each
     with its own symmetric rule. ``granularity`` is one scale per output channel or one per tensor.
-    Activations stay in floating point (weight-only quantization).
+
+    ``activation_bits`` (8 or 4; 32 leaves them in floating point) fake-quantizes the input of every
+    attention and FFN Linear on an affine per-tensor grid whose range is ``running`` (moving min/max) or
+    ``learned`` (trained, LSQ-style); 8-bit activations with 8-bit weights serve as real int8 x int8
+    kernels on CPU. Both were added after version 1 and are left out of the JSON at their defaults. See
+    ``docs/quantization.md``.
     """
 
     version: int = 1
@@ -134,11 +144,38 @@ class QuantConfig(Frozen):
     ffn_bits: Bits = 32
     scheme: Literal["symmetric", "asymmetric"] = "symmetric"
     granularity: Literal["per_channel", "per_tensor"] = "per_channel"
+    activation_bits: ActivationBits = 32
+    activation_range: Literal["running", "learned"] = "running"
+
+    @field_validator("activation_bits", mode="before")
+    @classmethod
+    def _activation_bits(cls, v: Any) -> Any:
+        if v not in ACTIVATION_BIT_WIDTHS:
+            raise ValueError(f"quant.activation_bits={v!r}: activations have a grid at 8 bits (real int8 kernels on "
+                             "CPU) or 4 bits (fake-quant) only; use 8, 4, or 32 to keep them in floating point")
+        return v
+
+    @model_validator(mode="after")
+    def _range_needs_bits(self) -> QuantConfig:
+        if self.activation_bits == 32 and self.activation_range != "running":
+            raise ValueError("quant.activation_range only applies to quantized activations; set "
+                             "quant.activation_bits to 8 or 4, or remove activation_range")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_new_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave out the fields added after version 1 at their defaults, so earlier candidates dump (and hash) as before."""
+        return omit_defaults(handler(self), {"activation_bits": 32, "activation_range": "running"})
 
     @property
     def is_noop(self) -> bool:
-        """True when every group stays at 32 bits (nothing to quantize)."""
-        return self.embedding_bits == self.attention_bits == self.ffn_bits == 32
+        """True when every group stays at 32 bits and activations stay in floating point (nothing to quantize)."""
+        return self.embedding_bits == self.attention_bits == self.ffn_bits == self.activation_bits == 32
+
+    @property
+    def quantizes_weights(self) -> bool:
+        """True when some layer group's weights are below 32 bits."""
+        return any(b != 32 for b in self.groups_bits)
 
     @property
     def groups_bits(self) -> tuple[int | str, int | str, int | str]:
@@ -158,6 +195,11 @@ class QuantConfig(Frozen):
         if "ternary" in self.groups_bits:
             return "ternary"
         return f"{self.min_bits}-bit"
+
+    @property
+    def label(self) -> str:
+        """:attr:`bits_label`, plus the activations' bits when they are quantized (``8-bit, A8``)."""
+        return self.bits_label if self.activation_bits == 32 else f"{self.bits_label}, A{self.activation_bits}"
 
 
 class PruneConfig(Frozen):

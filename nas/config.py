@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from nas.candidate_parts import (
+    ACTIVATION_BIT_WIDTHS,
     BIT_WIDTHS,
     AttentionConfig,
     DistillConfig,
@@ -56,7 +57,9 @@ __all__ = [
     "validate",
     "load_yaml",
     "load_candidate",
+    "ACTIVATION_BIT_WIDTHS",
     "BIT_WIDTHS",
+    "ServingForm",
 ]
 
 CANDIDATE_VERSION = 1
@@ -296,6 +299,8 @@ class Candidate(Frozen):
             "attention_bits": self.quant.attention_bits,
             "ffn_bits": self.quant.ffn_bits,
             "quant_scheme": self.quant.scheme,
+            "activation_bits": self.quant.activation_bits,
+            "activation_range": self.quant.activation_range,
             "sparsity": self.sparsity.kind,
             "sparsity_amount": self.sparsity.amount,
             "prune_importance": self.sparsity.importance,
@@ -335,6 +340,10 @@ class TrainConfig(Frozen):
     freeze_inherited_embeddings: bool = False
 
 
+#: A form a trial can measure (evaluators.forms.SERVING_FORMS).
+ServingForm = Literal["eager", "compiled", "cuda_graph", "onnxruntime"]
+
+
 class MeasureConfig(Frozen):
     """Inference-energy protocol (see ARCHITECTURE.md, "Measurement protocol")."""
 
@@ -348,10 +357,40 @@ class MeasureConfig(Frozen):
     idle_s: float = Field(default=1.0, ge=0)
     country_iso_code: str = Field(default="USA", min_length=3, max_length=3)
     cpu_tdp_w: float = Field(default=65.0, gt=0)
-    #: The form measured: eager PyTorch or ``torch.compile``. ONNX Runtime is an export format
-    #: (``nas export --format onnx``), not a serving form a trial can measure.
-    serving_form: Literal["eager", "compiled"] = "eager"
+    #: The form(s) measured: eager PyTorch, ``torch.compile``, a captured CUDA graph, or ONNX Runtime (the
+    #: exported graph; int8 where the candidate is 8-bit). A list measures each, one reading per form;
+    #: the front uses ``primary_form`` (default: the first listed). See ``docs/measurement.md``.
+    serving_form: ServingForm | list[ServingForm] = "eager"
+    primary_form: ServingForm | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _forms(self) -> MeasureConfig:
+        listed = [self.serving_form] if isinstance(self.serving_form, str) else list(self.serving_form)
+        if not listed:
+            raise ValueError("measure.serving_form lists no form; give one, e.g. eager, or a list [eager, onnxruntime]")
+        if len(set(listed)) != len(listed):
+            raise ValueError(f"measure.serving_form lists a form twice ({listed}); list each once")
+        if self.primary_form is not None and self.primary_form not in listed:
+            raise ValueError(f"measure.primary_form {self.primary_form!r} is not among serving_form {listed}; "
+                             "add it to serving_form, or name one of those")
+        return self
+
+    @property
+    def forms(self) -> tuple[str, ...]:
+        """The forms to measure, the primary first."""
+        listed = [self.serving_form] if isinstance(self.serving_form, str) else list(self.serving_form)
+        primary = self.primary_form or listed[0]
+        return (primary, *[f for f in listed if f != primary])
+
+    @property
+    def primary(self) -> str:
+        """The form whose reading is the trial's energy (the front's)."""
+        return self.forms[0]
+
+    def for_form(self, form: str) -> MeasureConfig:
+        """This protocol measuring ``form`` alone."""
+        return self.model_copy(update={"serving_form": form, "primary_form": None})
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -374,6 +374,8 @@ class TrialResult:
     error: str | None = None
     weights_path: str | None = None
     placement: Placement | None = None  # the device it ran on (None: recorded before placements were)
+    #: Readings of the other serving forms ``measure.serving_form`` lists (``inference`` is the primary's).
+    other_forms: tuple[InferenceEnergy, ...] = ()
 
     # --- flat views used for objectives, tables and filters -------------------------------------
     @property
@@ -458,6 +460,7 @@ class TrialResult:
             "error": self.error,
             "weights_path": self.weights_path,
             "placement": self.placement.to_dict() if self.placement else None,
+            "other_forms": [f.to_dict() for f in self.other_forms],
             # flat, for humans and jq
             "accuracy": self.accuracy,
             **self.reported(),
@@ -487,4 +490,5 @@ class TrialResult:
             error=d.get("error"),
             weights_path=d.get("weights_path"),
             placement=Placement.from_dict(d["placement"]) if d.get("placement") else None,
+            other_forms=tuple(InferenceEnergy.from_dict(f) for f in d.get("other_forms") or ()),
         )

@@ -32,6 +32,8 @@ __all__ = [
     "FrontSpec",
     "FineTuneSpec",
     "TeacherSpec",
+    "WandbSpec",
+    "TrackingSpec",
     "StudySpec",
     "default_spec",
     "load_spec",
@@ -277,6 +279,44 @@ class TeacherSpec(Frozen):
         return self.path.lower() == "auto"
 
 
+class WandbSpec(Frozen):
+    """Weights & Biases through Ray Tune's ``WandbLoggerCallback``: one W&B run per trial, grouped by study.
+
+    ``mode: offline`` (the default) writes the runs to disk only (``wandb sync`` uploads them later);
+    ``online`` sends them as they run and needs ``wandb login`` or ``WANDB_API_KEY``.
+    """
+
+    project: str
+    mode: Literal["offline", "online"] = "offline"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not str(data.get("project") or "").strip():
+            raise ValueError("W&B files runs under a project; name one, e.g. "
+                             "tracking: {wandb: {project: energy-nas, mode: offline}}")
+        return data
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, v: Any) -> Any:
+        if v not in ("offline", "online"):
+            raise ValueError(f"unknown W&B mode {v!r}; use offline (runs written to disk only, `wandb sync` "
+                             "uploads them) or online (sent as they run; needs `wandb login`)")
+        return v
+
+
+class TrackingSpec(Frozen):
+    """Where per-trial curves go besides the database.
+
+    TensorBoard event files are always written (Ray's results folder under the study's artefacts folder,
+    kept per ``storage.retention``: see docs/tracking.md). ``wandb`` adds W&B runs; nothing is sent
+    anywhere unless it is given with ``mode: online``.
+    """
+
+    wandb: WandbSpec | None = None
+
+
 def _teacher_from_string(v: Any) -> Any:
     """``"DIR"`` -> ``{path: DIR}``; ``"none"``, ``""`` -> ``None``; anything else unchanged."""
     if isinstance(v, str):
@@ -303,6 +343,7 @@ class StudySpec(Frozen):
     measure: MeasureConfig = MeasureConfig()
     resources: ResourcesSpec = ResourcesSpec()
     storage: StorageSpec = StorageSpec()
+    tracking: TrackingSpec = TrackingSpec()
 
     @field_validator("teacher", mode="before")
     @classmethod

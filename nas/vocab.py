@@ -343,16 +343,20 @@ SAMPLER: Vocabulary[Term] = Vocabulary("sampler", "sampler.kind", [
     Term("random", "uniform random search"),
 ])
 
-#: Export formats: implemented by :data:`nas.export.EXPORTERS`, written by ``all`` in this order.
+#: Export formats: implemented by :data:`nas.export.EXPORTERS`, written by ``all`` in this order (all but
+#: ``tensorrt``: :func:`nas.export.formats.all_formats`).
 EXPORT_FORMAT: Vocabulary[Term] = Vocabulary("export format", "--format", [
     Term("onnx", "onnx/model.onnx (+ model.int8.onnx for 8-bit candidates)"),
     Term("torchscript", "torchscript/model.pt (torch.jit.trace)"),
     Term("hf", "hf/: weights, tokenizer and labels, loaded by nas.load"),
+    Term("tensorrt", "tensorrt/model.engine: a TensorRT engine for this machine's NVIDIA GPU, built from the "
+         "ONNX graph (needs tensorrt; not in all)"),
 ])
 
 #: ``nas export --format`` and the HTTP export's ``format``: a format, or ``all`` of them.
 EXPORT_CHOICE: Vocabulary[Term] = Vocabulary(
-    "export format", "--format", [*EXPORT_FORMAT.terms.values(), Term("all", "every format above")]
+    "export format", "--format", [*EXPORT_FORMAT.terms.values(),
+                                  Term("all", "every format above but tensorrt (ask for it by name)")]
 )
 
 #: Every vocabulary, by the heading of its table in ``docs/vocabularies.md``.

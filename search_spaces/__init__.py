@@ -43,12 +43,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nas.config import (
+    ACTIVATION_BIT_WIDTHS,
     BIT_WIDTHS,
     AttentionConfig,
     Candidate,
     DistillConfig,
     PruneConfig,
-    QuantConfig,
     RankConfig,
     SharingConfig,
     validate,
@@ -62,6 +62,7 @@ from nas.vocab import (
     SHARING_KIND,
     SPARSITY_KIND,
 )
+from search_spaces.compression import categorical, float_range, suggest_quant, suggest_sparsity
 
 __all__ = ["SearchSpace", "ReplayTrial", "TrialLike", "suggest", "load_space", "PRESETS", "preset_path",
            "INIT_CHOICES", "fit_to_teacher"]
@@ -98,6 +99,8 @@ _CHOICES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "layer_shapes": ("unknown layer-shape choice(s)", ("uniform", "per_layer")),
     "prune_importance": ("unknown pruning importance(s)", PRUNE_IMPORTANCE.names),
     "prune_schedule": ("unknown pruning schedule(s)", PRUNE_SCHEDULE.names),
+    "activation_bits": ("unsupported activation bit-width(s)", ACTIVATION_BIT_WIDTHS),
+    "activation_range": ("unknown activation range(s)", ("running", "learned")),
 }
 
 
@@ -129,6 +132,8 @@ class SearchSpace(BaseModel):
     attention_bits: list[int | str] = Field(default=[32, 8, 4])
     ffn_bits: list[int | str] = Field(default=[32, 8, 4])
     embedding_bits: list[int | str] = Field(default=[32, 8])
+    activation_bits: list[int] = Field(default=[32])
+    activation_range: list[str] = Field(default=["running"])
     quant_scheme: list[str] = Field(default=["symmetric", "asymmetric"])
     quant_granularity: list[str] = Field(default=["per_channel"])
     sparsity: list[str] = Field(default=list(SPARSITY_KIND.names))
@@ -155,7 +160,7 @@ class SearchSpace(BaseModel):
         "feature_map",
         "attention_bits", "ffn_bits", "embedding_bits", "quant_scheme", "quant_granularity", "sparsity",
         "distill", "dropout", "pooling", "init", "layer_shapes", "sharing", "group_size", "rank_attention", "rank_ffn", "drop_layers",
-        "layerdrop", "prune_importance", "prune_schedule",
+        "layerdrop", "prune_importance", "prune_schedule", "activation_bits", "activation_range",
     )
     @classmethod
     def _check_nonempty(cls, v: list[Any], info: Any) -> list[Any]:
@@ -181,7 +186,8 @@ class SearchSpace(BaseModel):
         return v
 
     @field_validator("attention", "attention_bits", "ffn_bits", "embedding_bits", "sparsity", "distill", "init",
-                     "sharing", "layer_shapes", "prune_importance", "prune_schedule")
+                     "sharing", "layer_shapes", "prune_importance", "prune_schedule", "activation_bits",
+                     "activation_range")
     @classmethod
     def _check_choices(cls, v: list[Any], info: Any) -> list[Any]:
         what, allowed = _CHOICES[info.field_name]
@@ -245,13 +251,6 @@ def load_space(preset: str = "tiny", overrides: dict[str, Any] | None = None) ->
     return validate(SearchSpace, data, source=f"space (preset {preset!r} + overrides)")
 
 
-def _float_range(trial: TrialLike, name: str, rng: tuple[float, float]) -> float:
-    lo, hi = rng
-    if lo == hi:
-        return float(lo)
-    return float(trial.suggest_float(name, lo, hi))
-
-
 def _suggest_attention(trial: TrialLike, space: SearchSpace) -> dict[str, Any]:
     """The ``attention`` block: a kind, then only that kind's parameters (see the module docstring)."""
     kind = str(trial.suggest_categorical("attention", space.attention))
@@ -273,14 +272,6 @@ def _suggest_attention(trial: TrialLike, space: SearchSpace) -> dict[str, Any]:
     return attn
 
 
-def _categorical(trial: TrialLike, name: str, choices: list[Any]) -> Any:
-    """``trial.suggest_categorical``, except that a knob with one choice is not a parameter.
-
-    So a study that leaves a new knob at its default samples and replays exactly as before the knob existed.
-    """
-    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
-
-
 def _heads_dividing(requested: int, d_model: int, space: SearchSpace) -> int:
     """``requested`` if it divides ``d_model``, else the largest offered head count below it that does."""
     if d_model % requested == 0:
@@ -293,7 +284,7 @@ def _heads_dividing(requested: int, d_model: int, space: SearchSpace) -> int:
 def _suggest_shape(trial: TrialLike, space: SearchSpace) -> dict[str, Any]:
     """Depth, width, heads and FFN width: one shape for every layer, or (``per_layer``) one per layer (HAT)."""
     n_layers = int(trial.suggest_categorical("n_layers", space.n_layers))
-    kind = str(_categorical(trial, "layer_shapes", space.layer_shapes)) if n_layers >= 2 else "uniform"
+    kind = str(categorical(trial, "layer_shapes", space.layer_shapes)) if n_layers >= 2 else "uniform"
     if kind == "uniform":
         n_heads_req = int(trial.suggest_categorical("n_heads", space.n_heads))
         d_model = int(trial.suggest_categorical("d_model", space.d_model))
@@ -312,33 +303,18 @@ def _suggest_structure(trial: TrialLike, space: SearchSpace, n_layers: int, spar
                        uniform: bool = True) -> dict[str, Any]:
     """Sharing, low-rank weights and inference depth (see the module docstring for the conditions)."""
     out: dict[str, Any] = {}
-    kind = str(_categorical(trial, "sharing", space.sharing)) if n_layers >= 2 and uniform else "none"
+    kind = str(categorical(trial, "sharing", space.sharing)) if n_layers >= 2 and uniform else "none"
     if kind != "none":
-        size = int(_categorical(trial, "group_size", space.group_size)) if n_layers > 2 else n_layers
+        size = int(categorical(trial, "group_size", space.group_size)) if n_layers > 2 else n_layers
         out["sharing"] = SharingConfig(kind=kind, group_size=size if size < n_layers else None)
-    rank = {"attention": 1.0 if sparsity == "heads" else float(_categorical(trial, "rank_attention", space.rank_attention)),
-            "ffn": 1.0 if sparsity == "ffn" else float(_categorical(trial, "rank_ffn", space.rank_ffn))}
+    rank = {"attention": 1.0 if sparsity == "heads" else float(categorical(trial, "rank_attention", space.rank_attention)),
+            "ffn": 1.0 if sparsity == "ffn" else float(categorical(trial, "rank_ffn", space.rank_ffn))}
     out["rank"] = RankConfig(**rank)
-    drop = min(int(_categorical(trial, "drop_layers", space.drop_layers)), n_layers - 1) if n_layers >= 2 else 0
+    drop = min(int(categorical(trial, "drop_layers", space.drop_layers)), n_layers - 1) if n_layers >= 2 else 0
     if drop:
         out["infer_layers"] = n_layers - drop
-        out["layerdrop"] = float(_categorical(trial, "layerdrop", space.layerdrop))
+        out["layerdrop"] = float(categorical(trial, "layerdrop", space.layerdrop))
     return out
-
-
-def _suggest_pruning(trial: TrialLike, space: SearchSpace, kind: str, amount: float) -> PruneConfig:
-    """The sparsity block: importance unless nothing is pruned, a schedule only for kinds with an amount."""
-    if kind == "none":
-        return PruneConfig()
-    importance = str(_categorical(trial, "prune_importance", space.prune_importance))
-    schedule = str(_categorical(trial, "prune_schedule", space.prune_schedule)) \
-        if SPARSITY_KIND[kind].takes_amount else "one_shot"
-    return PruneConfig(kind=kind, amount=amount, importance=importance, schedule=schedule)
-
-
-def _bits(choice: Any) -> Any:
-    """A drawn bit-width as the candidate takes it: ``"ternary"`` as is, a number as an int."""
-    return choice if choice == "ternary" else int(choice)
 
 
 def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = None) -> Candidate:
@@ -357,30 +333,14 @@ def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = No
 
     attn = _suggest_attention(trial, space)
 
-    quant = QuantConfig(
-        embedding_bits=_bits(trial.suggest_categorical("embedding_bits", space.embedding_bits)),  # type: ignore[arg-type]
-        attention_bits=_bits(trial.suggest_categorical("attention_bits", space.attention_bits)),  # type: ignore[arg-type]
-        ffn_bits=_bits(trial.suggest_categorical("ffn_bits", space.ffn_bits)),  # type: ignore[arg-type]
-        scheme=str(trial.suggest_categorical("quant_scheme", space.quant_scheme)),  # type: ignore[arg-type]
-        granularity=str(trial.suggest_categorical("quant_granularity", space.quant_granularity)),  # type: ignore[arg-type]
-    )
-
-    sp_kind = str(trial.suggest_categorical("sparsity", space.sparsity))
-    amount = 0.0
-    sp_term = SPARSITY_KIND[sp_kind]
-    if sp_term.takes_amount:
-        amount = round(_float_range(trial, "sparsity_amount", space.sparsity_amount), 4)
-        if sp_kind == "heads" and round(fewest_heads * amount) >= fewest_heads:
-            amount = round((fewest_heads - 1) / fewest_heads, 4)
-    elif sp_term.fixed_amount is not None:
-        amount = sp_term.fixed_amount
-    sparsity = _suggest_pruning(trial, space, sp_kind, amount)
+    quant = suggest_quant(trial, space)
+    sparsity = suggest_sparsity(trial, space, fewest_heads)
 
     dk = str(trial.suggest_categorical("distill", space.distill))
     distill: dict[str, Any] = {"kind": dk}
     if dk != "none":
-        distill["temperature"] = round(_float_range(trial, "kd_temperature", space.kd_temperature), 4)
-        distill["alpha"] = round(_float_range(trial, "kd_alpha", space.kd_alpha), 4)
+        distill["temperature"] = round(float_range(trial, "kd_temperature", space.kd_temperature), 4)
+        distill["alpha"] = round(float_range(trial, "kd_alpha", space.kd_alpha), 4)
 
     init = str(trial.suggest_categorical("init", space.init)) if space.init != ["scratch"] else "scratch"
     cand = Candidate(
@@ -392,7 +352,7 @@ def suggest(trial: TrialLike, space: SearchSpace, teacher: Candidate | None = No
         quant=quant,
         sparsity=sparsity,
         distill=DistillConfig(**distill),
-        **_suggest_structure(trial, space, n_layers, sp_kind, uniform="layers" not in shape),
+        **_suggest_structure(trial, space, n_layers, sparsity.kind, uniform="layers" not in shape),
     )
     if init == "scratch":
         return cand

@@ -14,7 +14,7 @@ from typing import Any
 
 from nas.config import Candidate
 from nas.errors import ConfigError, StorageError
-from nas.records import FailKind, TrainSummary, TrialResult
+from nas.records import FailKind, InferenceEnergy, TrainSummary, TrialResult
 from storage.models import ArtefactRow, EnergyReadingRow, ParetoFrontRow, StudyRow, TrialRow, utc_now
 from storage.views import (
     FILTER_NAMES,
@@ -246,26 +246,29 @@ def _train_reading(tr: TrainSummary, kind: str) -> EnergyReadingRow:
     )
 
 
+def _inference_reading(inf: InferenceEnergy) -> EnergyReadingRow:
+    """The row of one inference reading (one serving form)."""
+    prov = inf.provenance
+    return EnergyReadingRow(
+        kind=f"inference:{inf.serving_form}", meter=inf.meter, is_estimate=inf.is_estimate,
+        exclusive=inf.exclusive, energy_j=None, energy_per_sample_j=to_float(inf.energy_per_sample_j),
+        energy_per_sample_net_j=to_float(inf.energy_per_sample_net_j), idle_w=to_float(inf.idle_w),
+        cv=to_float(inf.cv), duration_s=to_float(inf.n_windows * inf.window_s),
+        co2eq_g=to_float(inf.co2eq_g_per_sample), batch_size=inf.batch_size, seq_len=inf.seq_len,
+        n_windows=inf.n_windows, window_s=to_float(inf.window_s), serving_form=inf.serving_form,
+        dtype=inf.dtype, kernels=inf.kernels, device_uuid=prov.device_uuid,
+        hardware_fingerprint=prov.hardware_fingerprint, provenance_json=json_dumps(prov.to_dict()),
+        created_utc=utc_now(),
+    )
+
+
 def reading_rows(result: TrialResult) -> list[EnergyReadingRow]:
     """One row per energy reading of a result.
 
-    Its inference reading, then its training (with the teacher-outputs cache and any teacher training behind it).
+    Its inference readings (one per serving form, the primary first), then its training (with the
+    teacher-outputs cache and any teacher training behind it).
     """
-    out: list[EnergyReadingRow] = []
-    inf = result.inference
-    if inf is not None:
-        prov = inf.provenance
-        out.append(EnergyReadingRow(
-            kind=f"inference:{inf.serving_form}", meter=inf.meter, is_estimate=inf.is_estimate,
-            exclusive=inf.exclusive, energy_j=None, energy_per_sample_j=to_float(inf.energy_per_sample_j),
-            energy_per_sample_net_j=to_float(inf.energy_per_sample_net_j), idle_w=to_float(inf.idle_w),
-            cv=to_float(inf.cv), duration_s=to_float(inf.n_windows * inf.window_s),
-            co2eq_g=to_float(inf.co2eq_g_per_sample), batch_size=inf.batch_size, seq_len=inf.seq_len,
-            n_windows=inf.n_windows, window_s=to_float(inf.window_s), serving_form=inf.serving_form,
-            dtype=inf.dtype, kernels=inf.kernels, device_uuid=prov.device_uuid,
-            hardware_fingerprint=prov.hardware_fingerprint, provenance_json=json_dumps(prov.to_dict()),
-            created_utc=utc_now(),
-        ))
+    out = [_inference_reading(inf) for inf in (result.inference, *result.other_forms) if inf is not None]
     tr = result.train
     if tr is not None and tr.teacher_cache is not None:
         out.append(_train_reading(tr.teacher_cache, "teacher-cache"))

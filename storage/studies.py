@@ -38,7 +38,7 @@ __all__ = [
 #: Objective names a study may use: the result metrics plus the numeric candidate fields.
 _NUMERIC_CANDIDATE_NAMES = (
     "n_layers", "d_model", "n_heads", "d_ffn", "weight_bits", "embedding_bits", "attention_bits",
-    "ffn_bits", "sparsity_amount",
+    "ffn_bits", "activation_bits", "sparsity_amount",
 )
 ALLOWED_OBJECTIVES: tuple[str, ...] = (*OBJECTIVE_NAMES, *_NUMERIC_CANDIDATE_NAMES)
 

@@ -94,7 +94,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     with Store.open(db) as store:
         store.create_study(STUDY, json.dumps(_spec(db)), [("accuracy", "maximize"), ("energy_per_sample_j", "minimize")])
         store.finish_trial(STUDY, 0, fake_trial_result(), cost=TrialCost())
-        outdated = {**_spec(db, name="outdated"), "measure": {"serving_form": "onnxruntime"}}
+        outdated = {**_spec(db, name="outdated"), "measure": {"serving_form": "tensorrt"}}
         store.create_study("outdated", json.dumps(outdated), [("accuracy", "maximize")])
     optuna_storage(db)
     w = World(root, db)
@@ -129,6 +129,12 @@ def optuna_storage(db: Path) -> None:
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
     storage.engine.dispose()  # checkpoint now: a pooled connection closed later by the GC would touch the file
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 # --- the cases -------------------------------------------------------------------------------------------
@@ -224,8 +230,10 @@ def _cases(w: World) -> dict[str, Case]:  # noqa: PLR0915 - one table of cases
         "spec seq_len above max_len": (["search", w.spec("seq", **{"measure.seq_len": 64})],
                                        ["measure.seq_len", "64", "max_len 32"]),
         "spec bad meter": (["search", w.spec("meter", **{"measure.meter": "rapl"})], ["measure.meter", "rapl"]),
-        "spec onnxruntime serving": (["search", w.spec("serving", **{"measure.serving_form": "onnxruntime"})],
-                                     ["measure.serving_form", "onnxruntime", "eager", "compiled"]),
+        "spec unknown serving form": (["search", w.spec("serving", **{"measure.serving_form": "tensorrt"})],
+                                      ["measure.serving_form", "tensorrt", "onnxruntime", "cuda_graph"]),
+        "spec cuda graph without a gpu": (["search", w.spec("graph", **{"measure.serving_form": ["eager", "cuda_graph"]})],
+                                          ["measure.serving_form", "cuda_graph", "CUDA", "remove it"]),
         "spec zero concurrency": (["search", w.spec("conc", **{"resources.max_concurrent": 0})],
                                   ["resources.max_concurrent"]),
         "spec bad retention": (["search", w.spec("ret", **{"storage.retention": "some"})], ["storage.retention", "some"]),
@@ -423,6 +431,8 @@ def test_there_are_at_least_60_cases_on_every_command() -> None:
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_bad_input(case: str, cases: dict[str, Case], world: World, tmp_path: Path,
                    capsys: pytest.CaptureFixture[str]) -> None:
+    if case == "spec cuda graph without a gpu" and _has_cuda():
+        pytest.skip("a CUDA device is visible here, so cuda_graph is a valid form")
     argv, needles = cases[case]
     before = _snapshot(world.root, tmp_path)
     rows_before = _study_rows(world.db)

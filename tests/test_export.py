@@ -132,7 +132,7 @@ def test_all_formats_are_written(exported: dict[str, Any]) -> None:
 def test_parity_of_every_format(exported: dict[str, Any]) -> None:
     report = exported["report"]
     by_format = {p.format: p for p in report.parity}
-    assert set(by_format) == {"onnx", "torchscript", "hf"}
+    assert set(by_format) == {"onnx", "torchscript", "hf", "hf-transformers"}  # hf: nas.load and transformers
     for p in report.parity:
         assert p.passed and p.agreement >= 0.99, p
         assert p.n_examples > 0

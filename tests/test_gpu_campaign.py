@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from evaluators.forms import CudaGraphForm, OrtForm
+from evaluators.onnx_graph import onnx_runner
 from nas.config import Candidate
 from nas.errors import ConfigError, ExportError
-from nas.export.forms import CudaGraphForm, OrtForm
-from nas.export.onnx import onnx_runner
 from nas.models import build
 
 ROOT = Path(__file__).resolve().parents[1]

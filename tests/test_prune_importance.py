@@ -320,7 +320,7 @@ def test_the_space_draws_importance_and_schedule_only_when_something_is_pruned(p
 def test_a_space_that_leaves_the_knobs_at_one_choice_samples_as_before() -> None:
     from search_spaces import ReplayTrial, load_space, suggest
 
-    space = load_space("tiny", {"prune_importance": ["magnitude"], "prune_schedule": ["one_shot"]})
+    space = load_space("tiny", {"prune_importance": ["magnitude"], "prune_schedule": ["one_shot"], "activation_bits": [32]})
     params = {"n_layers": 1, "n_heads": 2, "d_model": 32, "ffn_ratio": 2, "attention": "softmax",
               "embedding_bits": 32, "attention_bits": 32, "ffn_bits": 32, "quant_scheme": "symmetric",
               "quant_granularity": "per_channel", "sparsity": "heads", "sparsity_amount": 0.5, "distill": "none",

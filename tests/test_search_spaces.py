@@ -40,7 +40,7 @@ def _base_params():
     return {"n_layers": 1, "n_heads": 2, "d_model": 32, "ffn_ratio": 2, "attention": "softmax",
             "embedding_bits": 32, "attention_bits": 8, "ffn_bits": 4, "quant_scheme": "symmetric",
             "quant_granularity": "per_channel", "sparsity": "none", "distill": "none", "dropout": 0.0,
-            "pooling": "mean", "rank_attention": 1.0, "rank_ffn": 1.0}
+            "pooling": "mean", "rank_attention": 1.0, "rank_ffn": 1.0, "activation_bits": 32}
 
 
 def test_replay_trial_matches_optuna_fixed_trial_and_stored_params():

@@ -37,7 +37,7 @@ def test_failure_after_training_keeps_its_metered_cost(monkeypatch: pytest.Monke
     def boom(*_a: Any, **_k: Any) -> Any:
         raise RuntimeError("the measurement kernel crashed")
 
-    monkeypatch.setattr(pipeline, "measure_serving", boom)
+    monkeypatch.setattr(pipeline, "measure_forms", boom)
     with pytest.raises(TrialFailedError) as e:
         run_trial(TINY, "builtin:sentiment", train_cfg=_train_cfg(), measure_cfg=FAST_MEASURE)
     partial = e.value.partial

@@ -110,7 +110,7 @@ def trial(
     teach = trial_teacher(teacher, fine_tune_steps)
     if not as_json:
         err.print(f"[bold]nas trial[/]: {cand.n_layers}x d{cand.d_model} h{cand.n_heads} "
-                  f"{cand.attention.kind}, {cand.quant.bits_label}, sparsity {cand.sparsity.kind} on {task}",
+                  f"{cand.attention.kind}, {cand.quant.label}, sparsity {cand.sparsity.kind} on {task}",
                   soft_wrap=True)
     if as_json:
         result = run_trial(cand, task, train_cfg=train_cfg, measure_cfg=measure_cfg, teacher=teach,
@@ -222,10 +222,11 @@ def show(
     db: DbOpt = DEFAULT_DB,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """One trial, or without TRIAL the study: its status, cost, teacher and fidelity.
+    """One trial, or without TRIAL the study: its status, cost, teacher, fidelity and log folders.
 
     A trial: candidate, metrics, energy readings with meter and provenance, the teacher's ratios. The
-    study: trials, search cost, teacher, and how well its early rungs rank candidates (Fidelity).
+    study: trials, search cost, teacher, how well its early rungs rank candidates (Fidelity), and where
+    its TensorBoard logs and W&B runs are (docs/tracking.md).
     """
     from nas.runner.api import open_store
 
@@ -246,20 +247,27 @@ def show(
 
 
 def _show_study(store: Any, study: str, as_json: bool) -> None:
+    from nas.runner.api import stored_spec
+    from nas.runner.tracking import study_logs
     from storage import study_fidelity
 
     info = store.get_study(study)
     fidelity = study_fidelity(info, store.trials(study))
     teacher = store.teacher_reference(study)
+    try:
+        logs = study_logs(stored_spec(store, study), store.url)
+    except NASError:  # a spec this build cannot read: the study is still shown, without its log folders
+        logs = None
     if as_json:
         from nas.cli.render import to_jsonable
 
         _print_json({**to_jsonable(info), "total_energy_j": info.total_energy_j,
-                     "teacher": teacher.point() if teacher is not None else None, "fidelity": fidelity.to_dict()})
+                     "teacher": teacher.point() if teacher is not None else None, "fidelity": fidelity.to_dict(),
+                     "logs": logs.to_dict() if logs is not None else None})
         return
     from nas.cli.render import study_view
 
-    out.print(study_view(info, fidelity, teacher), highlight=False, soft_wrap=True)
+    out.print(study_view(info, fidelity, teacher, logs), highlight=False, soft_wrap=True)
 
 
 # -------------------------------------------------------------------------------------- export/predict

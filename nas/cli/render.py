@@ -12,7 +12,7 @@ import dataclasses
 import io
 import json
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group
 from rich.markup import escape
@@ -22,6 +22,9 @@ from rich.text import Text
 from nas.fidelity import DESCRIPTION, FidelityReport
 from nas.records import TrialResult
 from nas.reference import TeacherReference, ratio_text
+
+if TYPE_CHECKING:
+    from nas.runner.tracking import StudyLogs
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -109,6 +112,10 @@ def trial_table(r: TrialResult) -> Table:
                   f"{inf.batch_size} x {inf.seq_len}")
         t.add_row("throughput", f"{inf.throughput_samples_s:.0f} samples/s ({inf.serving_form}, {inf.dtype})")
         t.add_row("device", f"{inf.provenance.device_name or inf.provenance.device}")
+    for other in r.other_forms:
+        t.add_row(f"energy / sample ({other.serving_form})",
+                  _energy(other.energy_per_sample_j, other.meter, other.is_estimate)
+                  + f", p50 {other.latency_p50_ms:.2f} ms; {other.kernels}")
     if r.train:
         t.add_row("training", f"{r.train.steps} steps in {r.train.wall_s:.1f} s, "
                   + _energy(r.train.energy_j, r.train.meter, r.train.is_estimate))
@@ -296,8 +303,9 @@ def _teacher_rows(t: Table, v: Any, ref: TeacherReference) -> None:
     t.add_row("J/sample / teacher's", ratio_text(r.energy_ratio) + (f" ({escape(r.note)})" if r.note else ""))
 
 
-def study_view(i: Any, fidelity: FidelityReport, teacher: TeacherReference | None = None) -> Group:
-    """``nas show STUDY``: the study's status, trial counts, budget and cost, its teacher, its fidelity."""
+def study_view(i: Any, fidelity: FidelityReport, teacher: TeacherReference | None = None,
+               logs: StudyLogs | None = None) -> Group:
+    """``nas show STUDY``: status, trial counts, budget and cost, teacher, log folders, fidelity."""
     t = Table(title=f"Study {i.name}: {i.status}", show_header=False, title_justify="left")
     t.add_column("field", style="bold")
     t.add_column("value")
@@ -310,6 +318,11 @@ def study_view(i: Any, fidelity: FidelityReport, teacher: TeacherReference | Non
     t.add_row("wall / GPU", f"{i.wall_s:.0f} s / {i.gpu_s:.0f} GPU-s")
     if teacher is not None:
         t.add_row("teacher (reference)", escape(teacher_line(teacher)))
+    if logs is not None and logs.tensorboard is not None:
+        t.add_row("TensorBoard logs", escape(f"{logs.n_event_files} event file(s): tensorboard --logdir "
+                                             f"{logs.tensorboard}"))
+    if logs is not None and logs.wandb is not None:
+        t.add_row("W&B runs", escape(f"{logs.wandb} (offline runs: wandb sync {logs.wandb}/offline-run-*)"))
     section = fidelity_section(fidelity)
     return Group(t, section) if section is not None else Group(t)
 

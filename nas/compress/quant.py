@@ -31,6 +31,7 @@ from nas.config import QuantConfig
 from nas.errors import ConfigError
 
 from ._util import LayerGroups, bake_all_parametrizations, layer_groups, num_params, qualified_names
+from .act_quant import convert_static_int8_, quantize_activations_
 from .report import CompressionReport
 
 __all__ = ["FakeQuantize", "QuantGrid", "TERNARY_THRESHOLD", "quantize_", "convert_int8_for_cpu", "int8_backend", "fake_quant_description"]
@@ -184,10 +185,25 @@ def fake_quant_description(cfg: QuantConfig) -> str:
         if bits == 32:
             continue
         parts.append(f"{group} {names.get(bits, f'int{bits}')}")
-    if not parts:
+    what = []
+    if parts:
+        what.append(f"weights ({', '.join(parts)}; {cfg.granularity.replace('_', '-')} {cfg.scheme})")
+    if cfg.activation_bits != 32:
+        what.append(f"Linear inputs (int{cfg.activation_bits} per-tensor affine, {cfg.activation_range} range)")
+    if not what:
         return "dense fp32 (no quantization)"
-    grid = f"{cfg.granularity.replace('_', '-')} {cfg.scheme}"
-    return f"fake-quant weights ({', '.join(parts)}; {grid}) (fp32 compute, no energy saving)"
+    return f"fake-quant {' and '.join(what)} (fp32 compute, no energy saving)"
+
+
+def _activation_linears(model: nn.Module, groups: LayerGroups) -> list[tuple[str, nn.Linear]]:
+    """``(fqn, module)`` of each distinct ``nn.Linear`` in the attention and FFN groups."""
+    names = qualified_names(model)
+    seen: dict[int, tuple[str, nn.Linear]] = {}
+    for group in ("attention", "ffn"):
+        for module, _ in groups[group]:
+            if isinstance(module, nn.Linear):
+                seen.setdefault(id(module), (names.get(id(module), "?"), module))
+    return list(seen.values())
 
 
 def _has_fake_quant(module: nn.Module, name: str) -> bool:
@@ -240,7 +256,10 @@ def quantize_(model: nn.Module, quant_config: QuantConfig, filter_fn: FilterFn |
                 module, pname, FakeQuantize(bits, quant_config.scheme, quant_config.granularity)
             )
             done.setdefault(group, []).append(fqn)
-    log.info("fake-quantized %d weights: %s", sum(len(v) for v in done.values()),
+    if quant_config.activation_bits != 32:
+        done["activations"] = quantize_activations_(model, _activation_linears(model, layer_groups(model)),
+                                                    int(quant_config.activation_bits), quant_config.activation_range)
+    log.info("fake-quantized %d weights and Linear inputs: %s", sum(len(v) for v in done.values()),
              {g: len(v) for g, v in done.items()})
     return CompressionReport(
         kernels=fake_quant_description(quant_config),
@@ -254,6 +273,8 @@ def quantize_(model: nn.Module, quant_config: QuantConfig, filter_fn: FilterFn |
             "ffn_bits": quant_config.ffn_bits,
             "scheme": quant_config.scheme,
             "granularity": quant_config.granularity,
+            "activation_bits": quant_config.activation_bits,
+            "activation_range": quant_config.activation_range,
             "quantized": done,
         },
     )
@@ -315,13 +336,15 @@ def _int8_targets(model: nn.Module, quant_config: QuantConfig, groups: LayerGrou
     return targets
 
 
-def _quantize_linears(model: nn.Module, targets: list[str], granularity: str) -> None:
-    """Bake each target's masks and fake-quant grid, then swap it for an int8 dynamic Linear in place.
+def _quantize_linears(model: nn.Module, targets: list[str], granularity: str) -> tuple[list[str], list[str]]:
+    """Bake each target's masks and fake-quant grid, then swap it for an int8 Linear in place.
 
-    Args:
-        model: The model to convert.
-        targets: Qualified names of its ``nn.Linear`` layers to convert.
-        granularity: ``"per_channel"`` or ``"per_tensor"`` scales.
+    A target whose input is quantized at 8 bits (and trained) becomes a static int8 x int8 Linear with its
+    trained input range; the others become int8 dynamic Linears (activations quantized on the fly), keeping
+    a fake-quant input grid of another bit-width in front of them.
+
+    Returns:
+        ``(static, dynamic)``: the qualified names converted each way.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notices
@@ -330,24 +353,42 @@ def _quantize_linears(model: nn.Module, targets: list[str], granularity: str) ->
         for fqn in targets:
             # Bake masks and the fake-quant grid into a plain weight; the class reverts to nn.Linear.
             bake_all_parametrizations(modules[fqn])
+        static = convert_static_int8_(model, targets)
+        dynamic = [t for t in targets if t not in static]
+        inputs = {fqn: modules[fqn].input_quant for fqn in dynamic if hasattr(modules[fqn], "input_quant")}
         quantize_dynamic(  # type: ignore[no-untyped-call]
-            model, dict.fromkeys(targets, qconfig), dtype=torch.qint8, inplace=True
+            model, dict.fromkeys(dynamic, qconfig), dtype=torch.qint8, inplace=True
         )
+        swapped = dict(model.named_modules())
+        for fqn, quant in inputs.items():  # the swap keeps the hooks, not the child they call
+            swapped[fqn].input_quant = quant
+    return static, dynamic
 
 
-def _int8_kernels(quant_config: QuantConfig, groups: LayerGroups, engine: str, n_layers: int) -> tuple[str, bool]:
+def _int8_kernels(quant_config: QuantConfig, groups: LayerGroups, engine: str, static: list[str],
+                  dynamic: list[str]) -> tuple[str, bool]:
     """The ``kernels`` label after conversion, and whether some quantized weights stay simulated.
 
-    Embeddings, Linformer E/F and groups at bit-widths other than 8 keep fake-quant (fp32 compute).
+    Embeddings, Linformer E/F, groups at bit-widths other than 8 and Linear inputs not served by a static
+    kernel keep fake-quant (fp32 compute).
     """
     rest = [g for g in ("embedding",) if getattr(quant_config, _GROUP_BITS[g]) != 32]
     lowrank_fake = any(pname in ("E", "F") for _, pname in groups["attention"]) and quant_config.attention_bits != 32
-    simulated_rest = bool(rest) or lowrank_fake or any(
+    inputs_fake = quant_config.activation_bits != 32 and (
+        bool(dynamic) or any(getattr(quant_config, _GROUP_BITS[g]) != 8 for g in ("attention", "ffn")))
+    simulated_rest = bool(rest) or lowrank_fake or inputs_fake or any(
         getattr(quant_config, _GROUP_BITS[g]) not in (8, 32) for g in ("attention", "ffn")
     )
-    kernels = f"int8 dynamic quantized Linear (torch.ao quantize_dynamic, {engine} engine) for {n_layers} layers"
+    kinds = []
+    if static:
+        kinds.append(f"int8 x int8 static quantized Linear (weights and inputs int8, trained input ranges; "
+                     f"torch.ao.nn.quantized.Linear, {engine} engine) for {len(static)} layers")
+    if dynamic:
+        kinds.append(f"int8 dynamic quantized Linear (torch.ao quantize_dynamic, {engine} engine) "
+                     f"for {len(dynamic)} layers")
+    kernels = "; ".join(kinds)
     if simulated_rest:
-        kernels += "; other quantized weights stay fake-quant (fp32 compute)"
+        kernels += "; other quantized weights or inputs stay fake-quant (fp32 compute)"
     return kernels, simulated_rest
 
 
@@ -355,7 +396,8 @@ def convert_int8_for_cpu(model: nn.Module, quant_config: QuantConfig | None = No
     """Swap 8-bit attention/FFN ``nn.Linear`` layers for real int8 kernels (inference only, CPU).
 
     Uses ``torch.ao.quantization.quantize_dynamic`` (int8 weights, activations quantized on the fly)
-    when a quantized engine (x86/fbgemm/qnnpack) works here. Fake-quant and pruning masks are first
+    when a quantized engine (x86/fbgemm/qnnpack) works here; a Linear whose input is quantized at 8 bits
+    runs as a static int8 x int8 kernel with its trained input range instead. Fake-quant and pruning masks are first
     baked into the weights. Linformer E/F and embeddings are not Linear layers and stay fake-quant.
     The converted model can no longer be trained, and its state_dict no longer matches a fresh build;
     ONNX export of dynamically quantized Linear is not supported.
@@ -385,14 +427,14 @@ def convert_int8_for_cpu(model: nn.Module, quant_config: QuantConfig | None = No
         return CompressionReport(kernels=fake, simulated=True, params_before=before, params_after=before,
                                  details={"step": "int8", "converted": [],
                                           "reason": "no quantized CPU engine available; kept fake-quant"})
-    _quantize_linears(model, targets, quant_config.granularity)
-    kernels, simulated_rest = _int8_kernels(quant_config, groups, engine, len(targets))
-    log.info("converted %d Linear layers to int8 (%s)", len(targets), engine)
+    static, dynamic = _quantize_linears(model, targets, quant_config.granularity)
+    kernels, simulated_rest = _int8_kernels(quant_config, groups, engine, static, dynamic)
+    log.info("converted %d Linear layers to int8 (%s; %d static)", len(targets), engine, len(static))
     return CompressionReport(
         kernels=kernels,
         simulated=simulated_rest,
         params_before=before,
         params_after=num_params(model),
-        details={"step": "int8", "engine": engine, "converted": targets,
+        details={"step": "int8", "engine": engine, "converted": targets, "static": static,
                  "weight_scheme": "symmetric int8 (the kernel's scheme, regardless of quant.scheme)"},
     )

@@ -11,13 +11,14 @@ Public API::
     model.predict(["a fine film"])           # [{"label": ..., "score": ..., "probs": {...}}]
 
 Formats (see ``docs/export.md``): ``onnx/model.onnx`` (+ ``model.int8.onnx`` for 8-bit candidates),
-``torchscript/model.pt`` and ``hf/``. Each is checked against PyTorch on the held-out split; the folder
+``torchscript/model.pt``, ``hf/`` and, asked for by name on a machine with an NVIDIA GPU and TensorRT,
+``tensorrt/model.engine``. Each is checked against PyTorch on the held-out split; the folder
 also holds ``README.md`` (the model card), ``metrics.json`` and ``candidate.json``.
 """
 
 from __future__ import annotations
 
-from . import hf, onnx, torchscript  # noqa: F401  (each module registers its exporter in EXPORTERS)
+from . import hf, onnx, tensorrt, torchscript  # noqa: F401  (each module registers its exporter in EXPORTERS)
 from .base import ExportedFile, Exporter, ExportInputs
 from .core import ExportReport, export_trial
 from .formats import EXPORTERS, FORMATS, register_exporter

@@ -82,6 +82,8 @@ class Exporter:
     requires: ClassVar[tuple[str, ...]] = ()
     #: The ``pip install`` extra that provides :attr:`requires`.
     extra: ClassVar[str] = "export"
+    #: Whether ``--format all`` writes this format (not one that needs particular hardware).
+    in_all: ClassVar[bool] = True
 
     def unsupported_reason(self, candidate: Candidate) -> str | None:
         """Why ``candidate`` cannot be exported in this format here, or ``None`` when it can."""

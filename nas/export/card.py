@@ -19,6 +19,7 @@ from nas.config import Candidate
 from nas.records import InferenceEnergy, TrialResult
 from nas.reference import TeacherReference, ratio_text
 
+from .hf_standard import standard_family, why_not_standard
 from .parity import MIN_AGREEMENT, ParityResult
 
 if TYPE_CHECKING:
@@ -209,11 +210,25 @@ def _structure(cand: Candidate) -> list[str]:
     return ["## Structure", "", *lines, ""] if lines else []
 
 
+def _transformers_use(c: CardInputs) -> list[str]:
+    """How ``transformers`` loads ``hf/`` (a BERT/DistilBERT, or custom code), when it was exported."""
+    if "hf" not in c.files:
+        return []
+    family = standard_family(c.search.candidate)
+    flag = "" if family else ", trust_remote_code=True"
+    why = (f"`hf/` is a standard {family} checkpoint: no custom code runs." if family else
+           "`hf/` runs its own `modeling_energy_nas.py` (needs torch and transformers only), because "
+           f"{'; '.join(why_not_standard(c.search.candidate))}.")
+    return ["```python", "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+            f'model = AutoModelForSequenceClassification.from_pretrained("hf"{flag})',
+            f'tokenizer = AutoTokenizer.from_pretrained("hf"{flag})', "```", "", why, ""]
+
+
 def render_card(c: CardInputs) -> str:
     """The ``README.md`` text."""
     cand = c.search.candidate
     depth = f"{len(cand.kept_layers)} of {cand.n_layers}" if len(cand.kept_layers) < cand.n_layers else f"{cand.n_layers}"
-    title = (f"{depth} x d{cand.d_model} {cand.attention.kind} encoder, {cand.quant.bits_label}, "
+    title = (f"{depth} x d{cand.d_model} {cand.attention.kind} encoder, {cand.quant.label}, "
              f"sparsity {cand.sparsity.kind}")
     final_inf = c.final.inference if c.final else None
     out = [
@@ -233,6 +248,7 @@ def render_card(c: CardInputs) -> str:
         "`input_ids` and `attention_mask` (int64, batch x sequence, sequence <= max_len) encoded by the "
         "tokenizer in `hf/`, and return `logits`. `nas predict` and `nas.load` need the `hf/` folder.",
         "",
+        *_transformers_use(c),
         "## Numbers",
         "",
         "Train trains, dev selects, test reports: the search picked this model by its dev accuracy, so "

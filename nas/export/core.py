@@ -30,7 +30,7 @@ from nas.records import TrialResult
 
 from .base import ExportedFile, Exporter, ExportInputs
 from .card import CardInputs, energy_label, fmt, metrics_json, render_card
-from .formats import EXPORTERS, FORMATS
+from .formats import EXPORTERS, FORMATS, all_formats
 from .loaded import LoadedModel
 from .parity import MIN_AGREEMENT, ParityResult, batches, check_parity, reference_logits
 from .retrain import continue_training, retrain_from_scratch
@@ -101,7 +101,7 @@ class ExportReport:
 def _formats(fmt_name: str) -> tuple[str, ...]:
     name = (fmt_name or "").strip().lower()
     if name == "all":
-        return tuple(EXPORTERS)
+        return all_formats()
     if name not in EXPORTERS:
         raise ExportError("unknown export format", field="--format", value=fmt_name,
                           fix=f"use one of {', '.join(FORMATS)}")
@@ -314,7 +314,7 @@ def export_trial(
         study: Study name.
         trial_number: Trial number (``nas pareto STUDY`` lists them).
         out_dir: Folder to write; created, or replaced when ``force`` is given.
-        fmt: ``onnx``, ``torchscript``, ``hf`` or ``all``.
+        fmt: ``onnx``, ``torchscript``, ``hf``, ``tensorrt`` or ``all`` (every format but ``tensorrt``).
         db: Database URL or SQLite path.
         retrain_steps: Train this many more steps (from scratch when the trial has no saved weights) and
             re-measure accuracy and energy before exporting.
@@ -348,7 +348,7 @@ def export_trial(
         tmp.mkdir()
         written, parity = _export_checked(exporters, prepared, tmp)
         (tmp / "candidate.json").write_text(cand.model_dump_json(indent=2) + "\n")
-        files = [str(f.path) for f in written] + ["candidate.json", "metrics.json", "README.md"]
+        files = [*dict.fromkeys(str(f.path) for f in written), "candidate.json", "metrics.json", "README.md"]  # hf runs twice
         search = src.view.result
         assert search is not None  # open_trial returns COMPLETE trials with a result
         card = CardInputs(study=src.study, trial=trial_number, task=search.task, search=search,

@@ -13,7 +13,7 @@ from nas.vocab import EXPORT_CHOICE, EXPORT_FORMAT, Registry
 
 from .base import Exporter
 
-__all__ = ["EXPORTERS", "FORMATS", "register_exporter"]
+__all__ = ["EXPORTERS", "FORMATS", "all_formats", "register_exporter"]
 
 #: Exporters by ``--format`` name, in the order ``all`` writes them (the vocabulary's order).
 EXPORTERS: Registry[type[Exporter]] = Registry(EXPORT_FORMAT, "exporter")
@@ -30,3 +30,8 @@ def register_exporter(name: str) -> Callable[[X], X]:
         ConfigError: ``name`` is not in :data:`nas.vocab.EXPORT_FORMAT`, or already has an exporter.
     """
     return cast("Callable[[X], X]", EXPORTERS.register_class(name, "name"))
+
+
+def all_formats() -> tuple[str, ...]:
+    """The formats ``--format all`` writes, in order: every exporter whose :attr:`Exporter.in_all` is set."""
+    return tuple(name for name, exporter in EXPORTERS.items() if exporter.in_all)

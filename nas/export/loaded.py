@@ -1,17 +1,23 @@
-"""The Hugging Face-style folder (``hf/``) and its loader, :func:`load`.
+"""The Hugging Face folder (``hf/``) and its loader, :func:`load`.
 
 Layout of ``hf/``::
 
-    config.json         model_type "energy-nas": the candidate, labels, vocabulary size, sequence length
-    model.safetensors   the weights, masks baked in; quantized weights packed as integer codes with their
-                        scales (nas.compress.pack: 1, 2, 4 and 8 bits, ternary in 2; bf16 as bfloat16),
-                        every other tensor fp32
-    tokenizer.json      the trial's tokenizer (plus nas_tokenizer.json, or a teacher's HF tokenizer files)
+    config.json         the candidate, labels, vocabulary size, sequence length; plus, by form (below),
+                        a BERT / DistilBERT config or model_type "energy-nas" with auto_map
+    model.safetensors   the weights, masks baked in (below)
+    tokenizer.json      the trial's tokenizer, with tokenizer_config.json for transformers' AutoTokenizer
+                        (plus nas_tokenizer.json; or a teacher's HF tokenizer files)
 
-The model is rebuilt from the candidate alone (build, the candidate's compression for the pruned
-shapes, materialize), the packed weights are unpacked to the exact values the model computed with, and
-the weights are loaded strictly, so a folder that does not match its config
-fails loudly instead of predicting nonsense.
+Both forms load with ``transformers.AutoModelForSequenceClassification`` (:mod:`nas.export.hf_forms`): a
+candidate that is a BERT or DistilBERT is written as one (fp32, the family's key names; quantized weights
+also packed in ``nas_packed.safetensors``); any other ships ``modeling_energy_nas.py`` and loads with
+``trust_remote_code=True``, its quantized weights packed as integer codes with their scales
+(nas.compress.pack: 1, 2, 4 and 8 bits, ternary in 2; bf16 as bfloat16), every other tensor fp32.
+
+:func:`load` rebuilds the model from the candidate alone (build, the candidate's compression for the
+pruned shapes, materialize), unpacks the packed weights to the exact values the model computed with, and
+loads the weights strictly, so a folder that does not match its config fails loudly instead of
+predicting nonsense.
 """
 
 from __future__ import annotations
@@ -20,26 +26,27 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from tokenizers import Tokenizer
 
 from evaluators.metrics import trim_batch
-from evaluators.tokenize import load_tokenizer
+from evaluators.tokenize import SPECIAL_TOKENS, TextTokenizer, load_tokenizer
 from nas.compress import apply_candidate_compression, materialize_
-from nas.compress.pack import PackPlan, pack_state, unpack_state
+from nas.compress.pack import PackPlan
 from nas.config import Candidate, validate
 from nas.errors import ExportError, NASError
-from nas.models import build, load_unique_state, unique_state
+from nas.models import build, load_unique_state
+
+from .hf_forms import read_state, write_model
+from .hf_standard import STANDARD_FAMILIES, standard_family
 
 if TYPE_CHECKING:
-    import torch
     from torch import nn
 
-    from evaluators.tokenize import TextTokenizer
+    from nas.models import EncoderClassifier
 
 __all__ = ["MODEL_TYPE", "HF_FORMAT_VERSION", "LoadedModel", "load", "rebuild"]
 
@@ -47,9 +54,12 @@ log = logging.getLogger(__name__)
 
 #: ``model_type`` written to ``config.json``.
 MODEL_TYPE = "energy-nas"
-#: Version of the ``hf/`` folder layout (2: quantized weights packed; a version-1 folder loads as before).
-HF_FORMAT_VERSION = 2
+#: Version of the ``hf/`` folder layout (3: loadable by transformers, BERT/DistilBERT or custom code; 2: quantized
+#: weights packed; folders of versions 1 and 2 load as before).
+HF_FORMAT_VERSION = 3
 _BATCH = 128
+_TOKENIZER_CONFIG = "tokenizer_config.json"
+_NAS_TOKENIZER = "nas_tokenizer.json"
 
 
 def rebuild(candidate: Candidate, vocab_size: int, num_labels: int, state: dict[str, Any] | None = None) -> nn.Module:
@@ -136,11 +146,8 @@ class LoadedModel:
     def save(self, folder: Path) -> Path:
         """Write the ``hf/`` layout into ``folder`` (created if needed) and return it."""
         folder.mkdir(parents=True, exist_ok=True)
-        state, packed = pack_state(unique_state(self.model), self.pack)
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt", **packed})
         config = {
             "model_type": MODEL_TYPE,
-            "architectures": ["EncoderClassifier"],
             "nas_format_version": HF_FORMAT_VERSION,
             "candidate": self.candidate.model_dump(mode="json"),
             "num_labels": len(self.labels),
@@ -150,13 +157,44 @@ class LoadedModel:
             "max_len": self.max_len,
             "pad_token_id": self.tokenizer.pad_id,
             "tokenizer_kind": self.tokenizer.kind,
-            "weights": ("quantized weights packed as integer codes with fp32 scales (nas.compress.pack); "
-                        "pruning masks baked in" if self.pack else "plain fp32; pruning masks baked in"),
             **{k: v for k, v in self.meta.items() if k not in ("candidate",)},
         }
+        config = write_model(folder, cast("EncoderClassifier", self.model), self.pack, config)
+        config["weights"] = _weights_note(config["model_type"], bool(self.pack))
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         self.tokenizer.save(folder)
+        # transformers' AutoTokenizer reads our tokenizer.json through this file; a teacher's has its own, whose
+        # model_max_length (e.g. 512) is set to what the model takes, so truncation=True truncates to fit
+        path = folder / _TOKENIZER_CONFIG
+        tok_config = json.loads(path.read_text(encoding="utf-8")) if self.tokenizer.is_hf else _tokenizer_config()
+        path.write_text(json.dumps({**tok_config, "model_max_length": self.max_len}, indent=2) + "\n")
         return folder
+
+
+def _weights_note(model_type: str, packed: bool) -> str:
+    """config.json's ``weights``: how the weights are stored, in words."""
+    if model_type in STANDARD_FAMILIES:
+        return (f"fp32 in the {model_type} layout: quantized weights at their dequantized values, pruning masks "
+                "baked in, removed heads as zero heads" + ("; nas_packed.safetensors holds the quantized weights "
+                                                            "packed (nas.compress.pack)" if packed else ""))
+    return ("quantized weights packed as integer codes with fp32 scales (nas.compress.pack); "
+            "pruning masks baked in" if packed else "plain fp32; pruning masks baked in")
+
+
+def _tokenizer_config() -> dict[str, Any]:
+    """``tokenizer_config.json`` for our own vocabularies: the fast tokenizer of ``tokenizer.json`` as it is."""
+    pad, unk, cls, sep = SPECIAL_TOKENS
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": pad, "unk_token": unk, "cls_token": cls,
+            "sep_token": sep, "padding_side": "right", "truncation_side": "right"}
+
+
+def _load_tokenizer(folder: Path) -> TextTokenizer:
+    """The folder's tokenizer; our own vocabulary is read from ``tokenizer.json`` itself, not through transformers."""
+    meta = folder / _NAS_TOKENIZER
+    if meta.is_file():
+        kind = str(json.loads(meta.read_text(encoding="utf-8")).get("kind", "wordpiece"))
+        return TextTokenizer(Tokenizer.from_file(str(folder / "tokenizer.json")), kind)
+    return load_tokenizer(folder)
 
 
 def _resolve(path: str | Path) -> Path:
@@ -181,7 +219,8 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ExportError(f"{path} holds a JSON {type(config).__name__}, not an object", field="config.json",
                           fix=fix)
-    if config.get("model_type") != MODEL_TYPE:
+    ours = config.get("model_type") == MODEL_TYPE or config.get("model_type") in STANDARD_FAMILIES and "candidate" in config
+    if not ours:  # a BERT written by energy-nas carries its candidate; any other BERT is not an export
         raise ExportError(f"{path} is not an energy-nas export", field="model_type",
                           value=config.get("model_type"), fix="pass a folder written by `nas export`")
     missing = [k for k in ("candidate", "num_labels", "id2label", "vocab_size", "max_len") if k not in config]
@@ -216,24 +255,27 @@ def load(path: str | Path) -> LoadedModel:
     config = _read_config(folder)
     candidate = validate(Candidate, config["candidate"], source=f"{folder / 'config.json'}: candidate")
     labels = [str(config["id2label"][str(i)]) for i in range(config["num_labels"])]
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise ExportError(f"{folder}: model.safetensors is missing", field="path", fix="re-export the model")
+    written_as = standard_family(candidate)
+    if config["model_type"] in STANDARD_FAMILIES and config["model_type"] != written_as:
+        raise ExportError(f"{folder / 'config.json'} says the model is a {config['model_type']}, but its candidate is "
+                          f"exported as {written_as or MODEL_TYPE}", field="model_type", value=config["model_type"],
+                          fix="re-export the model with `nas export` (or restore the original config.json)")
     try:
-        with safe_open(str(weights), framework="pt") as f:
-            state, plan = unpack_state({k: f.get_tensor(k) for k in f.keys()}, f.metadata())  # noqa: SIM118
-    except ExportError:
-        raise
-    except Exception as e:  # safetensors raises its own SafetensorError on a damaged file
-        raise ExportError(f"{weights}: unreadable ({' '.join(str(e).split())})", field="model.safetensors",
-                          fix="re-export the model") from e
-    try:
-        model = rebuild(candidate, config["vocab_size"], len(labels), state)
-    except (RuntimeError, ValueError) as e:  # ConfigError is a ValueError
+        model = rebuild(candidate, config["vocab_size"], len(labels))
+        state, plan = read_state(folder, config["model_type"], cast("EncoderClassifier", model))
+        load_unique_state(model, state)
+    except NASError as e:
+        if not isinstance(e, ExportError) and not str(e).startswith("weights"):
+            raise
+        if isinstance(e, ExportError):
+            raise
+        raise ExportError(f"{folder}: the weights do not fit the candidate in config.json ({str(e).splitlines()[0]})",
+                          field="model.safetensors", fix="re-export the model") from e
+    except (RuntimeError, ValueError) as e:  # ConfigError is a ValueError; a damaged file's ExportError passes
         raise ExportError(f"{folder}: the weights do not fit the candidate in config.json "
                           f"({str(e).splitlines()[0]})", field="model.safetensors", fix="re-export the model") from e
     try:
-        tokenizer = load_tokenizer(folder)
+        tokenizer = _load_tokenizer(folder)
     except NASError:
         raise
     except Exception as e:  # the tokenizers library raises a plain Exception on a damaged file

@@ -16,6 +16,7 @@ from nas.errors import ConfigError, SearchError
 from nas.reference import TeacherRatios, TeacherReference
 from nas.runner.checks import check_constraints, check_search_inputs
 from nas.runner.progress import SearchProgress
+from nas.runner.tracking import check_tracking
 from nas.spec import StudySpec, default_spec, load_spec
 from storage import NO_HARDWARE, Store, TrialView
 
@@ -191,7 +192,8 @@ def search(
         ConfigError: A bad spec, constraint, space value, teacher, task or Ray address.
         StorageError: The database cannot be opened.
         SearchError: The study exists with another spec, or the search cannot start.
-        MissingExtraError: Ray (the ``ray`` extra) is not installed.
+        MissingExtraError: Ray (the ``ray`` extra) is not installed, or W&B (``wandb``) when the spec's
+            ``tracking.wandb`` asks for it.
     """
     with try_import("ray", needed_by="`nas search`") as ray_extra:
         from nas.runner.driver import run_study  # the driver runs on Ray Tune
@@ -207,10 +209,12 @@ def search(
         if trials is not None:
             the_spec = the_spec.with_overrides(**{"budget.trials": trials})
         check_search_inputs(the_spec, db=db_url, ray_address=ray_address)
+        check_tracking(the_spec)
     else:
         the_spec = _new_spec(spec, trials, name)
         db_url = resolve_db(db, the_spec)
         check_search_inputs(the_spec, db=db_url, ray_address=ray_address)
+        check_tracking(the_spec)
         store = open_store(db_url, create=True)
         the_spec, continuing = _start_or_continue(store, the_spec, db_url, trials)
         resume = the_spec.name if continuing else None

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from evaluators.forms import form_unavailable
 from evaluators.hf_teacher import check_hf_folder
 from evaluators.tasks import BUILTIN_TASKS, load_task
 from evaluators.teacher import is_saved_teacher
@@ -53,6 +54,7 @@ def check_search_inputs(spec: StudySpec, *, db: str, ray_address: str | None = N
                           value=spec.measure.seq_len,
                           fix=f"set measure.seq_len <= {space.max_len}, or raise space.overrides.max_len")
     check_teacher(spec.teacher.path if spec.teacher else None, distills=space.uses_teacher)
+    check_serving_forms(spec)
     check_artefacts_dir(spec)
     if ray_address is not None:
         check_ray_address(ray_address)
@@ -84,6 +86,17 @@ def check_trial_inputs(candidate: Candidate, *, task: str, teacher: str | None, 
                           fix="pass builtin:NAME (see `nas tasks`), a .tsv/.csv/.jsonl file, or a folder with "
                           "train.* and dev.*")
     load_task(task, seed=seed, max_len=candidate.max_len)
+
+
+def check_serving_forms(spec: StudySpec) -> None:
+    """Every form ``measure.serving_form`` lists can run on the trials' device here (before any training)."""
+    device = "cuda" if spec.resources.gpus_per_trial > 0 else spec.train.device
+    for form in spec.measure.forms:
+        why = form_unavailable(form, device)
+        if why is not None:
+            raise ConfigError(f"measure.serving_form {form!r} cannot be measured here: {why}",
+                              field="measure.serving_form", value=form,
+                              fix="remove it from measure.serving_form, or run where it can")
 
 
 def check_constraints(spec: StudySpec) -> None:
@@ -159,6 +172,7 @@ def _field_of(knob: str) -> tuple[Any, str] | None:
         "feature_map": (AttentionConfig, "feature_map"), "embedding_bits": (QuantConfig, "embedding_bits"),
         "attention_bits": (QuantConfig, "attention_bits"), "ffn_bits": (QuantConfig, "ffn_bits"),
         "quant_scheme": (QuantConfig, "scheme"), "quant_granularity": (QuantConfig, "granularity"),
+        "activation_bits": (QuantConfig, "activation_bits"), "activation_range": (QuantConfig, "activation_range"),
         "sparsity": (PruneConfig, "kind"), "sparsity_amount": (PruneConfig, "amount"),
         "prune_importance": (PruneConfig, "importance"), "prune_schedule": (PruneConfig, "schedule"),
         "distill": (DistillConfig, "kind"), "kd_temperature": (DistillConfig, "temperature"),
@@ -205,6 +219,11 @@ def _variants(space: SearchSpace) -> list[tuple[str, Any, dict[str, Any]]]:
                      for v in space.sparsity_amount]
         variants += [(n, v, {"sparsity": amount_kinds[0], n: v}) for n in ("prune_importance", "prune_schedule")
                      for v in getattr(space, n)]
+    quantized = [b for b in space.activation_bits if b != 32]
+    variants = [v for v in variants if v[0] != "activation_range"]  # only used with quantized activations
+    if quantized:
+        variants += [("activation_range", v, {"activation_bits": quantized[0], "activation_range": v})
+                     for v in space.activation_range]
     distills = [d for d in space.distill if d != "none"]
     if distills:
         for name in ("kd_temperature", "kd_alpha"):

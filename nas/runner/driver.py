@@ -8,11 +8,11 @@ COMPLETE with its stored objectives.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +33,13 @@ from nas.errors import NASError, SearchError
 from nas.runner.ray_session import RaySession, reap_orphans
 from nas.runner.searcher import NASOptunaSearch, make_sampler, sampler_seed, tell_complete
 from nas.runner.teacher_prep import prepare_teacher
+from nas.runner.tracking import (
+    artefacts_dir,
+    prune_ray_results,
+    ray_results_dir,
+    tracking_callbacks,
+    trial_dirname,
+)
 from nas.runner.trainable import tune_trainable
 from nas.runner.writer import StoreHandle, StoreWriter
 from nas.spec import StudySpec, TeacherSpec
@@ -45,18 +52,6 @@ log = logging.getLogger(__name__)
 INTERRUPTED = "interrupted: the driver stopped before this trial finished"
 
 
-def artefacts_dir(spec: StudySpec, db_url: str) -> str:
-    """Where trial weights go: ``storage.artefacts_dir``, else ``nas_artefacts/`` beside a SQLite file."""
-    if spec.storage.artefacts_dir:
-        base = spec.storage.artefacts_dir
-    elif db_url.startswith("sqlite") and ":memory:" not in db_url:
-        path = db_url.split("///", 1)[-1]
-        base = os.path.join(os.path.dirname(os.path.abspath(path)), "nas_artefacts")
-    else:
-        base = os.path.join(os.getcwd(), "nas_artefacts")
-    return os.path.join(base, spec.name)
-
-
 @dataclass(frozen=True)
 class RunOutcome:
     """How a search run ended: the study, how many trials it evaluated, why it stopped, its wall time."""
@@ -67,18 +62,18 @@ class RunOutcome:
     wall_s: float
 
 
-def _init_ray(ray_address: str | None, spec: StudySpec) -> bool:
+def _init_ray(ray_address: str | None, spec: StudySpec) -> str | None:
     """Start local Ray or join ``ray_address``.
 
-    Returns whether this call started a local Ray (which the search then owns and stops). A Ray the caller
-    initialised is left to the caller.
+    Returns the session folder of the local Ray this call started (which the search then owns and stops),
+    else None. A Ray the caller initialised is left to the caller.
     """
     # Tune reads these in the driver, also when the caller started Ray: a FAIL report has no metrics
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # rung reports carry accuracy only
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
-        return False
+        return None
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if ray_address:
         _check_reachable(ray_address)
@@ -88,9 +83,9 @@ def _init_ray(ray_address: str | None, spec: StudySpec) -> bool:
             raise SearchError(f"cannot join the Ray cluster at {ray_address!r}: {e}",
                               field="--ray-address",
                               fix="start one with `ray start --head` or omit --ray-address for local Ray") from e
-        return False
-    ray.init(address="local", **kwargs)
-    return True
+        return None
+    context = ray.init(address="local", **kwargs)
+    return str(context.address_info["session_dir"])  # type: ignore[attr-defined]  # a RayContext
 
 
 def _check_a_trial_fits(spec: StudySpec) -> None:
@@ -218,13 +213,17 @@ def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str |
     art_dir = artefacts_dir(spec, store.url)
     _clean_staging(art_dir)
     reap_orphans()  # what a search killed with SIGKILL left on this machine
-    results_dir = tempfile.mkdtemp(prefix="nas-tune-")
-    session = RaySession(folders=[results_dir])
+    results_dir = ray_results_dir(art_dir)  # TensorBoard logs, kept per storage.retention (nas.runner.tracking)
+    prune_ray_results(results_dir, spec.storage.retention)  # what a killed driver of this study left
+    session = RaySession()
     writer = StoreWriter(handle, failed, on_change=on_change, retention=spec.storage.retention,
                          artefacts_dir=art_dir, settle=searcher.settle, on_start=session.record)
     stopper = SearchStopper(handle, spec.budget.joules, writer)
     try:
-        session.owns_ray = _init_ray(ray_address, spec)
+        ray_session_dir = _init_ray(ray_address, spec)
+        session.owns_ray = ray_session_dir is not None
+        if ray_session_dir is not None:  # Tune's driver-side copies of the results folder
+            session.add_folder(os.path.join(ray_session_dir, "artifacts"))
         session.record()
         _check_a_trial_fits(spec)
         tuner = _tuner(spec, searcher, writer, stopper, art_dir, results_dir, remaining)
@@ -242,8 +241,12 @@ def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str |
             raise writer.fatal
         # a trial Tune abandoned (time or joule budget) is not lost: it is marked and re-queued
         _close_out(store, ot_storage, spec, None)
+        _link_optuna_study(store, ot_storage, name)
     finally:
         session.stop()
+        prune_ray_results(results_dir, spec.storage.retention)
+        with contextlib.suppress(OSError):
+            os.rmdir(art_dir)  # the study's artefacts folder, when nothing is kept in it (retention: none)
     done = _spent(store, name)
     reason = stopper.reason or (
         "trial budget spent" if done >= spec.budget.trials else
@@ -283,6 +286,12 @@ def _close_out(store: Store, ot_storage: OptunaStorage, spec: StudySpec, status:
         log.error("could not close out study %r after the search stopped: %s", spec.name, e)
 
 
+def _link_optuna_study(store: Store, ot_storage: OptunaStorage, name: str) -> None:
+    """Record Optuna's id of the study (its tables share the database) in our study row."""
+    with contextlib.suppress(KeyError):  # KeyError: no trial was ever asked for, so Optuna has no study yet
+        store.link_optuna_study(name, ot_storage.get_study_id_from_name(name))
+
+
 def _spent(store: Store, name: str) -> int:
     """How many of the study's trials spent budget (:attr:`storage.TrialView.spends_budget`)."""
     return sum(v.spends_budget for v in store.trials(name))
@@ -304,8 +313,10 @@ def _tuner(spec: StudySpec, searcher: NASOptunaSearch, writer: StoreWriter, stop
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=remaining,
-                                    time_budget_s=spec.budget.wall_s, reuse_actors=True),
-        run_config=tune.RunConfig(name=f"nas-{spec.name}", storage_path=results_dir, callbacks=[writer],
+                                    time_budget_s=spec.budget.wall_s, reuse_actors=True,
+                                    trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=f"nas-{spec.name}", storage_path=results_dir,
+                                  callbacks=[writer, *tracking_callbacks(spec, art_dir)],
                                   stop=stopper, verbose=0, log_to_file=False,
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),

@@ -5,7 +5,9 @@ ties most of them to the driver's life, but not all: after a SIGKILL of the driv
 SIGTERM and idle workers have been seen to outlive it, and an orphaned worker can still write files.
 
 So a search records the processes of its local Ray (pid plus start time, refreshed as workers appear)
-and its temporary folders (Tune's experiment folder) in a registry file named after the driver. On a
+and its temporary folders (the ``artifacts`` folder of its local Ray's session, where Tune stages copies of
+the results folder that :mod:`nas.runner.tracking` keeps under the study's artefacts folder) in a registry
+file named after the driver. On a
 clean exit it shuts Ray down, kills whatever survived and removes the folders. A driver killed with
 SIGKILL cannot clean up; the next search started on this machine does: :func:`reap_orphans` kills the
 recorded processes and removes the recorded folders of every registry file whose driver is gone.
@@ -129,6 +131,11 @@ class RaySession:
         self._known: dict[int, float] = {}
         self._folders = list(folders or [])
         self.owns_ray = False
+
+    def add_folder(self, folder: str) -> None:
+        """Remove ``folder`` too on :meth:`stop` (or in the next search, if this driver is killed)."""
+        if folder not in self._folders:
+            self._folders.append(folder)
 
     def record(self) -> None:
         """Write the registry file: the folders, and the driver's Ray descendants if it owns its Ray."""
