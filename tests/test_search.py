@@ -27,7 +27,7 @@ def small_spec(name: str, db: Path, trials: int = 6, **extra) -> dict:
             "n_layers": [1], "d_model": [16, 32], "n_heads": [2], "ffn_ratio": [1, 2],
             "attention": ["softmax", "local", "linear", "lowrank"], "window": [2, 8], "k": [8],
             "attention_bits": [32, 8], "ffn_bits": [32, 8], "embedding_bits": [32],
-            "sparsity": ["none"], "rank_attention": [1.0], "rank_ffn": [1.0], "max_len": 32,
+            "sparsity": ["none"], "rank_attention": [1.0], "rank_ffn": [1.0], "activation_bits": [32], "max_len": 32,
         }},
         "sampler": {"kind": "random", "seed": 1},
         "budget": {"trials": trials},
