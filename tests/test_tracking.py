@@ -95,6 +95,18 @@ def _ray_folder(root: Path) -> Path:
     return exp
 
 
+@pytest.mark.slow
+def test_a_search_that_keeps_nothing_leaves_no_study_folder(tmp_path: Path) -> None:
+    """Regression: ``retention: none`` left an empty ``nas_artefacts/STUDY`` folder behind every search."""
+    db = tmp_path / "nas.db"
+    spec = small_spec("keepnone", db, trials=1)
+    spec["storage"]["retention"] = "none"
+    spec["space"]["overrides"].update({"d_model": [16], "ffn_ratio": [1], "attention": ["softmax"]})
+    res = nas_cli("search", str(write_spec(tmp_path, spec)), "--quiet", "--db", str(db))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert not (tmp_path / "nas_artefacts" / "keepnone").exists()
+
+
 def test_retention_keeps_only_tensorboard_event_files_or_nothing(tmp_path: Path) -> None:
     for retention in ("front", "all"):
         root = tmp_path / retention
