@@ -26,7 +26,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import cached_file  # type: ignore[attr-defined]
 
-from nas.compress.act_quant import ActivationQuant, quantize_activations_
+from nas.compress.act_quant import ActivationQuant, _mark_ready, quantize_activations_
 from nas.compress.pack import unpack_state
 from nas.models.encoder import EncoderClassifier
 
@@ -121,7 +121,7 @@ def _ranges_loaded(model: torch.nn.Module) -> None:
     """Activation ranges read by ``transformers``' loader (which runs no load hooks) count as trained."""
     for m in model.modules():
         if isinstance(m, ActivationQuant):
-            m.ready = bool(m.hi > m.lo)
+            _mark_ready(m, None)  # the rule load_state_dict applies
 
 
 class EnergyNasConfig(PretrainedConfig):  # type: ignore[no-untyped-call]
