@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_common import git_commit  # benchmarks/ is sys.path[0] when a script here runs
 
 SAMPLERS = ("random", "tpe", "nsga2", "gp", "evolution")
 
@@ -78,15 +79,6 @@ def curve_points(store: Any, study: str) -> tuple[list[list[float]], list[float]
     return pts, cum
 
 
-def _commit() -> str | None:
-    """The git commit the benchmark ran at (None outside a checkout)."""
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def main() -> None:
@@ -154,7 +146,7 @@ def main() -> None:
                    f"--steps {args.steps} --task {args.task} --samplers {' '.join(samplers)} --db {args.db} "
                    f"--out {args.out}",
         "space": spec_for("random", 0, args.trials, args.db, args.task, args.steps).space.model_dump(),
-        "commit": _commit(),
+        "commit": git_commit(),
         "energy_meter": "estimate (CPU TDP x utilisation; this machine has no RAPL): an ESTIMATE, not a measurement",
         "hypervolume_space": "accuracy (max) x log10(J/sample) (min), reference shared by the samplers of a seed",
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs",

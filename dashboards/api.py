@@ -216,7 +216,8 @@ def study_dashboard(request: Request, study: StudyPath) -> dict[str, Any]:
     return {
         "version": bundle.version,
         "summary": study_summary(bundle.info, bundle.trials, ctx.launcher.status(study)),
-        "figures": figures_for(bundle.trials, front, bundle.info.objectives, bundle.teacher),
+        "figures": figures_for(bundle.trials, bundle.front, bundle.info.objectives, bundle.teacher,
+                               bundle.remeasured),
         "front": sorted(front),
         "teacher": teacher_json(bundle.teacher),
         "fidelity": fidelity_json(bundle.fidelity),

@@ -6,7 +6,7 @@ That is the read-only store, the artefact folder, launches and their caps, and a
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,12 @@ class StudyBundle:
     trials: list[TrialView]
     front: list[TrialView]
     teacher: TeacherReference | None = None
+    remeasured: list[TrialView] = field(default_factory=list)
 
     @property
     def front_numbers(self) -> set[int]:
-        """Trial numbers of the Pareto front."""
-        return {t.number for t in self.front}
+        """Trial numbers of the Pareto front of the search's own measurements (not of ``nas remeasure``'s)."""
+        return {t.number for t in self.front if not t.remeasured}
 
     @property
     def fidelity(self) -> FidelityReport:
@@ -115,6 +116,6 @@ class AppContext:
         if cached is not None and cached[0] == key:
             return cached[1]
         bundle = StudyBundle(info=info, trials=store.trials(study), front=store.front(study),
-                             teacher=store.teacher_reference(study))
+                             teacher=store.teacher_reference(study), remeasured=store.remeasured_trials(study))
         self._cache[study] = (key, bundle)
         return bundle

@@ -26,6 +26,7 @@ __all__ = [
     "teacher_trace",
     "hypervolume_figures",
     "cost_figure",
+    "machines_figure",
 ]
 
 #: Colour of each attention type (Tableau 10, colour-blind friendly).
@@ -287,6 +288,39 @@ def front_figure(trials: Sequence[TrialView], front_numbers: set[int],
     )})
 
 
+def machines_figure(views: Sequence[TrialView], front: Sequence[TrialView]) -> dict[str, Any]:
+    """Each machine's front side by side: one panel per hardware fingerprint, a shared accuracy axis.
+
+    ``views`` are the study's trials as measured by the search and as re-measured on other machines
+    (``nas remeasure``; :meth:`storage.Store.remeasured_trials`), ``front`` every machine's front
+    (:meth:`storage.Store.front`). A study measured on one machine gets a note saying how to add one.
+    """
+    by_hw: dict[str, list[TrialView]] = {}
+    for v in views:
+        if v.state == "COMPLETE":
+            by_hw.setdefault(v.hardware_fingerprint or "", []).append(v)
+    if len(by_hw) < 2:
+        return _empty("measured on one machine: `nas remeasure STUDY` on another adds its front here", height=260)
+    n, gap = len(by_hw), 0.06
+    data: list[dict[str, Any]] = []
+    axes: dict[str, Any] = {}
+    order = sorted(by_hw.items(), key=lambda kv: (all(t.remeasured for t in kv[1]), kv[0]))  # the search's first
+    for k, (hw, group) in enumerate(order, 1):
+        on_front = {t.number for t in front if (t.hardware_fingerprint or "") == hw}
+        points = _front_points(group, on_front)
+        atts = sorted({a for a, _ in points.groups})
+        suffix = "" if k == 1 else str(k)
+        for trace in _front_line_traces(points.lines) + _marker_traces(points.groups, atts):
+            data.append({**trace, "xaxis": f"x{suffix}", "yaxis": "y", "meta": {**trace["meta"], "hardware": hw}})
+        lo, hi = (k - 1) / n, k / n - (gap if k < n else 0)
+        estimate = " (ESTIMATE)" if points.any_estimate else ""
+        axes[f"xaxis{suffix}"] = _axis(f"J/sample on {hw}{estimate}", type="log", exponentformat="power",
+                                       domain=[lo, hi], anchor="y")
+    return clean_dict({"data": data, "layout": _layout(
+        yaxis=_axis("dev accuracy (selected on)", tickformat=".3~p"), hovermode="closest", showlegend=False,
+        margin={"l": 64, "r": 16, "t": 24, "b": 70}, **axes)})
+
+
 def _cumulative_energy(trials: Sequence[TrialView]) -> dict[int, float]:
     """Joules spent by the search up to and including each trial number (every state counts)."""
     spent = 0.0
@@ -387,9 +421,15 @@ def _nan(v: Any) -> float:
     return float(v) if _finite(v) else math.nan
 
 
-def figures_for(trials: Sequence[TrialView], front_numbers: set[int], objectives: Sequence[tuple[str, str]],
-                teacher: TeacherReference | None = None) -> Mapping[str, dict[str, Any]]:
-    """Every figure of the study page, by element id (the front figure with the teacher's point)."""
+def figures_for(trials: Sequence[TrialView], front: Sequence[TrialView], objectives: Sequence[tuple[str, str]],
+                teacher: TeacherReference | None = None,
+                remeasured: Sequence[TrialView] = ()) -> Mapping[str, dict[str, Any]]:
+    """Every figure of the study page, by element id (the front figure with the teacher's point).
+
+    ``front`` is every machine's front (:meth:`storage.Store.front`); the main figure marks the members of
+    the search's own, and ``machines`` puts each machine's front, ``remeasured`` ones included, side by side.
+    """
     hv_trials, hv_joules = hypervolume_figures(trials, objectives)
-    return {"front": front_figure(trials, front_numbers, teacher), "hv_trials": hv_trials, "hv_joules": hv_joules,
-            "cost": cost_figure(trials)}
+    own_front = {t.number for t in front if not t.remeasured}
+    return {"front": front_figure(trials, own_front, teacher), "hv_trials": hv_trials, "hv_joules": hv_joules,
+            "cost": cost_figure(trials), "machines": machines_figure([*trials, *remeasured], front)}

@@ -190,6 +190,7 @@ def trial_row(view: TrialView, *, on_front: bool, teacher: TeacherReference | No
         "fail_reason": view.fail_reason,
         "on_front": on_front,
         "hardware": view.hardware_fingerprint,
+        "remeasured": view.remeasured,
         "meter": view.meter,
         "is_estimate": view.is_estimate,
         "energy_label": energy_label([view.meter or ""], view.is_estimate) if view.meter else None,
@@ -217,6 +218,7 @@ def _reading(r: ReadingView) -> dict[str, Any]:
         "duration_s": r.duration_s,
         "co2eq_g": r.co2eq_g,
         "hardware_fingerprint": r.hardware_fingerprint,
+        "origin": r.origin,
         "provenance": r.provenance,
         "created_utc": r.created_utc,
     }

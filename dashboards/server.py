@@ -40,7 +40,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from dashboards import api, pages
+from dashboards import api, cost, pages
 from dashboards.context import AppContext
 from dashboards.limits import LaunchLimits
 from dashboards.security import COOKIE_NAME, BodyLimit, Guard, check_token, host_policy, is_loopback
@@ -118,6 +118,7 @@ def create_app(
     _add_error_handlers(app)
     _add_small_routes(app, ctx)
     app.include_router(api.router)
+    app.include_router(cost.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=_STATIC), name="static")
     app.add_middleware(BodyLimit, max_bytes=api.MAX_BODY_BYTES)

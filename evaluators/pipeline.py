@@ -39,12 +39,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from evaluators.inherit import inherit_
 from evaluators.lane import MeasurementLane
+from evaluators.measure_first import Gate, charging_first, flops_per_sample, measure_before_training
 from evaluators.meters import EnergyMeter, make_meter
 from evaluators.metrics import evaluate
 from evaluators.placement import place
@@ -62,9 +63,8 @@ from nas.compress.gradual import ONE_SHOT_AT
 from nas.config import Candidate, DistillConfig, MeasureConfig, TrainConfig
 from nas.errors import ConfigError, MeterUnavailableError, TrialFailedError
 from nas.models import EncoderClassifier
-from nas.models.flops import count_flops
 from nas.placement import Placement
-from nas.records import EvalMetrics, FailKind, RungReport, TrainSummary, TrialResult
+from nas.records import EvalMetrics, FailKind, InferenceEnergy, RungReport, TrainSummary, TrialResult
 from nas.spec import TeacherSpec
 
 if TYPE_CHECKING:
@@ -81,8 +81,8 @@ log = logging.getLogger(__name__)
 #: Share of the step budget trained dense before a compressed candidate is pruned/quantized (one-shot).
 DENSE_FRACTION = ONE_SHOT_AT
 #: ``progress(phase, done, total)``: ``fine-tune`` per step of a teacher's fine-tuning (when one runs),
-#: ``teacher-cache`` per teacher batch (when the teacher's outputs are computed), ``train`` per step, then
-#: ``evaluate``, ``measure``, ``save``.
+#: ``measure-first`` (with a ``gate``), ``teacher-cache`` per teacher batch (when the teacher's outputs are
+#: computed), ``train`` per step, then ``evaluate``, ``measure``, ``save``.
 Progress = Callable[[str, int, int], None]
 #: ``on_rung(report)``: a rung was reached; returning True stops training.
 OnRung = Callable[[RungReport], "bool | None"]
@@ -287,7 +287,7 @@ def assess(model: nn.Module, task: TaskData, train_summary: TrainSummary, measur
     try:
         _progress(ctx, "evaluate")
         metrics = evaluate(model, task, batch_size=eval_batch_size, test=True)
-        flops = _flops(model, measure_cfg.seq_len, task.vocab_size)
+        flops = flops_per_sample(model, measure_cfg.seq_len, task.vocab_size)
         _progress(ctx, "measure")
         inference, *others = measure_forms(model, candidate, measure_cfg, vocab_size=task.vocab_size,
                                            device=ctx.device, meter=ctx.meter, lane=ctx.lane)
@@ -362,6 +362,7 @@ def run_trial(
     weights_out: str | Path | None = None,
     progress: Progress | None = None,
     placement: Placement | None = None,
+    gate: Gate | None = None,
 ) -> TrialResult:
     """Train, compress, evaluate and measure ``candidate`` on ``task``.
 
@@ -380,36 +381,81 @@ def run_trial(
         progress: ``progress(phase, done, total)`` (the CLI draws a progress bar from it).
         placement: Where the trial runs (a Ray trial passes what Ray assigned); by default
             :func:`evaluators.placement.place` of ``train_cfg.device``.
+        gate: Measure first: the built, compressed model is measured before any training (progress phase
+            ``measure-first``; :mod:`evaluators.measure_first`) and ``gate(record)`` says why the trial
+            stops there, or ``None`` to train it. The reading is kept as the result's ``first_reading``
+            (its cost counts in the trial's and in every rung report); the reading after training stays
+            the one of record.
 
     Raises:
         ConfigError: the candidate and task do not fit (e.g. distillation without a teacher).
         TrialFailedError: NaN/inf loss, out-of-memory, or a measurement that could not run; its
-            ``partial`` result holds what the trial spent before it failed.
+            ``partial`` result holds what the trial spent before it failed. Kind ``INFEASIBLE`` when
+            ``gate`` stopped the trial before training: ``partial`` is its record before training.
     """
     _need_teacher(candidate, teacher)
     t_start = time.time()
     with _context(candidate, task, train_cfg, measure_cfg, progress, placement) as ctx:
-        task_data = cached_task(task, train_cfg.seed, candidate.max_len)
-        teach = (load_teacher_for(teacher, task_data, train_cfg.seed, ctx)
-                 if teacher and _needs_teacher(candidate, teacher) else None)
-        if teach is not None:
-            task_data = teach.adapt_task(task_data)  # students speak the teacher's tokenizer
-        model = build_for_task(candidate, task_data, seed=train_cfg.seed)
-        if candidate.init == "teacher" and teach is not None:
-            assert isinstance(model, EncoderClassifier) and isinstance(teach.model, EncoderClassifier)
-            report = inherit_(model, teach.model)
-            log.info("inherited from teacher %s: %s", teach.name, report)
-            if train_cfg.freeze_inherited_embeddings:
-                model.tok_emb.weight.requires_grad_(False)
-        trained = train_candidate(model, task_data, train_cfg, ctx, teacher=teach, rungs=rungs, on_rung=on_rung)
-        if trained.stopped:
-            return TrialResult(candidate=candidate, task=task_data.name, status="PRUNED", train=trained.summary,
-                               error=f"stopped early at step {trained.summary.steps}", placement=ctx.placement)
-        result = assess(model, task_data, trained.summary, measure_cfg, ctx,
-                        eval_batch_size=train_cfg.eval_batch_size, weights_out=weights_out)
+        task_data, teach, model = _build(candidate, task, teacher, train_cfg, ctx)
+        first = _measure_first(model, task_data, measure_cfg, ctx, gate) if gate is not None else None
+        try:
+            trained = train_candidate(model, task_data, train_cfg, ctx, teacher=teach, rungs=rungs,
+                                      on_rung=charging_first(on_rung, first))
+            if trained.stopped:
+                return TrialResult(candidate=candidate, task=task_data.name, status="PRUNED",
+                                   train=trained.summary, error=f"stopped early at step {trained.summary.steps}",
+                                   placement=ctx.placement, first_reading=first)
+            result = assess(model, task_data, trained.summary, measure_cfg, ctx,
+                            eval_batch_size=train_cfg.eval_batch_size, weights_out=weights_out)
+        except TrialFailedError as e:
+            if e.partial is not None and first is not None:
+                e.partial = dataclasses.replace(e.partial, first_reading=first)
+            raise
     log.info("trial done in %.1f s: accuracy %.4f, %s", time.time() - t_start, result.accuracy,
              result.inference.meter if result.inference else "no meter")
-    return result
+    return dataclasses.replace(result, first_reading=first)
+
+
+def _build(candidate: Candidate, task: str, teacher: str | TeacherSpec | None, train_cfg: TrainConfig,
+           ctx: TrialContext) -> tuple[TaskData, Teacher | None, nn.Module]:
+    """The task (in the teacher's tokenizer), the teacher, and the model built (and inherited) for them."""
+    task_data = cached_task(task, train_cfg.seed, candidate.max_len)
+    teach = (load_teacher_for(teacher, task_data, train_cfg.seed, ctx)
+             if teacher and _needs_teacher(candidate, teacher) else None)
+    if teach is not None:
+        task_data = teach.adapt_task(task_data)  # students speak the teacher's tokenizer
+    model = build_for_task(candidate, task_data, seed=train_cfg.seed)
+    if candidate.init == "teacher" and teach is not None:
+        assert isinstance(model, EncoderClassifier) and isinstance(teach.model, EncoderClassifier)
+        report = inherit_(model, teach.model)
+        log.info("inherited from teacher %s: %s", teach.name, report)
+        if train_cfg.freeze_inherited_embeddings:
+            model.tok_emb.weight.requires_grad_(False)
+    return task_data, teach, model
+
+
+def _measure_first(model: nn.Module, task: TaskData, measure_cfg: MeasureConfig, ctx: TrialContext,
+                   gate: Gate) -> InferenceEnergy | None:
+    """The built model's reading before training; the trial stops here when ``gate`` says why.
+
+    Raises:
+        TrialFailedError: kind ``INFEASIBLE``, with the record before training (and the reason) as
+            ``partial``, when ``gate`` stops the trial; or the measurement failed (``partial``: nothing spent
+            but what the failure says).
+    """
+    _progress(ctx, "measure-first")
+    candidate: Candidate = model.candidate  # type: ignore[assignment]
+    try:
+        before = measure_before_training(model, task, measure_cfg, device=ctx.device, meter=ctx.meter,
+                                         lane=ctx.lane, placement=ctx.placement)
+    except Exception as e:
+        raise _failure(e, TrialResult(candidate=candidate, task=task.name, status="FAIL",
+                                      placement=ctx.placement)) from e
+    reason = gate(before)
+    if reason is not None:
+        log.info("stopped before training: %s", reason)
+        raise TrialFailedError(reason, kind=FailKind.INFEASIBLE, partial=dataclasses.replace(before, error=reason))
+    return before.inference
 
 
 def _needs_teacher(candidate: Candidate, teacher: str | TeacherSpec | None) -> bool:
@@ -440,10 +486,3 @@ def _need_teacher(candidate: Candidate, teacher: str | TeacherSpec | None) -> No
         raise ConfigError("the candidate starts from the teacher (init: teacher) but no teacher was given",
                           field="teacher", fix="pass --teacher DIR (a Hugging Face folder) or auto, or set init: scratch")
 
-
-def _flops(model: Any, seq_len: int, vocab_size: int) -> float | None:
-    if not isinstance(model, EncoderClassifier):
-        return None
-    device = next(model.parameters()).device
-    ids = torch.randint(1, max(2, vocab_size), (1, seq_len), device=device)
-    return float(count_flops(model, ids))

@@ -45,6 +45,15 @@ def device_key(device: str) -> str:
     return place(device).lane_key
 
 
+def _baked(model: Any) -> tuple[Any, Any]:
+    """An eval copy of ``model`` with its masks and fake-quant grids baked in, and its compression report."""
+    baked = copy.deepcopy(model).eval()
+    rep = applied_compression(model)
+    if rep is not None:
+        materialize_(baked)
+    return baked, rep
+
+
 def serving_copy(model: Any, candidate: Candidate, device: str, dtype: str = "float32") -> tuple[Any, str]:
     """A copy of ``model`` in the form that really runs, and the ``kernels`` label saying what runs.
 
@@ -53,12 +62,9 @@ def serving_copy(model: Any, candidate: Candidate, device: str, dtype: str = "fl
     compression's effect is only simulated. ``model`` itself is left as it was (it may train on, be
     counted or be saved).
     """
-    serving = copy.deepcopy(model).eval()
-    rep = applied_compression(model)
+    serving, rep = _baked(model)
     kernels = rep.kernels if rep is not None else "dense fp32 (torch eager)"
     simulated = bool(rep.simulated) if rep is not None else False
-    if rep is not None:
-        materialize_(serving)
     q = candidate.quant
     if device == "cpu" and 8 in (q.attention_bits, q.ffn_bits) and not torch.cuda.is_available():
         int8 = convert_int8_for_cpu(serving, q)
@@ -81,10 +87,7 @@ def form_copy(model: Any, candidate: Candidate, cfg: MeasureConfig, device: str,
     """
     form = cfg.primary
     if form == "onnxruntime":
-        baked = copy.deepcopy(model).eval()
-        rep = applied_compression(model)
-        if rep is not None:
-            materialize_(baked)
+        baked, rep = _baked(model)
         ids, mask = make_inputs(cfg.batch_size, cfg.seq_len, vocab_size, device="cpu")
         provider = "CUDAExecutionProvider" if device.startswith("cuda") else "CPUExecutionProvider"
         ort = OrtForm(baked, ids, mask, workdir, provider, int8=True, threads=torch.get_num_threads())

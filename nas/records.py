@@ -8,11 +8,11 @@ produced it and ``is_estimate``; an estimate is never presented as a measurement
 from __future__ import annotations
 
 import dataclasses
-import enum
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nas.config import Candidate
+from nas.failures import FailKind, spends_budget
 from nas.placement import Placement
 from nas.vocab import METER_READING
 
@@ -24,50 +24,6 @@ __all__ = ["METERS", "ESTIMATE_METERS", "FailKind", "spends_budget", "Provenance
 METERS: tuple[str, ...] = METER_READING.names
 #: Meters whose numbers are estimates, not measurements.
 ESTIMATE_METERS: frozenset[str] = frozenset(METER_READING.where(lambda t: t.always_estimate))
-
-
-class FailKind(str, enum.Enum):
-    """Why a trial failed, which decides what its failure costs the search.
-
-    * ``CANDIDATE``: the candidate's own fault (NaN loss, out of memory, a worker that died on it, an
-      objective it cannot have). It spends budget and the candidate is never sampled again.
-    * ``INTERRUPTED``: the driver or the search stopped before the trial finished. No budget; the
-      candidate may be sampled again.
-    * ``DEVICE``: the device failed the trial (its meter or NVML broke, e.g. a GPU that fell off the bus),
-      or other work shared it during every measurement attempt. No budget; the
-      candidate may be sampled again.
-    * ``INVALID``: the sampled configuration is not a valid candidate; it never reached a worker.
-    * ``NOT_EVALUATED``: the candidate repeats one that failed or was already evaluated; skipped.
-    """
-
-    CANDIDATE = "candidate"
-    INTERRUPTED = "interrupted"
-    DEVICE = "device"
-    INVALID = "invalid"
-    NOT_EVALUATED = "not_evaluated"
-
-    @property
-    def retryable(self) -> bool:
-        """The candidate is not to blame and may be sampled (and evaluated) again."""
-        return self in (FailKind.INTERRUPTED, FailKind.DEVICE)
-
-    @property
-    def spends_budget(self) -> bool:
-        """The failure counts against the study's trial budget."""
-        return self is FailKind.CANDIDATE
-
-
-def spends_budget(state: str, fail_kind: FailKind | None) -> bool:
-    """Whether a trial in ``state`` spent budget.
-
-    Every finished trial does, except a failure whose kind says otherwise; a RUNNING trial has not yet. A
-    FAIL without a kind is taken as the candidate's.
-    """
-    if state == "RUNNING":
-        return False
-    if state == "FAIL":
-        return fail_kind is None or fail_kind.spends_budget
-    return True
 
 
 @dataclass(frozen=True)
@@ -102,6 +58,8 @@ class Provenance:
     #: What was observed of other work on the device during the windows (see ``evaluators.lane``):
     #: ``{"observed_by": ..., "others_cpu_s": ..., ...}``; empty when nothing was watched.
     device_use: dict[str, Any] = field(default_factory=dict)
+    #: Taken on the built, compressed model before it trained (measure-first, ARCHITECTURE decision 12).
+    before_training: bool = False
 
     @property
     def hardware_fingerprint(self) -> str:
@@ -322,6 +280,7 @@ class RungReport:
     wall_s: float
     meter: str
     is_estimate: bool
+    measure_energy_j: float | None = None  # a measurement before training (measure-first), when one ran
 
 
 @dataclass(frozen=True)
@@ -376,6 +335,9 @@ class TrialResult:
     placement: Placement | None = None  # the device it ran on (None: recorded before placements were)
     #: Readings of the other serving forms ``measure.serving_form`` lists (``inference`` is the primary's).
     other_forms: tuple[InferenceEnergy, ...] = ()
+    #: The primary form's reading before training (measure-first) of a trial that then trained; a trial
+    #: stopped there has it as ``inference`` (its only reading). Its cost counts in the trial's.
+    first_reading: InferenceEnergy | None = None
 
     # --- flat views used for objectives, tables and filters -------------------------------------
     @property
@@ -461,6 +423,7 @@ class TrialResult:
             "weights_path": self.weights_path,
             "placement": self.placement.to_dict() if self.placement else None,
             "other_forms": [f.to_dict() for f in self.other_forms],
+            "first_reading": self.first_reading.to_dict() if self.first_reading else None,
             # flat, for humans and jq
             "accuracy": self.accuracy,
             **self.reported(),
@@ -491,4 +454,5 @@ class TrialResult:
             weights_path=d.get("weights_path"),
             placement=Placement.from_dict(d["placement"]) if d.get("placement") else None,
             other_forms=tuple(InferenceEnergy.from_dict(f) for f in d.get("other_forms") or ()),
+            first_reading=InferenceEnergy.from_dict(d["first_reading"]) if d.get("first_reading") else None,
         )

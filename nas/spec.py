@@ -177,15 +177,24 @@ PRESET_RUNGS: dict[str, tuple[int, ...]] = {"tiny": (400, 800), "base": (50, 200
 
 
 class FidelitySpec(Frozen):
-    """Training-step rungs for ASHA-style early stopping on accuracy.
+    """Training-step rungs for ASHA-style early stopping on accuracy, and measure-first stopping on constraints.
 
-    Energy is measured only once, at the end, for candidates that reach the last rung. A study that gives
-    no ``rungs`` gets its space preset's (:data:`PRESET_RUNGS`).
+    The energy of record is measured once, at the end, for candidates that reach the last rung. A study that
+    gives no ``rungs`` gets its space preset's (:data:`PRESET_RUNGS`).
+
+    ``measure_first`` (``auto``, ``true`` or ``false``): each trial first measures its built, compressed
+    model, before any training, and is stopped at once (``FAIL``, kind ``infeasible``, its reading and cost
+    stored) when it breaks a study constraint that can be judged then (:mod:`nas.feasibility`). ``auto``
+    turns it on when such a constraint exists. ``measure_first_margin`` is the relative noise margin of
+    that judgement: a trial is stopped only when the constraint fails even with each measured value moved
+    this far (or twice the reading's CV, if larger) in its favour.
     """
 
     rungs: list[int] = Field(default_factory=lambda: list(PRESET_RUNGS["tiny"]))
     reduction_factor: int = Field(default=2, ge=2)
     enabled: bool = True
+    measure_first: bool | Literal["auto"] = "auto"
+    measure_first_margin: float = Field(default=0.1, ge=0.0, lt=1.0)
 
     @field_validator("rungs")
     @classmethod

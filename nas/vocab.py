@@ -66,12 +66,16 @@ class MetricTerm(Term):
     """A metric of a trial.
 
     ``direction`` is the better way (``minimize`` means lower is better); ``objective`` says whether a
-    study may optimise it (the others are stored and filterable only).
+    study may optimise it (the others are stored and filterable only). ``before_training`` says whether it
+    is known once the candidate is built and compressed, before any training (ARCHITECTURE decision 12,
+    :mod:`nas.feasibility`): ``no``; ``exact`` (counted from the shapes); or ``measured`` (a reading, known
+    within its noise).
     """
 
     direction: Literal["maximize", "minimize"]
     unit: str
     objective: bool = True
+    before_training: Literal["no", "exact", "measured"] = "no"
 
 
 @dataclass(frozen=True)
@@ -263,14 +267,18 @@ OBJECTIVE: Vocabulary[MetricTerm] = Vocabulary("objective metric", "objectives.m
     MetricTerm("accuracy", "dev-split accuracy", "maximize", "fraction"),
     MetricTerm("macro_f1", "dev-split macro-averaged F1", "maximize", "fraction"),
     MetricTerm("energy_per_sample_j", "inference energy per sample, gross (what the machine drew)",
-               "minimize", "J"),
-    MetricTerm("energy_per_sample_net_j", "inference energy per sample, idle power subtracted", "minimize", "J"),
-    MetricTerm("latency_p50_ms", "median latency of one measurement batch", "minimize", "ms"),
-    MetricTerm("latency_p95_ms", "95th-percentile latency of one measurement batch", "minimize", "ms"),
-    MetricTerm("throughput_samples_s", "inference samples per second", "maximize", "samples/s", objective=False),
-    MetricTerm("params", "parameter count of the compressed model", "minimize", "count"),
-    MetricTerm("size_bytes", "model size at its bit-widths", "minimize", "bytes"),
-    MetricTerm("flops_per_sample", "forward FLOPs per sample", "minimize", "FLOPs"),
+               "minimize", "J", before_training="measured"),
+    MetricTerm("energy_per_sample_net_j", "inference energy per sample, idle power subtracted", "minimize", "J",
+               before_training="measured"),
+    MetricTerm("latency_p50_ms", "median latency of one measurement batch", "minimize", "ms",
+               before_training="measured"),
+    MetricTerm("latency_p95_ms", "95th-percentile latency of one measurement batch", "minimize", "ms",
+               before_training="measured"),
+    MetricTerm("throughput_samples_s", "inference samples per second", "maximize", "samples/s", objective=False,
+               before_training="measured"),
+    MetricTerm("params", "parameter count of the compressed model", "minimize", "count", before_training="exact"),
+    MetricTerm("size_bytes", "model size at its bit-widths", "minimize", "bytes", before_training="exact"),
+    MetricTerm("flops_per_sample", "forward FLOPs per sample", "minimize", "FLOPs", before_training="exact"),
     MetricTerm("train_energy_j", "energy of the trial's training", "minimize", "J", objective=False),
 ])
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from nas.errors import ConfigError
 
-__all__ = ["MAX_EXPR_CHARS", "MAX_DEPTH", "Predicate", "compile_where"]
+__all__ = ["MAX_EXPR_CHARS", "MAX_DEPTH", "Predicate", "compile_where", "names_read"]
 
 #: Longest expression accepted, in characters.
 MAX_EXPR_CHARS = 500
@@ -403,3 +403,12 @@ def compile_where(expr: str, allowed_names: Iterable[str]) -> Predicate:
             fix="use one of the allowed names; quote text values, e.g. attention == \"linear\"",
         )
     return Predicate(expr=expr, names=frozenset(used), _tree=tree)
+
+
+def names_read(expr: str) -> frozenset[str]:
+    """The value names ``expr`` reads, parsed but not checked against any list of allowed names.
+
+    Raises:
+        ConfigError: On a syntax error (with its column).
+    """
+    return frozenset(_names(_Parser(expr).parse()))

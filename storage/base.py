@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 from nas.config import Candidate
-from nas.records import FailKind, TrialResult
+from nas.records import FailKind, InferenceEnergy, TrialResult
 from nas.reference import TeacherReference
 from storage.views import ArtefactView, FrontEntry, ReadingView, StudyInfo, TrialCost, TrialView
 
@@ -170,8 +170,9 @@ class BaseStorage(abc.ABC):
             reason: Why, for humans (``"CUDA out of memory"``, ``"NaN loss at step 40"``).
             candidate: The candidate, if the trial was never started.
             cost: What the trial cost before it failed.
-            kind: Why, for the search. Only ``FailKind.CANDIDATE`` (the default) spends budget and puts
-                the candidate's hash in :meth:`failed_candidate_hashes`; the other kinds do neither.
+            kind: Why, for the search. Only ``FailKind.CANDIDATE`` (the default) and ``FailKind.INFEASIBLE``
+                spend budget and put the candidate's hash in :meth:`failed_candidate_hashes`; the other kinds
+                do neither.
             optuna_trial_id: Optuna's id of the trial, recorded if given.
         """
 
@@ -208,6 +209,22 @@ class BaseStorage(abc.ABC):
     def remove_artefacts(self, study: str, trial_number: int, kind: str) -> list[str]:
         """Forget a trial's artefacts of ``kind`` (retention); returns their paths for the caller to delete."""
 
+    @abc.abstractmethod
+    def add_remeasurement(self, study: str, trial_number: int, readings: Sequence[InferenceEnergy]) -> list[str]:
+        """Store inference readings of a COMPLETE trial taken again on another machine (``nas remeasure``).
+
+        A serving form the trial already has a reading of on that machine is skipped, so adding the same
+        readings twice adds nothing. The fronts of the machines read are recomputed in the same
+        transaction. Returns the serving forms added.
+
+        Raises:
+            StorageError: Unknown study, or the trial is missing or not COMPLETE.
+        """
+
+    @abc.abstractmethod
+    def measured_forms(self, study: str, trial_number: int, hardware: str) -> set[str]:
+        """The serving forms a trial has an inference reading of on ``hardware`` (its own or re-measured)."""
+
     # --- trials: reading ---------------------------------------------------------------------------
     @abc.abstractmethod
     def trials(self, study: str, *, states: Iterable[str] | None = None) -> list[TrialView]:
@@ -223,7 +240,7 @@ class BaseStorage(abc.ABC):
 
     @abc.abstractmethod
     def failed_candidate_hashes(self, study: str) -> set[str]:
-        """Hashes of candidates that failed by their own fault (``FailKind.CANDIDATE``): never resample."""
+        """Hashes of candidates whose failure blocks them (``CANDIDATE``, ``INFEASIBLE``): never resample."""
 
     @abc.abstractmethod
     def complete_candidate_hashes(self, study: str) -> dict[str, int]:
@@ -279,6 +296,14 @@ class BaseStorage(abc.ABC):
     @abc.abstractmethod
     def rebuild_front(self, study: str) -> None:
         """Recompute the persisted fronts of a study from all its COMPLETE trials (a repair tool)."""
+
+    @abc.abstractmethod
+    def remeasured_trials(self, study: str) -> list[TrialView]:
+        """Every COMPLETE trial as seen on each other machine ``nas remeasure`` measured it on.
+
+        Each view's readings, flat values, meter and fingerprint are that machine's (``remeasured`` is
+        True); in trial-number order. Empty for a study never re-measured.
+        """
 
     @abc.abstractmethod
     def hardware_fingerprints(self, study: str) -> list[str]:

@@ -48,6 +48,7 @@ __all__ = [
     "set_result",
     "set_cost",
     "reading_rows",
+    "inference_reading",
 ]
 
 #: Flat metric columns of ``nas_trials`` filled from :meth:`TrialResult.objectives`.
@@ -171,7 +172,7 @@ def reading_view(trial_number: int, r: EnergyReadingRow) -> ReadingView:
         energy_per_sample_net_j=r.energy_per_sample_net_j, idle_w=r.idle_w, cv=r.cv, duration_s=r.duration_s,
         co2eq_g=r.co2eq_g, hardware_fingerprint=r.hardware_fingerprint,
         provenance=MappingProxyType(json.loads(r.provenance_json)) if r.provenance_json else None,
-        created_utc=r.created_utc,
+        created_utc=r.created_utc, origin=r.origin,
     )
 
 
@@ -246,7 +247,7 @@ def _train_reading(tr: TrainSummary, kind: str) -> EnergyReadingRow:
     )
 
 
-def _inference_reading(inf: InferenceEnergy) -> EnergyReadingRow:
+def inference_reading(inf: InferenceEnergy) -> EnergyReadingRow:
     """The row of one inference reading (one serving form)."""
     prov = inf.provenance
     return EnergyReadingRow(
@@ -265,10 +266,12 @@ def _inference_reading(inf: InferenceEnergy) -> EnergyReadingRow:
 def reading_rows(result: TrialResult) -> list[EnergyReadingRow]:
     """One row per energy reading of a result.
 
-    Its inference readings (one per serving form, the primary first), then its training (with the
-    teacher-outputs cache and any teacher training behind it).
+    Its inference readings (one per serving form, the primary first, then the primary's reading before
+    training when the trial measured first and then trained; its provenance says ``before_training``), then
+    its training (with the teacher-outputs cache and any teacher training behind it).
     """
-    out = [_inference_reading(inf) for inf in (result.inference, *result.other_forms) if inf is not None]
+    readings = (result.inference, *result.other_forms, result.first_reading)
+    out = [inference_reading(inf) for inf in readings if inf is not None]
     tr = result.train
     if tr is not None and tr.teacher_cache is not None:
         out.append(_train_reading(tr.teacher_cache, "teacher-cache"))

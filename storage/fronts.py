@@ -4,7 +4,8 @@ There is one rule for which COMPLETE trials may stand on a study's front, :class
 the study's spec: its ``constraints`` and its ``front.require_above_majority``. Every front applies it:
 :func:`front` (``nas pareto``, ``nas.pareto()``, the dashboard's API and plots), :func:`trivial_trials`
 and the persisted table (:func:`rewrite_front`), so they always agree. A user's ``where`` narrows
-further. Fronts are computed per hardware fingerprint.
+further. Fronts are computed per hardware fingerprint: a trial re-measured on another machine (``nas
+remeasure``) stands on that machine's front with that machine's readings (:mod:`storage.remeasured`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from nas.dominance import non_dominated
@@ -27,10 +28,9 @@ from storage.convert import (
     nan_if_none,
     objectives_key,
     objectives_of,
-    row_values,
-    trial_view,
 )
-from storage.models import ParetoFrontRow, StudyRow, TrialRow, utc_now
+from storage.models import EnergyReadingRow, ParetoFrontRow, StudyRow, TrialRow, utc_now
+from storage.remeasured import REMEASURE, Measured, measured_on, own_measurement, remeasured_readings
 from storage.views import (
     FILTER_NAMES,
     NO_HARDWARE,
@@ -50,6 +50,7 @@ __all__ = [
     "trivial_trials",
     "persisted_front",
     "hardware_fingerprints",
+    "remeasured_trials",
 ]
 
 Values = dict[str, Any]
@@ -104,19 +105,24 @@ def _front_of(items: Sequence[tuple[int, Values]], objectives: Sequence[tuple[st
     return sorted((int(i) for i in idx), key=lambda i: (first_sign * pts[i, 0], items[i][0]))
 
 
-def _stored_members(s: Session, st: StudyRow, hardware: str, new_row: TrialRow | None) -> list[TrialRow]:
-    """The rows a front rewrite compares.
+def _stored_members(s: Session, st: StudyRow, hardware: str, new_row: TrialRow | None) -> list[Measured]:
+    """The trials a front rewrite compares, as measured on ``hardware``.
 
-    With ``new_row``, the stored front plus it; else every COMPLETE trial of that hardware.
+    With ``new_row``, the stored front plus it; else every COMPLETE trial measured there (by itself, or
+    re-measured by ``nas remeasure``).
     """
+    readings = remeasured_readings(s, st)
     if new_row is None:
-        return list(s.scalars(select(TrialRow).where(
-            TrialRow.study_id == st.id, TrialRow.state == "COMPLETE", TrialRow.hardware_fingerprint == hardware)).all())
-    members = select(ParetoFrontRow.trial_id).where(
-        ParetoFrontRow.study_id == st.id, ParetoFrontRow.hardware_fingerprint == hardware)
-    rows = [r for r in s.scalars(select(TrialRow).where(TrialRow.id.in_(members))).all() if r.id != new_row.id]
-    rows.append(new_row)
-    return rows
+        q = select(TrialRow).where(TrialRow.study_id == st.id, TrialRow.state == "COMPLETE", or_(
+            TrialRow.hardware_fingerprint == hardware, TrialRow.id.in_(list(readings))))
+        rows = list(s.scalars(q).all())
+    else:
+        members = select(ParetoFrontRow.trial_id).where(
+            ParetoFrontRow.study_id == st.id, ParetoFrontRow.hardware_fingerprint == hardware)
+        rows = [r for r in s.scalars(select(TrialRow).where(TrialRow.id.in_(members))).all() if r.id != new_row.id]
+        rows.append(new_row)
+    found = (measured_on(r, hardware, readings.get(r.id, ()), st.spec_json) for r in rows)
+    return [m for m in found if m is not None]
 
 
 def rewrite_front(s: Session, st: StudyRow, hardware: str, new_row: TrialRow | None = None) -> None:
@@ -124,31 +130,29 @@ def rewrite_front(s: Session, st: StudyRow, hardware: str, new_row: TrialRow | N
 
     With ``new_row`` (the trial just completed) only the stored front plus that trial are compared:
     COMPLETE trials never change, and a trial dominated once stays dominated, so this equals the
-    front over all trials (a test checks it). Without it, every COMPLETE trial is read. Trials the
-    study's :class:`FrontRule` keeps out take no part, exactly as in :func:`front`.
+    front over all trials (a test checks it). Without it, every COMPLETE trial measured on that hardware
+    is read. Trials the study's :class:`FrontRule` keeps out take no part, exactly as in :func:`front`.
     """
     objectives = objectives_of(st)
     rule = front_rule(st.spec_json)
     admits = rule.admits()
-    rows, items = [], []
-    for r in sorted(_stored_members(s, st, hardware, new_row), key=lambda r: r.trial_number):
-        values = row_values(r)
-        if admits(values) and (not rule.require_above_majority or above_majority(values)):
-            rows.append(r)
-            items.append((r.trial_number, values))
-    order = _front_of(items, objectives)
-    if new_row is not None and new_row not in (rows[i] for i in order):
+    kept: list[Measured] = []
+    for m in sorted(_stored_members(s, st, hardware, new_row), key=lambda m: m.row.trial_number):
+        if admits(m.values) and (not rule.require_above_majority or above_majority(m.values)):
+            kept.append(m)
+    order = _front_of([(m.row.trial_number, m.values) for m in kept], objectives)
+    if new_row is not None and new_row not in (kept[i].row for i in order):
         return  # the new trial is dominated (or lacks an objective): the stored front stands
     s.execute(delete(ParetoFrontRow).where(
         ParetoFrontRow.study_id == st.id, ParetoFrontRow.hardware_fingerprint == hardware))
     now = utc_now()
     key = objectives_key(objectives)
     for position, i in enumerate(order):
-        r = rows[i]
+        m = kept[i]
         s.add(ParetoFrontRow(
-            study_id=st.id, hardware_fingerprint=hardware, objectives_key=key, trial_id=r.id,
-            trial_number=r.trial_number, position=position,
-            values_json=json_dumps({m: items[i][1][m] for m, _ in objectives}), updated_utc=now,
+            study_id=st.id, hardware_fingerprint=hardware, objectives_key=key, trial_id=m.row.id,
+            trial_number=m.row.trial_number, position=position,
+            values_json=json_dumps({name: m.values[name] for name, _ in objectives}), updated_utc=now,
         ))
 
 
@@ -165,21 +169,31 @@ def rebuild_all_fronts(s: Session) -> None:
         rebuild_fronts(s, st)
 
 
-def _candidates(s: Session, st: StudyRow, where: str | None, hardware: str | None) -> list[tuple[TrialRow, Values]]:
-    """The study's COMPLETE trials that satisfy its constraints and ``where``.
+def _measured(s: Session, st: StudyRow) -> list[Measured]:
+    """The study's COMPLETE trials on each machine they were measured on, in trial-number order.
 
-    Each with its flat values, in trial-number order.
+    A trial re-measured on another machine (``nas remeasure``) appears once per machine, its own first.
     """
-    admits = front_rule(st.spec_json).admits(where)
+    readings = remeasured_readings(s, st)
     q = select(TrialRow).where(TrialRow.study_id == st.id, TrialRow.state == "COMPLETE")
-    if hardware is not None:
-        q = q.where(TrialRow.hardware_fingerprint == hardware)
-    members = []
+    out: list[Measured] = []
     for r in s.scalars(q.order_by(TrialRow.trial_number)).all():
-        values = row_values(r)
-        if admits(values):
-            members.append((r, values))
-    return members
+        own, theirs = own_measurement(r), readings.get(r.id, [])
+        others = dict.fromkeys(x.hardware_fingerprint or NO_HARDWARE for x in theirs
+                               if x.hardware_fingerprint != own.hardware)
+        out.extend(m for m in (own, *(measured_on(r, hw, theirs, st.spec_json) for hw in others)) if m is not None)
+    return out
+
+
+def _candidates(s: Session, st: StudyRow, where: str | None, hardware: str | None) -> list[Measured]:
+    """The trials of :func:`_measured` (on ``hardware`` only, if given) that satisfy the constraints and ``where``."""
+    admits = front_rule(st.spec_json).admits(where)
+    return [m for m in _measured(s, st) if (hardware is None or m.hardware == hardware) and admits(m.values)]
+
+
+def remeasured_trials(s: Session, st: StudyRow) -> list[TrialView]:
+    """Every COMPLETE trial as seen on each other machine ``nas remeasure`` measured it on, by number."""
+    return [m.view(st.name) for m in _measured(s, st) if m.record is not None]
 
 
 def front(s: Session, st: StudyRow, *, where: str | None, hardware: str | None,
@@ -187,16 +201,16 @@ def front(s: Session, st: StudyRow, *, where: str | None, hardware: str | None,
     """The Pareto-optimal COMPLETE trials (see :meth:`storage.base.BaseStorage.front`)."""
     rule = front_rule(st.spec_json)
     majority = rule.require_above_majority and not include_trivial
-    groups: dict[str, list[tuple[TrialRow, Values]]] = {}
-    for r, values in _candidates(s, st, where, hardware):
-        if not majority or above_majority(values):
-            groups.setdefault(r.hardware_fingerprint or NO_HARDWARE, []).append((r, values))
+    groups: dict[str, list[Measured]] = {}
+    for m in _candidates(s, st, where, hardware):
+        if not majority or above_majority(m.values):
+            groups.setdefault(m.hardware, []).append(m)
     objectives = objectives_of(st)
     out: list[TrialView] = []
     for hw in sorted(groups):
         group = groups[hw]
-        order = _front_of([(r.trial_number, v) for r, v in group], objectives)
-        out.extend(trial_view(st.name, group[i][0]) for i in order)
+        order = _front_of([(m.row.trial_number, m.values) for m in group], objectives)
+        out.extend(group[i].view(st.name) for i in order)
     return out
 
 
@@ -204,11 +218,11 @@ def trivial_trials(s: Session, st: StudyRow, *, where: str | None, hardware: str
     """The COMPLETE trials kept off the front as trivial (:meth:`storage.base.BaseStorage.trivial_trials`).
 
     Those within the study's constraints and ``where`` at or below the dev majority-class rate; empty when
-    the study turns that rule off. In number order.
+    the study turns that rule off. In number order (per machine, for a re-measured trial).
     """
     if not front_rule(st.spec_json).require_above_majority:
         return []
-    return [trial_view(st.name, r) for r, v in _candidates(s, st, where, hardware) if not above_majority(v)]
+    return [m.view(st.name) for m in _candidates(s, st, where, hardware) if not above_majority(m.values)]
 
 
 def persisted_front(s: Session, st: StudyRow, *, hardware: str | None) -> list[FrontEntry]:
@@ -221,7 +235,10 @@ def persisted_front(s: Session, st: StudyRow, *, hardware: str | None) -> list[F
 
 
 def hardware_fingerprints(s: Session, st: StudyRow) -> list[str]:
-    """The hardware fingerprints of a study's COMPLETE trials, sorted."""
-    found = s.scalars(select(TrialRow.hardware_fingerprint).where(
-        TrialRow.study_id == st.id, TrialRow.state == "COMPLETE").distinct()).all()
+    """The machines a study's COMPLETE trials were measured on (by themselves or by ``nas remeasure``), sorted."""
+    found = set(s.scalars(select(TrialRow.hardware_fingerprint).where(
+        TrialRow.study_id == st.id, TrialRow.state == "COMPLETE").distinct()).all())
+    complete = select(TrialRow.id).where(TrialRow.study_id == st.id, TrialRow.state == "COMPLETE")
+    found |= set(s.scalars(select(EnergyReadingRow.hardware_fingerprint).where(
+        EnergyReadingRow.trial_id.in_(complete), EnergyReadingRow.origin == REMEASURE).distinct()).all())
     return sorted({h or NO_HARDWARE for h in found})

@@ -234,6 +234,8 @@ class EnergyReadingRow(Base):
 
     ``kind`` is ``"train"`` or ``"inference:<serving form>"``. For inference, the per-sample columns are
     filled (gross and idle-corrected) and ``energy_j`` is empty; for training, ``energy_j`` is the total.
+    ``origin`` is ``"remeasure"`` for an inference reading ``nas remeasure`` took later, on the machine its
+    ``hardware_fingerprint`` names, with its whole record in ``record_json``; ``NULL`` for the trial's own.
     """
 
     __tablename__ = "nas_energy_readings"
@@ -261,6 +263,10 @@ class EnergyReadingRow(Base):
     device_uuid: Mapped[str | None] = mapped_column(String(128))
     hardware_fingerprint: Mapped[str | None] = mapped_column(String(255))
     provenance_json: Mapped[str | None] = mapped_column(Text)
+    # NULL: taken by the trial itself; "remeasure": added by `nas remeasure` (revision 0006)
+    origin: Mapped[str | None] = mapped_column(String(16))
+    # a re-measured reading's full InferenceEnergy (its machine's front is computed from it)
+    record_json: Mapped[str | None] = mapped_column(Text)
     created_utc: Mapped[datetime] = mapped_column(UTCDateTime)
 
     trial: Mapped[TrialRow] = relationship(back_populates="readings")
@@ -283,13 +289,15 @@ class ArtefactRow(Base):
 class ParetoFrontRow(Base):
     """The persisted Pareto front: one row per front member, per study and hardware fingerprint.
 
+    A trial re-measured on another machine (``nas remeasure``) can stand on each machine's front.
+
     Rewritten in the same transaction as the trial that changed it, and always recomputable from
     ``nas_trials``. ``position`` orders the front by its first objective, best first.
     """
 
     __tablename__ = "nas_pareto_front"
     __table_args__ = (
-        UniqueConstraint("study_id", "trial_id", name="uq_nas_pareto_front_study_trial"),
+        UniqueConstraint("study_id", "hardware_fingerprint", "trial_id", name="uq_nas_pareto_front_study_hardware_trial"),
         Index("ix_nas_pareto_front_study_hardware", "study_id", "hardware_fingerprint"),
     )
 

@@ -71,9 +71,13 @@ def trial(s: Session, st: StudyRow, number: int) -> TrialView:
 
 
 def failed_candidate_hashes(s: Session, st: StudyRow) -> set[str]:
-    """Hashes of candidates that failed by their own fault (never sample them again)."""
+    """Hashes of candidates whose failure blocks them: never sample them again.
+
+    :attr:`FailKind.blocks_candidate`: their own fault, or infeasible before training.
+    """
+    blocking = [k.value for k in FailKind if k.blocks_candidate]
     found = s.scalars(select(TrialRow.candidate_hash).where(
-        TrialRow.study_id == st.id, TrialRow.fail_kind == FailKind.CANDIDATE.value,
+        TrialRow.study_id == st.id, TrialRow.fail_kind.in_(blocking),
         TrialRow.candidate_hash.is_not(None))).all()
     return {h for h in found if h is not None}
 

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from nas.config import Candidate
 from nas.errors import StorageError
-from nas.records import FailKind, TrialResult
+from nas.records import FailKind, InferenceEnergy, TrialResult
 from nas.reference import TeacherReference
 from storage import fronts, queries, references, schema, studies, trials
 from storage.base import BaseStorage
@@ -308,6 +308,16 @@ class Store(BaseStorage):
         with self.session(write=True) as s:
             return trials.remove_artefacts(s, study_row(s, study), trial_number, kind)
 
+    def add_remeasurement(self, study: str, trial_number: int, readings: Sequence[InferenceEnergy]) -> list[str]:
+        """Store a trial's readings taken again on another machine; see :meth:`BaseStorage.add_remeasurement`."""
+        with self.session(write=True) as s:
+            return trials.add_remeasurement(s, study_row(s, study), trial_number, readings)
+
+    def measured_forms(self, study: str, trial_number: int, hardware: str) -> set[str]:
+        """The serving forms a trial has a reading of on ``hardware``."""
+        with self.session() as s:
+            return trials.measured_forms(s, study_row(s, study), trial_number, hardware)
+
     # --- trials: reading ---------------------------------------------------------------------------
     def trials(self, study: str, *, states: Iterable[str] | None = None) -> list[TrialView]:
         """A study's trials in number order, optionally only those in ``states``."""
@@ -363,6 +373,11 @@ class Store(BaseStorage):
         """Recompute the study's persisted fronts from all its COMPLETE trials (a repair tool)."""
         with self.session(write=True) as s:
             fronts.rebuild_fronts(s, study_row(s, study))
+
+    def remeasured_trials(self, study: str) -> list[TrialView]:
+        """The COMPLETE trials as seen on the other machines ``nas remeasure`` measured them on."""
+        with self.session() as s:
+            return fronts.remeasured_trials(s, study_row(s, study))
 
     def hardware_fingerprints(self, study: str) -> list[str]:
         """The hardware fingerprints of the study's COMPLETE trials, sorted."""

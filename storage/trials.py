@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sqlalchemy import select
@@ -20,10 +20,11 @@ from sqlalchemy.orm import Session
 
 from nas.config import Candidate
 from nas.errors import ConfigError, StorageError
-from nas.records import FailKind, TrialResult
-from storage.convert import reading_rows, set_candidate, set_cost, set_result
+from nas.records import FailKind, InferenceEnergy, TrialResult
+from storage.convert import inference_reading, json_dumps, reading_rows, set_candidate, set_cost, set_result
 from storage.fronts import rewrite_front
 from storage.models import ArtefactRow, StudyRow, TrialRow, TrialRungRow, utc_now
+from storage.remeasured import REMEASURE
 from storage.views import NO_HARDWARE, TrialCost, candidate_hash
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "mark_unfinished_failed",
     "add_artefact",
     "remove_artefacts",
+    "measured_forms",
+    "add_remeasurement",
 ]
 
 _RESULT_STATES = {"COMPLETE": "COMPLETE", "FAIL": "FAIL", "PRUNED": "PRUNED"}
@@ -234,3 +237,45 @@ def remove_artefacts(s: Session, st: StudyRow, number: int, kind: str) -> list[s
     for a in rows:
         s.delete(a)
     return paths
+
+
+def measured_forms(s: Session, st: StudyRow, number: int, hardware: str) -> set[str]:
+    """The serving forms trial ``number`` already has a reading of on ``hardware`` (its own, or re-measured)."""
+    row = trial_row(s, st, number)
+    if row is None:
+        return set()
+    return {r.serving_form or r.kind.removeprefix("inference:") for r in row.readings
+            if r.kind.startswith("inference:") and r.hardware_fingerprint == hardware}
+
+
+def add_remeasurement(s: Session, st: StudyRow, number: int, readings: Sequence[InferenceEnergy]) -> list[str]:
+    """Store readings of trial ``number`` re-measured on another machine; the forms added.
+
+    A reading of a form the trial already has on that machine is not added again, so re-running
+    ``nas remeasure`` adds nothing and loses nothing.
+
+    Raises:
+        StorageError: The trial does not exist or is not COMPLETE.
+    """
+    row = trial_row(s, st, number)
+    if row is None or row.state != "COMPLETE":
+        state = "missing" if row is None else row.state
+        raise StorageError(f"trial {number} of study {st.name!r} is {state}; only COMPLETE trials are re-measured",
+                           field="--trials", value=number, fix=f"pick COMPLETE trials (`nas pareto {st.name}`)")
+    added, machines = [], set()
+    for inf in readings:
+        hardware = inf.provenance.hardware_fingerprint
+        if inf.serving_form in measured_forms(s, st, number, hardware):
+            continue
+        reading = inference_reading(inf)
+        reading.origin = REMEASURE
+        reading.record_json = json_dumps(inf.to_dict())
+        row.readings.append(reading)
+        added.append(inf.serving_form)
+        machines.add(hardware)
+    s.flush()
+    for hardware in sorted(machines):
+        rewrite_front(s, st, hardware)
+    if added:
+        st.updated_utc = utc_now()  # readers (the dashboard) see the study changed
+    return added

@@ -181,29 +181,33 @@ class TrialCost:
 
         A phase that ran but whose meter gave no number leaves its part ``None``: unknown stays unknown.
         ``measure_energy_j`` is the protocol's metered energy (warm-up, idle baseline, windows, latency
-        pass); see :func:`_measured_protocol_cost` for records written before it was metered.
+        pass) of every reading the trial took, the one before training (measure-first) included; see
+        :func:`_measured_protocol_cost` for records written before it was metered. A trial stopped by its
+        reading before training trained for nothing: its training joules are 0, known.
         """
-        train, inf = result.train, result.inference
-        measure_j = co2_inf = None
-        if inf is not None:
-            measure_j, co2_inf = _measured_protocol_cost(inf)
-        co2_parts = ([train.total_co2eq_g] if train else []) + ([co2_inf] if inf else [])
-        meters = [m.meter for m in (train, inf) if m is not None and m.meter != "none"]
+        train, readings = result.train, [r for r in (result.inference, result.first_reading) if r is not None]
+        costs = [_measured_protocol_cost(r) for r in readings]
+        co2_parts = ([train.total_co2eq_g] if train else []) + [co2 for _, co2 in costs]
+        meters = [m.meter for m in (train, *readings) if m is not None and m.meter != "none"]
+        stopped_first = train is None and result.inference is not None and result.inference.provenance.before_training
         return cls(
-            train_energy_j=train.total_energy_j if train else None,
-            measure_energy_j=measure_j,
+            train_energy_j=train.total_energy_j if train else (0.0 if stopped_first else None),
+            measure_energy_j=sum_known([j for j, _ in costs]) if costs else None,
             co2eq_g=sum_known(co2_parts),
             wall_s=wall_s,
             gpu_s=gpu_s,
             meter=meters[0] if meters else "none",
-            is_estimate=any(m.is_estimate for m in (train, inf) if m is not None),
+            is_estimate=any(m.is_estimate for m in (train, *readings) if m is not None),
         )
 
     @classmethod
     def from_rung(cls, rung: RungReport, *, wall_s: float = 0.0, gpu_s: float = 0.0) -> TrialCost:
-        """The cost of a trial known only from its last rung report (stopped there, or its worker died)."""
-        return cls(train_energy_j=rung.train_energy_j, co2eq_g=rung.co2eq_g, wall_s=wall_s, gpu_s=gpu_s,
-                   meter=rung.meter, is_estimate=rung.is_estimate)
+        """The cost of a trial known only from its last rung report (stopped there, or its worker died).
+
+        Its training so far, and its measurement before training when it measured first.
+        """
+        return cls(train_energy_j=rung.train_energy_j, measure_energy_j=rung.measure_energy_j, co2eq_g=rung.co2eq_g,
+                   wall_s=wall_s, gpu_s=gpu_s, meter=rung.meter, is_estimate=rung.is_estimate)
 
 
 @dataclass(frozen=True)
@@ -338,6 +342,7 @@ class TrialView:
     finished_utc: datetime | None
     flat: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     rung_accuracies: tuple[tuple[int, float], ...] = ()
+    remeasured: bool = False
 
     @property
     def retryable(self) -> bool:
@@ -413,6 +418,7 @@ class ReadingView:
     hardware_fingerprint: str | None
     provenance: Mapping[str, Any] | None
     created_utc: datetime
+    origin: str | None = None  # "remeasure": added by `nas remeasure`; None: taken by the trial
 
 
 def study_fidelity(info: StudyInfo, trials: Iterable[TrialView]) -> FidelityReport:

@@ -387,6 +387,58 @@ class StorageContract:
         store.rebuild_front("s")
         assert [(e.hardware_fingerprint, e.trial_number, e.position) for e in store.persisted_front("s")] == before
 
+    def test_remeasured_readings_give_a_second_machines_front_and_twice_adds_nothing(
+        self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate,
+    ) -> None:
+        """nas remeasure: readings of another machine stand beside the trial's own, on that machine's front."""
+        self._study(store)
+        energies = {0: 1e-3, 1: 2e-3, 2: 3e-3, 3: 4e-3}
+        accuracies = {0: 0.6, 1: 0.7, 2: 0.8, 3: 0.9}  # on CPU-A every trial is on the front
+        for i in energies:
+            r = make_result(candidate=make_candidate(i), accuracy=accuracies[i], energy_per_sample_j=energies[i],
+                            hardware="CPU-A")
+            store.start_trial("s", i, r.candidate)
+            store.finish_trial("s", i, r, cost=COST)
+        # on GPU-B, trial 2 turns out cheaper than trial 1 (which then falls off); trial 3 is not re-measured
+        again = {0: 5e-4, 1: 9e-4, 2: 8e-4}
+        for i, e in again.items():
+            inf = make_result(energy_per_sample_j=e, latency_p50_ms=0.5 + i, hardware="GPU-B").inference
+            assert inf is not None
+            assert store.add_remeasurement("s", i, [inf]) == [inf.serving_form]
+        assert store.hardware_fingerprints("s") == ["CPU-A", "GPU-B"]
+        own = store.front("s", hardware="CPU-A")
+        assert [t.number for t in own] == [3, 2, 1, 0] and not any(t.remeasured for t in own)
+        there = store.front("s", hardware="GPU-B")
+        assert [t.number for t in there] == [2, 0]
+        assert all(t.remeasured and t.hardware_fingerprint == "GPU-B" for t in there)
+        assert [t.flat["energy_per_sample_j"] for t in there] == [8e-4, 5e-4]
+        assert [t.result.inference.latency_p50_ms for t in there if t.result and t.result.inference] == [2.5, 0.5]
+        assert [t.flat["accuracy"] for t in there] == [0.8, 0.6]  # accuracy is the trial's own
+        persisted = store.persisted_front("s")
+        assert [(e.hardware_fingerprint, e.trial_number) for e in persisted] == [
+            (t.hardware_fingerprint, t.number) for t in store.front("s")]
+        readings = store.readings("s", 2)
+        assert [(r.origin, r.hardware_fingerprint) for r in readings if r.kind.startswith("inference")] == [
+            (None, "CPU-A"), ("remeasure", "GPU-B")]
+        # twice: nothing new, nothing lost
+        inf = make_result(energy_per_sample_j=1e-9, hardware="GPU-B").inference
+        assert inf is not None
+        assert store.add_remeasurement("s", 2, [inf]) == []
+        assert store.measured_forms("s", 2, "GPU-B") == {inf.serving_form}
+        assert len(store.readings("s", 2)) == len(readings)
+        assert [t.flat["energy_per_sample_j"] for t in store.front("s", hardware="GPU-B")] == [8e-4, 5e-4]
+        store.rebuild_front("s")
+        assert [(e.hardware_fingerprint, e.trial_number) for e in store.persisted_front("s")] == [
+            (e.hardware_fingerprint, e.trial_number) for e in persisted]
+        # a later trial of the search itself still updates its own machine's front incrementally
+        r = make_result(candidate=make_candidate(9), accuracy=0.95, energy_per_sample_j=5e-3, hardware="CPU-A")
+        store.start_trial("s", 9, r.candidate)
+        store.finish_trial("s", 9, r, cost=COST)
+        assert [e.trial_number for e in store.persisted_front("s", hardware="CPU-A")] == [9, 3, 2, 1, 0]
+        assert [e.trial_number for e in store.persisted_front("s", hardware="GPU-B")] == [2, 0]
+        with pytest.raises(StorageError, match="only COMPLETE"):
+            store.add_remeasurement("s", 42, [inf])
+
     def test_front_where_filters_before_the_front(
         self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate
     ) -> None:
@@ -552,7 +604,7 @@ class StorageContract:
                     cost_measure_energy_j=1.0, cost_meter="nvml-counter", cost_is_estimate=False, started_utc=now))
             with pytest.raises(StorageError, match="nas storage upgrade"):
                 Store.open(db_url)
-            assert Store.upgrade(db_url) == store_module.head_revision() == "0005"
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0006"
             with Store.open(db_url, create=False) as store:
                 assert store.teacher_reference("old") is None
                 assert store.get_study("old").total_energy_j == pytest.approx(8.0)
@@ -565,6 +617,42 @@ class StorageContract:
             with engine.connect() as conn:
                 assert "nas_teacher_references" not in inspect(conn).get_table_names()
                 assert conn.execute(text("SELECT COUNT(*) FROM nas_trials")).scalar() == 1
+        finally:
+            engine.dispose()
+
+    def test_migration_0006_keeps_fronts_and_readings_and_its_downgrade_drops_only_remeasurements(
+        self, db_url: str, make_result: MakeResult, make_candidate: MakeCandidate,
+    ) -> None:
+        assert Store.upgrade(db_url, "0005") == "0005"
+        engine = create_engine(store_module.normalize_url(db_url))
+        try:
+            now = datetime.now(timezone.utc)
+            with engine.begin() as conn:  # a study written by a 0005 build
+                assert "origin" not in {c["name"] for c in inspect(conn).get_columns("nas_energy_readings")}
+                studies = Table("nas_studies", MetaData(), autoload_with=conn)
+                conn.execute(studies.insert().values(
+                    name="s", spec_json=json.dumps({"task": "builtin:parity"}),
+                    objectives_json=json.dumps([list(o) for o in OBJ2]), status="RUNNING", created_utc=now,
+                    updated_utc=now))
+            assert Store.upgrade(db_url) == store_module.head_revision()
+            with Store.open(db_url, create=False) as store:
+                for i, hw in enumerate(["CPU-A", "CPU-A"]):
+                    r = make_result(candidate=make_candidate(i), accuracy=0.6 + 0.1 * i,
+                                    energy_per_sample_j=1e-3 * (i + 1), hardware=hw)
+                    store.start_trial("s", i, r.candidate)
+                    store.finish_trial("s", i, r, cost=COST)
+                inf = make_result(energy_per_sample_j=5e-4, hardware="GPU-B").inference
+                assert inf is not None
+                store.add_remeasurement("s", 0, [inf])
+                assert len(store.persisted_front("s")) == 3  # trial 0 stands on both machines' fronts
+            with engine.begin() as conn:  # and back: only the re-measured readings and their front rows go
+                command.downgrade(store_module.alembic_config(conn), "0005")
+            with engine.connect() as conn:
+                assert conn.execute(text("SELECT COUNT(*) FROM nas_pareto_front")).scalar() == 2
+                kinds = conn.execute(text("SELECT hardware_fingerprint FROM nas_energy_readings "
+                                          "WHERE kind LIKE 'inference%'")).scalars().all()
+                assert sorted(kinds) == ["CPU-A", "CPU-A"]
+                assert "origin" not in {c["name"] for c in inspect(conn).get_columns("nas_energy_readings")}
         finally:
             engine.dispose()
 
@@ -587,7 +675,7 @@ class StorageContract:
                         dict(state="FAIL", result_json="{not json", fail_kind="candidate")]
                 for n, row in enumerate(rows):
                     conn.execute(trials.insert().values(study_id=sid, trial_number=n, started_utc=now, **row))
-            assert Store.upgrade(db_url) == store_module.head_revision() == "0005"
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0006"
             with engine.connect() as conn:
                 assert conn.execute(text("SELECT COUNT(*) FROM nas_trial_rungs")).scalar() == 3
             with Store.open(db_url, create=False) as store:
@@ -659,7 +747,7 @@ class StorageContract:
                     objectives_key="accuracy:maximize,energy_per_sample_j:minimize", trial_id=tid, trial_number=0,
                     position=0, values_json='{"accuracy":0.8,"energy_per_sample_j":0.001}', updated_utc=now))
             assert Store.upgrade(db_url, "0002") == "0002"
-            assert Store.upgrade(db_url) == store_module.head_revision() == "0005"
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0006"
             with Store.open(db_url, create=False) as store:
                 view = store.trial("old", 0)
                 assert view.result is not None and view.result.metrics is not None

@@ -146,7 +146,7 @@ def test_get_study_and_dashboard(client: TestClient) -> None:
     assert s["spec"]["name"] == STUDY
     assert s["objectives"] == [{"metric": m, "direction": d} for m, d in OBJECTIVES]
     d = client.get(f"/api/studies/{STUDY}/dashboard").json()
-    assert set(d["figures"]) == {"front", "hv_trials", "hv_joules", "cost"}
+    assert set(d["figures"]) == {"front", "hv_trials", "hv_joules", "cost", "machines"}
     assert d["front"] == s["front"]
     assert len(d["trials"]) == 10
     front_layout = d["figures"]["front"]["layout"]

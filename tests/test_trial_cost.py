@@ -233,7 +233,7 @@ def test_fail_kind_round_trips_through_tune(kind: FailKind) -> None:
     back = TrialReport.from_tune(d)
     assert back is not None and back.fail_kind is kind and back.error == "boom"
     assert kind.retryable == (kind in (FailKind.INTERRUPTED, FailKind.DEVICE))
-    assert kind.spends_budget == (kind is FailKind.CANDIDATE)
+    assert kind.spends_budget == kind.blocks_candidate == (kind in (FailKind.CANDIDATE, FailKind.INFEASIBLE))
 
 
 def test_a_complete_trial_missing_an_objective_is_a_failure_everywhere(make_result: Any) -> None:

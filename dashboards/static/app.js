@@ -221,6 +221,27 @@
       (f.warning ? `<div class="warning" role="alert" data-role="fidelity-warning">${esc(f.warning)}</div>` : "");
   }
 
+  // The cost model (GET /api/studies/S/cost-model): held-out predicted against measured, fetched apart from
+  // the polled dashboard payload (fitting takes seconds); redrawn when the study changes.
+  async function drawCostModel() {
+    const el = document.getElementById("fig-cost_model");
+    if (!el) return;
+    let d;
+    try { d = await getJSON(`/api/studies/${enc(study)}/cost-model`); } catch (e) { return; }
+    if (window.Plotly) Plotly.react(el, d.figure.data, d.figure.layout, plotConfig);
+    const pct = (v) => isNum(v) ? (100 * v).toFixed(1) + "%" : "–";
+    const rows = d.hardware.flatMap((h) => Object.entries(h.summary).filter(([, s]) => s.n).map(([target, s]) =>
+      `<tr><td>${esc(h.hardware)}</td><td>${energyBadge(h.is_estimate, h.meter)}</td><td>${esc(target)}</td>
+       <td class="num">${esc(s.n)}</td><td class="num"><strong>${pct(s.median_abs_pct_error)}</strong></td>
+       <td class="num">${pct(s.mean_abs_pct_error)}</td><td class="num">${pct(s.interval_coverage)}</td>
+       <td class="num">${pct(s.baseline_median_abs_pct_error)}</td></tr>`)).join("");
+    document.getElementById("cost-model-table").innerHTML = rows ? `<div class="table-wrap"><table class="grid">
+      <thead><tr><th>Hardware</th><th>Meter</th><th>Predicts</th><th class="num">Trials</th><th class="num">Median error</th>
+      <th class="num">Mean error</th><th class="num">In 10–90% interval</th><th class="num">Median-only baseline</th></tr></thead>
+      <tbody>${rows}</tbody></table></div>` : "";
+    if (d.note) document.getElementById("cost-model-note").textContent = d.note;
+  }
+
   function drawFigures(figs) {
     if (!window.Plotly) return;
     for (const [id, fig] of Object.entries(figs)) {
@@ -287,6 +308,7 @@
       renderStats(d.summary, d.front.length, d.teacher);
       renderFidelity(d.fidelity);
       drawFigures(d.figures);
+      drawCostModel();
       if (document.getElementById("trial-where").value.trim()) await applyWhere(); else renderTrials();
       app.dataset.version = d.version;
     }
@@ -355,7 +377,7 @@
         <td>${esc(r.kind)}</td><td>${energyBadge(r.is_estimate, r.meter)}</td><td>${r.exclusive ? "yes" : "shared"}</td>
         <td class="num">${fmtJ(r.energy_j)}</td><td class="num">${fmtNum(r.energy_per_sample_j)}</td><td class="num">${fmtNum(r.energy_per_sample_net_j)}</td>
         <td class="num">${fmtNum(r.idle_w, 1)}</td><td class="num">${fmtNum(r.cv, 3)}</td><td class="num">${fmtS(r.duration_s)}</td>
-        <td class="num">${isNum(r.co2eq_g) ? fmtNum(r.co2eq_g, 4) + " g" : "–"}</td><td>${esc(r.hardware_fingerprint || "–")}</td>
+        <td class="num">${isNum(r.co2eq_g) ? fmtNum(r.co2eq_g, 4) + " g" : "–"}</td><td>${esc(r.hardware_fingerprint || "–")}${r.origin === "remeasure" ? ` <span class="badge" title="measured again on this machine by nas remeasure">re-measured</span>` : ""}</td>
         <td><details><summary>show</summary><pre>${esc(JSON.stringify(r.provenance, null, 2))}</pre></details></td></tr>`).join("")}</tbody></table></div>`
       : `<p class="muted">No energy reading recorded${t.state === "RUNNING" ? " yet" : ""}.</p>`;
     const flat = Object.entries(v).filter(([k]) => ["n_layers", "d_model", "n_heads", "d_ffn", "attention", "window", "k", "weight_bits",

@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from dashboards.limits import LaunchLimits
+from nas.cli.cost import predict_cost, print_cost_check
+from nas.cli.remeasure import remeasure_command
 from nas.cli.teacher import teacher_app, trial_teacher
 from nas.errors import NASError
 from nas.vocab import EXPORT_CHOICE, METER
@@ -31,6 +33,8 @@ app = typer.Typer(
 storage_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 app.add_typer(storage_app, name="storage")
 app.add_typer(teacher_app, name="teacher")
+app.command("remeasure")(remeasure_command)
+app.command("predict-cost")(predict_cost)
 
 out = Console()
 err = Console(stderr=True)
@@ -208,8 +212,10 @@ def pareto(
 
         if front.teacher is not None:
             out.print(teacher_line(front.teacher), highlight=False, markup=False, soft_wrap=True)
-        out.print(front_table(front.trials, front.objectives, title=f"Pareto front of {study!r}",
-                              teacher=front.teacher))
+        machines = front.by_hardware if len(front.by_hardware) > 1 else {"": front.trials}
+        for hw, views in machines.items():  # side by side: one table per machine
+            out.print(front_table(views, front.objectives, title=f"Pareto front of {study!r}"
+                                  + (f" on {hw}" if hw else ""), teacher=front.teacher))
     if note:  # on stderr with --json/--csv, so stdout stays machine-readable
         (err if as_json or as_csv else out).print(note, highlight=False, soft_wrap=True)
 
@@ -243,7 +249,8 @@ def show(
         return
     from nas.cli.render import trial_view
 
-    out.print(trial_view(view, teacher))
+    out.print(trial_view(view, teacher, store.readings(study, trial_number)))
+    print_cost_check(out, store, study, trial_number)
 
 
 def _show_study(store: Any, study: str, as_json: bool) -> None:

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,7 @@ def view_to_dict(view: Any, teacher: TeacherReference | None = None) -> dict[str
     if teacher is not None:
         d.update(view.ratios_to(teacher).to_dict())
         d["teacher"] = teacher.point()
+    d["remeasured"] = view.remeasured
     d["rung_accuracies"] = [list(r) for r in view.rung_accuracies]
     d["candidate"] = to_jsonable(view.candidate) if view.candidate is not None else None
     d["result"] = view.result.to_dict() if view.result is not None else None
@@ -205,6 +207,8 @@ def front_table(views: list[Any], objectives: list[tuple[str, str]] | Any, title
         t.add_row(str(v.number), _fmt(vals.get("test_accuracy")), *[_fmt(vals.get(m)) for m in objs], *ratios,
                   _short_candidate(v.candidate, vals), meter)
     t.caption = ("no complete trial matches" if not views else f"hardware: {', '.join(hardware)}")
+    if any(v.remeasured for v in views):
+        t.caption += " (re-measured by `nas remeasure`: energy and latency from this machine, accuracy from the search)"
     if notes:
         t.caption += "\nno ratio where " + "; ".join(escape(n) for n in notes)
     return t
@@ -259,10 +263,11 @@ def study_energy(i: Any) -> str:
     return cell
 
 
-def trial_view(v: Any, teacher: TeacherReference | None = None) -> Table:
+def trial_view(v: Any, teacher: TeacherReference | None = None, readings: Sequence[Any] = ()) -> Table:
     """A stored trial as a table: its record (else its candidate), failure reason, cost and provenance.
 
-    With a ``teacher``, its point and this trial's ratios to it follow.
+    With a ``teacher``, its point and this trial's ratios to it follow. ``readings`` (the trial's stored
+    readings) add one row per reading ``nas remeasure`` took on another machine.
     """
     if v.result is not None and v.state == "COMPLETE":
         t = trial_table(v.result)
@@ -288,6 +293,11 @@ def trial_view(v: Any, teacher: TeacherReference | None = None) -> Table:
     if v.result is not None and v.result.inference is not None:
         p = v.result.inference.provenance
         t.add_row("provenance", escape(json.dumps(to_jsonable(p), default=str)[:2000]))
+    for r in readings:
+        if r.origin == "remeasure":
+            t.add_row(f"re-measured on {escape(str(r.hardware_fingerprint))}",
+                      f"{r.kind.removeprefix('inference:')}: J/sample {_energy(r.energy_per_sample_j, r.meter, r.is_estimate)}"
+                      f", CV {_fmt(r.cv)} ({r.created_utc:%Y-%m-%d %H:%M} UTC, `nas remeasure`)")
     if teacher is not None:
         _teacher_rows(t, v, teacher)
     return t
@@ -340,3 +350,50 @@ def fidelity_section(report: FidelityReport) -> Text | None:
     if warning:
         text.append(warning, style="bold red")
     return text
+
+
+def _predicted(p: Any, unit: str, is_estimate: bool) -> str:
+    tag = " (ESTIMATE)" if is_estimate and unit == "J" else ""
+    return (f"{_fmt(p.median)} {unit}{tag}, {1 - p.confidence:.0%}-{p.confidence:.0%} interval "
+            f"{_fmt(p.low)} to {_fmt(p.high)}")
+
+
+def cost_prediction_table(pred: Any) -> Table:
+    """``nas predict-cost``: the predictions with their intervals, what the model was fitted on, its error."""
+    m = pred.model
+    t = Table(title=f"Predicted cost on {m.hardware} (study {pred.study}; not measured)", show_header=False,
+              title_justify="left")
+    t.add_column("field", style="bold")
+    t.add_column("value")
+    c = pred.inputs.candidate
+    t.add_row("candidate", escape(_short_candidate(c, c.flat())))
+    x = pred.inputs
+    t.add_row("served-form profile", f"{_fmt(x.flops_per_sample)} FLOPs / sample, {x.aten_ops} ATen operators per "
+              f"forward pass, {_fmt(x.elements_per_sample)} elements written / sample (built on the CPU)")
+    t.add_row("measurement shape", f"batch {pred.inputs.batch_size} x seq {pred.inputs.seq_len}")
+    t.add_row("energy / sample", _predicted(pred.predictions["energy_per_sample_j"], "J", m.is_estimate)
+              + f" (meter {m.meter})")
+    t.add_row("latency p50", _predicted(pred.predictions["latency_p50_ms"], "ms per batch", m.is_estimate))
+    t.add_row("fitted on", escape(m.describe()))
+    if pred.held_out is not None:
+        t.add_row("held-out error", "; ".join(
+            f"{k}: median {s['median_abs_pct_error']:.1%}, mean {s['mean_abs_pct_error']:.1%}"
+            for k, s in pred.held_out.summary.items() if s.get("n")) + f" ({pred.held_out.folds}-fold on the study)")
+    t.add_row("constraints", escape(", ".join(pred.constraints)) or "none")
+    t.add_row("verdict", escape(pred.infeasible) if pred.infeasible else
+              "not predicted infeasible" + ("" if pred.constraints else " (the study has no constraints)"))
+    return t
+
+
+def cost_check_table(check: Any) -> Table:
+    """``nas show STUDY TRIAL``: measured J/sample and latency beside a model that never saw this trial."""
+    m = check.model
+    t = Table(title=f"Predicted vs measured (cost model of the study's other {len(m.trials)} trials on "
+              f"{m.hardware}, meter {m.meter}{', ESTIMATE' if m.is_estimate else ''})", title_justify="left")
+    for col in ("metric", "measured", "predicted", "interval", "error"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    for target, p in check.predictions.items():
+        err = check.error(target)
+        t.add_row(target, _fmt(check.measured.get(target)), _fmt(p.median), f"{_fmt(p.low)} to {_fmt(p.high)}",
+                  f"{err:+.1%}" if err is not None else "-")
+    return t

@@ -25,6 +25,7 @@ from evaluators.tasks import BUILTIN_TASKS, load_task
 from evaluators.teacher import is_saved_teacher
 from nas.config import AttentionConfig, Candidate, DistillConfig, PruneConfig, QuantConfig
 from nas.errors import ConfigError, DataError, NASError, SearchError
+from nas.feasibility import MeasureFirst
 from nas.runner.samplers import GP_MAX_OBJECTIVES
 from nas.spec import StudySpec
 from nas.vocab import SPARSITY_KIND
@@ -100,7 +101,10 @@ def check_serving_forms(spec: StudySpec) -> None:
 
 
 def check_constraints(spec: StudySpec) -> None:
-    """Parse every constraint, so a typo fails at once, naming the constraint."""
+    """Parse every constraint, so a typo fails at once, naming the constraint.
+
+    Then refuse ``fidelity.measure_first: true`` when no constraint can be judged before training.
+    """
     for i, c in enumerate(spec.constraints):
         try:
             compile_where(c, FILTER_NAMES)
@@ -109,6 +113,8 @@ def check_constraints(spec: StudySpec) -> None:
             msg = msg.removesuffix(f". Fix: {e.fix}") if e.fix else msg
             raise ConfigError(msg, field=f"constraints[{i}]", value=c,
                               fix=e.fix or "see `nas pareto --help` for the syntax") from e
+    MeasureFirst.for_study(spec.constraints, setting=spec.fidelity.measure_first,
+                           margin=spec.fidelity.measure_first_margin)
 
 
 def check_sampler(spec: StudySpec) -> None:

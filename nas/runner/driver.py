@@ -30,8 +30,10 @@ from ray.tune.stopper import Stopper
 
 from nas.config import Candidate
 from nas.errors import NASError, SearchError
+from nas.feasibility import judgeable
+from nas.records import FailKind
 from nas.runner.ray_session import RaySession, reap_orphans
-from nas.runner.searcher import NASOptunaSearch, make_sampler, sampler_seed, tell_complete
+from nas.runner.searcher import NASOptunaSearch, make_sampler, sampler_seed, tell_complete, tell_infeasible
 from nas.runner.teacher_prep import prepare_teacher
 from nas.runner.tracking import (
     artefacts_dir,
@@ -136,6 +138,13 @@ class StudyConstraints:
         flat = self.handle.store.trial(self.handle.study, number).values()
         return {c: -1.0 if check(flat) else 1.0 for c, check in self.checks.items()}
 
+    def before_training(self, number: int) -> dict[str, float]:
+        """The values of a stored trial's constraints that are judgeable before training (:mod:`nas.feasibility`).
+
+        For a trial that measure-first stopped: the other constraints' values are unknown, and left out.
+        """
+        return {c: v for c, v in self(number).items() if judgeable(self.checks[c])}
+
 
 def study_constraints(spec: StudySpec, handle: StoreHandle) -> StudyConstraints | None:
     """What tells the sampler whether a trial met the study's constraints; None for a study without them."""
@@ -157,6 +166,7 @@ def _make_searcher(spec: StudySpec, store: Store, handle: StoreHandle, ot_storag
     except KeyError:
         told = 0
     seed = sampler_seed(spec.sampler.seed, spec.name, told)
+    constraints = study_constraints(spec, handle)
     return NASOptunaSearch(
         load_space(spec.space.preset, spec.space.overrides),
         failed_hashes=failed,
@@ -168,7 +178,8 @@ def _make_searcher(spec: StudySpec, store: Store, handle: StoreHandle, ot_storag
         study_name=spec.name,
         storage=ot_storage,
         teacher=teacher,
-        constraints=study_constraints(spec, handle),
+        constraints=constraints,
+        first_constraints=constraints.before_training if constraints is not None else None,
     )
 
 
@@ -359,8 +370,9 @@ def _settle_running_optuna_trials(ot_storage: OptunaStorage, store: Store, spec:
 
     A trial our tables hold as COMPLETE (the driver stored it, then was killed before it told Optuna) is
     told COMPLETE with its stored objectives and constraint values, so the sampler learns from it and both
-    histories agree. Every other one becomes FAIL, so that samplers that condition on running trials
-    (constant liar) are not skewed.
+    histories agree; one they hold as stopped before training (``FailKind.INFEASIBLE``) is told PRUNED
+    with its constraint values, as :meth:`NASOptunaSearch.settle` would have. Every other one becomes FAIL,
+    so that samplers that condition on running trials (constant liar) are not skewed.
     """
     try:
         study_id = ot_storage.get_study_id_from_name(spec.name)
@@ -380,6 +392,10 @@ def _settle_running_optuna_trials(ot_storage: OptunaStorage, store: Store, spec:
             tell_complete(study, optuna.Trial(study, t._trial_id), [float(v) for v in values],  # type: ignore[arg-type]
                           constraints(t.number) if constraints is not None else None)
             log.info("trial %d: stored COMPLETE but never told to Optuna; told now", t.number)
+            continue
+        if view is not None and view.fail_kind is FailKind.INFEASIBLE:  # stopped before training (measure-first)
+            tell_infeasible(study, optuna.Trial(study, t._trial_id), view.fail_reason or "infeasible",
+                            constraints.before_training(t.number) if constraints is not None else {})
             continue
         ot_storage.set_trial_user_attr(t._trial_id, "fail_reason", INTERRUPTED)
         ot_storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

@@ -12,7 +12,9 @@ Four things differ from Ray's stock searcher:
 * a study's ``constraints`` guide the sampler: a COMPLETE trial is told with one Optuna constraint per
   study constraint (``Trial.set_constraint``: -1 satisfied, +1 not), which TPE, NSGA-II and the GP
   sampler all read, so they learn to avoid the infeasible region instead of only seeing it filtered
-  off the front afterwards.
+  off the front afterwards;
+* a trial stopped before training because its measurement broke a constraint (measure-first,
+  ``FailKind.INFEASIBLE``) is told as PRUNED with the constraints it was judged on (see :meth:`settle`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from nas.runner.samplers import make_sampler
 from search_spaces import SearchSpace, suggest
 from storage import candidate_hash
 
-__all__ = ["NASOptunaSearch", "make_sampler", "sampler_seed", "tell_complete"]
+__all__ = ["NASOptunaSearch", "make_sampler", "sampler_seed", "tell_complete", "tell_infeasible"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,17 @@ def tell_complete(study: optuna.Study, trial: optuna.Trial, values: list[float],
     for key, value in (constraints or {}).items():
         trial.set_constraint(key, value)
     study.tell(trial, values if len(values) > 1 else values[0])
+
+
+def tell_infeasible(study: optuna.Study, trial: optuna.Trial, reason: str, constraints: dict[str, float]) -> None:
+    """Tell Optuna PRUNED a trial stopped before training, with the constraint values it was judged on.
+
+    See :meth:`NASOptunaSearch.settle` for why PRUNED.
+    """
+    trial.set_user_attr("fail_reason", reason[:500])
+    for key, value in constraints.items():
+        trial.set_constraint(key, value)
+    study.tell(trial, None, state=optuna.trial.TrialState.PRUNED)
 
 
 def sampler_seed(seed: int, study: str, n_told: int) -> int:
@@ -72,6 +85,8 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         teacher: The study's teacher as a candidate, which ``init: teacher`` candidates are cut from.
         constraints: ``trial number -> {constraint: value}`` for a COMPLETE trial already stored, where a
             value <= 0 means satisfied (Optuna's convention); ``None`` for a study without constraints.
+        first_constraints: The same for a trial stopped before training (measure-first), over the
+            constraints that can be judged then; ``None`` for a study that does not measure first.
     """
 
     def __init__(
@@ -83,11 +98,13 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         on_invalid: Callable[[int, dict[str, Any], str, FailKind], None] | None = None,
         teacher: Candidate | None = None,
         constraints: Callable[[int], dict[str, float]] | None = None,
+        first_constraints: Callable[[int], dict[str, float]] | None = None,
         **kwargs: Any,
     ) -> None:
         self._nas_space = space
         self._teacher = teacher
         self._constraints = constraints
+        self._first_constraints = first_constraints
         self._failed_hashes = failed_hashes
         self._evaluated = evaluated if evaluated is not None else {}
         self._on_invalid = on_invalid
@@ -156,14 +173,26 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         self._pending[trial_id] = (result, error)
 
     def settle(self, trial_id: str) -> None:
-        """Tell Optuna how a trial ended, once the driver has stored it."""
+        """Tell Optuna how a trial ended, once the driver has stored it.
+
+        A trial stopped before training (``FailKind.INFEASIBLE``) is told PRUNED, with one Optuna constraint
+        per study constraint it was judged on (+1 broken, -1 met). Optuna's samplers ignore FAIL trials, and
+        COMPLETE would need objective values it never had (its accuracy); TPE reads the constraints of
+        PRUNED trials and ranks a trial that breaks one among the infeasible, so it learns to avoid the
+        region. NSGA-II, the GP and the evolution sampler read COMPLETE trials only: they do not learn from
+        it, and the candidate itself is never evaluated again (its hash is blocked like a failure's).
+        """
         if trial_id not in self._pending:
             return
         result, error = self._pending.pop(trial_id)
         ot_trial = self._ot_trials[trial_id]
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         report = TrialReport.from_tune(result)
-        if error or report is None or report.status == "FAIL":
+        if not error and report is not None and report.fail_kind is FailKind.INFEASIBLE:
+            self._forget(ot_trial)
+            tell_infeasible(self._study, ot_trial, report.error or "infeasible before training",
+                            self._first_constraints(ot_trial.number) if self._first_constraints else {})
+        elif error or report is None or report.status == "FAIL":
             if report is not None and report.error:
                 ot_trial.set_user_attr("fail_reason", report.error[:500])
             self._forget(ot_trial)

@@ -3,6 +3,10 @@
 Train (with accuracy rungs reported to Tune), compress, measure, and report one final record. Workers never
 touch the database: the result travels back to the driver as a :class:`~nas.runner.protocol.TrialReport`.
 Weights go to a staging folder that only the driver moves into place.
+
+In a study that measures first (:func:`measure_first_rule`), the trial measures its built, compressed model
+before training and reports ``FAIL`` of kind ``INFEASIBLE`` at once, with that reading and its reason, when a
+study constraint excludes it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from evaluators.pipeline import run_trial
 from evaluators.placement import place
 from nas.config import Candidate
 from nas.errors import ConfigError, NASError, TrialFailedError
+from nas.feasibility import MeasureFirst
 from nas.records import FailKind, RungReport, TrialResult
 from nas.runner.protocol import TrialConfig, TrialReport
 from nas.spec import StudySpec
@@ -65,6 +70,16 @@ def fault_hook(candidate: Candidate) -> Callable[[str], None]:
     return hook
 
 
+def measure_first_rule(spec: StudySpec) -> MeasureFirst | None:
+    """The study's measure-first rule (``fidelity.measure_first``), or ``None`` when its trials train at once.
+
+    Raises:
+        ConfigError: ``measure_first: true`` in a study none of whose constraints can be judged before training.
+    """
+    return MeasureFirst.for_study(spec.constraints, setting=spec.fidelity.measure_first,
+                                  margin=spec.fidelity.measure_first_margin)
+
+
 def run_one(config: dict[str, Any], spec: StudySpec, report: Callable[[dict[str, Any]], None],
             artefacts_dir: str | None = None, gpu_ids: Sequence[Any] | None = None) -> TrialReport:
     """Evaluate one candidate.
@@ -89,21 +104,23 @@ def run_one(config: dict[str, Any], spec: StudySpec, report: Callable[[dict[str,
         except ConfigError as e:  # the node, not the candidate: e.g. a GPU assigned where torch has no CUDA
             raise TrialFailedError(f"cannot place the trial: {e}", kind=FailKind.DEVICE) from e
         train_cfg = spec.train.model_copy(update={"steps": spec.fidelity.max_steps})
+        rule = measure_first_rule(spec)
         result = run_trial(
             trial.candidate, spec.task, train_cfg=train_cfg, measure_cfg=spec.measure, teacher=spec.teacher,
             rungs=spec.fidelity.rungs[:-1] if spec.fidelity.enabled else [], on_rung=on_rung,
             weights_out=(os.path.join(artefacts_dir, staging_name(trial.number))
                          if artefacts_dir and spec.storage.retention != "none" else None),
             progress=lambda phase, _d, _t: fault(phase), placement=placement,
+            gate=rule.gate if rule is not None else None,
         )
         final = _final(result, spec)
     except (NASError, FloatingPointError, RuntimeError, ValueError) as e:
         partial = getattr(e, "partial", None)
         reason = partial.error if partial is not None and partial.error else f"{type(e).__name__}: {e}"
+        kind = (e.kind if isinstance(e, TrialFailedError) else None) or FailKind.CANDIDATE
         log.info("trial %d failed: %s", trial.number, reason)
-        final = TrialReport(status="FAIL", step=step, result=partial, error=reason[:2000],
-                            fail_kind=(e.kind if isinstance(e, TrialFailedError) else None) or FailKind.CANDIDATE,
-                            traceback=traceback.format_exc()[-4000:])
+        final = TrialReport(status="FAIL", step=0 if kind is FailKind.INFEASIBLE else step, result=partial,
+                            error=reason[:2000], fail_kind=kind, traceback=traceback.format_exc()[-4000:])
     report(final.to_tune())
     return final
 

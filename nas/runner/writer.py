@@ -229,7 +229,7 @@ class StoreWriter(Callback):  # type: ignore[misc]
 
     def _fail(self, cfg: TrialConfig, reason: str, cost: TrialCost, kind: FailKind,
               result: TrialResult | None) -> None:
-        if kind is FailKind.CANDIDATE:  # the store's failed_candidate_hashes() agrees
+        if kind.blocks_candidate:  # the store's failed_candidate_hashes() agrees
             self.failed_hashes.add(candidate_hash(cfg.candidate))
         if self._finished(cfg.number):  # e.g. Tune reporting an error after completion: keep the first verdict
             log.warning("trial %d is already stored as finished; not recording: %s", cfg.number, reason)
