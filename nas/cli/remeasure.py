@@ -47,22 +47,21 @@ def _j(inf: Any) -> str:
 
 
 def report_table(report: Any) -> Table:
-    """One row per trial: its own J/sample and latency, and this machine's, per form measured."""
+    """One row per reading taken here, beside the trial's own; skipped trials are listed under the table."""
     t = Table(title=f"Re-measured {report.study!r} on {report.hardware}", title_justify="left")
     for name in ("#", "own J/sample", "own p50 ms", "form", "here J/sample", "here p50 ms", "meter here"):
         t.add_column(name, justify="left" if name in ("form", "meter here") else "right")
     for trial in report.trials:
         own = trial.own
         own_cells = [_j(own), f"{own.latency_p50_ms:.3g}" if own else "-"]
-        if not trial.readings:
-            t.add_row(str(trial.number), *own_cells, "-", escape(trial.skipped or ""), "", "")
         for r in trial.readings:
             t.add_row(str(trial.number), *own_cells, r.serving_form, _j(r), f"{r.latency_p50_ms:.3g}", r.meter)
     spent = report.measure_energy_j
-    t.caption = (f"{report.measured} trial(s) measured here"
-                 + (f"; measuring drew {spent:.3g} J" if spent is not None else "")
-                 + f". Own = the search's machine. See both fronts: nas pareto {report.study} (or --hardware "
-                 f"'{report.hardware}')")
+    lines = [f"{report.measured} trial(s) measured here" + (f"; measuring drew {spent:.3g} J" if spent is not None
+                                                            else "") + ". Own = the search's machine."]
+    lines += [f"trial {x.number} skipped: {escape(x.skipped)}" for x in report.trials if x.skipped]
+    lines.append(f"Both fronts: nas pareto {report.study} (one machine: --hardware '{escape(report.hardware)}')")
+    t.caption = "\n".join(lines)
     return t
 
 
