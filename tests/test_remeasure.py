@@ -175,3 +175,25 @@ def test_nas_show_lists_the_readings_taken_elsewhere(study_db: Path, capsys: pyt
     main(["show", "rm", "0", "--db", str(study_db)])
     shown = " ".join(capsys.readouterr().out.split())
     assert "re-measured on" in shown and "ESTIMATE" in shown.split("re-measured on")[1]  # the table wraps names
+
+
+def test_a_database_copied_with_its_artefacts_folder_finds_its_weights(study_db: Path, tmp_path: Path) -> None:
+    """Another machine gets `nas.db` and `nas_artefacts/` copied: the recorded absolute path no longer exists."""
+    import shutil
+    import sqlite3
+
+    from nas.export.source import open_trial
+
+    shutil.copy(study_db, tmp_path / "nas.db")
+    with Store.open(study_db, create=False, read_only=True) as s:
+        weights = Path(next(a.path for a in s.artefacts("rm", 0) if a.kind == "weights"))
+    shutil.copytree(weights, tmp_path / "nas_artefacts" / "rm" / weights.name)
+    con = sqlite3.connect(tmp_path / "nas.db")
+    with con:
+        con.execute("UPDATE nas_artefacts SET path = ? WHERE kind = 'weights'", (f"/gone/nas_artefacts/rm/{weights.name}",))
+    con.close()
+    src = open_trial("rm", 0, str(tmp_path / "nas.db"))
+    assert src.weights == tmp_path / "nas_artefacts" / "rm" / weights.name and src.weights_problem is None
+    (tmp_path / "nas_artefacts" / "rm" / weights.name / "model.safetensors").unlink()
+    src = open_trial("rm", 0, str(tmp_path / "nas.db"))
+    assert src.weights is None and "gone from disk" in (src.weights_problem or "")

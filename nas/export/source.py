@@ -78,7 +78,13 @@ def _open_store(db: str) -> Store:
     return Store.open(db, create=False, read_only=True)  # an export only reads the database
 
 
-def _weights_folder(artefacts: list[ArtefactView], db: str) -> tuple[Path | None, str | None]:
+def _weights_folder(artefacts: list[ArtefactView], db: str, study: str) -> tuple[Path | None, str | None]:
+    """The newest recorded weights folder that is on disk.
+
+    Tried for each: the recorded path; for a SQLite database, that path relative to the database's folder,
+    and the default layout beside it (``nas_artefacts/STUDY/<folder name>``), so a database copied to another
+    machine together with its ``nas_artefacts`` folder still finds its weights.
+    """
     weights = [a for a in artefacts if a.kind == "weights"]
     if not weights:
         return None, "no 'weights' artefact is recorded for it (the study's storage.retention may not have kept it)"
@@ -86,8 +92,10 @@ def _weights_folder(artefacts: list[ArtefactView], db: str) -> tuple[Path | None
     for art in reversed(weights):  # newest first
         p = Path(art.path).expanduser()
         candidates = [p]
-        if not p.is_absolute() and "://" not in db:
-            candidates.append(Path(db).expanduser().resolve().parent / p)
+        if "://" not in db:
+            here = Path(db).expanduser().resolve().parent
+            trial_folder = p.parent.name if p.suffix else p.name  # recorded as the folder or a file in it
+            candidates += ([] if p.is_absolute() else [here / p]) + [here / "nas_artefacts" / study / trial_folder]
         for c in candidates:
             folder = c.parent if c.is_file() else c
             if (folder / "model.safetensors").is_file():
@@ -113,7 +121,7 @@ def open_trial(study: str, trial_number: int, db: str) -> TrialSource:
                               "trials can be exported", field="TRIAL", value=trial_number,
                               fix=f"pick a COMPLETE trial, e.g. from `nas pareto {study}`")
         readings = tuple(store.readings(study, trial_number))
-        folder, problem = _weights_folder(store.artefacts(study, trial_number), db)
+        folder, problem = _weights_folder(store.artefacts(study, trial_number), db, study)
         teacher = store.teacher_reference(study)
     finally:
         store.close()
