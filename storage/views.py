@@ -323,6 +323,9 @@ class TrialView:
         rung_accuracies: ``(step, dev accuracy)`` at each accuracy rung the trial reached while it trained,
             by step, whatever its state (stored as each rung report arrived). Measured mid-training, before
             the final compression; the study's last rung is not here: it is the final dev ``accuracy``.
+        remeasured: The trial as seen on another machine than its own (``nas remeasure``'s readings):
+            ``result.inference``, ``flat``, ``meter`` and ``hardware_fingerprint`` are that machine's; the
+            rest is what the trial measured.
     """
 
     study: str
