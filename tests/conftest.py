@@ -31,6 +31,19 @@ def dashboard_client(db: str, artefacts: Path) -> Iterator[Any]:
         yield c
 
 
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``nas ARGV`` in this process: its exit code, stdout and stderr."""
+    from nas.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    got = capsys.readouterr()
+    return code, got.out, got.err
+
+
 def fake_trial_result(
     *,
     candidate: Candidate | None = None,

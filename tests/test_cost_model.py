@@ -29,7 +29,7 @@ from nas.cost_model import (
 )
 from nas.records import TrialResult
 from storage import Store, TrialCost
-from tests.conftest import dashboard_client, fake_trial_result
+from tests.conftest import dashboard_client, fake_trial_result, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("softmax", "linear", "local")
@@ -201,23 +201,11 @@ def test_a_stored_trial_is_checked_against_a_model_of_the_others(study_db: Path)
         assert abs(check.error(target) or 1.0) < 0.2, (target, check.error(target))
 
 
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from nas.cli import main
-
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    got = capsys.readouterr()
-    return code, got.out, got.err
-
-
 @pytest.mark.slow
 def test_predict_cost_json_on_a_stored_study(study_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cand = tmp_path / "cand.yaml"
     cand.write_text("n_layers: 2\nd_model: 64\nn_heads: 2\nd_ffn: 96\nmax_len: 64\n")
-    code, out, err = _cli(["predict-cost", str(cand), "--study", "s", "--db", str(study_db), "--json"], capsys)
+    code, out, err = run_cli(["predict-cost", str(cand), "--study", "s", "--db", str(study_db), "--json"], capsys)
     assert code == 0, err
     got = json.loads(out)
     assert got["hardware"] == "AMD EPYC" and got["is_estimate"] is True and got["meter"] == "estimate"
@@ -240,11 +228,11 @@ def test_predict_cost_with_too_few_trials_is_one_line_exit_2(tmp_path: Path, mak
     _store_study(db, 3, make_result)
     cand = tmp_path / "cand.yaml"
     cand.write_text("n_layers: 1\nmax_len: 64\n")
-    code, _, err = _cli(["predict-cost", str(cand), "--study", "s", "--db", str(db)], capsys)
+    code, _, err = run_cli(["predict-cost", str(cand), "--study", "s", "--db", str(db)], capsys)
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "3 measured trial(s)" in lines[0] and "needs at least 8" in lines[0], err
-    code, _, err = _cli(["predict-cost", str(cand), "--study", "s", "--db", str(db), "--hardware", "H100"], capsys)
+    code, _, err = run_cli(["predict-cost", str(cand), "--study", "s", "--db", str(db), "--hardware", "H100"], capsys)
     assert code == 2 and "no COMPLETE trial on hardware 'H100'" in err and "AMD EPYC" in err
 
 
@@ -252,14 +240,14 @@ def test_predict_cost_with_a_bad_candidate_file_is_one_line_exit_2(study_db: Pat
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("n_layers: 0\n")
-    code, _, err = _cli(["predict-cost", str(bad), "--study", "s", "--db", str(study_db)], capsys)
+    code, _, err = run_cli(["predict-cost", str(bad), "--study", "s", "--db", str(study_db)], capsys)
     assert code == 2 and "n_layers" in err and len(err.strip().splitlines()) == 1, err
-    code, _, err = _cli(["predict-cost", str(tmp_path / "none.yaml"), "--study", "s", "--db", str(study_db)], capsys)
+    code, _, err = run_cli(["predict-cost", str(tmp_path / "none.yaml"), "--study", "s", "--db", str(study_db)], capsys)
     assert code == 2 and "file not found" in err, err
 
 
 def test_show_prints_predicted_vs_measured(study_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = _cli(["show", "s", "3", "--db", str(study_db)], capsys)
+    code, out, err = run_cli(["show", "s", "3", "--db", str(study_db)], capsys)
     assert code == 0, err
     assert "Predicted vs measured" in out and "other 23 trials" in out and "ESTIMATE" in out
     assert "energy_per_sample_j" in out and "latency_p50_ms" in out

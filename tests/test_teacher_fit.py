@@ -22,6 +22,7 @@ from evaluators.tokenize import train_wordpiece
 from nas.config import Candidate, DistillConfig, MeasureConfig, TrainConfig, validate
 from nas.errors import ConfigError
 from nas.spec import FineTuneSpec, StudySpec, TeacherSpec
+from tests.conftest import run_cli
 from tests.hf_folders import write_small_task
 
 FAST = FineTuneSpec(steps=3, batch_size=8, lr=1e-3)
@@ -228,29 +229,17 @@ def test_a_trial_with_a_headless_teacher_fine_tunes_it_first_and_charges_it_once
 
 
 # --- the CLI --------------------------------------------------------------------------------------------
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from nas.cli import main
-
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
-
-
 def test_cli_fit_runs_then_reuses_the_cache(headless: Path, task_dir: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path))
     argv = ["teacher", "fit", str(headless), "--task", str(task_dir), "--steps", "3", "--batch-size", "8",
             "--max-examples", "32", "--max-len", "16", "--meter", "estimate", "--device", "cpu"]
-    code, out, err = _cli(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     folders = sorted((tmp_path / "teachers").glob("ft-*"))
     assert len(folders) == 1 and str(folders[0]) in out.replace("\n", "")
     assert "fine-tuned" in out and "3 steps" in out and "meter estimate, ESTIMATE" in out and "dev accuracy" in out
-    code, out, err = _cli(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     assert "reused the cached fine-tuned teacher" in out and "meter estimate, ESTIMATE" in out
     assert sorted((tmp_path / "teachers").glob("ft-*")) == folders
@@ -264,7 +253,7 @@ def test_cli_fit_bad_input_is_one_line_exit_2(tmp_path: Path, monkeypatch: pytes
                          (["teacher", "fit", str(headless), "--task", "builtin:sentiment", "--steps", "0"], "--steps"),
                          (["teacher", "fit", str(headless), "--task", "builtin:sentiment", "--max-len", "64"],
                           "--max-len")]:
-        code, _out, err = _cli(argv, capsys)
+        code, _out, err = run_cli(argv, capsys)
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and needle in lines[0], (argv, err)
     assert not (tmp_path / "cache" / "teachers").exists() or not any((tmp_path / "cache" / "teachers").iterdir())
