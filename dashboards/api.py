@@ -127,9 +127,9 @@ def list_trials(
     ctx = _ctx(request)
     predicate = _predicate(where)
     bundle = ctx.bundle(check_study_name(study))
-    front = bundle.front_numbers
-    return [trial_row(t, on_front=t.number in front, teacher=bundle.teacher) for t in bundle.trials
-            if (state is None or t.state == state) and (predicate is None or predicate(t.values()))]
+    marks = bundle.front_noise
+    return [trial_row(t, on_front=t.number in marks, teacher=bundle.teacher, noise=marks.get(t.number))
+            for t in bundle.trials if (state is None or t.state == state) and (predicate is None or predicate(t.values()))]
 
 
 @router.get("/studies/{study}/pareto", summary="Pareto-optimal trials, per hardware fingerprint")
@@ -161,7 +161,7 @@ def pareto(
         "hardware": hardware,
         "count": len(front),
         "teacher": teacher_json(teacher),
-        "trials": [trial_row(t, on_front=True, teacher=teacher) for t in front],
+        "trials": [trial_row(t, on_front=True, teacher=teacher, noise=t.noise) for t in front],
     }
 
 
@@ -198,7 +198,9 @@ def get_trial(request: Request, study: StudyPath, trial: TrialPath) -> dict[str,
         artefacts = store.artefacts(study, trial)
     except StorageError as e:
         raise HTTPException(404, f"study {study!r} has no trial {trial}") from e
-    return trial_detail(view, readings, artefacts, on_front=trial in bundle.front_numbers, teacher=bundle.teacher)
+    marks = bundle.front_noise
+    return trial_detail(view, readings, artefacts, on_front=trial in marks, teacher=bundle.teacher,
+                        noise=marks.get(trial))
 
 
 @router.get("/studies/{study}/dashboard", summary="Everything the study page draws (polled while a search runs)")
@@ -212,16 +214,17 @@ def study_dashboard(request: Request, study: StudyPath) -> dict[str, Any]:
     """
     ctx = _ctx(request)
     bundle = ctx.bundle(check_study_name(study))
-    front = bundle.front_numbers
+    marks = bundle.front_noise
     return {
         "version": bundle.version,
         "summary": study_summary(bundle.info, bundle.trials, ctx.launcher.status(study)),
         "figures": figures_for(bundle.trials, bundle.front, bundle.info.objectives, bundle.teacher,
                                bundle.remeasured),
-        "front": sorted(front),
+        "front": sorted(marks),
         "teacher": teacher_json(bundle.teacher),
         "fidelity": fidelity_json(bundle.fidelity),
-        "trials": [trial_row(t, on_front=t.number in front, teacher=bundle.teacher) for t in bundle.trials],
+        "trials": [trial_row(t, on_front=t.number in marks, teacher=bundle.teacher, noise=marks.get(t.number))
+                   for t in bundle.trials],
     }
 
 

@@ -38,6 +38,11 @@ class StudyBundle:
         return {t.number for t in self.front if not t.remeasured}
 
     @property
+    def front_noise(self) -> dict[int, str | None]:
+        """The own front's members and their mark: ``"clear"``, ``"tied"`` (within noise), or None (noise ignored)."""
+        return {t.number: t.noise for t in self.front if not t.remeasured}
+
+    @property
     def fidelity(self) -> FidelityReport:
         """How well the study's early rungs rank its candidates (:func:`storage.study_fidelity`)."""
         return study_fidelity(self.info, self.trials)

@@ -8,7 +8,7 @@ find, for example, the front points (``role == "front"``) without relying on tra
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from dashboards.serialize import clean_dict, describe_candidate
 from nas.dominance import default_reference, hypervolume_curve
+from nas.noise import half_width
 from nas.reference import TeacherReference
 from storage import TrialView
 
@@ -98,7 +99,8 @@ class _FrontPoints:
     """The drawable points of :func:`front_figure`, grouped for its traces.
 
     Attributes:
-        groups: ``(attention, on_front)`` -> columns ``x``, ``y``, ``symbol``, ``customdata``.
+        groups: ``(attention, on_front)`` -> columns ``x``, ``y``, ``symbol``, ``customdata``, ``err`` (half
+            the 95% interval of J/sample, :func:`nas.noise.half_width`; 0 without a CV).
         lines: Hardware fingerprint -> ``(J/sample, accuracy)`` of its front members.
         skipped: COMPLETE trials lacking accuracy or J/sample.
         any_estimate: Whether any drawn energy is an estimate.
@@ -112,12 +114,18 @@ class _FrontPoints:
     bits_seen: set[Any]
 
 
-def _front_points(trials: Sequence[TrialView], front_numbers: set[int]) -> _FrontPoints:
+def _half_width(t: TrialView, x: float) -> float:
+    inf = t.result.inference if t.result is not None else None
+    return half_width(x, inf.cv, inf.n_windows) if inf is not None else 0.0
+
+
+def _front_points(trials: Sequence[TrialView], front_numbers: set[int], tied: Set[int] = frozenset()) -> _FrontPoints:
     """Group the COMPLETE trials that have accuracy and J/sample by attention type and front membership.
 
     Args:
         trials: The study's trials (any state).
         front_numbers: Trial numbers on the Pareto front.
+        tied: The front members tied within noise (``front.noise: aware``).
 
     Returns:
         The points, the front lines per hardware, and what the notes under the figure need.
@@ -141,18 +149,20 @@ def _front_points(trials: Sequence[TrialView], front_numbers: set[int]) -> _Fron
         any_estimate |= estimate
         bits_seen.add(v.get("weight_bits"))
         g = groups.setdefault((str(v.get("attention") or "?"), on_front),
-                              {"x": [], "y": [], "symbol": [], "customdata": []})
+                              {"x": [], "y": [], "symbol": [], "customdata": [], "err": []})
         g["x"].append(x)
         g["y"].append(y)
         g["symbol"].append(_symbol(v.get("weight_bits"), estimate))
-        g["customdata"].append(_point_customdata(t, v, on_front, estimate))
+        g["customdata"].append(_point_customdata(t, v, on_front, estimate, t.number in tied))
+        g["err"].append(_half_width(t, float(x)))
         if on_front:
             lines.setdefault(t.hardware_fingerprint or "", []).append((float(x), float(y)))
     return _FrontPoints(groups=groups, lines=lines, skipped=skipped, any_estimate=any_estimate,
                         bits_seen=bits_seen)
 
 
-def _point_customdata(t: TrialView, v: Mapping[str, Any], on_front: bool, estimate: bool) -> list[Any]:
+def _point_customdata(t: TrialView, v: Mapping[str, Any], on_front: bool, estimate: bool,
+                      tied: bool = False) -> list[Any]:
     """The hover fields of one point (see :func:`front_figure` for their order).
 
     Args:
@@ -160,6 +170,7 @@ def _point_customdata(t: TrialView, v: Mapping[str, Any], on_front: bool, estima
         v: Its values (``t.values()``).
         on_front: Whether it is on the Pareto front.
         estimate: Whether its energy is an estimate.
+        tied: Whether it is a front member tied within noise.
 
     Returns:
         ``[number, candidate, energy label, hardware, front text, test accuracy text]``.
@@ -167,7 +178,8 @@ def _point_customdata(t: TrialView, v: Mapping[str, Any], on_front: bool, estima
     label = f"ESTIMATE ({t.meter})" if estimate else f"measured ({t.meter or 'no meter'})"
     test = v.get("test_accuracy")
     return [t.number, describe_candidate(t.candidate), label, t.hardware_fingerprint or "",
-            "on the Pareto front" if on_front else "off the front",
+            ("on the Pareto front, tied within noise" if tied else "on the Pareto front") if on_front
+            else "off the front",
             f"{test:.4f}" if _finite(test) else "not measured"]
 
 
@@ -198,6 +210,8 @@ def _marker_traces(groups: dict[tuple[str, bool], dict[str, list[Any]]], atts: l
                 "type": "scatter", "mode": "markers", "name": att, "legendgroup": att, "showlegend": False,
                 "x": group["x"], "y": group["y"], "customdata": group["customdata"], "hovertemplate": _FRONT_HOVER,
                 "opacity": 1.0 if on_front else 0.45,
+                "error_x": {"type": "data", "array": group["err"], "visible": any(group["err"]), "thickness": 1,
+                            "width": 3, "color": "#6b7280"},
                 "marker": {"color": colour, "symbol": group["symbol"], "size": 13 if on_front else 10,
                            "line": {"color": "#111827" if on_front else colour, "width": 1.2 if on_front else 1.6}},
                 "meta": {"role": "front" if on_front else "dominated", "attention": att},
@@ -252,7 +266,7 @@ def teacher_trace(teacher: TeacherReference | None) -> dict[str, Any] | None:
 
 
 def front_figure(trials: Sequence[TrialView], front_numbers: set[int],
-                 teacher: TeacherReference | None = None) -> dict[str, Any]:
+                 teacher: TeacherReference | None = None, tied: Set[int] = frozenset()) -> dict[str, Any]:
     """Accuracy against inference J/sample (log x) for every COMPLETE trial, and the teacher's point.
 
     Front members are drawn solid (``meta.role == "front"``), dominated trials faded
@@ -260,13 +274,16 @@ def front_figure(trials: Sequence[TrialView], front_numbers: set[int],
     energy that is an estimate. The y axis is the dev accuracy the front is selected on; hover shows
     the test accuracy beside it (``customdata[5]``) and the candidate; ``customdata[0]`` is the trial
     number. A study's teacher is a labelled star (``meta.role == "teacher"``, see :func:`teacher_trace`).
+    Horizontal bars are each reading's 95% interval of J/sample; hover says which front members are tied
+    within that noise (:mod:`nas.noise`).
 
     Args:
         trials: The study's trials (any state; only COMPLETE ones with both values are drawn).
         front_numbers: Trial numbers on the Pareto front (per hardware, as ``Store.front`` gives).
         teacher: The study's teacher reference, when it has one.
+        tied: Front members tied within noise.
     """
-    points = _front_points(trials, front_numbers)
+    points = _front_points(trials, front_numbers, tied)
     star = teacher_trace(teacher)
     if not points.groups and star is None:
         return _empty("no complete trial with accuracy and J/sample yet")
@@ -274,6 +291,8 @@ def front_figure(trials: Sequence[TrialView], front_numbers: set[int],
     data = (_front_line_traces(points.lines) + _marker_traces(points.groups, atts)
             + _legend_traces(atts, points.bits_seen) + ([star] if star is not None else []))
     notes = ["solid: Pareto front · faded: off the front"] + (["star: the teacher"] if star is not None else [])
+    if any(any(g["err"]) for g in points.groups.values()):
+        notes.append("bars: 95% interval of J/sample" + (f" ({len(tied)} member(s) tied within it)" if tied else ""))
     if points.any_estimate or (star is not None and teacher is not None and teacher.is_estimate):
         notes.append("open markers: ESTIMATED energy")
     if points.skipped:
@@ -306,8 +325,8 @@ def machines_figure(views: Sequence[TrialView], front: Sequence[TrialView]) -> d
     axes: dict[str, Any] = {}
     order = sorted(by_hw.items(), key=lambda kv: (all(t.remeasured for t in kv[1]), kv[0]))  # the search's first
     for k, (hw, group) in enumerate(order, 1):
-        on_front = {t.number for t in front if (t.hardware_fingerprint or "") == hw}
-        points = _front_points(group, on_front)
+        here = [t for t in front if (t.hardware_fingerprint or "") == hw]
+        points = _front_points(group, {t.number for t in here}, {t.number for t in here if t.noise == "tied"})
         atts = sorted({a for a, _ in points.groups})
         suffix = "" if k == 1 else str(k)
         for trace in _front_line_traces(points.lines) + _marker_traces(points.groups, atts):
@@ -431,5 +450,6 @@ def figures_for(trials: Sequence[TrialView], front: Sequence[TrialView], objecti
     """
     hv_trials, hv_joules = hypervolume_figures(trials, objectives)
     own_front = {t.number for t in front if not t.remeasured}
-    return {"front": front_figure(trials, own_front, teacher), "hv_trials": hv_trials, "hv_joules": hv_joules,
+    tied = {t.number for t in front if not t.remeasured and t.noise == "tied"}
+    return {"front": front_figure(trials, own_front, teacher, tied), "hv_trials": hv_trials, "hv_joules": hv_joules,
             "cost": cost_figure(trials), "machines": machines_figure([*trials, *remeasured], front)}

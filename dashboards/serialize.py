@@ -177,8 +177,11 @@ def teacher_json(ref: TeacherReference | None) -> dict[str, Any] | None:
     return clean_dict(out)
 
 
-def trial_row(view: TrialView, *, on_front: bool, teacher: TeacherReference | None = None) -> dict[str, Any]:
+def trial_row(view: TrialView, *, on_front: bool, teacher: TeacherReference | None = None,
+              noise: str | None = None) -> dict[str, Any]:
     """A trial as one row of the trial table: state, flat values (candidate and metrics) and cost.
+
+    ``noise``: a front member's mark, ``"clear"`` or ``"tied"`` (within the measurement noise).
 
     With a ``teacher``, ``teacher_ratios`` holds the trial's ratios to it (``accuracy_ratio_to_teacher``,
     ``energy_ratio_to_teacher``, ``teacher_ratio_note``); ``None`` without one.
@@ -189,6 +192,7 @@ def trial_row(view: TrialView, *, on_front: bool, teacher: TeacherReference | No
         "state": view.state,
         "fail_reason": view.fail_reason,
         "on_front": on_front,
+        "noise": noise if on_front else None,
         "hardware": view.hardware_fingerprint,
         "remeasured": view.remeasured,
         "meter": view.meter,
@@ -237,12 +241,14 @@ def trial_detail(
     *,
     on_front: bool,
     teacher: TeacherReference | None = None,
+    noise: str | None = None,
 ) -> dict[str, Any]:
     """Everything about one trial: candidate, metrics, every energy reading with its provenance, cost.
 
-    With a ``teacher``, its point (``teacher``) and the trial's ratios to it (``teacher_ratios``).
+    With a ``teacher``, its point (``teacher``) and the trial's ratios to it (``teacher_ratios``). ``noise``:
+    a front member's mark (``"clear"`` or ``"tied"`` within noise).
     """
-    out = trial_row(view, on_front=on_front, teacher=teacher)
+    out = trial_row(view, on_front=on_front, teacher=teacher, noise=noise)
     out.update(clean_dict({
         "study": view.study,
         "retryable": view.retryable,

@@ -60,6 +60,9 @@ class Provenance:
     device_use: dict[str, Any] = field(default_factory=dict)
     #: Taken on the built, compressed model before it trained (measure-first, ARCHITECTURE decision 12).
     before_training: bool = False
+    #: Taken again, with more windows, to settle a tie within noise on the front before the search ended
+    #: (``front.ties``); the reading it replaced as the trial's reading of record stays in the readings table.
+    tie_break: bool = False
 
     @property
     def hardware_fingerprint(self) -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "EVOLUTION_SAMPLE_SIZE",
     "BudgetSpec",
     "FidelitySpec",
+    "TiesSpec",
     "PRESET_RUNGS",
     "ResourcesSpec",
     "StorageSpec",
@@ -228,15 +229,39 @@ class StorageSpec(Frozen):
     artefacts_dir: str | None = None
 
 
+class TiesSpec(Frozen):
+    """How a search settles front members tied within the measurement noise before it ends (``front.ties``).
+
+    Each round re-measures the tied members of the front, and the members that may dominate them, with
+    ``windows_factor`` times the windows of their current reading; the new reading, with its narrower
+    interval, becomes the trial's reading of record, and the front is recomputed. Rounds stop when no tie
+    is left, after ``rounds``, or before the joules of the next re-measurement would take the settling past
+    ``budget_fraction`` of what the search has spent so far. ``rounds: 0`` turns it off.
+    """
+
+    rounds: int = Field(default=1, ge=0, le=10)
+    windows_factor: int = Field(default=4, ge=2, le=64)
+    budget_fraction: float = Field(default=0.1, gt=0, le=1)
+
+
 class FrontSpec(Frozen):
     """Which complete trials may stand on the Pareto front (the objectives say how they are ranked).
 
     ``require_above_majority``: keep a trial off the front unless its dev accuracy is strictly above
     the dev majority-class rate (always predicting the most frequent class): otherwise a chance-level
     model sits on the front just for being the cheapest. ``nas pareto --include-trivial`` shows them.
+
+    ``noise``: ``aware`` (default) compares measured energy within its noise: a trial is kept off the front
+    only when another is better beyond the noise of both readings, and each member is marked ``clear`` or
+    ``tied`` (within noise) (:mod:`nas.noise`, docs/measurement.md); ``ignore`` uses plain dominance.
+
+    ``ties``: how ties within noise are re-measured before a search ends (:class:`TiesSpec`; only with
+    ``noise: aware``).
     """
 
     require_above_majority: bool = True
+    noise: Literal["aware", "ignore"] = "aware"
+    ties: TiesSpec = TiesSpec()
 
 
 class FineTuneSpec(Frozen):

@@ -222,6 +222,20 @@ class BaseStorage(abc.ABC):
         """
 
     @abc.abstractmethod
+    def add_tie_reading(self, study: str, trial_number: int, reading: InferenceEnergy) -> None:
+        """Make ``reading`` a COMPLETE trial's reading of record (a tie within noise settled, ``front.ties``).
+
+        ``reading`` is the trial's primary form measured again on its own machine with more windows.
+
+        The replaced reading stays in the readings table; the new one's joules add to the trial's measuring
+        cost; the machine's front is recomputed in the same transaction.
+
+        Raises:
+            StorageError: Unknown study, the trial is missing or not COMPLETE, or the reading is of another
+                machine or serving form.
+        """
+
+    @abc.abstractmethod
     def measured_forms(self, study: str, trial_number: int, hardware: str) -> set[str]:
         """The serving forms a trial has an inference reading of on ``hardware`` (its own or re-measured)."""
 

@@ -186,7 +186,7 @@ def front_entry(r: ParetoFrontRow) -> FrontEntry:
     """A persisted front member."""
     return FrontEntry(hardware_fingerprint=r.hardware_fingerprint, objectives_key=r.objectives_key,
                       trial_number=r.trial_number, position=r.position,
-                      values=MappingProxyType(json.loads(r.values_json)), updated_utc=r.updated_utc)
+                      values=MappingProxyType(json.loads(r.values_json)), updated_utc=r.updated_utc, clear=r.clear)
 
 
 # --- records to rows -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ remeasure``) stands on that machine's front with that machine's readings (:mod:`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from nas.dominance import non_dominated
+from nas.noise import noisy_front, widths
 from nas.spec import StudySpec
 from nas.where import compile_where
 from storage.convert import (
@@ -66,10 +68,13 @@ class FrontRule:
             majority-class rate (:func:`storage.views.above_majority`).
         constraints: The study's ``constraints``: filters over :data:`storage.FILTER_NAMES` that every
             front member satisfies.
+        noise_aware: ``front.noise: aware``: only a difference beyond the measurement noise dominates, and
+            members are marked clear or tied within noise (:mod:`nas.noise`); ``ignore``: plain dominance.
     """
 
     require_above_majority: bool = True
     constraints: tuple[str, ...] = ()
+    noise_aware: bool = True
 
     def admits(self, where: str | None = None) -> Predicate:
         """A predicate over a trial's flat values: it satisfies the constraints and ``where``.
@@ -89,20 +94,38 @@ def front_rule(spec_json: str) -> FrontRule:
     constraints and the default majority rule.
     """
     try:
-        constraints = tuple(StudySpec.model_validate_json(spec_json).constraints)
+        spec = StudySpec.model_validate_json(spec_json)
+        constraints, noise_aware = tuple(spec.constraints), spec.front.noise == "aware"
     except ValueError:
-        constraints = ()
-    return FrontRule(require_above_majority=requires_above_majority(spec_json), constraints=constraints)
+        constraints, noise_aware = (), True
+    return FrontRule(require_above_majority=requires_above_majority(spec_json), constraints=constraints,
+                     noise_aware=noise_aware)
 
 
-def _front_of(items: Sequence[tuple[int, Values]], objectives: Sequence[tuple[str, str]]) -> list[int]:
-    """Indices into ``items`` on the front, ordered by the first objective (best first), then number."""
-    if not items:
+def _widths(m: Measured, objectives: Sequence[tuple[str, str]]) -> list[float]:
+    """Half-widths of a member's objective values: the noise interval of measured energy, else 0."""
+    cv, n = m.noise()
+    return widths(m.values, cv, n, [name for name, _ in objectives])
+
+
+def _front_of(members: Sequence[Measured], objectives: Sequence[tuple[str, str]],
+              noise_aware: bool) -> list[tuple[int, bool | None]]:
+    """Indices into ``members`` on the front with their mark, by the first objective (best first), then number.
+
+    The mark is True for a clear member, False for one tied within noise (:mod:`nas.noise`), None when the
+    study ignores noise (plain dominance).
+    """
+    if not members:
         return []
-    pts = np.array([[nan_if_none(v[m]) for m, _ in objectives] for _, v in items], dtype=np.float64)
-    idx = non_dominated(pts, [d for _, d in objectives])
+    pts = np.array([[nan_if_none(m.values[name]) for name, _ in objectives] for m in members], dtype=np.float64)
+    directions = [d for _, d in objectives]
+    marks: dict[int, bool | None]
+    if noise_aware:
+        marks = dict(noisy_front(pts, [_widths(m, objectives) for m in members], directions))
+    else:
+        marks = {int(i): None for i in non_dominated(pts, directions)}
     first_sign = -1.0 if objectives[0][1] == "maximize" else 1.0
-    return sorted((int(i) for i in idx), key=lambda i: (first_sign * pts[i, 0], items[i][0]))
+    return sorted(marks.items(), key=lambda kv: (first_sign * pts[kv[0], 0], members[kv[0]].row.trial_number))
 
 
 def _stored_members(s: Session, st: StudyRow, hardware: str, new_row: TrialRow | None) -> list[Measured]:
@@ -140,18 +163,20 @@ def rewrite_front(s: Session, st: StudyRow, hardware: str, new_row: TrialRow | N
     for m in sorted(_stored_members(s, st, hardware, new_row), key=lambda m: m.row.trial_number):
         if admits(m.values) and (not rule.require_above_majority or above_majority(m.values)):
             kept.append(m)
-    order = _front_of([(m.row.trial_number, m.values) for m in kept], objectives)
-    if new_row is not None and new_row not in (kept[i].row for i in order):
-        return  # the new trial is dominated (or lacks an objective): the stored front stands
+    order = _front_of(kept, objectives, rule.noise_aware)
+    if new_row is not None and new_row not in (kept[i].row for i, _ in order):
+        # surely dominated (or lacking an objective): the stored front stands, marks too, since whatever may
+        # dominate a member through the new trial may dominate it through the trial that dominates the new one
+        return
     s.execute(delete(ParetoFrontRow).where(
         ParetoFrontRow.study_id == st.id, ParetoFrontRow.hardware_fingerprint == hardware))
     now = utc_now()
     key = objectives_key(objectives)
-    for position, i in enumerate(order):
+    for position, (i, clear) in enumerate(order):
         m = kept[i]
         s.add(ParetoFrontRow(
             study_id=st.id, hardware_fingerprint=hardware, objectives_key=key, trial_id=m.row.id,
-            trial_number=m.row.trial_number, position=position,
+            trial_number=m.row.trial_number, position=position, clear=clear,
             values_json=json_dumps({name: m.values[name] for name, _ in objectives}), updated_utc=now,
         ))
 
@@ -209,8 +234,9 @@ def front(s: Session, st: StudyRow, *, where: str | None, hardware: str | None,
     out: list[TrialView] = []
     for hw in sorted(groups):
         group = groups[hw]
-        order = _front_of([(m.row.trial_number, m.values) for m in group], objectives)
-        out.extend(group[i].view(st.name) for i in order)
+        for i, clear in _front_of(group, objectives, rule.noise_aware):
+            view = group[i].view(st.name)
+            out.append(view if clear is None else dataclasses.replace(view, noise="clear" if clear else "tied"))
     return out
 
 

@@ -308,6 +308,8 @@ class ParetoFrontRow(Base):
     trial_id: Mapped[int] = mapped_column(ForeignKey("nas_trials.id", ondelete="CASCADE"))
     trial_number: Mapped[int] = mapped_column(Integer)
     position: Mapped[int] = mapped_column(Integer)
+    # front.noise: aware: True when no other trial may dominate it within noise, False when tied (0007)
+    clear: Mapped[bool | None] = mapped_column(Boolean)
     values_json: Mapped[str] = mapped_column(Text)
     updated_utc: Mapped[datetime] = mapped_column(UTCDateTime)
 

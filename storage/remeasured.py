@@ -32,10 +32,13 @@ from storage.convert import row_values, trial_view
 from storage.models import EnergyReadingRow, StudyRow, TrialRow
 from storage.views import NO_HARDWARE, TrialView
 
-__all__ = ["REMEASURE", "Measured", "remeasured_readings", "measured_on", "own_measurement"]
+__all__ = ["REMEASURE", "TIE_BREAK", "Measured", "remeasured_readings", "measured_on", "own_measurement"]
 
 #: ``nas_energy_readings.origin`` of a reading ``nas remeasure`` added.
 REMEASURE = "remeasure"
+#: ``nas_energy_readings.origin`` of a reading taken again with more windows to settle a tie within noise
+#: (``front.ties``); it became the trial's reading of record, and the one it replaced stays (origin None).
+TIE_BREAK = "tie_break"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,17 @@ class Measured:
     hardware: str
     values: dict[str, Any]
     record: TrialResult | None = None
+
+    def noise(self) -> tuple[float | None, int | None]:
+        """The CV and window count of the inference reading that stands for the trial on this machine."""
+        if self.record is not None:
+            inf = self.record.inference
+            return (inf.cv, inf.n_windows) if inf is not None else (None, None)
+        try:
+            inf_dict = (json.loads(self.row.result_json or "null") or {}).get("inference") or {}
+        except (ValueError, AttributeError):
+            return None, None
+        return inf_dict.get("cv"), inf_dict.get("n_windows")
 
     def view(self, study: str) -> TrialView:
         """The trial record as seen on this machine (its readings, meter and fingerprint)."""

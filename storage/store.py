@@ -313,6 +313,11 @@ class Store(BaseStorage):
         with self.session(write=True) as s:
             return trials.add_remeasurement(s, study_row(s, study), trial_number, readings)
 
+    def add_tie_reading(self, study: str, trial_number: int, reading: InferenceEnergy) -> None:
+        """A trial's reading of record taken again with more windows; see :meth:`BaseStorage.add_tie_reading`."""
+        with self.session(write=True) as s:
+            trials.add_tie_reading(s, study_row(s, study), trial_number, reading)
+
     def measured_forms(self, study: str, trial_number: int, hardware: str) -> set[str]:
         """The serving forms a trial has a reading of on ``hardware``."""
         with self.session() as s:

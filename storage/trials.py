@@ -10,6 +10,8 @@ transaction.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -24,7 +26,7 @@ from nas.records import FailKind, InferenceEnergy, TrialResult
 from storage.convert import inference_reading, json_dumps, reading_rows, set_candidate, set_cost, set_result
 from storage.fronts import rewrite_front
 from storage.models import ArtefactRow, StudyRow, TrialRow, TrialRungRow, utc_now
-from storage.remeasured import REMEASURE
+from storage.remeasured import REMEASURE, TIE_BREAK
 from storage.views import NO_HARDWARE, TrialCost, candidate_hash
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "remove_artefacts",
     "measured_forms",
     "add_remeasurement",
+    "add_tie_reading",
 ]
 
 _RESULT_STATES = {"COMPLETE": "COMPLETE", "FAIL": "FAIL", "PRUNED": "PRUNED"}
@@ -279,3 +282,45 @@ def add_remeasurement(s: Session, st: StudyRow, number: int, readings: Sequence[
     if added:
         st.updated_utc = utc_now()  # readers (the dashboard) see the study changed
     return added
+
+
+def add_tie_reading(s: Session, st: StudyRow, number: int, inf: InferenceEnergy) -> None:
+    """Make ``inf`` trial ``number``'s reading of record (a tie within noise settled, ``front.ties``).
+
+    ``inf`` is the trial's primary form measured again, on its own machine, with more windows.
+
+    The reading it replaces stays in the readings table; the new one is added with origin ``tie_break``;
+    its joules (and CO2, when both are known) add to the trial's measuring cost, so the study's search cost
+    counts them; the machine's front is recomputed.
+
+    Raises:
+        StorageError: The trial is missing or not COMPLETE, or ``inf`` is of another machine or form.
+    """
+    row = trial_row(s, st, number)
+    if row is None or row.state != "COMPLETE" or not row.result_json:
+        raise StorageError(f"trial {number} of study {st.name!r} is {'missing' if row is None else row.state}; "
+                           "only a COMPLETE trial's reading can be settled", fix="pick a member of the front")
+    result = TrialResult.from_dict(json.loads(row.result_json))
+    own = result.inference
+    if own is None or (inf.provenance.hardware_fingerprint, inf.serving_form) != (
+            own.provenance.hardware_fingerprint, own.serving_form):
+        raise StorageError(f"trial {number}: a tie is settled by its own form on its own machine "
+                           f"({own.serving_form if own else None} on "
+                           f"{own.provenance.hardware_fingerprint if own else None}), not by this reading",
+                           fix="measure the trial's primary form again where it ran (`nas remeasure` is for "
+                               "other machines)")
+    inf = dataclasses.replace(inf, provenance=dataclasses.replace(inf.provenance, tie_break=True))
+    set_result(row, dataclasses.replace(result, inference=inf))
+    reading = inference_reading(inf)
+    reading.origin = TIE_BREAK
+    reading.record_json = json_dumps(inf.to_dict())
+    row.readings.append(reading)
+    joules, co2 = inf.protocol_energy_j, inf.protocol_co2eq_g
+    if row.cost_measure_energy_j is not None:  # an unknown part stays unknown
+        row.cost_measure_energy_j = row.cost_measure_energy_j + joules if joules is not None else None
+    if row.cost_co2eq_g is not None:
+        row.cost_co2eq_g = row.cost_co2eq_g + co2 if co2 is not None else None
+    row.cost_is_estimate = bool(row.cost_is_estimate) or inf.is_estimate
+    s.flush()
+    rewrite_front(s, st, row.hardware_fingerprint or NO_HARDWARE)
+    st.updated_utc = utc_now()

@@ -326,6 +326,8 @@ class TrialView:
         remeasured: The trial as seen on another machine than its own (``nas remeasure``'s readings):
             ``result.inference``, ``flat``, ``meter`` and ``hardware_fingerprint`` are that machine's; the
             rest is what the trial measured.
+        noise: On a front of a study with ``front.noise: aware``: ``"clear"`` when no other trial may
+            dominate it within the measurement noise, ``"tied"`` when one may; None elsewhere.
     """
 
     study: str
@@ -346,6 +348,7 @@ class TrialView:
     flat: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     rung_accuracies: tuple[tuple[int, float], ...] = ()
     remeasured: bool = False
+    noise: str | None = None
 
     @property
     def retryable(self) -> bool:
@@ -388,6 +391,7 @@ class FrontEntry:
     position: int
     values: Mapping[str, float]
     updated_utc: datetime
+    clear: bool | None = None  # front.noise: aware: clear (True) or tied within noise (False)
 
 
 @dataclass(frozen=True)
@@ -421,7 +425,7 @@ class ReadingView:
     hardware_fingerprint: str | None
     provenance: Mapping[str, Any] | None
     created_utc: datetime
-    origin: str | None = None  # "remeasure": added by `nas remeasure`; None: taken by the trial
+    origin: str | None = None  # "remeasure": `nas remeasure`; "tie_break": front.ties; None: taken by the trial
 
 
 def study_fidelity(info: StudyInfo, trials: Iterable[TrialView]) -> FidelityReport:

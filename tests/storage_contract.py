@@ -56,15 +56,28 @@ def _scored(result: TrialResult, *, majority: float | None = None, test_accuracy
     return dataclasses.replace(result, metrics=metrics)
 
 
-def _brute_front(points: list[tuple[int, list[float | None]]], directions: list[str]) -> set[int]:
-    """Trial numbers of the non-dominated points, by definition (O(N^2)); rows with None never qualify."""
-    signs = [-1.0 if d == "maximize" else 1.0 for d in directions]
-    valid = [(n, [s * v for s, v in zip(signs, p, strict=True)]) for n, p in points
+#: The noise of every fake reading (tests/conftest.py's fake_trial_result): CV 0.02 over 3 windows.
+FAKE_CV, FAKE_WINDOWS = 0.02, 3
+
+
+def _brute_front(points: list[tuple[int, list[float | None]]], objectives: list[tuple[str, str]]) -> set[int]:
+    """Trial numbers on the noise-aware front, by definition (O(N^2)); rows with None never qualify.
+
+    A point is off the front only when another is better for sure: its worst case (J/sample plus 1.96
+    standard errors of a fake reading) no worse than this one's best case everywhere, and better somewhere.
+    """
+    def bounds(p: list[float]) -> tuple[list[float], list[float]]:
+        w = [1.96 * FAKE_CV * abs(v) / math.sqrt(FAKE_WINDOWS) if name.startswith("energy_per_sample") else 0.0
+             for (name, _), v in zip(objectives, p, strict=True)]
+        signed = [(-v if d == "maximize" else v) for (_, d), v in zip(objectives, p, strict=True)]
+        return [v - x for v, x in zip(signed, w, strict=True)], [v + x for v, x in zip(signed, w, strict=True)]
+
+    valid = [(n, bounds([float(v) for v in p])) for n, p in points
              if all(v is not None and not math.isnan(v) for v in p)]
     front = set()
-    for n, p in valid:
-        dominated = any(all(a <= b for a, b in zip(q, p, strict=True)) and any(a < b for a, b in zip(q, p, strict=True))
-                        for m, q in valid if m != n)
+    for n, (lo, _) in valid:
+        dominated = any(all(a <= b for a, b in zip(hi, lo, strict=True)) and any(a < b for a, b in zip(hi, lo, strict=True))
+                        for m, (_, hi) in valid if m != n)
         if not dominated:
             front.add(n)
     return front
@@ -351,7 +364,6 @@ class StorageContract:
     ) -> None:
         self._study(store, objectives=objectives)
         rng = np.random.default_rng(len(objectives))
-        directions = [d for _, d in objectives]
         points: dict[str, list[tuple[int, list[float | None]]]] = {"GPU-A": [], "GPU-B": []}
         for i in range(36):
             hw = "GPU-A" if rng.random() < 0.6 else "GPU-B"
@@ -375,14 +387,14 @@ class StorageContract:
                     (t.hardware_fingerprint, t.number) for t in recomputed]
                 for hw_name, pts in points.items():
                     got = {e.trial_number for e in persisted if e.hardware_fingerprint == hw_name}
-                    assert got == _brute_front(pts, directions), hw_name
+                    assert got == _brute_front(pts, objectives), hw_name
         entries = store.persisted_front("s", hardware="GPU-A")
         assert [e.position for e in entries] == list(range(len(entries)))
         firsts = [e.values["accuracy"] for e in entries]
         assert firsts == sorted(firsts, reverse=True)  # best first objective first
         assert all(e.objectives_key == store.get_study("s").objectives_key for e in entries)
         assert store.hardware_fingerprints("s") == ["GPU-A", "GPU-B"]
-        assert {t.number for t in store.front("s", hardware="GPU-B")} == _brute_front(points["GPU-B"], directions)
+        assert {t.number for t in store.front("s", hardware="GPU-B")} == _brute_front(points["GPU-B"], objectives)
         before = [(e.hardware_fingerprint, e.trial_number, e.position) for e in store.persisted_front("s")]
         store.rebuild_front("s")
         assert [(e.hardware_fingerprint, e.trial_number, e.position) for e in store.persisted_front("s")] == before
@@ -438,6 +450,40 @@ class StorageContract:
         assert [e.trial_number for e in store.persisted_front("s", hardware="GPU-B")] == [2, 0]
         with pytest.raises(StorageError, match="only COMPLETE"):
             store.add_remeasurement("s", 42, [inf])
+
+    def test_a_tie_reading_becomes_the_reading_of_record_counts_in_the_cost_and_settles_the_front(
+        self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate,
+    ) -> None:
+        """front.ties: a tied member measured again with more windows; the old reading stays, the front moves."""
+        self._study(store)
+        for i, e in {0: 1.00e-3, 1: 1.01e-3}.items():  # 1% apart, CV 2% over 3 windows: tied
+            r = make_result(candidate=make_candidate(i), accuracy=0.8, energy_per_sample_j=e, hardware="CPU-A")
+            store.start_trial("s", i, r.candidate)
+            store.finish_trial("s", i, r, cost=COST)
+        assert [(t.number, t.noise) for t in store.front("s")] == [(0, "tied"), (1, "tied")]
+        before = store.get_study("s")
+        inf = make_result(energy_per_sample_j=1.05e-3, hardware="CPU-A").inference
+        assert inf is not None
+        inf = dataclasses.replace(inf, n_windows=12, cv=0.01, protocol_energy_j=3.0, protocol_co2eq_g=0.25,
+                                  provenance=dataclasses.replace(inf.provenance, n_windows=12, tie_break=True))
+        store.add_tie_reading("s", 1, inf)
+        # 1.05e-3 +- 0.6% is beyond 1.00e-3 +- 2.3%: trial 0 now surely dominates trial 1, and is clear
+        assert [(t.number, t.noise) for t in store.front("s")] == [(0, "clear")]
+        assert [e.trial_number for e in store.persisted_front("s")] == [0]
+        one = store.trials("s")[1]
+        assert one.flat["energy_per_sample_j"] == 1.05e-3
+        assert one.result is not None and one.result.inference is not None
+        assert one.result.inference.n_windows == 12 and one.result.inference.provenance.tie_break
+        assert [(r.origin, r.provenance.get("n_windows")) for r in store.readings("s", 1)
+                if r.kind.startswith("inference")] == [(None, 3), ("tie_break", 12)]
+        after = store.get_study("s")
+        assert after.measure_energy_j == pytest.approx((before.measure_energy_j or 0) + 3.0)
+        assert after.co2eq_g == pytest.approx((before.co2eq_g or 0) + 0.25)
+        other = dataclasses.replace(inf, provenance=dataclasses.replace(inf.provenance, device_name="GPU-B"))
+        with pytest.raises(StorageError, match="own form on its own machine"):
+            store.add_tie_reading("s", 0, other)
+        with pytest.raises(StorageError, match="missing"):
+            store.add_tie_reading("s", 42, inf)
 
     def test_front_where_filters_before_the_front(
         self, store: Store, make_result: MakeResult, make_candidate: MakeCandidate
@@ -514,7 +560,6 @@ class StorageContract:
     ) -> None:
         self._study(store)
         rng = np.random.default_rng(7)
-        directions = [d for _, d in OBJ2]
         eligible: list[tuple[int, list[float | None]]] = []
         trivial: set[int] = set()
         for i in range(40):
@@ -531,7 +576,7 @@ class StorageContract:
             if i % 5 == 4:
                 persisted = [e.trial_number for e in store.persisted_front("s")]
                 assert persisted == [t.number for t in store.front("s")]
-                assert set(persisted) == _brute_front(eligible, directions)
+                assert set(persisted) == _brute_front(eligible, OBJ2)
         assert trivial and {t.number for t in store.trivial_trials("s")} == trivial
         before = [(e.trial_number, e.position) for e in store.persisted_front("s")]
         store.rebuild_front("s")
@@ -604,7 +649,7 @@ class StorageContract:
                     cost_measure_energy_j=1.0, cost_meter="nvml-counter", cost_is_estimate=False, started_utc=now))
             with pytest.raises(StorageError, match="nas storage upgrade"):
                 Store.open(db_url)
-            assert Store.upgrade(db_url) == store_module.head_revision() == "0006"
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0007"
             with Store.open(db_url, create=False) as store:
                 assert store.teacher_reference("old") is None
                 assert store.get_study("old").total_energy_j == pytest.approx(8.0)
@@ -675,7 +720,7 @@ class StorageContract:
                         dict(state="FAIL", result_json="{not json", fail_kind="candidate")]
                 for n, row in enumerate(rows):
                     conn.execute(trials.insert().values(study_id=sid, trial_number=n, started_utc=now, **row))
-            assert Store.upgrade(db_url) == store_module.head_revision() == "0006"
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0007"
             with engine.connect() as conn:
                 assert conn.execute(text("SELECT COUNT(*) FROM nas_trial_rungs")).scalar() == 3
             with Store.open(db_url, create=False) as store:
@@ -747,7 +792,7 @@ class StorageContract:
                     objectives_key="accuracy:maximize,energy_per_sample_j:minimize", trial_id=tid, trial_number=0,
                     position=0, values_json='{"accuracy":0.8,"energy_per_sample_j":0.001}', updated_utc=now))
             assert Store.upgrade(db_url, "0002") == "0002"
-            assert Store.upgrade(db_url) == store_module.head_revision() == "0006"
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0007"
             with Store.open(db_url, create=False) as store:
                 view = store.trial("old", 0)
                 assert view.result is not None and view.result.metrics is not None

@@ -55,14 +55,25 @@ def nas_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
                           env=e, timeout=timeout)
 
 
-def brute_force_front(points: list[tuple[float, float]]) -> set[int]:
-    """Indices not dominated by any other point (maximize first, minimize second)."""
+def brute_force_front(points: list[tuple[float, float, float]]) -> set[int]:
+    """Indices no other point surely dominates: (accuracy, maximised; J/sample +- half-width, minimised).
+
+    ``j`` surely dominates ``i`` when even ``j``'s worst J/sample (plus its half-width) is no more than ``i``'s
+    best (minus its own), with accuracy no lower, and one of the two strictly better (front.noise: aware).
+    """
     keep = set()
-    for i, (a, e) in enumerate(points):
-        dominated = any((a2 >= a and e2 <= e) and (a2 > a or e2 < e) for j, (a2, e2) in enumerate(points) if j != i)
+    for i, (a, e, w) in enumerate(points):
+        dominated = any((a2 >= a and e2 + w2 <= e - w) and (a2 > a or e2 + w2 < e - w)
+                        for j, (a2, e2, w2) in enumerate(points) if j != i)
         if not dominated:
             keep.add(i)
     return keep
+
+
+def noise_half_width(v) -> float:
+    """Half the 95% interval of a stored trial's J/sample (its reading's CV over its windows)."""
+    inf = v.result.inference
+    return 1.96 * (inf.cv or 0.0) * inf.energy_per_sample_j / inf.n_windows ** 0.5
 
 
 def test_search_stores_trials_front_and_cost(tmp_path):
@@ -82,7 +93,7 @@ def test_search_stores_trials_front_and_cost(tmp_path):
     # every trial records test accuracy and the dev majority-class rate; the front is over those above it
     assert all(v.values()["test_accuracy"] is not None and v.values()["majority_accuracy"] for v in complete)
     eligible = [v for v in complete if v.values()["accuracy"] > v.values()["majority_accuracy"]]
-    pts = [(v.values()["accuracy"], v.values()["energy_per_sample_j"]) for v in eligible]
+    pts = [(v.values()["accuracy"], v.values()["energy_per_sample_j"], noise_half_width(v)) for v in eligible]
     expected = {eligible[i].number for i in brute_force_front(pts)}
     assert {t["number"] for t in listed} == expected
     assert {e.trial_number for e in store.persisted_front("e2e")} == expected

@@ -135,7 +135,7 @@
   const COLUMNS = [
     ["number", "#", (r) => r.number, (r) => `<a href="/studies/${enc(study)}/trials/${r.number}">${r.number}</a>`],
     ["state", "State", (r) => r.state, (r) => stateBadge(r.state)],
-    ["front", "Front", (r) => (r.on_front ? 1 : 0), (r) => (r.on_front ? `<span class="badge front">front</span>` : "")],
+    ["front", "Front", (r) => (r.on_front ? (r.noise === "tied" ? 1 : 2) : 0), (r) => (r.on_front ? `<span class="badge front">front</span>` + (r.noise === "tied" ? ` <span class="badge tied" title="another trial may dominate it within the measurement noise (95% interval of J/sample)">tied</span>` : "") : "")],
     ["test", "Test acc", (r) => r.values.test_accuracy, (r) => fmtPct(r.values.test_accuracy)],
     ["accuracy", "Dev acc", (r) => r.values.accuracy, (r) => fmtPct(r.values.accuracy)],
     ["energy", "J/sample", (r) => r.values.energy_per_sample_j, (r) => fmtSci(r.values.energy_per_sample_j)],
@@ -335,7 +335,9 @@
     const st = document.getElementById("trial-state");
     st.className = `badge state-${t.state.toLowerCase()}`;
     st.textContent = t.state;
-    document.getElementById("trial-front").hidden = !t.on_front;
+    const fr = document.getElementById("trial-front");
+    fr.hidden = !t.on_front;
+    fr.textContent = t.noise === "tied" ? "Pareto front (tied within noise)" : "Pareto front";
     document.getElementById("trial-candidate-text").textContent = t.candidate_text + (t.fail_reason ? ` — ${t.fail_reason}` : "");
     const v = t.values, o = t.objectives || {};
     const inf = t.result && t.result.inference;

@@ -74,6 +74,7 @@ def view_to_dict(view: Any, teacher: TeacherReference | None = None) -> dict[str
         d.update(view.ratios_to(teacher).to_dict())
         d["teacher"] = teacher.point()
     d["remeasured"] = view.remeasured
+    d["noise"] = view.noise
     d["rung_accuracies"] = [list(r) for r in view.rung_accuracies]
     d["candidate"] = to_jsonable(view.candidate) if view.candidate is not None else None
     d["result"] = view.result.to_dict() if view.result is not None else None
@@ -191,6 +192,9 @@ def front_table(views: list[Any], objectives: list[tuple[str, str]] | Any, title
     if teacher is not None:
         t.add_column("acc/teacher", justify="right")
         t.add_column("J/teacher", justify="right")
+    marked = any(v.noise for v in views)
+    if marked:
+        t.add_column("noise")
     t.add_column("candidate")
     t.add_column("meter")
     hardware = sorted({str(v.hardware_fingerprint) for v in views})
@@ -205,8 +209,11 @@ def front_table(views: list[Any], objectives: list[tuple[str, str]] | Any, title
             if r.note:
                 notes[f"#{v.number}: {r.note}"] = None
         t.add_row(str(v.number), _fmt(vals.get("test_accuracy")), *[_fmt(vals.get(m)) for m in objs], *ratios,
-                  _short_candidate(v.candidate, vals), meter)
+                  *([v.noise or "-"] if marked else []), _short_candidate(v.candidate, vals), meter)
     t.caption = ("no complete trial matches" if not views else f"hardware: {', '.join(hardware)}")
+    if any(v.noise == "tied" for v in views):
+        t.caption += ("\ntied: another trial may dominate it within the measurement noise (95% interval of the "
+                      "J/sample mean); clear: none may (docs/measurement.md)")
     if any(v.remeasured for v in views):
         t.caption += " (re-measured by `nas remeasure`: energy and latency from this machine, accuracy from the search)"
     if notes:
@@ -298,6 +305,14 @@ def trial_view(v: Any, teacher: TeacherReference | None = None, readings: Sequen
             t.add_row(f"re-measured on {escape(str(r.hardware_fingerprint))}",
                       f"{r.kind.removeprefix('inference:')}: J/sample {_energy(r.energy_per_sample_j, r.meter, r.is_estimate)}"
                       f", CV {_fmt(r.cv)} ({r.created_utc:%Y-%m-%d %H:%M} UTC, `nas remeasure`)")
+    replaced = [r for r in readings if r.kind.startswith("inference:") and r.origin is None
+                and any(o.origin == "tie_break" and o.kind == r.kind for o in readings)]
+    for r in replaced:  # the reading of record is a tie_break one; say what it replaced
+        windows = (r.provenance or {}).get("n_windows")
+        t.add_row("first reading (replaced)",
+                  f"{r.kind.removeprefix('inference:')}: J/sample {_energy(r.energy_per_sample_j, r.meter, r.is_estimate)}"
+                  f", CV {_fmt(r.cv)} over {windows} windows; measured again with more windows to settle a tie "
+                  "within noise on the front (front.ties)")
     if teacher is not None:
         _teacher_rows(t, v, teacher)
     return t

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -19,6 +19,9 @@ from nas.runner.progress import SearchProgress
 from nas.runner.tracking import check_tracking
 from nas.spec import StudySpec, default_spec, load_spec
 from storage import NO_HARDWARE, Store, TrialView
+
+if TYPE_CHECKING:
+    from nas.runner.ties import TiesReport
 
 __all__ = ["SearchSummary", "Front", "search", "pareto", "open_store", "resolve_spec", "resolve_db", "DEFAULT_DB",
            "check_constraints"]
@@ -64,6 +67,7 @@ class SearchSummary:
     stopped_reason: str
     n_trials_unmetered: int = 0
     teacher: TeacherReference | None = None
+    ties: TiesReport | None = None
 
     def describe(self) -> str:
         """The summary as text for the terminal, with the commands that query the study."""
@@ -75,6 +79,7 @@ class SearchSummary:
         return (f"study {self.study!r} in {self.db}: {self.n_complete} complete, {self.n_pruned} pruned, "
                 f"{self.n_failed} failed; front of {len(self.front)}; search cost {j}; "
                 f"{self.wall_s:.0f} s wall; {self.stopped_reason}.\n"
+                + (f"{self.ties.describe()}\n" if self.ties is not None and self.ties.breaks else "") +
                 f"Query it: nas pareto {self.study} --db {self.db}   |   nas show {self.study} TRIAL --db {self.db}")
 
 
@@ -229,10 +234,11 @@ def search(
     finally:
         if display:
             display.stop()
-    return summarize(store, the_spec, db_url, outcome.stopped_reason, outcome.wall_s)
+    return summarize(store, the_spec, db_url, outcome.stopped_reason, outcome.wall_s, ties=outcome.ties)
 
 
-def summarize(store: Store, spec: StudySpec, db: str, stopped_reason: str, wall_s: float) -> SearchSummary:
+def summarize(store: Store, spec: StudySpec, db: str, stopped_reason: str, wall_s: float, *,
+              ties: TiesReport | None = None) -> SearchSummary:
     """The summary of a study after a search: counts, search cost and its Pareto front."""
     info = store.get_study(spec.name)
     views = store.trials(spec.name)
@@ -247,7 +253,7 @@ def summarize(store: Store, spec: StudySpec, db: str, stopped_reason: str, wall_
         total_energy_j=info.total_energy_j, energy_meters=meters,
         energy_is_estimate=info.cost_includes_estimate or any(bool(v.is_estimate) for v in views),
         co2eq_g=info.co2eq_g, wall_s=wall_s, stopped_reason=stopped_reason,
-        n_trials_unmetered=info.n_trials_unmetered, teacher=store.teacher_reference(spec.name),
+        n_trials_unmetered=info.n_trials_unmetered, teacher=store.teacher_reference(spec.name), ties=ties,
     )
 
 

@@ -35,6 +35,7 @@ from nas.records import FailKind
 from nas.runner.ray_session import RaySession, reap_orphans
 from nas.runner.searcher import NASOptunaSearch, make_sampler, sampler_seed, tell_complete, tell_infeasible
 from nas.runner.teacher_prep import prepare_teacher
+from nas.runner.ties import TiesReport, settle_ties
 from nas.runner.tracking import (
     artefacts_dir,
     prune_ray_results,
@@ -62,6 +63,7 @@ class RunOutcome:
     evaluated: int
     stopped_reason: str
     wall_s: float
+    ties: TiesReport | None = None
 
 
 def _init_ray(ray_address: str | None, spec: StudySpec) -> str | None:
@@ -264,8 +266,21 @@ def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str |
         ("wall-time budget reached" if spec.budget.wall_s and time.time() - t0 >= spec.budget.wall_s
          else "stopped")
     )
+    ties = _settle_ties(store, spec)
     store.set_study_status(name, "COMPLETE" if done >= spec.budget.trials or stopper.reason else "STOPPED")
-    return RunOutcome(name, done, reason, time.time() - t0)
+    return RunOutcome(name, done, reason, time.time() - t0, ties)
+
+
+def _settle_ties(store: Store, spec: StudySpec) -> TiesReport | None:
+    """Re-measure the front's ties within noise (``front.ties``); a failure there loses no trial, only the settling."""
+    try:
+        report = settle_ties(store, spec, store.url)
+    except NASError as e:
+        log.warning("ties within noise were not settled: %s", e)
+        return None
+    if report is not None:
+        log.info("%s", report.describe())
+    return report
 
 
 def _nas_error_in(e: BaseException) -> NASError | None:

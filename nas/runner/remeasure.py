@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from evaluators.forms import form_unavailable
 from evaluators.remeasure import remeasure_model, this_hardware
 from nas.config import MeasureConfig, validate
-from nas.errors import ConfigError
-from nas.export.source import load_weights, open_trial
+from nas.errors import ConfigError, ExportError
+from nas.export.source import TrialSource, load_weights, open_trial
 from nas.records import InferenceEnergy
 from nas.spec import StudySpec
 from storage import Store
 
-__all__ = ["Remeasured", "RemeasureReport", "remeasure", "measure_config"]
+__all__ = ["Remeasured", "RemeasureReport", "remeasure", "measure_config", "measure_stored"]
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,26 @@ def _numbers(store: Store, study: str, trials: Sequence[int] | None) -> list[int
     return sorted(set(trials))
 
 
+def measure_stored(src: TrialSource, cfg: MeasureConfig, device: str, *,
+                   threads: int | None = None) -> tuple[InferenceEnergy, ...]:
+    """A stored trial's weights measured here with ``cfg`` on ``device``: one reading per form, primary first.
+
+    ``threads``: torch's intra-op threads, the study's ``resources.torch_threads`` (as its trials ran).
+
+    Raises:
+        ExportError: The trial kept no weights, or they do not load.
+        MeterUnavailableError: ``cfg.meter`` cannot read this device.
+    """
+    if src.weights is None:
+        raise ExportError(f"trial {src.view.number} has no weights to measure: {src.weights_problem}",
+                          fix="keep weights (storage.retention: front or all)")
+    saved = load_weights(src.weights, src.candidate)
+    return remeasure_model(saved.model, src.candidate, cfg, device=device, vocab_size=saved.tokenizer.vocab_size,
+                           threads=threads)
+
+
 def _one(store: Store, study: str, number: int, db: str, cfg: MeasureConfig, device: str,
-         hardware: str) -> Remeasured:
+         hardware: str, threads: int) -> Remeasured:
     src = open_trial(study, number, db)  # ExportError: not COMPLETE
     own = src.view.result.inference if src.view.result else None
     forms = [f for f in cfg.forms if f not in store.measured_forms(study, number, hardware)]
@@ -118,10 +136,8 @@ def _one(store: Store, study: str, number: int, db: str, cfg: MeasureConfig, dev
         return Remeasured(number, (), f"already measured on {hardware} ({', '.join(cfg.forms)})", own)
     if src.weights is None:
         return Remeasured(number, (), f"no weights to measure: {src.weights_problem}", own)
-    saved = load_weights(src.weights, src.candidate)
-    todo = cfg.model_copy(update={"serving_form": forms, "primary_form": None})
-    readings = remeasure_model(saved.model, src.candidate, todo, device=device,
-                               vocab_size=saved.tokenizer.vocab_size)
+    readings = measure_stored(src, cfg.model_copy(update={"serving_form": forms, "primary_form": None}), device,
+                              threads=threads)
     added = set(store.add_remeasurement(study, number, readings))
     return Remeasured(number, tuple(r for r in readings if r.serving_form in added), None, own)
 
@@ -157,7 +173,7 @@ def remeasure(study: str, *, db: str, trials: Sequence[int] | None = None, devic
         hardware = this_hardware(device)
         done = []
         for i, number in enumerate(numbers, 1):
-            done.append(_one(store, study, number, db, cfg, device, hardware))
+            done.append(_one(store, study, number, db, cfg, device, hardware, spec.resources.torch_threads))
             log.info("trial %d: %s", number, done[-1].skipped or f"{len(done[-1].readings)} reading(s) stored")
             if progress is not None:
                 progress(i, len(numbers), number)

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import torch
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -35,6 +34,7 @@ from rich.progress import (
 )
 
 from evaluators.pipeline import TrialContext, assess, cached_task
+from evaluators.remeasure import torch_threads
 from evaluators.teacher import Teacher, load_teacher
 from evaluators.teacher_cache import build_or_load
 from evaluators.teacher_fit import resolve_teacher
@@ -94,7 +94,7 @@ def prepare_teacher(spec: StudySpec, store: Store, *, progress: bool = False) ->
         if stored is not None:
             log.info("teacher: the study's reference %s is kept (measured before)", stored.name)
             return PreparedTeacher(resolved.path, _candidate(teacher), stored)
-        with _threads(spec.resources.torch_threads):  # measured as a trial is: same intra-op threads
+        with torch_threads(spec.resources.torch_threads):  # measured as a trial is: same intra-op threads
             result = assess(teacher.model, task_t, _no_training(ctx), spec.measure, ctx,
                             eval_batch_size=spec.train.eval_batch_size)
     fitted = resolved.fitted
@@ -107,15 +107,6 @@ def prepare_teacher(spec: StudySpec, store: Store, *, progress: bool = False) ->
     return PreparedTeacher(resolved.path, _candidate(teacher), ref)
 
 
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (a trial worker's ``resources.torch_threads``)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _candidate(teacher: Teacher) -> Candidate:
