@@ -20,9 +20,10 @@ not comparable) on a study's COMPLETE trials (:mod:`nas.cost_study` reads them f
   (:data:`OUTLIER_Z`, e.g. a latency taken while other work shared the CPU) are left out of the second fit.
   Its predictive standard deviation in log space gives every prediction an interval: ``low`` and ``high``
   are the ``1 - confidence`` and ``confidence`` quantiles (10% and 90% by default).
-* **Infeasible with high confidence** (:func:`predicted_infeasible`): a study constraint that fails for every
-  predicted value between ``low`` and ``high`` (the 10% quantile already breaks ``energy_per_sample_j <
-  0.002``): the candidate meets it with probability below ``1 - confidence``.
+* **Infeasible with high confidence** (:func:`predicted_broken`): a :func:`predictable` study constraint that
+  fails for every predicted value between ``low`` and ``high`` (the 10% quantile already breaks
+  ``energy_per_sample_j < 0.002``): the candidate meets it with probability below ``1 - confidence``. A
+  search skips building such candidates (``fidelity.predict_skip``, :mod:`nas.runner.cost_gate`).
 """
 
 from __future__ import annotations
@@ -48,11 +49,12 @@ from nas.candidate_parts import storage_bits
 from nas.config import Candidate
 from nas.errors import NASError
 from nas.feasibility import BEFORE_TRAINING_NAMES, judgeable
-from nas.where import compile_where
+from nas.where import compile_where, names_read
 
 __all__ = ["TARGETS", "MIN_TRIALS", "DEFAULT_CONFIDENCE", "FEATURE_NAMES", "CostModelError", "CostInputs",
            "CostObservation", "CostPrediction", "CostModel", "HeldOut", "CrossValidation", "features",
-           "cross_validate", "predicted_infeasible"]
+           "cross_validate", "INPUT_NAMES", "predictable", "BrokenConstraint", "predicted_broken", "infeasible_reason",
+           "predicted_infeasible"]
 
 #: What the model predicts: the trial values of these names (:meth:`nas.records.TrialResult.objectives`).
 TARGETS: tuple[str, ...] = ("energy_per_sample_j", "latency_p50_ms")
@@ -385,36 +387,81 @@ def _grid(prediction: CostPrediction) -> tuple[float, float, float]:
     return prediction.low, prediction.median, prediction.high
 
 
-def predicted_infeasible(model: CostModel, inputs: CostInputs, constraints: Iterable[str], *,
-                         confidence: float = DEFAULT_CONFIDENCE) -> str | None:
-    """Why ``inputs``' candidate breaks a study constraint with high confidence, or ``None``.
+#: What the model knows of a candidate besides its predictions: the names a judged constraint may also read.
+INPUT_NAMES: frozenset[str] = frozenset({*Candidate().flat(), "flops_per_sample", "meter", "is_estimate",
+                                         "hardware"})
 
-    A constraint is judged when every name it reads is known before training (:mod:`nas.feasibility`) and at
-    least one of them is predicted (:data:`TARGETS`); one that also reads a measured value the model does not
-    predict (throughput, p95 latency) is not judged. It is broken when it fails at every combination of
-    ``low``, ``median`` and ``high`` of the values it reads: even the ``1 - confidence`` quantile breaks it.
+
+def predictable(constraint: str) -> bool:
+    """Whether the cost model can judge ``constraint``: see :func:`predicted_broken`.
+
+    Raises:
+        ConfigError: ``constraint`` does not parse.
+    """
+    names = names_read(constraint)
+    return judgeable(constraint) and bool(names & set(TARGETS)) and names <= INPUT_NAMES | set(TARGETS)
+
+
+@dataclass(frozen=True)
+class BrokenConstraint:
+    """A study constraint predicted broken with high confidence.
+
+    Attributes:
+        constraint: The constraint's text.
+        shown: It with the predictions it read, e.g. ``'energy_per_sample_j < 0.002' (predicted
+            energy_per_sample_j 0.004 (0.003 to 0.006))``.
+    """
+
+    constraint: str
+    shown: str
+
+
+def predicted_broken(model: CostModel, inputs: CostInputs, constraints: Iterable[str], *,
+                     confidence: float = DEFAULT_CONFIDENCE) -> list[BrokenConstraint]:
+    """The constraints ``inputs``' candidate breaks with high confidence, in order.
+
+    A constraint is judged when it is :func:`predictable`: every name it reads is known before training
+    (:mod:`nas.feasibility`), at least one of them is predicted (:data:`TARGETS`), and the others are the
+    candidate's fields, its FLOPs, or the model's meter and hardware; one that also reads a measured value the
+    model does not predict (throughput, p95 latency) is not judged. It is broken when it fails at every
+    combination of ``low``, ``median`` and ``high`` of the values it reads: even the ``1 - confidence``
+    quantile breaks it.
 
     Raises:
         ConfigError: A constraint does not parse.
     """
+    judged = [c for c in constraints if predictable(c)]
+    if not judged:
+        return []
     preds = model.predict(inputs, confidence=confidence)
     values: dict[str, Any] = {**inputs.candidate.flat(), "flops_per_sample": inputs.flops_per_sample,
                               "meter": model.meter, "is_estimate": model.is_estimate, "hardware": model.hardware}
     broken = []
-    for text in constraints:
-        if not judgeable(text):
-            continue
+    for text in judged:
         check = compile_where(text, BEFORE_TRAINING_NAMES)
         predicted = sorted(check.names & set(preds))
-        if not predicted or check.names - set(preds) - set(values):
-            continue  # nothing predicted, or it reads a value known only once measured (throughput, p95)
         corners = itertools.product(*(_grid(preds[n]) for n in predicted))
         if not any(check({**values, **dict(zip(predicted, c, strict=True))}) for c in corners):
             shown = ", ".join(f"{n} {preds[n].median:.4g} ({preds[n].low:.4g} to {preds[n].high:.4g})"
                               for n in predicted)
-            broken.append(f"{text!r} (predicted {shown})")
-    if not broken:
-        return None
+            broken.append(BrokenConstraint(text, f"{text!r} (predicted {shown})"))
+    return broken
+
+
+def infeasible_reason(model: CostModel, broken: Sequence[BrokenConstraint], *,
+                      confidence: float = DEFAULT_CONFIDENCE) -> str:
+    """``predicted infeasible with 90% confidence by the cost model of HW (meter M, ESTIMATE): breaks ...``."""
     tag = ", ESTIMATE" if model.is_estimate else ""
     return (f"predicted infeasible with {confidence:.0%} confidence by the cost model of {model.hardware} "
-            f"(meter {model.meter}{tag}): breaks {'; '.join(broken)}")
+            f"(meter {model.meter}{tag}): breaks {'; '.join(b.shown for b in broken)}")
+
+
+def predicted_infeasible(model: CostModel, inputs: CostInputs, constraints: Iterable[str], *,
+                         confidence: float = DEFAULT_CONFIDENCE) -> str | None:
+    """Why ``inputs``' candidate breaks a constraint with high confidence (:func:`predicted_broken`), or ``None``.
+
+    Raises:
+        ConfigError: A constraint does not parse.
+    """
+    broken = predicted_broken(model, inputs, constraints, confidence=confidence)
+    return infeasible_reason(model, broken, confidence=confidence) if broken else None

@@ -23,7 +23,9 @@ class FailKind(str, enum.Enum):
     * ``INVALID``: the sampled configuration is not a valid candidate; it never reached a worker.
     * ``NOT_EVALUATED``: the candidate repeats one that failed or was already evaluated; skipped.
     * ``INFEASIBLE``: measured before training, it breaks a study constraint (measure-first,
-      :mod:`nas.feasibility`), so it was never trained. It spends budget and is never sampled again.
+      :mod:`nas.feasibility`), so it was never trained; or the study's cost model predicted it breaks one
+      with high confidence (``fidelity.predict_skip``), so it was never built. It spends budget and is never
+      sampled again.
     """
 
     CANDIDATE = "candidate"

@@ -189,6 +189,15 @@ class FidelitySpec(Frozen):
     turns it on when such a constraint exists. ``measure_first_margin`` is the relative noise margin of
     that judgement: a trial is stopped only when the constraint fails even with each measured value moved
     this far (or twice the reading's CV, if larger) in its favour.
+
+    ``predict_skip`` (``auto``, ``true`` or ``false``): before a sampled candidate is built, the study's learned
+    cost model (:mod:`nas.cost_model`, fitted on its COMPLETE trials once there are
+    :data:`~nas.cost_model.MIN_TRIALS` of one hardware and meter) predicts its J/sample and latency, and a
+    candidate predicted to break a study constraint with high confidence is never built (``FAIL``, kind
+    ``infeasible``, no metered joules; :mod:`nas.runner.cost_gate`). ``auto`` turns it on when a constraint
+    reads a predicted value (:func:`nas.cost_model.predictable`). ``predict_skip_confidence`` is that
+    confidence: a candidate is skipped only when even the ``1 - confidence`` quantile of its prediction breaks
+    the constraint.
     """
 
     rungs: list[int] = Field(default_factory=lambda: list(PRESET_RUNGS["tiny"]))
@@ -196,6 +205,8 @@ class FidelitySpec(Frozen):
     enabled: bool = True
     measure_first: bool | Literal["auto"] = "auto"
     measure_first_margin: float = Field(default=0.1, ge=0.0, lt=1.0)
+    predict_skip: bool | Literal["auto"] = "auto"
+    predict_skip_confidence: float = Field(default=0.98, gt=0.5, lt=1.0)
 
     @field_validator("rungs")
     @classmethod

@@ -37,10 +37,18 @@ KINDS = ("softmax", "linear", "local")
 
 @pytest.fixture(autouse=True, scope="module")
 def _own_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Profiles are cached on disk: in a folder of this module's own, not the user's cache."""
+    """Profiles are cached on disk: in a folder of this module's own, not the user's cache.
+
+    The in-memory cache is emptied on the way in and out, so that a module that uses this fixture
+    (tests/test_cost_gate.py) and this one each write their own folder.
+    """
+    from nas.cost_inputs import _profile
+
+    _profile.cache_clear()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NAS_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         yield
+    _profile.cache_clear()
 
 
 def _candidate(i: int) -> Candidate:

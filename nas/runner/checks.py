@@ -26,6 +26,7 @@ from evaluators.teacher import is_saved_teacher
 from nas.config import AttentionConfig, Candidate, DistillConfig, PruneConfig, QuantConfig
 from nas.errors import ConfigError, DataError, NASError, SearchError
 from nas.feasibility import MeasureFirst
+from nas.runner.cost_gate import skip_constraints
 from nas.runner.samplers import GP_MAX_OBJECTIVES
 from nas.spec import StudySpec
 from nas.vocab import SPARSITY_KIND
@@ -103,7 +104,8 @@ def check_serving_forms(spec: StudySpec) -> None:
 def check_constraints(spec: StudySpec) -> None:
     """Parse every constraint, so a typo fails at once, naming the constraint.
 
-    Then refuse ``fidelity.measure_first: true`` when no constraint can be judged before training.
+    Then refuse ``fidelity.measure_first: true`` when no constraint can be judged before training, and
+    ``fidelity.predict_skip: true`` when none reads a value the cost model predicts.
     """
     for i, c in enumerate(spec.constraints):
         try:
@@ -115,6 +117,7 @@ def check_constraints(spec: StudySpec) -> None:
                               fix=e.fix or "see `nas pareto --help` for the syntax") from e
     MeasureFirst.for_study(spec.constraints, setting=spec.fidelity.measure_first,
                            margin=spec.fidelity.measure_first_margin)
+    skip_constraints(spec)
 
 
 def check_sampler(spec: StudySpec) -> None:

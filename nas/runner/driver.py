@@ -32,6 +32,7 @@ from nas.config import Candidate
 from nas.errors import NASError, SearchError
 from nas.feasibility import judgeable
 from nas.records import FailKind
+from nas.runner.cost_gate import CostGate
 from nas.runner.ray_session import RaySession, reap_orphans
 from nas.runner.searcher import NASOptunaSearch, make_sampler, sampler_seed, tell_complete, tell_infeasible
 from nas.runner.teacher_prep import prepare_teacher
@@ -154,13 +155,19 @@ def study_constraints(spec: StudySpec, handle: StoreHandle) -> StudyConstraints 
 
 
 def _make_searcher(spec: StudySpec, store: Store, handle: StoreHandle, ot_storage: OptunaStorage,
-                   failed: set[str], teacher: Candidate | None = None) -> NASOptunaSearch:
+                   failed: set[str], teacher: Candidate | None = None,
+                   max_trials: int | None = None) -> NASOptunaSearch:
     """The study's searcher.
 
     Its sampler is seeded from the study and how many trials Optuna was told, and every candidate already
     COMPLETE in the study blocked from evaluation. ``teacher`` (the prepared teacher as a candidate) is
     what ``init: teacher`` candidates are cut from. The study's constraints reach the sampler through
-    :class:`StudyConstraints`.
+    :class:`StudyConstraints`. With ``fidelity.predict_skip`` on (``auto``: a constraint reads a predicted
+    value), a :class:`~nas.runner.cost_gate.CostGate` keeps candidates the cost model predicts infeasible from
+    being built. ``max_trials`` is the trial budget left to this run: a skipped candidate spends a trial of it
+    (FAIL, kind infeasible, as measure-first's stopped trials do, and as :func:`_spent` counts it) without
+    becoming a Tune trial, so the searcher ends the run at ``max_trials`` candidates handed out plus skipped,
+    and Tune's ``num_samples`` is only an upper bound (see :meth:`NASOptunaSearch._skip`).
     """
     try:
         told = len(ot_storage.get_all_trials(ot_storage.get_study_id_from_name(spec.name), deepcopy=False,
@@ -182,6 +189,9 @@ def _make_searcher(spec: StudySpec, store: Store, handle: StoreHandle, ot_storag
         teacher=teacher,
         constraints=constraints,
         first_constraints=constraints.before_training if constraints is not None else None,
+        gate=CostGate.for_study(spec, handle),
+        on_skipped=handle.record_skipped,
+        max_trials=max_trials,
     )
 
 
@@ -219,8 +229,9 @@ def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str |
     prepared = prepare_teacher(spec, store, progress=show_teacher_progress)
     if prepared is not None:  # workers load the resolved (fine-tuned, cached) teacher, never fit it again
         spec = spec.model_copy(update={"teacher": TeacherSpec(path=prepared.path)})
+    # max_trials: a candidate the cost gate skips spends budget but is no Tune trial (see _make_searcher)
     searcher = _make_searcher(spec, store, handle, ot_storage, failed,
-                              teacher=prepared.candidate if prepared is not None else None)
+                              teacher=prepared.candidate if prepared is not None else None, max_trials=remaining)
     if on_ready is not None:
         on_ready()
     art_dir = artefacts_dir(spec, store.url)
@@ -408,7 +419,9 @@ def _settle_running_optuna_trials(ot_storage: OptunaStorage, store: Store, spec:
                           constraints(t.number) if constraints is not None else None)
             log.info("trial %d: stored COMPLETE but never told to Optuna; told now", t.number)
             continue
-        if view is not None and view.fail_kind is FailKind.INFEASIBLE:  # stopped before training (measure-first)
+        # stopped before training (measure-first), or never built (the cost gate, which tells Optuna at once:
+        # only a driver killed between its write and its tell leaves one here; judged on what is stored)
+        if view is not None and view.fail_kind is FailKind.INFEASIBLE:
             tell_infeasible(study, optuna.Trial(study, t._trial_id), view.fail_reason or "infeasible",
                             constraints.before_training(t.number) if constraints is not None else {})
             continue

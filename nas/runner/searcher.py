@@ -14,7 +14,11 @@ Four things differ from Ray's stock searcher:
   sampler all read, so they learn to avoid the infeasible region instead of only seeing it filtered
   off the front afterwards;
 * a trial stopped before training because its measurement broke a constraint (measure-first,
-  ``FailKind.INFEASIBLE``) is told as PRUNED with the constraints it was judged on (see :meth:`settle`).
+  ``FailKind.INFEASIBLE``) is told as PRUNED with the constraints it was judged on (see :meth:`settle`);
+* a candidate the study's cost model predicts infeasible with high confidence (``gate``,
+  :mod:`nas.runner.cost_gate`) is never built: it is stored FAIL (``FailKind.INFEASIBLE``) with its
+  candidate, told as PRUNED with the constraints predicted broken, blocked like a failure, and the sampler
+  is asked again.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import optuna
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from nas.config import Candidate
 from nas.errors import NASError
 from nas.records import FailKind
+from nas.runner.cost_gate import PredictedSkip
 from nas.runner.protocol import TrialConfig, TrialReport
 from nas.runner.samplers import make_sampler
 from search_spaces import SearchSpace, suggest
@@ -87,6 +93,12 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
             value <= 0 means satisfied (Optuna's convention); ``None`` for a study without constraints.
         first_constraints: The same for a trial stopped before training (measure-first), over the
             constraints that can be judged then; ``None`` for a study that does not measure first.
+        gate: ``gate(candidate)`` says why a sampled candidate is not to be built (the cost model,
+            :class:`nas.runner.cost_gate.CostGate`), or None to build it; ``None`` for a study without it.
+        on_skipped: called in the driver with (optuna trial number, candidate, reason) when ``gate`` skips a
+            candidate, so that it is recorded (FAIL, kind infeasible) before Optuna is told.
+        max_trials: the trials this run may spend (the study's remaining trial budget): candidates handed out
+            plus candidates skipped by ``gate``; ``None`` leaves the count to Tune.
     """
 
     def __init__(
@@ -99,6 +111,9 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         teacher: Candidate | None = None,
         constraints: Callable[[int], dict[str, float]] | None = None,
         first_constraints: Callable[[int], dict[str, float]] | None = None,
+        gate: Callable[[Candidate], PredictedSkip | None] | None = None,
+        on_skipped: Callable[[int, Candidate, str], None] | None = None,
+        max_trials: int | None = None,
         **kwargs: Any,
     ) -> None:
         self._nas_space = space
@@ -108,6 +123,10 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         self._failed_hashes = failed_hashes
         self._evaluated = evaluated if evaluated is not None else {}
         self._on_invalid = on_invalid
+        self._gate = gate
+        self._on_skipped = on_skipped
+        self._max_trials = max_trials
+        self._spent = 0  # trials this run spent budget on: handed out, or skipped by the gate
         self._pending: dict[str, tuple[dict[str, Any] | None, bool]] = {}
         super().__init__(space=self._define_by_run, **kwargs)
 
@@ -115,13 +134,16 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         cand = suggest(trial, self._nas_space, self._teacher)
         return TrialConfig(candidate=cand, number=trial.number, candidate_hash=candidate_hash(cand)).to_tune()
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        """The next trial's Tune config, or None when the sampler gives up.
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # Ray: FINISHED
+        """The next trial's Tune config, None when the sampler gives up, or ``FINISHED`` at ``max_trials``.
 
         Invalid candidates, and candidates that failed before or were already evaluated, are recorded as
-        rejected and sampled again, up to ``MAX_RESAMPLE`` times.
+        rejected and sampled again, up to ``MAX_RESAMPLE`` times; so are candidates ``gate`` skips
+        (:meth:`_skip`).
         """
         for _ in range(MAX_RESAMPLE):
+            if self._max_trials is not None and self._spent >= self._max_trials:
+                return Searcher.FINISHED  # the trial budget is spent (skipped trials count)
             try:
                 with warnings.catch_warnings():
                     # the time Ray warns about is the sampler fitting its model (seconds for the GP
@@ -135,7 +157,8 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
                 continue
             if suggested is None:
                 return None
-            h = TrialConfig.from_tune(suggested).candidate_hash
+            config = TrialConfig.from_tune(suggested)
+            h = config.candidate_hash
             if h in self._failed_hashes:
                 self._reject(self._ot_trials.pop(trial_id), "not evaluated: identical to a candidate that failed before",
                              FailKind.NOT_EVALUATED)
@@ -145,10 +168,15 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
                              f"not evaluated: identical to trial {self._evaluated[h]}, already evaluated in this study",
                              FailKind.NOT_EVALUATED)
                 continue
+            verdict = self._gate(config.candidate) if self._gate is not None else None
+            if verdict is not None:
+                self._skip(self._ot_trials.pop(trial_id), config.candidate, h, verdict)
+                continue
             self._evaluated[h] = int(suggested["optuna_number"])
+            self._spent += 1
             return suggested
-        log.warning("the sampler proposed only failed, invalid or already evaluated candidates %d times in a row",
-                    MAX_RESAMPLE)
+        log.warning("the sampler proposed only failed, invalid, already evaluated or predicted infeasible candidates "
+                    "%d times in a row", MAX_RESAMPLE)
         return None
 
     @property
@@ -161,6 +189,24 @@ class NASOptunaSearch(OptunaSearch):  # type: ignore[misc]
         log.info("trial %d rejected: %s", ot_trial.number, reason)
         if self._on_invalid is not None:
             self._on_invalid(ot_trial.number, dict(ot_trial.params), reason, kind)
+
+    def _skip(self, ot_trial: optuna.Trial, candidate: Candidate, digest: str, verdict: PredictedSkip) -> None:
+        """Record, tell Optuna and block a candidate ``gate`` says not to build.
+
+        A skipped candidate is stored FAIL with kind ``infeasible`` and its candidate, like a trial that
+        measure-first stopped: it spends one trial of the budget (:attr:`FailKind.spends_budget`, as the
+        driver's count of spent trials reads it), so it counts toward ``max_trials`` here, since it never
+        becomes a Tune trial and Tune's own count never sees it. It costs no metered joules (its cost is left
+        unknown: only a CPU profile ran). It is stored before Optuna is told (as :meth:`settle` does), told
+        PRUNED with the constraints predicted broken (+1), so TPE learns from it as from measure-first's
+        stopped trials, and its hash is blocked like a failure's.
+        """
+        if self._on_skipped is not None:
+            self._on_skipped(ot_trial.number, candidate, verdict.reason)
+        tell_infeasible(self._study, ot_trial, verdict.reason, dict(verdict.constraints))
+        self._failed_hashes.add(digest)
+        self._spent += 1
+        log.info("trial %d not built: %s", ot_trial.number, verdict.reason)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         """Tune's notice that a trial ended.

@@ -20,6 +20,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from nas.config import Candidate
 from nas.errors import NASError, StorageError
 from nas.records import FailKind, RungReport, TrialResult
 from nas.runner.protocol import TrialConfig, TrialReport
@@ -53,6 +54,14 @@ class StoreHandle:
     def record_invalid(self, number: int, params: dict[str, Any], reason: str, kind: FailKind) -> None:
         """The searcher rejected a sampled configuration (invalid, or a repeat); it never ran."""
         self.store.fail_trial(self.study, number, reason, candidate=None, kind=kind)
+
+    def record_skipped(self, number: int, candidate: Candidate, reason: str) -> None:
+        """The cost model predicted the candidate infeasible (:mod:`nas.runner.cost_gate`); it was never built.
+
+        Stored FAIL with kind ``infeasible`` and its candidate (so it spends budget and its hash is blocked,
+        also on resume), without a cost: no metered joules were spent on it.
+        """
+        self.store.fail_trial(self.study, number, reason, candidate=candidate, kind=FailKind.INFEASIBLE)
 
 
 class StoreWriter(Callback):  # type: ignore[misc]
