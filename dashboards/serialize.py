@@ -135,6 +135,7 @@ def study_summary(
             "gpu_s": info.gpu_s,
             "n_trials_unmetered": info.n_trials_unmetered,
             "teacher_energy_j": info.teacher_energy_j,
+            "supernet_energy_j": info.supernet_energy_j,
             "meters": meters,
             "is_estimate": is_estimate,
             "label": energy_label(meters, is_estimate),

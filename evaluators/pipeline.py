@@ -51,6 +51,7 @@ from evaluators.metrics import evaluate
 from evaluators.placement import place
 from evaluators.pruning import CompressionPlan
 from evaluators.serving import measure_forms
+from evaluators.supernet import cut_, supernet_weights
 from evaluators.tasks import load_task as _load
 from evaluators.teacher_cache import TeacherOutputs, build_or_load
 from evaluators.teacher_fit import resolve_teacher
@@ -363,6 +364,7 @@ def run_trial(
     progress: Progress | None = None,
     placement: Placement | None = None,
     gate: Gate | None = None,
+    supernet: str | Path | None = None,
 ) -> TrialResult:
     """Train, compress, evaluate and measure ``candidate`` on ``task``.
 
@@ -386,6 +388,8 @@ def run_trial(
             stops there, or ``None`` to train it. The reading is kept as the result's ``first_reading``
             (its cost counts in the trial's and in every rung report); the reading after training stays
             the one of record.
+        supernet: A trained supernet's file (``fidelity.kind: supernet``): the candidate is cut from it
+            (:func:`evaluators.supernet.cut_`) before it trains.
 
     Raises:
         ConfigError: the candidate and task do not fit (e.g. distillation without a teacher).
@@ -396,7 +400,7 @@ def run_trial(
     _need_teacher(candidate, teacher)
     t_start = time.time()
     with _context(candidate, task, train_cfg, measure_cfg, progress, placement) as ctx:
-        task_data, teach, model = _build(candidate, task, teacher, train_cfg, ctx)
+        task_data, teach, model = _build(candidate, task, teacher, train_cfg, ctx, supernet)
         first = _measure_first(model, task_data, measure_cfg, ctx, gate) if gate is not None else None
         try:
             trained = train_candidate(model, task_data, train_cfg, ctx, teacher=teach, rungs=rungs,
@@ -417,8 +421,8 @@ def run_trial(
 
 
 def _build(candidate: Candidate, task: str, teacher: str | TeacherSpec | None, train_cfg: TrainConfig,
-           ctx: TrialContext) -> tuple[TaskData, Teacher | None, nn.Module]:
-    """The task (in the teacher's tokenizer), the teacher, and the model built (and inherited) for them."""
+           ctx: TrialContext, supernet: str | Path | None = None) -> tuple[TaskData, Teacher | None, nn.Module]:
+    """The task (in the teacher's tokenizer), the teacher, and the model built (inherited, or cut) for them."""
     task_data = cached_task(task, train_cfg.seed, candidate.max_len)
     teach = (load_teacher_for(teacher, task_data, train_cfg.seed, ctx)
              if teacher and _needs_teacher(candidate, teacher) else None)
@@ -431,6 +435,9 @@ def _build(candidate: Candidate, task: str, teacher: str | TeacherSpec | None, t
         log.info("inherited from teacher %s: %s", teach.name, report)
         if train_cfg.freeze_inherited_embeddings:
             model.tok_emb.weight.requires_grad_(False)
+    if supernet is not None:
+        assert isinstance(model, EncoderClassifier)
+        log.info("cut from the supernet: %s", cut_(model, supernet_weights(supernet)))
     return task_data, teach, model
 
 

@@ -459,3 +459,4 @@ class TrialResult:
             other_forms=tuple(InferenceEnergy.from_dict(f) for f in d.get("other_forms") or ()),
             first_reading=InferenceEnergy.from_dict(d["first_reading"]) if d.get("first_reading") else None,
         )
+

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from nas.config import Candidate
 from nas.records import FailKind, InferenceEnergy, TrialResult
 from nas.reference import TeacherReference
+from nas.supernet_record import SupernetRecord
 from storage.views import ArtefactView, FrontEntry, ReadingView, StudyInfo, TrialCost, TrialView
 
 __all__ = ["BaseStorage"]
@@ -104,6 +105,21 @@ class BaseStorage(abc.ABC):
         Raises:
             StorageError: Unknown study, or the teacher's J/sample was measured on a shared device.
         """
+
+    @abc.abstractmethod
+    def put_supernet(self, study: str, record: SupernetRecord) -> None:
+        """Store (or replace) the study's supernet record: its progress and what it cost so far.
+
+        Written at every checkpoint of its training, so the joules of a killed run are counted; the study's
+        search cost adds the record's training cost once.
+
+        Raises:
+            StorageError: Unknown study.
+        """
+
+    @abc.abstractmethod
+    def supernet(self, study: str) -> SupernetRecord | None:
+        """The study's supernet record, or ``None`` (not a ``fidelity.kind: supernet`` study, or not begun)."""
 
     @abc.abstractmethod
     def teacher_reference(self, study: str) -> TeacherReference | None:
@@ -233,6 +249,19 @@ class BaseStorage(abc.ABC):
         Raises:
             StorageError: Unknown study, the trial is missing or not COMPLETE, or the reading is of another
                 machine or serving form.
+        """
+
+    @abc.abstractmethod
+    def refine_trial(self, study: str, trial_number: int, result: TrialResult, cost: TrialCost) -> list[str]:
+        """Replace a COMPLETE trial's result with its candidate trained further, adding what that cost.
+
+        A supernet study's front is fine-tuned so before the search ends. The first result's readings stay,
+        the new ones are added with origin ``final``, the new weights replace the old (whose paths are
+        returned for the caller to delete), and the fronts are recomputed in the same transaction.
+
+        Raises:
+            StorageError: Unknown study; the trial is missing or not COMPLETE; the result is not COMPLETE,
+                is of another candidate, or was measured on a shared device.
         """
 
     @abc.abstractmethod

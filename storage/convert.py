@@ -126,6 +126,7 @@ def study_info(row: StudyRow, costs: StudyCosts) -> StudyInfo:
         cost_includes_estimate=costs.cost_includes_estimate, n_trials_complete=costs.n_trials_complete,
         n_trials_failed=costs.n_trials_failed, n_trials_pruned=costs.n_trials_pruned,
         n_trials_unmetered=costs.n_trials_unmetered, teacher_energy_j=costs.teacher_energy_j,
+        supernet_energy_j=costs.supernet_energy_j,
     )
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "ArtefactRow",
     "ParetoFrontRow",
     "TeacherReferenceRow",
+    "SupernetRow",
 ]
 
 #: Our Alembic version table. Optuna uses Alembic's default ``alembic_version``.
@@ -342,3 +343,26 @@ class TeacherReferenceRow(Base):
     cost_is_estimate: Mapped[bool] = mapped_column(Boolean)
     payload_json: Mapped[str] = mapped_column(Text)
     created_utc: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SupernetRow(Base):
+    """A study's weight-sharing supernet (``fidelity.kind: supernet``): its progress and what it cost.
+
+    One row per study, written at every checkpoint, so the joules of a run that was killed still count.
+    ``payload_json`` holds the full :class:`nas.records.SupernetRecord`; ``cost_*`` is its training cost
+    over every run, which the study's search cost adds once (see :func:`storage.studies.study_costs`).
+    """
+
+    __tablename__ = "nas_supernets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("nas_studies.id", ondelete="CASCADE"), unique=True)
+    steps_done: Mapped[int] = mapped_column(Integer)
+    steps_total: Mapped[int] = mapped_column(Integer)
+    meter: Mapped[str | None] = mapped_column(String(32))
+    cost_train_energy_j: Mapped[float | None] = mapped_column(Float)
+    cost_co2eq_g: Mapped[float | None] = mapped_column(Float)
+    cost_wall_s: Mapped[float] = mapped_column(Float)
+    cost_is_estimate: Mapped[bool] = mapped_column(Boolean)
+    payload_json: Mapped[str] = mapped_column(Text)
+    updated_utc: Mapped[datetime] = mapped_column(UTCDateTime)

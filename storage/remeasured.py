@@ -32,13 +32,16 @@ from storage.convert import row_values, trial_view
 from storage.models import EnergyReadingRow, StudyRow, TrialRow
 from storage.views import NO_HARDWARE, TrialView
 
-__all__ = ["REMEASURE", "TIE_BREAK", "Measured", "remeasured_readings", "measured_on", "own_measurement"]
+__all__ = ["REMEASURE", "TIE_BREAK", "FINAL", "Measured", "remeasured_readings", "measured_on", "own_measurement"]
 
 #: ``nas_energy_readings.origin`` of a reading ``nas remeasure`` added.
 REMEASURE = "remeasure"
 #: ``nas_energy_readings.origin`` of a reading taken again with more windows to settle a tie within noise
 #: (``front.ties``); it became the trial's reading of record, and the one it replaced stays (origin None).
 TIE_BREAK = "tie_break"
+#: ``nas_energy_readings.origin`` of the readings of a supernet study's front member fine-tuned further before
+#: the search ended (``fidelity.final_steps``); the result they belong to replaced the trial's first one.
+FINAL = "final"
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from nas.config import Candidate
 from nas.errors import StorageError
 from nas.records import FailKind, InferenceEnergy, TrialResult
 from nas.reference import TeacherReference
-from storage import fronts, queries, references, schema, studies, trials
+from nas.supernet_record import SupernetRecord
+from storage import fronts, queries, references, schema, studies, supernets, trials
 from storage.base import BaseStorage
 from storage.engine import SQLITE_BUSY_TIMEOUT_MS, database_error, make_engine, normalize_url, shown
 from storage.file_guard import FileIdentity
@@ -250,6 +251,16 @@ class Store(BaseStorage):
         with self.session(write=True) as s:
             references.put_teacher_reference(s, study_row(s, study), ref)
 
+    def put_supernet(self, study: str, record: SupernetRecord) -> None:
+        """Store (or replace) the study's supernet record; see :meth:`BaseStorage.put_supernet`."""
+        with self.session(write=True) as s:
+            supernets.put_supernet(s, study_row(s, study), record)
+
+    def supernet(self, study: str) -> SupernetRecord | None:
+        """The study's supernet record, or ``None``; see :meth:`BaseStorage.supernet`."""
+        with self.session() as s:
+            return supernets.supernet(s, study_row(s, study))
+
     def teacher_reference(self, study: str) -> TeacherReference | None:
         """The study's measured teacher, or ``None``; see :meth:`BaseStorage.teacher_reference`."""
         with self.session() as s:
@@ -317,6 +328,11 @@ class Store(BaseStorage):
         """A trial's reading of record taken again with more windows; see :meth:`BaseStorage.add_tie_reading`."""
         with self.session(write=True) as s:
             trials.add_tie_reading(s, study_row(s, study), trial_number, reading)
+
+    def refine_trial(self, study: str, trial_number: int, result: TrialResult, cost: TrialCost) -> list[str]:
+        """A trial's result replaced by its candidate trained further; see :meth:`BaseStorage.refine_trial`."""
+        with self.session(write=True) as s:
+            return trials.refine_trial(s, study_row(s, study), trial_number, result, cost)
 
     def measured_forms(self, study: str, trial_number: int, hardware: str) -> set[str]:
         """The serving forms a trial has a reading of on ``hardware``."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
@@ -20,6 +20,7 @@ from storage.convert import objectives_key, study_info, to_float
 from storage.fronts import front_rule, rebuild_fronts
 from storage.models import STUDY_STATUSES, StudyRow, TrialRow, utc_now
 from storage.references import ReferenceCost, reference_cost
+from storage.supernets import supernet_cost
 from storage.views import OBJECTIVE_NAMES, StudyCosts, StudyInfo
 
 __all__ = [
@@ -67,20 +68,22 @@ def _plus(total: float | None, part: float | None) -> float | None:
     return part if total is None else total + part
 
 
-def _with_teacher(costs: StudyCosts, ref: ReferenceCost | None) -> StudyCosts:
-    """The trials' costs plus the teacher reference's, counted once (its row is one per study)."""
+def _with_part(costs: StudyCosts, ref: ReferenceCost | None, part: Literal["teacher", "supernet"]) -> StudyCosts:
+    """The costs plus a study-level part's (``part``: ``teacher`` or ``supernet``), counted once (one row each)."""
     if ref is None:
         return costs
     co2 = costs.co2eq_g
     if ref.co2eq_g is None and ref.total_energy_j is not None:
-        co2 = None  # the teacher cost joules without a CO2 figure: the study's CO2 is not known whole
-    return dataclasses.replace(
+        co2 = None  # the part cost joules without a CO2 figure: the study's CO2 is not known whole
+    out = dataclasses.replace(
         costs, train_energy_j=_plus(costs.train_energy_j, ref.train_energy_j),
         measure_energy_j=_plus(costs.measure_energy_j, ref.measure_energy_j),
         co2eq_g=_plus(co2, ref.co2eq_g) if co2 is not None else None,
         cost_includes_estimate=costs.cost_includes_estimate or (ref.is_estimate and ref.total_energy_j is not None),
-        teacher_energy_j=ref.total_energy_j,
     )
+    if part == "teacher":
+        return dataclasses.replace(out, teacher_energy_j=ref.total_energy_j)
+    return dataclasses.replace(out, supernet_energy_j=ref.total_energy_j)
 
 
 def study_costs(s: Session, study_id: int) -> StudyCosts:
@@ -108,7 +111,8 @@ def study_costs(s: Session, study_id: int) -> StudyCosts:
         n_trials_unmetered=int(n_unmetered), n_trials_complete=int(n_complete), n_trials_failed=int(n_failed),
         n_trials_pruned=int(n_pruned),
     )
-    return _with_teacher(costs, reference_cost(s, study_id))
+    return _with_part(_with_part(costs, reference_cost(s, study_id), "teacher"), supernet_cost(s, study_id),
+                      "supernet")
 
 
 def read_study(s: Session, row: StudyRow) -> StudyInfo:

@@ -26,7 +26,7 @@ from nas.records import FailKind, InferenceEnergy, TrialResult
 from storage.convert import inference_reading, json_dumps, reading_rows, set_candidate, set_cost, set_result
 from storage.fronts import rewrite_front
 from storage.models import ArtefactRow, StudyRow, TrialRow, TrialRungRow, utc_now
-from storage.remeasured import REMEASURE, TIE_BREAK
+from storage.remeasured import FINAL, REMEASURE, TIE_BREAK
 from storage.views import NO_HARDWARE, TrialCost, candidate_hash
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "measured_forms",
     "add_remeasurement",
     "add_tie_reading",
+    "refine_trial",
 ]
 
 _RESULT_STATES = {"COMPLETE": "COMPLETE", "FAIL": "FAIL", "PRUNED": "PRUNED"}
@@ -324,3 +325,50 @@ def add_tie_reading(s: Session, st: StudyRow, number: int, inf: InferenceEnergy)
     s.flush()
     rewrite_front(s, st, row.hardware_fingerprint or NO_HARDWARE)
     st.updated_utc = utc_now()
+
+
+def _add(total: float | None, part: float | None) -> float | None:
+    """``total + part``; an unknown side makes the sum unknown (as a trial's own cost would be)."""
+    return None if total is None or part is None else total + part
+
+
+def refine_trial(s: Session, st: StudyRow, number: int, result: TrialResult, cost: TrialCost) -> list[str]:
+    """Replace a COMPLETE trial's result with the same candidate trained further, and add what that cost.
+
+    A supernet study fine-tunes its front this way before it ends (``fidelity.final_steps``). The new
+    result's readings are added with origin ``final``; the first result's readings stay. Its weights
+    replace the trial's. Returns the paths of the replaced weights, for the caller to delete.
+
+    Raises:
+        StorageError: The trial is missing or not COMPLETE, the result is not COMPLETE or is of another
+            candidate, or its energy was read on a shared device.
+    """
+    row = trial_row(s, st, number)
+    if row is None or row.state != "COMPLETE":
+        raise StorageError(f"trial {number} of study {st.name!r} is {'missing' if row is None else row.state}; "
+                           "only a COMPLETE trial is refined", fix="refine the members of the front")
+    if _check_result(number, result) != "COMPLETE" or candidate_hash(result.candidate) != row.candidate_hash:
+        raise StorageError(f"trial {number}: a refined result is COMPLETE and of the trial's own candidate",
+                           fix="store a failed refinement nowhere: the first result stands")
+    old_hardware = row.hardware_fingerprint or NO_HARDWARE
+    set_result(row, result)
+    for reading in reading_rows(result):
+        reading.origin = FINAL
+        row.readings.append(reading)
+    row.cost_train_energy_j = _add(row.cost_train_energy_j, cost.train_energy_j)
+    row.cost_measure_energy_j = _add(row.cost_measure_energy_j, cost.measure_energy_j)
+    row.cost_co2eq_g = _add(row.cost_co2eq_g, cost.co2eq_g)
+    row.cost_wall_s = (row.cost_wall_s or 0.0) + cost.wall_s
+    row.cost_gpu_s = (row.cost_gpu_s or 0.0) + cost.gpu_s
+    row.cost_is_estimate = bool(row.cost_is_estimate) or cost.is_estimate
+    replaced: list[str] = []
+    if result.weights_path:
+        replaced = remove_artefacts(s, st, number, "weights")
+        p = Path(result.weights_path)
+        s.add(ArtefactRow(trial_id=row.id, kind="weights", path=str(p), sha256=None,
+                          size_bytes=p.stat().st_size if p.is_file() else None, created_utc=utc_now()))
+    s.flush()
+    for hardware in sorted({old_hardware, row.hardware_fingerprint or NO_HARDWARE}):
+        rewrite_front(s, st, hardware)
+    st.updated_utc = utc_now()
+    return replaced

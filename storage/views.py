@@ -225,6 +225,7 @@ class StudyCosts:
     n_trials_failed: int
     n_trials_pruned: int
     teacher_energy_j: float | None = None
+    supernet_energy_j: float | None = None
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,8 @@ class StudyInfo:
         teacher_energy_j: The part of the totals the study's teacher reference cost (fine-tuning and the
             outputs cache, in ``train_energy_j``, when this study caused them; its measurement, in
             ``measure_energy_j``); ``None`` without a teacher reference or when it was not metered.
+        supernet_energy_j: The part of ``train_energy_j`` the study's weight-sharing supernet cost (every
+            run's training, ``fidelity.kind: supernet``); ``None`` without one or when it was not metered.
 
     The totals and the trial counts are derived from the trials' stored costs and states, plus the teacher
     reference's cost (counted once), whenever the study is read.
@@ -275,6 +278,7 @@ class StudyInfo:
     n_trials_pruned: int
     n_trials_unmetered: int = 0
     teacher_energy_j: float | None = None
+    supernet_energy_j: float | None = None
 
     @property
     def total_energy_j(self) -> float | None:

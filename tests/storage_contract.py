@@ -649,7 +649,7 @@ class StorageContract:
                     cost_measure_energy_j=1.0, cost_meter="nvml-counter", cost_is_estimate=False, started_utc=now))
             with pytest.raises(StorageError, match="nas storage upgrade"):
                 Store.open(db_url)
-            assert Store.upgrade(db_url) == store_module.head_revision() == "0007"
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0008"
             with Store.open(db_url, create=False) as store:
                 assert store.teacher_reference("old") is None
                 assert store.get_study("old").total_energy_j == pytest.approx(8.0)
@@ -720,7 +720,7 @@ class StorageContract:
                         dict(state="FAIL", result_json="{not json", fail_kind="candidate")]
                 for n, row in enumerate(rows):
                     conn.execute(trials.insert().values(study_id=sid, trial_number=n, started_utc=now, **row))
-            assert Store.upgrade(db_url) == store_module.head_revision() == "0007"
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0008"
             with engine.connect() as conn:
                 assert conn.execute(text("SELECT COUNT(*) FROM nas_trial_rungs")).scalar() == 3
             with Store.open(db_url, create=False) as store:
@@ -792,7 +792,7 @@ class StorageContract:
                     objectives_key="accuracy:maximize,energy_per_sample_j:minimize", trial_id=tid, trial_number=0,
                     position=0, values_json='{"accuracy":0.8,"energy_per_sample_j":0.001}', updated_utc=now))
             assert Store.upgrade(db_url, "0002") == "0002"
-            assert Store.upgrade(db_url) == store_module.head_revision() == "0007"
+            assert Store.upgrade(db_url) == store_module.head_revision() == "0008"
             with Store.open(db_url, create=False) as store:
                 view = store.trial("old", 0)
                 assert view.result is not None and view.result.metrics is not None

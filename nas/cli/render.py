@@ -339,6 +339,9 @@ def study_view(i: Any, fidelity: FidelityReport, teacher: TeacherReference | Non
               f"{i.n_trials_failed} failed")
     t.add_row("budget", f"{i.budget_trials or '-'} trials, {_fmt(i.budget_energy_j)} J, {_fmt(i.budget_wall_s)} s")
     t.add_row("search energy", study_energy(i))
+    if i.supernet_energy_j is not None:
+        t.add_row("of which the supernet", f"{i.supernet_energy_j:.4g} J (training, every run; "
+                  "fidelity.kind: supernet)")
     t.add_row("CO2eq", f"{i.co2eq_g:.3g} g" if i.co2eq_g is not None else "unknown")
     t.add_row("wall / GPU", f"{i.wall_s:.0f} s / {i.gpu_s:.0f} GPU-s")
     if teacher is not None:

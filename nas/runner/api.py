@@ -18,10 +18,16 @@ from nas.runner.checks import check_constraints, check_search_inputs
 from nas.runner.progress import SearchProgress
 from nas.runner.tracking import check_tracking
 from nas.spec import StudySpec, default_spec, load_spec
+from nas.supernet_record import SupernetRecord
 from storage import NO_HARDWARE, Store, TrialView
 
 if TYPE_CHECKING:
+    from nas.runner.supernet_final import Refined
     from nas.runner.ties import TiesReport
+
+def _acc(v: float | None) -> str:
+    return f"{v:.3f}" if v is not None else "-"
+
 
 __all__ = ["SearchSummary", "Front", "search", "pareto", "open_store", "resolve_spec", "resolve_db", "DEFAULT_DB",
            "check_constraints"]
@@ -68,6 +74,23 @@ class SearchSummary:
     n_trials_unmetered: int = 0
     teacher: TeacherReference | None = None
     ties: TiesReport | None = None
+    refined: tuple[Refined, ...] = ()
+    supernet: SupernetRecord | None = None
+
+    def _supernet_lines(self) -> str:
+        """What the supernet cost, and the front's fine-tuning, for :meth:`describe` (empty without one)."""
+        if self.supernet is None:
+            return ""
+        sn, tr = self.supernet, self.supernet.train
+        est = " (ESTIMATE)" if tr.is_estimate else ""
+        joules = f"{tr.energy_j:.1f} J{est}" if tr.energy_j is not None else "not metered"
+        lines = [f"supernet: {sn.steps_done}/{sn.steps_total} steps, {joules} (meter {tr.meter}), in the search cost"
+                 + (f"; resumed from step {sn.resumed_from}" if sn.resumed_from else "")]
+        if self.refined:
+            parts = [f"#{r.number} {_acc(r.accuracy_before)} -> {_acc(r.accuracy_after)}" if r.failed is None
+                     else f"#{r.number} failed ({r.failed})" for r in self.refined]
+            lines.append("front fine-tuned from the supernet (dev accuracy): " + ", ".join(parts))
+        return "\n".join(lines) + "\n"
 
     def describe(self) -> str:
         """The summary as text for the terminal, with the commands that query the study."""
@@ -79,6 +102,7 @@ class SearchSummary:
         return (f"study {self.study!r} in {self.db}: {self.n_complete} complete, {self.n_pruned} pruned, "
                 f"{self.n_failed} failed; front of {len(self.front)}; search cost {j}; "
                 f"{self.wall_s:.0f} s wall; {self.stopped_reason}.\n"
+                + self._supernet_lines()
                 + (f"{self.ties.describe()}\n" if self.ties is not None and self.ties.breaks else "") +
                 f"Query it: nas pareto {self.study} --db {self.db}   |   nas show {self.study} TRIAL --db {self.db}")
 
@@ -234,11 +258,12 @@ def search(
     finally:
         if display:
             display.stop()
-    return summarize(store, the_spec, db_url, outcome.stopped_reason, outcome.wall_s, ties=outcome.ties)
+    return summarize(store, the_spec, db_url, outcome.stopped_reason, outcome.wall_s, ties=outcome.ties,
+                     refined=outcome.refined)
 
 
 def summarize(store: Store, spec: StudySpec, db: str, stopped_reason: str, wall_s: float, *,
-              ties: TiesReport | None = None) -> SearchSummary:
+              ties: TiesReport | None = None, refined: tuple[Refined, ...] = ()) -> SearchSummary:
     """The summary of a study after a search: counts, search cost and its Pareto front."""
     info = store.get_study(spec.name)
     views = store.trials(spec.name)
@@ -254,6 +279,7 @@ def summarize(store: Store, spec: StudySpec, db: str, stopped_reason: str, wall_
         energy_is_estimate=info.cost_includes_estimate or any(bool(v.is_estimate) for v in views),
         co2eq_g=info.co2eq_g, wall_s=wall_s, stopped_reason=stopped_reason,
         n_trials_unmetered=info.n_trials_unmetered, teacher=store.teacher_reference(spec.name), ties=ties,
+        refined=refined, supernet=store.supernet(spec.name),
     )
 
 

@@ -252,6 +252,10 @@ def check_space(spec: StudySpec) -> SearchSpace:
     if "teacher" in space.init and not spec.teacher:
         raise ConfigError("space.init offers 'teacher' but the study names no teacher", field="space.init",
                           fix="set teacher: DIR (a Hugging Face folder) or teacher: auto, or use init: [scratch]")
+    if "teacher" in space.init and spec.fidelity.kind == "supernet":
+        raise ConfigError("fidelity.kind: supernet cuts every candidate from the study's supernet, so space.init "
+                          "cannot offer 'teacher' too", field="space.init",
+                          fix="use init: [scratch] (the supernet distils from the teacher), or fidelity.kind: rungs")
     checked = space.model_copy(update={"init": ["scratch"]})  # init: teacher is cut from the teacher in the driver
     base: dict[str, Any] = {name: value[0] for name, value in checked.model_dump().items() if isinstance(value, list)}
     for name in ("sparsity_amount", "kd_temperature", "kd_alpha"):

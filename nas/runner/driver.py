@@ -35,6 +35,8 @@ from nas.records import FailKind
 from nas.runner.cost_gate import CostGate
 from nas.runner.ray_session import RaySession, reap_orphans
 from nas.runner.searcher import NASOptunaSearch, make_sampler, sampler_seed, tell_complete, tell_infeasible
+from nas.runner.supernet_final import Refined, refine_front
+from nas.runner.supernet_prep import prepare_supernet
 from nas.runner.teacher_prep import prepare_teacher
 from nas.runner.ties import TiesReport, settle_ties
 from nas.runner.tracking import (
@@ -65,6 +67,7 @@ class RunOutcome:
     stopped_reason: str
     wall_s: float
     ties: TiesReport | None = None
+    refined: tuple[Refined, ...] = ()
 
 
 def _init_ray(ray_address: str | None, spec: StudySpec) -> str | None:
@@ -229,12 +232,13 @@ def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str |
     prepared = prepare_teacher(spec, store, progress=show_teacher_progress)
     if prepared is not None:  # workers load the resolved (fine-tuned, cached) teacher, never fit it again
         spec = spec.model_copy(update={"teacher": TeacherSpec(path=prepared.path)})
+    art_dir = artefacts_dir(spec, store.url)
+    supernet = prepare_supernet(spec, store, art_dir, progress=show_teacher_progress)
     # max_trials: a candidate the cost gate skips spends budget but is no Tune trial (see _make_searcher)
     searcher = _make_searcher(spec, store, handle, ot_storage, failed,
                               teacher=prepared.candidate if prepared is not None else None, max_trials=remaining)
     if on_ready is not None:
         on_ready()
-    art_dir = artefacts_dir(spec, store.url)
     _clean_staging(art_dir)
     reap_orphans()  # what a search killed with SIGKILL left on this machine
     results_dir = ray_results_dir(art_dir)  # TensorBoard logs, kept per storage.retention (nas.runner.tracking)
@@ -271,15 +275,22 @@ def run_study(spec: StudySpec, store: Store, *, resume: bool, ray_address: str |
         prune_ray_results(results_dir, spec.storage.retention)
         with contextlib.suppress(OSError):
             os.rmdir(art_dir)  # the study's artefacts folder, when nothing is kept in it (retention: none)
-    done = _spent(store, name)
+    return _finish(store, spec, stopper, t0, art_dir, supernet)
+
+
+def _finish(store: Store, spec: StudySpec, stopper: SearchStopper, t0: float, art_dir: str,
+            supernet: str | None) -> RunOutcome:
+    """After the last trial: fine-tune a supernet study's front, settle ties within noise, close the study."""
+    done = _spent(store, spec.name)
     reason = stopper.reason or (
         "trial budget spent" if done >= spec.budget.trials else
         ("wall-time budget reached" if spec.budget.wall_s and time.time() - t0 >= spec.budget.wall_s
          else "stopped")
     )
+    refined = refine_front(store, spec, art_dir, supernet)
     ties = _settle_ties(store, spec)
-    store.set_study_status(name, "COMPLETE" if done >= spec.budget.trials or stopper.reason else "STOPPED")
-    return RunOutcome(name, done, reason, time.time() - t0, ties)
+    store.set_study_status(spec.name, "COMPLETE" if done >= spec.budget.trials or stopper.reason else "STOPPED")
+    return RunOutcome(spec.name, done, reason, time.time() - t0, ties, refined)
 
 
 def _settle_ties(store: Store, spec: StudySpec) -> TiesReport | None:
@@ -337,7 +348,7 @@ def _spent(store: Store, name: str) -> int:
 def _tuner(spec: StudySpec, searcher: NASOptunaSearch, writer: StoreWriter, stopper: SearchStopper,
            art_dir: str, results_dir: str, remaining: int) -> tune.Tuner:
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=spec.resources.max_concurrent)
-    if spec.fidelity.enabled and len(spec.fidelity.rungs) > 1:
+    if spec.fidelity.early_stopping:
         scheduler: TrialScheduler = ASHAScheduler(time_attr="step", metric="rung_accuracy", mode="max",
                                        max_t=spec.fidelity.max_steps, grace_period=spec.fidelity.rungs[0],
                                        reduction_factor=spec.fidelity.reduction_factor)

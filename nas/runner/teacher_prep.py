@@ -45,7 +45,7 @@ from nas.spec import StudySpec
 from search_spaces import load_space
 from storage import Store
 
-__all__ = ["PreparedTeacher", "prepare_teacher"]
+__all__ = ["PreparedTeacher", "prepare_teacher", "ProgressBars", "progress_bars"]
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def prepare_teacher(spec: StudySpec, store: Store, *, progress: bool = False) ->
         return None
     space = load_space(spec.space.preset, spec.space.overrides)
     task = cached_task(spec.task, spec.train.seed, space.max_len)
-    with TrialContext.open(spec.train, spec.measure) as ctx, _bars(progress) as bars:
+    with TrialContext.open(spec.train, spec.measure) as ctx, progress_bars(progress) as bars:
         resolved = resolve_teacher(spec.teacher, task, seed=spec.train.seed, device=ctx.device, meter=ctx.meter,
                                    progress=bars.callback("fine-tuning the teacher"))
         assert resolved is not None
@@ -121,7 +121,7 @@ def _no_training(ctx: TrialContext) -> TrainSummary:
                         is_estimate=ctx.meter.is_estimate, device=ctx.device)
 
 
-class _Bars:
+class ProgressBars:
     """Rich progress bars for the driver's teacher work, or silent callbacks."""
 
     def __init__(self, progress: Progress | None) -> None:
@@ -141,10 +141,11 @@ class _Bars:
 
 
 @contextmanager
-def _bars(show: bool) -> Iterator[_Bars]:
+def progress_bars(show: bool) -> Iterator[ProgressBars]:
+    """Rich progress bars for the driver's long work (``show``), or silent callbacks."""
     if not show:
-        yield _Bars(None)
+        yield ProgressBars(None)
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), transient=False) as bars:
-        yield _Bars(bars)
+        yield ProgressBars(bars)

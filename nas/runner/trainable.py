@@ -31,6 +31,7 @@ from nas.errors import ConfigError, NASError, TrialFailedError
 from nas.feasibility import MeasureFirst
 from nas.records import FailKind, RungReport, TrialResult
 from nas.runner.protocol import TrialConfig, TrialReport
+from nas.runner.supernet_prep import supernet_file
 from nas.spec import StudySpec
 from nas.where import compile_where
 
@@ -103,15 +104,16 @@ def run_one(config: dict[str, Any], spec: StudySpec, report: Callable[[dict[str,
             placement = place(spec.train.device, ray_gpu_ids=gpu_ids)
         except ConfigError as e:  # the node, not the candidate: e.g. a GPU assigned where torch has no CUDA
             raise TrialFailedError(f"cannot place the trial: {e}", kind=FailKind.DEVICE) from e
-        train_cfg = spec.train.model_copy(update={"steps": spec.fidelity.max_steps})
+        train_cfg = spec.fidelity.trial_train(spec.train)
         rule = measure_first_rule(spec)
         result = run_trial(
             trial.candidate, spec.task, train_cfg=train_cfg, measure_cfg=spec.measure, teacher=spec.teacher,
-            rungs=spec.fidelity.rungs[:-1] if spec.fidelity.enabled else [], on_rung=on_rung,
+            rungs=spec.fidelity.rungs[:-1] if spec.fidelity.early_stopping else [], on_rung=on_rung,
             weights_out=(os.path.join(artefacts_dir, staging_name(trial.number))
                          if artefacts_dir and spec.storage.retention != "none" else None),
             progress=lambda phase, _d, _t: fault(phase), placement=placement,
             gate=rule.gate if rule is not None else None,
+            supernet=supernet_file(artefacts_dir) if artefacts_dir and spec.fidelity.kind == "supernet" else None,
         )
         final = _final(result, spec)
     except (NASError, FloatingPointError, RuntimeError, ValueError) as e:
