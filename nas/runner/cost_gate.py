@@ -23,15 +23,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nas.config import Candidate
 from nas.cost_inputs import candidate_inputs
 from nas.cost_model import MIN_TRIALS, CostModel, infeasible_reason, predictable, predicted_broken
 from nas.cost_study import study_observations
 from nas.errors import ConfigError, NASError
-from nas.runner.writer import StoreHandle
 from nas.spec import StudySpec
+
+if TYPE_CHECKING:  # the writer needs Ray, which `nas search`'s checks must not import
+    from nas.runner.writer import StoreHandle
 
 __all__ = ["PredictedSkip", "CostGate", "skip_constraints"]
 
