@@ -157,14 +157,19 @@ def test_a_supernet_search_cuts_its_trials_fine_tunes_its_front_and_counts_the_s
     views = [v for v in store.trials("sn") if v.state == "COMPLETE"]
     costs = sum(v.cost.train_energy_j for v in views if v.cost and v.cost.train_energy_j)
     assert info.train_energy_j == pytest.approx(costs + rec.train.energy_j)  # the supernet is search cost
-    front = store.front("sn")
-    assert front and all(v.result and v.result.train and v.result.train.steps == 10 for v in front)
-    for v in front:  # the first result's readings stay; the fine-tuned result's are added as "final"
-        origins = [r.origin for r in store.readings("sn", v.number) if r.kind.startswith("inference")]
-        assert origins[0] is None and "final" in origins
-    rest = [v for v in views if v.number not in {f.number for f in front}]
-    assert all(v.result and v.result.train and v.result.train.steps == 5 for v in rest)
+    origins = {v.number: [r.origin for r in store.readings("sn", v.number) if r.kind.startswith("inference")]
+               for v in views}  # the first result's readings stay; a fine-tuned result's are added as "final"
+    refined = {n for n, o in origins.items() if "final" in o}
+    assert refined and all(o[0] is None for o in origins.values())
+    assert {v.number for v in store.front("sn")} <= refined  # the final front is fine-tuned, every member
+    steps = {v.number: v.result.train.steps for v in views if v.result and v.result.train}
+    assert {steps[n] for n in refined} == {10} and {steps[n] for n in steps if n not in refined} <= {5}
     store.close()
+    show = nas_cli("show", "sn", str(min(refined)), "--db", str(tmp_path / "nas.db"), env={"COLUMNS": "250"})
+    assert show.returncode == 0 and "first reading (replaced)" in show.stdout
+    assert "fine-tuned from the supernet" in show.stdout and "of which the supernet" not in show.stdout
+    study = nas_cli("show", "sn", "--db", str(tmp_path / "nas.db"), env={"COLUMNS": "250"})
+    assert "of which the supernet" in study.stdout
 
 
 @pytest.mark.slow

@@ -305,17 +305,32 @@ def trial_view(v: Any, teacher: TeacherReference | None = None, readings: Sequen
             t.add_row(f"re-measured on {escape(str(r.hardware_fingerprint))}",
                       f"{r.kind.removeprefix('inference:')}: J/sample {_energy(r.energy_per_sample_j, r.meter, r.is_estimate)}"
                       f", CV {_fmt(r.cv)} ({r.created_utc:%Y-%m-%d %H:%M} UTC, `nas remeasure`)")
-    replaced = [r for r in readings if r.kind.startswith("inference:") and r.origin is None
-                and any(o.origin == "tie_break" and o.kind == r.kind for o in readings)]
-    for r in replaced:  # the reading of record is a tie_break one; say what it replaced
-        windows = (r.provenance or {}).get("n_windows")
-        t.add_row("first reading (replaced)",
-                  f"{r.kind.removeprefix('inference:')}: J/sample {_energy(r.energy_per_sample_j, r.meter, r.is_estimate)}"
-                  f", CV {_fmt(r.cv)} over {windows} windows; measured again with more windows to settle a tie "
-                  "within noise on the front (front.ties)")
+    _replaced_rows(t, readings)
     if teacher is not None:
         _teacher_rows(t, v, teacher)
     return t
+
+
+#: Why a trial's first reading is no longer its reading of record, by the origin of the one that replaced it.
+_REPLACED_BY = {
+    "tie_break": "measured again with more windows to settle a tie within noise on the front (front.ties)",
+    "final": "the front member was fine-tuned from the supernet before the search ended (fidelity.final_steps) "
+             "and measured again",
+}
+
+
+def _replaced_rows(t: Table, readings: Any) -> None:
+    """``nas show``'s rows for first readings that a later one (tie_break, final) replaced as the one of record."""
+    for r in readings:
+        if not r.kind.startswith("inference:") or r.origin is not None:
+            continue
+        later = next((o.origin for o in readings if o.origin in _REPLACED_BY and o.kind == r.kind), None)
+        if later is None:
+            continue
+        windows = (r.provenance or {}).get("n_windows")
+        t.add_row("first reading (replaced)",
+                  f"{r.kind.removeprefix('inference:')}: J/sample {_energy(r.energy_per_sample_j, r.meter, r.is_estimate)}"
+                  f", CV {_fmt(r.cv)} over {windows} windows; {_REPLACED_BY[later]}")
 
 
 def _teacher_rows(t: Table, v: Any, ref: TeacherReference) -> None:
