@@ -83,7 +83,9 @@ def assert_meters_read_their_own_board(uuid: str, result: dict, reading_uuids: l
     assert inf["provenance"]["device_uuid"] == uuid and inf["provenance"]["device_name"] == NAME
     watts = [j / d for j, d in zip(inf["windows_energy_j"], inf["windows_duration_s"], strict=True)]
     assert all(index_of_power(w) == index for w in watts), (uuid, watts)
-    assert inf["idle_w"] == pytest.approx(power_w(index), rel=0.05)
+    # the idle window is short (measure.idle_s): on a loaded CI machine its clock and the counter's read drift
+    # apart by up to ~10% (92.5 W for board 0 was seen); boards are 100 W apart, so 20% still names the board
+    assert index_of_power(inf["idle_w"]) == index and inf["idle_w"] == pytest.approx(power_w(index), rel=0.2)
     train = result["train"]
     assert train["provenance"]["device_uuid"] == uuid
     assert index_of_power(train["energy_j"] / train["wall_s"]) == index
