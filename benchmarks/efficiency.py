@@ -6,8 +6,8 @@ each stopped by the same ``budget.joules``. Every trial's joules count, and so d
 share a J/sample constraint that excludes the costliest part of the space, so the cost model has
 something to skip. Hypervolume is over the feasible trials.
 
-* ``random``: random sampling, every candidate trained from scratch for ``--steps``; measure-first on (the
-  default with such a constraint).
+* ``random``: random sampling, every candidate trained from scratch for ``--steps``, with the product's
+  defaults for such a constraint: measure-first on, and the cost model's skip on (``predict_skip: auto``).
 * ``tpe``: TPE, otherwise the same.
 * ``supernet``: TPE over candidates cut from one weight-sharing supernet (``fidelity.kind: supernet``,
   ``--supernet-steps``), each fine-tuned ``--subnet-steps``, with the cost model skipping candidates it
@@ -26,9 +26,10 @@ The acceptance of #16 is a median over seeds: at least 1.3 x TPE's hypervolume, 
 hypervolume reached with at most 30% of random's joules. Energy on a CPU-only machine comes from the
 labelled ``estimate`` meter, and the result file says so.
 
-    python benchmarks/efficiency.py --seeds 0 1 2 --budget-j 3000 --out benchmarks/results/efficiency_builtin.json
+    python benchmarks/efficiency.py --seeds 0 1 2 --budget-j 6000 --out benchmarks/results/efficiency_builtin.json
 
-A rerun keeps the complete studies of ``--db`` and resumes an interrupted one; ``--fresh`` starts over.
+A rerun keeps the complete studies of ``--db`` and resumes an interrupted one (a rerun after a complete run only
+recomputes the report and the plot, ``--out`` with ``.svg``); ``--fresh`` starts over.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def spec_for(method: str, seed: int, args: argparse.Namespace) -> Any:
     supernet = method == "supernet"
     fidelity: dict[str, Any] = {"rungs": [args.steps], "enabled": False}
     if supernet:
-        fidelity.update(kind="supernet", steps=args.supernet_steps, subnet_steps=args.subnet_steps, final_steps=0,
+        fidelity.update(kind="supernet", steps=args.supernet_steps, sandwich=args.sandwich,
+                        subnet_steps=args.subnet_steps, final_steps=0,
                         checkpoint_every=100, measure_first=False, predict_skip=True)
     return StudySpec.model_validate({
         "name": f"{method}-s{seed}",
@@ -159,14 +161,62 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+COLOURS = {"random": "#7f7f7f", "tpe": "#1f77b4", "supernet": "#d62728"}
+
+
+def plot_svg(rows: list[dict[str, Any]], budget: float, title: str, path: Path) -> None:
+    """Hypervolume (as a share of random's final) against search joules, one step line per method and seed."""
+    w, h, left, top, right, bottom = 640, 340, 56, 34, 150, 44
+    curves = []
+    for r in rows:
+        scale = r["random"]["hv_at_budget"] or 1.0
+        for m in METHODS:
+            curves.append((m, [(j, hv / scale) for j, hv in r[m]["curve"] if j <= budget]))
+    top_y = max([1.2, *(v for _, pts in curves for _, v in pts)])
+
+    def x(j: float) -> float:
+        return left + j / budget * (w - left - right)
+
+    def y(v: float) -> float:
+        return top + (1 - v / top_y) * (h - top - bottom)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+           f'font-size="11"><rect width="{w}" height="{h}" fill="white"/>',
+           f'<text x="{left}" y="16" font-size="12">{title}</text>']
+    for t in [i / 5 * top_y for i in range(6)]:
+        out.append(f'<line x1="{left}" x2="{w - right}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#eee"/>'
+                   f'<text x="{left - 6}" y="{y(t) + 4:.1f}" text-anchor="end">{t:.1f}</text>')
+    for j in [i / 4 * budget for i in range(5)]:
+        out.append(f'<text x="{x(j):.1f}" y="{h - bottom + 16}" text-anchor="middle">{j:.0f}</text>')
+    out.append(f'<text x="{(left + w - right) / 2}" y="{h - 8}" text-anchor="middle">search joules (ESTIMATE, '
+               f'estimate meter)</text>')
+    for m, pts in curves:
+        xy, last = [], 0.0
+        for j, v in pts:
+            xy += [(x(j), y(last)), (x(j), y(v))]
+            last = v
+        if xy:
+            xy.append((x(budget), y(last)))
+            out.append(f'<polyline fill="none" stroke="{COLOURS[m]}" stroke-width="1.5" points="'
+                       + " ".join(f"{a:.1f},{b:.1f}" for a, b in xy) + '"/>')
+    for i, m in enumerate(METHODS):
+        out.append(f'<line x1="{w - right + 10}" x2="{w - right + 28}" y1="{top + 14 * i}" y2="{top + 14 * i}" '
+                   f'stroke="{COLOURS[m]}" stroke-width="2"/><text x="{w - right + 32}" y="{top + 14 * i + 4}">'
+                   f'{m} ({len(rows)} seeds)</text>')
+    out.append(f'<text x="{w - right + 10}" y="{top + 14 * len(METHODS) + 8}">y: hypervolume /</text>'
+               f'<text x="{w - right + 10}" y="{top + 14 * len(METHODS) + 22}">random\'s at the budget</text>')
+    path.write_text("\n".join([*out, "</svg>"]) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--budget-j", type=float, default=3000.0, help="every search's joule budget")
+    ap.add_argument("--budget-j", type=float, default=6000.0, help="every search's joule budget")
     ap.add_argument("--max-trials", type=int, default=200, help="a trial cap far above what the budget allows")
     ap.add_argument("--steps", type=int, default=150, help="training steps of a from-scratch trial")
-    ap.add_argument("--supernet-steps", type=int, default=300)
+    ap.add_argument("--supernet-steps", type=int, default=100)
     ap.add_argument("--subnet-steps", type=int, default=20)
+    ap.add_argument("--sandwich", type=int, default=1, help="random sub-networks per supernet step")
     ap.add_argument("--startup", type=int, default=4, help="TPE's random startup trials")
     ap.add_argument("--max-j", type=float, default=0.012, help="the constraint: energy_per_sample_j < MAX_J")
     ap.add_argument("--task", default="builtin:sentiment")
@@ -189,8 +239,8 @@ def main() -> None:
     summary = _summary(rows)
     result = {
         "command": (f"python benchmarks/efficiency.py --seeds {' '.join(map(str, args.seeds))} --budget-j "
-                    f"{args.budget_j:g} --steps {args.steps} --supernet-steps {args.supernet_steps} --subnet-steps "
-                    f"{args.subnet_steps} --max-j {args.max_j:g} --task {args.task} --db {args.db} --out {args.out}"),
+                    f"{args.budget_j:g} --steps {args.steps} --supernet-steps {args.supernet_steps} --sandwich {args.sandwich} "
+                    f"--subnet-steps {args.subnet_steps} --max-j {args.max_j:g} --task {args.task} --db {args.db} --out {args.out}"),
         "commit": git_commit(),
         "energy_meter": "estimate (CPU TDP x utilisation; this machine has no RAPL): an ESTIMATE, not a measurement",
         "hypervolume_space": "feasible trials' accuracy (max) x log10(J/sample) (min), reference shared per seed",
@@ -198,6 +248,8 @@ def main() -> None:
         "wall_s_this_invocation": time.time() - t0, "per_seed": rows, "summary": summary,
     }
     Path(args.out).write_text(json.dumps(result, indent=2))
+    plot_svg(rows, args.budget_j, f"{args.task}: hypervolume against search joules (budget {args.budget_j:g} J)",
+             Path(args.out).with_suffix(".svg"))
     print(json.dumps(summary, indent=2))
 
 
