@@ -8,7 +8,9 @@ counted once whatever the number of writes: :func:`reference_cost` is what
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,7 +20,9 @@ from nas.reference import TeacherReference
 from storage.convert import json_dumps, to_float
 from storage.models import StudyRow, TeacherReferenceRow, utc_now
 
-__all__ = ["ReferenceCost", "put_teacher_reference", "teacher_reference", "reference_cost"]
+__all__ = ["ReferenceCost", "put_teacher_reference", "teacher_reference", "reference_cost", "study_payload"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,13 +86,22 @@ def teacher_reference(s: Session, st: StudyRow) -> TeacherReference | None:
     Raises:
         StorageError: The stored record no longer parses (written by an incompatible version).
     """
-    payload = s.scalar(select(TeacherReferenceRow.payload_json).where(TeacherReferenceRow.study_id == st.id))
+    return study_payload(s, TeacherReferenceRow, st, TeacherReference.from_dict, "teacher reference")
+
+
+def study_payload(s: Session, row_type: Any, st: StudyRow, parse: Callable[[dict[str, Any]], T], what: str) -> T | None:
+    """The record a one-row-per-study table (``row_type``: ``study_id``, ``payload_json``) holds for ``st``.
+
+    Raises:
+        StorageError: The stored record no longer parses (written by an incompatible version).
+    """
+    payload = s.scalar(select(row_type.payload_json).where(row_type.study_id == st.id))
     if payload is None:
         return None
     try:
-        return TeacherReference.from_dict(json.loads(payload))
+        return parse(json.loads(payload))
     except (ConfigError, ValueError, KeyError, TypeError) as e:
-        raise StorageError(f"the teacher reference of study {st.name!r} cannot be read back: {e}",
+        raise StorageError(f"the {what} of study {st.name!r} cannot be read back: {e}",
                            fix="the row was written by an incompatible version; run the search again") from e
 
 

@@ -7,16 +7,13 @@ joules counted: :func:`supernet_cost` is what :func:`storage.studies.study_costs
 
 from __future__ import annotations
 
-import json
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nas.errors import ConfigError, StorageError
 from nas.supernet_record import SupernetRecord
 from storage.convert import json_dumps, to_float
 from storage.models import StudyRow, SupernetRow, utc_now
-from storage.references import ReferenceCost
+from storage.references import ReferenceCost, study_payload
 
 __all__ = ["put_supernet", "supernet", "supernet_cost"]
 
@@ -46,14 +43,7 @@ def supernet(s: Session, st: StudyRow) -> SupernetRecord | None:
     Raises:
         StorageError: The stored record no longer parses (written by an incompatible version).
     """
-    payload = s.scalar(select(SupernetRow.payload_json).where(SupernetRow.study_id == st.id))
-    if payload is None:
-        return None
-    try:
-        return SupernetRecord.from_dict(json.loads(payload))
-    except (ConfigError, ValueError, KeyError, TypeError) as e:
-        raise StorageError(f"the supernet record of study {st.name!r} cannot be read back: {e}",
-                           fix="the row was written by an incompatible version; run the search again") from e
+    return study_payload(s, SupernetRow, st, SupernetRecord.from_dict, "supernet record")
 
 
 def supernet_cost(s: Session, study_id: int) -> ReferenceCost | None:
